@@ -75,15 +75,6 @@ export function parseHistory(text: string | Uint8Array, timeline?: number, file?
       });
     }
     const switchpoint = (BigInt(hi) << 32n) | BigInt(lo);
-    if (prev && switchpoint < prev.switchpoint) {
-      throw new HistoryFormatError('switchpoints must not go backwards', {
-        file,
-        line: lineNo,
-        offset: lineOffset,
-        expected: `>= ${formatLsn(prev.switchpoint)}`,
-        got: formatLsn(switchpoint),
-      });
-    }
     entries.push({ parentTimeline: tli, switchpoint, reason: m[4].replace(/^[ \t]+/, '').replace(/\r$/, '') });
   }
   const last = entries[entries.length - 1];
