@@ -24,15 +24,25 @@ const TABLES: Uint32Array = (() => {
 })();
 
 export function crc32c(data: Uint8Array, init = 0): number {
+  return crc32cRange(data, 0, data.length, init);
+}
+
+/** crc32c over data[start, end) without creating a view (hot path of the scanner). */
+export function crc32cRange(data: Uint8Array, start: number, end: number, init = 0): number {
   const t = TABLES;
   let crc = ~init >>> 0;
-  let i = 0;
-  const n = data.length;
+  let i = start;
+  const n = end;
   // align to 4 bytes of the underlying buffer so the Uint32Array fast path can be used
   while (i < n && ((data.byteOffset + i) & 3) !== 0) crc = t[(crc ^ data[i++]) & 0xff] ^ (crc >>> 8);
   const words = (n - i) >>> 3;
   if (words > 0) {
-    const w = new Uint32Array(data.buffer, data.byteOffset + i, words * 2);
+    const w = words > 16 ? new Uint32Array(data.buffer, data.byteOffset + i, words * 2) : null;
+    if (w === null) {
+      for (const stop = i + words * 8; i < stop; ) crc = t[(crc ^ data[i++]) & 0xff] ^ (crc >>> 8);
+      while (i < n) crc = t[(crc ^ data[i++]) & 0xff] ^ (crc >>> 8);
+      return ~crc >>> 0;
+    }
     for (let j = 0; j < w.length; j += 2) {
       const a = w[j] ^ crc;
       const b = w[j + 1];

@@ -70,11 +70,18 @@ export interface RecordLayout {
  * exactly xl_tot_len bytes) with DecodeXLogRecord's bounds and consistency checks, without
  * materialising anything. Used by the scanner on every record.
  */
-export function checkRecordLayout(rec: Uint8Array, major: number, blockSize: number, sink?: DecodedFragments): RecordLayout {
-  const totLen = rec.length;
+export function checkRecordLayout(
+  rec: Uint8Array,
+  major: number,
+  blockSize: number,
+  sink?: DecodedFragments,
+  /** the record's offset in `rec` and its length (default: all of `rec`) */
+  base = 0,
+  totLen = rec.length - base,
+): RecordLayout {
   let remaining = totLen - SIZE_OF_XLOG_RECORD;
   let datatotal = 0;
-  let p = SIZE_OF_XLOG_RECORD;
+  let p = base + SIZE_OF_XLOG_RECORD;
   let maxBlockId = -1;
   let haveRel = false;
   let blocks = 0;

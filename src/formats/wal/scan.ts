@@ -7,7 +7,7 @@
  * exact xlp_rem_len, then the CRC (ValidXLogRecord), then the fragment layout (DecodeXLogRecord).
  * The first failed check is the end of valid WAL; nothing here throws on content.
  */
-import { crc32c } from '../crc32c.js';
+import { crc32cRange } from '../crc32c.js';
 import { MAXALIGN, isValidSegmentSize } from '../lsn.js';
 import { majorFromPageMagic } from '../versions.js';
 import {
@@ -247,7 +247,7 @@ class Scanner {
           this.checkTotLen(totLen, recLsn);
         }
         if (totLen <= avail) {
-          this.completeRecord(this.buf.subarray(recOff, recOff + totLen), recLsn, 0);
+          this.completeRecord(this.buf, this.dv, recOff, totLen, recLsn, 0);
           if (this.reachedEndLsn) return;
           continue;
         }
@@ -303,7 +303,7 @@ class Scanner {
     const lsn = this.partialLsn;
     const flags = 1 | (this.partialCrossesSegment ? 2 : 0);
     // the record is complete; a failure below is reported at its start
-    this.completeRecord(rec, lsn, flags, nextPos);
+    this.completeRecord(rec, new DataView(rec.buffer, rec.byteOffset, rec.byteLength), 0, rec.length, lsn, flags, nextPos);
     if (this.partialActive) this.dropPartial();
   }
 
@@ -342,23 +342,22 @@ class Scanner {
    * A whole record is in `rec` (header first, exactly xl_tot_len bytes, page headers stripped):
    * CRC, layout, then emit. `nextPos` is where the next record starts when the record spanned pages.
    */
-  private completeRecord(rec: Uint8Array, recLsn: bigint, flags: number, nextPos?: number): void {
-    const totLen = rec.length;
-    const stored = (rec[20] | (rec[21] << 8) | (rec[22] << 16) | (rec[23] << 24)) >>> 0;
-    const computed = crc32c(rec.subarray(0, XL_CRC_COVERED), crc32c(rec.subarray(SIZE_OF_XLOG_RECORD)));
+  private completeRecord(src: Uint8Array, dv: DataView, off: number, totLen: number, recLsn: bigint, flags: number, nextPos?: number): void {
+    const stored = dv.getUint32(off + 20, true);
+    const computed = crc32cRange(src, off, off + XL_CRC_COVERED, crc32cRange(src, off + SIZE_OF_XLOG_RECORD, off + totLen));
     if (computed !== stored) {
       throw new EndOfWal(
         'crc-mismatch',
         `incorrect resource manager data checksum in record at ${lsnText(recLsn)}`,
       );
     }
-    const layout = checkRecordLayout(rec, this.major, this.blockSize);
+    const layout = checkRecordLayout(src, this.major, this.blockSize, undefined, off, totLen);
     if (layout.error !== null) throw new EndOfWal('bad-record-body', `${layout.error} at ${lsnText(recLsn)}`);
 
-    const xid = (rec[4] | (rec[5] << 8) | (rec[6] << 16) | (rec[7] << 24)) >>> 0;
-    const info = rec[16];
-    const rmid = rec[17];
-    const prev = new DataView(rec.buffer, rec.byteOffset + 8, 8).getBigUint64(0, true);
+    const xid = dv.getUint32(off + 4, true);
+    const info = src[off + 16];
+    const rmid = src[off + 17];
+    const prev = this.mode === 'records' ? dv.getBigUint64(off + 8, true) : 0n;
 
     // the record is valid: it becomes the new chain link
     this.prevRecordLsn = recLsn;
