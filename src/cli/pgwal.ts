@@ -31,7 +31,8 @@ Environment: PGHA_NATIVE=0 forces the pure TypeScript implementation.`,
     .description('detect and describe WAL segments, WAL directories, history, slot state or pg_control files')
     .argument('<path...>', 'files or directories (a directory of segments or a data directory)')
     .option('--json', 'print JSON (stable contract, see README)')
-    .addOption(new Option('--stats [level]', 'per-rmgr statistics like pg_waldump --stats; "record" for per record type').choices(['rmgr', 'record']))
+    .option('--stats', 'per-rmgr statistics like pg_waldump --stats (--stats=record: per record type)')
+    .addOption(new Option('--stats-record').hideHelp())
     .option('--records', 'list records like pg_waldump')
     .option('--start <lsn>', 'first record: records whose start LSN >= start')
     .option('--end <lsn>', 'stop before records whose start LSN >= end')
@@ -85,7 +86,8 @@ export async function main(argv: string[]): Promise<number> {
   let code = 0;
   const program = buildProgram((c) => (code = c));
   try {
-    await program.parseAsync(argv);
+    // pg_waldump spells it --stats[=record]; an optional value would swallow the next path
+    await program.parseAsync(argv.map((a) => (a === '--stats=record' ? '--stats-record' : a === '--stats=rmgr' ? '--stats' : a)));
     return code;
   } catch (e) {
     if (e instanceof CommanderError) {

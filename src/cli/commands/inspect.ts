@@ -16,7 +16,8 @@ import { EXIT_OK, keyValues, printJson, table, UsageError } from '../output.js';
 
 export interface InspectOptions {
   json?: boolean;
-  stats?: boolean | string;
+  stats?: boolean;
+  statsRecord?: boolean;
   records?: boolean;
   start?: string;
   end?: string;
@@ -102,6 +103,7 @@ async function inspectWal(path: string, single: boolean, opts: InspectOptions): 
       });
     }
   }
+  const statsLevel = opts.statsRecord ? 'record' : opts.stats ? 'rmgr' : null;
   const list: RecordView[] = [];
   let shown = 0;
   const bar =
@@ -137,18 +139,18 @@ async function inspectWal(path: string, single: boolean, opts: InspectOptions): 
     bar?.stop();
   }
   const view: Record<string, unknown> = walView(path, summary, files.slice(0, summary.filesScanned).map((f) => f.name));
-  if (opts.stats) {
+  if (statsLevel) {
     view.stats = rmgrStats(summary.stats);
-    if (opts.stats === 'record') view.statsByRecordType = recordTypeStats(summary.stats, summary.pgVersion ?? 15);
+    if (statsLevel === 'record') view.statsByRecordType = recordTypeStats(summary.stats, summary.pgVersion ?? 15);
   }
   if (opts.records) view.recordList = list;
-  if (!opts.json) printWalText(view, summary, opts);
+  if (!opts.json) printWalText(view, summary, statsLevel);
   return view;
 }
 
 import { majorFromPageMagic as majorOf } from '../../formats/versions.js';
 
-function printWalText(view: Record<string, unknown>, s: StreamScanSummary, opts: InspectOptions): void {
+function printWalText(view: Record<string, unknown>, s: StreamScanSummary, statsLevel: 'rmgr' | 'record' | null): void {
   const out = process.stdout;
   out.write(
     keyValues({
@@ -168,14 +170,14 @@ function printWalText(view: Record<string, unknown>, s: StreamScanSummary, opts:
       endDetail: `${view.endMessage}${view.endFile ? ` (${view.endFile}, offset ${view.endOffset})` : ''}`,
     }),
   );
-  if (opts.stats) {
-    const stats = (opts.stats === 'record' ? view.statsByRecordType : view.stats) as Record<string, { count: number; recordBytes: number; fpiBytes: number; combinedBytes: number }>;
+  if (statsLevel) {
+    const stats = (statsLevel === 'record' ? view.statsByRecordType : view.stats) as Record<string, { count: number; recordBytes: number; fpiBytes: number; combinedBytes: number }>;
     const rows = Object.entries(stats).map(([k, v]) => [k, v.count, v.recordBytes, v.fpiBytes, v.combinedBytes]);
     const total = Object.values(stats).reduce(
       (a, v) => [a[0] + v.count, a[1] + v.recordBytes, a[2] + v.fpiBytes, a[3] + v.combinedBytes],
       [0, 0, 0, 0],
     );
     rows.push(['Total', ...total]);
-    out.write('\n' + table(rows, [opts.stats === 'record' ? 'Type' : 'Rmgr', 'N', 'Record size', 'FPI size', 'Combined size']));
+    out.write('\n' + table(rows, [statsLevel === 'record' ? 'Type' : 'Rmgr', 'N', 'Record size', 'FPI size', 'Combined size']));
   }
 }
