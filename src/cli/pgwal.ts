@@ -102,7 +102,8 @@ export async function main(argv: string[]): Promise<number> {
 
 main(process.argv).then(
   (code) => {
-    process.exitCode = code;
+    // exit now: nothing is left to do, and waiting for the thread pool and finalizers costs time
+    process.exit(code);
   },
   (e) => {
     process.stderr.write(`pgwal: error: ${describeError(e)}\n`);

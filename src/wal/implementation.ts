@@ -1,7 +1,7 @@
 /** The scanner the CLI uses: the native addon when it is loaded, else the TypeScript twin. */
-import * as native from '../native/index.js';
+import { activeImplementation } from '../native/index.js';
 import type { ScanImplementation } from './stream.js';
 
 export function walImplementation(): ScanImplementation {
-  return { scanWal: native.scanWal, scanWalAsync: native.scanWalAsync };
+  return activeImplementation();
 }

@@ -16,11 +16,15 @@ import {
   type ScanOptions,
   type ScanResult,
 } from '../native/contract.js';
+import type { MappedFile } from '../native/index.js';
 import type { SegmentFile } from './segments.js';
 
 export interface ScanImplementation {
   scanWal(buf: Uint8Array, options: ScanOptions): ScanResult;
   scanWalAsync?(buf: Uint8Array, options: ScanOptions): Promise<ScanResult>;
+  /** map files instead of reading them (native addon; used when no visitor needs the bytes) */
+  mapFile?(path: string, length: number): Promise<MappedFile>;
+  scanMapped?(map: MappedFile, options: ScanOptions): Promise<ScanResult>;
 }
 
 /** What a visitor gets for each scanned segment (valid only during the callback). */
@@ -165,17 +169,35 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
     }
   }
 
-  // read the first segment, then always have the next one read while the current one is scanned
-  const sizes: number[] = [];
-  const load = (i: number): void => {
-    const f = files[i];
+  for (const f of files) {
     if (f.size > segmentSize) {
       throw new WalFormatError('WAL file is larger than the segment size', { file: f.path, offset: segmentSize, expected: `${segmentSize} bytes`, got: `${f.size} bytes` });
     }
-    sizes[i] = readInto(f.path, bufferFor(i), Math.min(f.size, segmentSize));
+  }
+  // mapping (native, stats only): map segment N+1 on the pool while N is scanned; else read
+  // segment N+1 into the other buffer on this thread while N is scanned on the pool
+  const mapFile = impl.mapFile;
+  const scanMapped = impl.scanMapped;
+  const useMap = mapFile !== undefined && scanMapped !== undefined && !opts.onSegment;
+  const pageSizeOf = (i: number): number => {
+    if (files[i].size < PAGE_PROBE) return 8192;
+    const bs = probeSegmentHeader(files[startIndex].path).blockSize;
+    return bs >= 1024 && bs <= 65536 && (bs & (bs - 1)) === 0 ? bs : 8192;
+  };
+  const mapBlockSize = useMap ? pageSizeOf(startIndex) : 0;
+  const mapped: Array<Promise<MappedFile> | undefined> = [];
+  const sizes: number[] = [];
+  const load = (i: number): void => {
+    const f = files[i];
+    if (useMap) {
+      const usable = Math.min(f.size, segmentSize);
+      sizes[i] = usable;
+      mapped[i] = mapFile(f.path, usable - (usable % mapBlockSize));
+      mapped[i]!.catch(() => undefined); // awaited below; avoid an unhandled rejection meanwhile
+    } else sizes[i] = readInto(f.path, bufferFor(i), Math.min(f.size, segmentSize));
   };
   load(startIndex);
-  let blockSize = 0;
+  let blockSize = useMap ? mapBlockSize : 0;
   let prevVisit: { buf: Buffer; bufLsn: Lsn } | null = null;
   let finished = false;
   for (let i = startIndex; i < files.length && !finished; i++) {
@@ -185,7 +207,7 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
     if (blockSize === 0) blockSize = got >= PAGE_PROBE ? bufferFor(i).readUInt32LE(36) : 8192;
     if (blockSize < 1024 || blockSize > 65536 || (blockSize & (blockSize - 1)) !== 0) blockSize = 8192;
     const usable = got - (got % blockSize);
-    const view = bufferFor(i).subarray(0, usable);
+    const view = useMap ? Buffer.alloc(0) : bufferFor(i).subarray(0, usable);
     const options: ScanOptions = {
       bufLsn,
       carry,
@@ -194,7 +216,16 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
       endLsn: opts.end,
     };
     let result: ScanResult;
-    if (impl.scanWalAsync && i + 1 < files.length) {
+    if (useMap) {
+      const map = await mapped[i]!;
+      mapped[i] = undefined;
+      if (i + 1 < files.length) load(i + 1);
+      try {
+        result = await scanMapped(map, options);
+      } finally {
+        map.release();
+      }
+    } else if (impl.scanWalAsync && i + 1 < files.length) {
       const pending = impl.scanWalAsync(view, options);
       try {
         load(i + 1);

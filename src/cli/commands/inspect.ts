@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import cliProgress from 'cli-progress';
 import { parseControlFile } from '../../formats/control.js';
 import { WalFormatError } from '../../formats/errors.js';
 import { formatLsn, isValidSegmentSize, parseLsn, parseWalFileName, segmentOf, type Lsn } from '../../formats/lsn.js';
@@ -106,9 +105,13 @@ async function inspectWal(path: string, single: boolean, opts: InspectOptions): 
   const statsLevel = opts.statsRecord ? 'record' : opts.stats ? 'rmgr' : null;
   const list: RecordView[] = [];
   let shown = 0;
+  // progress only for people watching a terminal (loaded lazily: start-up time matters in scripts)
   const bar =
     opts.progress !== false && process.stderr.isTTY && files.length > 4 && !opts.records
-      ? new cliProgress.SingleBar({ format: 'scanning WAL [{bar}] {value}/{total} segments', stream: process.stderr }, cliProgress.Presets.shades_classic)
+      ? await (async () => {
+          const { default: cliProgress } = await import('cli-progress');
+          return new cliProgress.SingleBar({ format: 'scanning WAL [{bar}] {value}/{total} segments', stream: process.stderr }, cliProgress.Presets.shades_classic);
+        })()
       : null;
   bar?.start(files.length, 0);
   const impl = walImplementation();

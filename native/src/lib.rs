@@ -1,0 +1,252 @@
+//! napi-rs bindings: this file only converts between JavaScript and the plain Rust modules.
+#![deny(clippy::all)]
+
+pub mod crc32c;
+pub mod wal_scan;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use wal_scan::{Carry, ScanOutput, ScanParams};
+
+/// PostgreSQL CRC-32C of `data`, continuing from a previous finalized value `init`.
+#[napi(js_name = "crc32c")]
+pub fn crc32c_js(data: &[u8], init: Option<u32>) -> u32 {
+    crc32c::crc32c_append(init.unwrap_or(0), data)
+}
+
+#[napi(object)]
+pub struct JsCarry {
+    pub next_page_lsn: BigInt,
+    pub next_record_lsn: BigInt,
+    pub prev_record_lsn: BigInt,
+    pub last_page_tli: u32,
+    pub page_magic: u32,
+    pub system_id: BigInt,
+    pub segment_size: u32,
+    pub block_size: u32,
+    pub partial: Option<Buffer>,
+    pub partial_tot_len: u32,
+    pub random_access: bool,
+    pub skip_to_lsn: BigInt,
+    pub partial_crosses_segment: bool,
+}
+
+#[napi(object)]
+pub struct JsScanOptions {
+    pub buf_lsn: BigInt,
+    pub carry: Option<JsCarry>,
+    pub mode: String,
+    pub start_lsn: Option<BigInt>,
+    pub end_lsn: Option<BigInt>,
+}
+
+#[napi(object)]
+pub struct JsScanResult {
+    pub count: u32,
+    pub records: Buffer,
+    pub stats: Buffer,
+    pub end_lsn: Option<BigInt>,
+    /// index into END_REASONS (contract.ts)
+    pub end_reason: Option<u32>,
+    pub end_message: Option<String>,
+    pub reached_end_lsn: bool,
+    pub carry: JsCarry,
+    pub first_record_lsn: BigInt,
+    pub last_record_lsn: BigInt,
+    pub last_record_end_lsn: BigInt,
+}
+
+fn u64_of(b: &BigInt) -> u64 {
+    b.get_u64().1
+}
+
+fn carry_from_js(c: JsCarry) -> Carry {
+    Carry {
+        next_page_lsn: u64_of(&c.next_page_lsn),
+        next_record_lsn: u64_of(&c.next_record_lsn),
+        prev_record_lsn: u64_of(&c.prev_record_lsn),
+        last_page_tli: c.last_page_tli,
+        page_magic: c.page_magic as u16,
+        system_id: u64_of(&c.system_id),
+        segment_size: c.segment_size,
+        block_size: c.block_size,
+        partial: c.partial.map(|b| b.to_vec()),
+        partial_tot_len: c.partial_tot_len,
+        random_access: c.random_access,
+        partial_crosses_segment: c.partial_crosses_segment,
+    }
+}
+
+fn carry_to_js(c: Carry) -> JsCarry {
+    JsCarry {
+        next_page_lsn: BigInt::from(c.next_page_lsn),
+        next_record_lsn: BigInt::from(c.next_record_lsn),
+        prev_record_lsn: BigInt::from(c.prev_record_lsn),
+        last_page_tli: c.last_page_tli,
+        page_magic: c.page_magic as u32,
+        system_id: BigInt::from(c.system_id),
+        segment_size: c.segment_size,
+        block_size: c.block_size,
+        partial: c.partial.map(Buffer::from),
+        partial_tot_len: c.partial_tot_len,
+        random_access: c.random_access,
+        skip_to_lsn: BigInt::from(0u64),
+        partial_crosses_segment: c.partial_crosses_segment,
+    }
+}
+
+fn to_js(out: ScanOutput) -> JsScanResult {
+    let (end_lsn, end_reason, end_message) = match out.end {
+        Some(e) => (Some(BigInt::from(e.lsn)), Some(e.reason), Some(e.message)),
+        None => (None, None, None),
+    };
+    JsScanResult {
+        count: out.count,
+        records: Buffer::from(out.records),
+        stats: Buffer::from(out.stats),
+        end_lsn,
+        end_reason,
+        end_message,
+        reached_end_lsn: out.reached_end_lsn,
+        carry: carry_to_js(out.carry),
+        first_record_lsn: BigInt::from(out.first_record_lsn),
+        last_record_lsn: BigInt::from(out.last_record_lsn),
+        last_record_end_lsn: BigInt::from(out.last_record_end_lsn),
+    }
+}
+
+fn params_of(o: &JsScanOptions) -> Result<ScanParams> {
+    let records_mode = match o.mode.as_str() {
+        "records" => true,
+        "stats" => false,
+        m => return Err(Error::new(Status::InvalidArg, format!("scanWal: mode must be 'records' or 'stats', got '{m}'"))),
+    };
+    Ok(ScanParams {
+        buf_lsn: u64_of(&o.buf_lsn),
+        records_mode,
+        start_lsn: o.start_lsn.as_ref().map(u64_of).unwrap_or(0),
+        end_lsn: o.end_lsn.as_ref().map(u64_of).unwrap_or(0),
+    })
+}
+
+/// Scan one buffer of WAL (one or more whole pages) in one call.
+#[napi(js_name = "scanWal")]
+pub fn scan_wal_js(buf: &[u8], options: JsScanOptions) -> Result<JsScanResult> {
+    let params = params_of(&options)?;
+    let carry = options.carry.map(carry_from_js);
+    wal_scan::scan_wal(buf, &params, carry)
+        .map(to_js)
+        .map_err(|m| Error::new(Status::InvalidArg, m))
+}
+
+pub struct ScanTask {
+    buf: Buffer,
+    params: ScanParams,
+    carry: Option<Carry>,
+}
+
+impl Task for ScanTask {
+    type Output = ScanOutput;
+    type JsValue = JsScanResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        wal_scan::scan_wal(&self.buf, &self.params, self.carry.take()).map_err(|m| Error::new(Status::InvalidArg, m))
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(to_js(output))
+    }
+}
+
+/// The same scan on the libuv thread pool, so the caller can read the next file meanwhile.
+/// The buffer must not be modified until the promise settles.
+#[napi(js_name = "scanWalAsync")]
+pub fn scan_wal_async(buf: Buffer, options: JsScanOptions) -> Result<AsyncTask<ScanTask>> {
+    let params = params_of(&options)?;
+    let carry = options.carry.map(carry_from_js);
+    Ok(AsyncTask::new(ScanTask { buf, params, carry }))
+}
+
+type SharedMap = std::sync::Arc<memmap2::Mmap>;
+
+fn map_file(path: &str, length: usize) -> Result<Option<SharedMap>> {
+    if length == 0 {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::new(Status::GenericFailure, format!("{path}: {e}")))?;
+    // SAFETY: WAL segment files are read-only here; PostgreSQL recycles them by rename, never by
+    // truncating in place, and callers pass the length they saw in stat().
+    let map = unsafe { memmap2::MmapOptions::new().len(length).populate().map(&file) }
+        .map_err(|e| Error::new(Status::GenericFailure, format!("{path}: mmap failed: {e}")))?;
+    Ok(Some(std::sync::Arc::new(map)))
+}
+
+/// A WAL file mapped into memory; opaque to JavaScript, consumed by `scanMappedAsync`.
+#[napi]
+pub struct MappedWal {
+    inner: Option<SharedMap>,
+}
+
+#[napi]
+impl MappedWal {
+    /// Drop this handle's reference to the mapping now instead of at garbage collection.
+    #[napi]
+    pub fn release(&mut self) {
+        self.inner = None;
+    }
+}
+
+/// A WAL file mapped into memory (page tables populated) on the thread pool.
+pub struct MapTask {
+    path: String,
+    length: usize,
+}
+
+impl Task for MapTask {
+    type Output = Option<SharedMap>;
+    type JsValue = MappedWal;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        map_file(&self.path, self.length)
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(MappedWal { inner: output })
+    }
+}
+
+/// Map the first `length` bytes of a file (read-only); resolves to an opaque handle for
+/// `scanMappedAsync`. Mapping segment N+1 while N is scanned keeps both cores busy.
+#[napi(js_name = "mapWalFileAsync")]
+pub fn map_wal_file_async(path: String, length: u32) -> AsyncTask<MapTask> {
+    AsyncTask::new(MapTask { path, length: length as usize })
+}
+
+pub struct ScanMappedTask {
+    map: Option<SharedMap>,
+    params: ScanParams,
+    carry: Option<Carry>,
+}
+
+impl Task for ScanMappedTask {
+    type Output = ScanOutput;
+    type JsValue = JsScanResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let bytes: &[u8] = self.map.as_deref().map(|m| &m[..]).unwrap_or(&[]);
+        wal_scan::scan_wal(bytes, &self.params, self.carry.take()).map_err(|m| Error::new(Status::InvalidArg, m))
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        self.map = None; // unmap as soon as the scan is done
+        Ok(to_js(output))
+    }
+}
+
+/// Scan a mapped file (from `mapWalFileAsync`) on the thread pool.
+#[napi(js_name = "scanMappedAsync")]
+pub fn scan_mapped_async(map: &MappedWal, options: JsScanOptions) -> Result<AsyncTask<ScanMappedTask>> {
+    let params = params_of(&options)?;
+    let carry = options.carry.map(carry_from_js);
+    Ok(AsyncTask::new(ScanMappedTask { map: map.inner.clone(), params, carry }))
+}
