@@ -216,6 +216,7 @@ class Scanner {
           }
           if (take < rem) {
             pageOff += bs;
+            this.markSegmentCrossing(pageOff);
             continue;
           }
           this.finishPartial(pageOff + hdr + MAXALIGN(rem));
@@ -262,9 +263,14 @@ class Scanner {
         break;
       }
       pageOff += bs;
-      if (this.partialActive && this.segmentSize > 0 && Number((this.bufLsn + BigInt(pageOff)) % BigInt(this.segmentSize)) === 0) {
-        this.partialCrossesSegment = true;
-      }
+      this.markSegmentCrossing(pageOff);
+    }
+  }
+
+  /** a partial record that reaches a segment start spans segments */
+  private markSegmentCrossing(pageOff: number): void {
+    if (this.partialActive && this.segmentSize > 0 && (this.bufLsn + BigInt(pageOff)) % BigInt(this.segmentSize) === 0n) {
+      this.partialCrossesSegment = true;
     }
   }
 
