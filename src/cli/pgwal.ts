@@ -102,8 +102,8 @@ export async function main(argv: string[]): Promise<number> {
 
 main(process.argv).then(
   (code) => {
-    // exit now: nothing is left to do, and waiting for the thread pool and finalizers costs time
-    process.exit(code);
+    // exit as soon as stdout is flushed: waiting for the thread pool and finalizers costs time
+    process.stdout.write('', () => process.exit(code));
   },
   (e) => {
     process.stderr.write(`pgwal: error: ${describeError(e)}\n`);
