@@ -8,7 +8,7 @@ import { FormatError } from '../formats/errors.js';
 import { crc32c } from '../formats/crc32c.js';
 import { CONTROL_CRC_OFFSET, PG_CONTROL_FILE_SIZE } from '../formats/control.js';
 import { SLOT_MAGIC } from '../formats/replslot.js';
-import { KNOWN_PAGE_MAGICS } from '../formats/versions.js';
+import { KNOWN_PAGE_MAGICS, majorFromControlVersion } from '../formats/versions.js';
 
 export type DetectedKind = 'segment' | 'wal-dir' | 'datadir' | 'history' | 'slot' | 'control';
 
@@ -39,10 +39,11 @@ export function detect(path: string): Detected {
   if (head.length >= 4 && KNOWN_PAGE_MAGICS.includes(head.readUInt16LE(0)) && head.readUInt16LE(2) & 0x0002) {
     return { kind: 'segment', path, size };
   }
-  if (head.length >= CONTROL_CRC_OFFSET + 4) {
-    const crcOk = crc32c(head.subarray(0, CONTROL_CRC_OFFSET)) === head.readUInt32LE(CONTROL_CRC_OFFSET);
-    if (crcOk && size === PG_CONTROL_FILE_SIZE) return { kind: 'control', path, size };
-  }
+  // pg_control: a valid CRC, or a known pg_control_version with its catalog version (so a damaged or
+  // short copy still gets pg_control's own error, with the offset)
+  const crcOk = head.length >= CONTROL_CRC_OFFSET + 4 && crc32c(head.subarray(0, CONTROL_CRC_OFFSET)) === head.readUInt32LE(CONTROL_CRC_OFFSET);
+  const versionOk = head.length >= 16 && majorFromControlVersion(head.readUInt32LE(8), head.readUInt32LE(12)) !== undefined;
+  if ((crcOk && size === PG_CONTROL_FILE_SIZE) || versionOk) return { kind: 'control', path, size };
   if (basename(path) === 'pg_control') return { kind: 'control', path, size };
   if (/\.history$/.test(path) || looksLikeHistory(head)) return { kind: 'history', path, size };
   if (basename(path) === 'state') return { kind: 'slot', path, size };

@@ -5,14 +5,13 @@
  */
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parseLsn } from '../../src/formats/lsn.js';
 import { cleanupAll, PgCluster } from '../harness/cluster.js';
 import { EMBEDDED_VERSIONS, embeddedPostgres } from '../harness/embedded.js';
 import { pgwalJson } from '../support/cli.js';
+import { expectSlotsMatch, lsn as norm } from '../support/oracles.js';
 
 afterAll(cleanupAll);
 
-const norm = (l: string | null | undefined) => parseLsn(l ?? '0/0');
 
 for (const major of Object.keys(EMBEDDED_VERSIONS).map(Number)) {
   describe(`PostgreSQL ${major}`, () => {
@@ -41,22 +40,7 @@ for (const major of Object.keys(EMBEDDED_VERSIONS).map(Number)) {
         const insertLsn = (await c.sql('SELECT pg_current_wal_insert_lsn()'))!;
         await c.kill9(); // nothing more is written to pg_control, slot files or WAL
 
-        const slotOut = pgwalJson<Array<Record<string, unknown>>>(['slot', 'show', c.dataDir]);
-        expect(slotOut.map((s) => s.name)).toEqual(slots.map((s) => s.slot_name));
-        for (const row of slots) {
-          const s = slotOut.find((x) => x.name === row.slot_name)!;
-          expect(s.possibleVersions as number[]).toContain(major);
-          expect(s.slotType).toBe(row.slot_type);
-          expect(s.plugin).toBe(row.plugin);
-          expect(s.database).toBe(row.datoid ?? 0);
-          expect(s.xmin).toBe(Number(row.xmin ?? 0));
-          expect(s.catalogXmin).toBe(Number(row.catalog_xmin ?? 0));
-          expect(norm(s.restartLsn as string)).toBe(norm(row.restart_lsn as string));
-          expect(norm(s.confirmedFlush as string)).toBe(norm(row.confirmed_flush as string));
-          if (major >= 14) expect(s.twoPhase).toBe(row.two_phase);
-          if (major >= 17) expect({ failover: s.failover, synced: s.synced }).toEqual({ failover: row.failover, synced: row.synced });
-          expect(s.checksumValid).toBe(true);
-        }
+        expectSlotsMatch(pgwalJson<Array<Record<string, unknown>>>(['slot', 'show', c.dataDir]), slots, major);
 
         const ctl = pgwalJson<Record<string, unknown>>(['inspect', join(c.dataDir, 'global', 'pg_control')]);
         expect(ctl.pgVersion).toBe(major);
