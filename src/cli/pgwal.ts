@@ -5,12 +5,16 @@
  * 2 an error (bad input, bad arguments). Errors are one line: file, offset, what was expected.
  */
 import { Command, CommanderError, Option } from 'commander';
-import { inspectCommand } from './commands/inspect.js';
-import { lsnCommand } from './commands/lsn.js';
-import { slotCommand } from './commands/slot.js';
-import { validLsnCommand } from './commands/validlsn.js';
 import { describeError, EXIT_ERROR } from './output.js';
-import { nativeStatus } from '../native/index.js';
+
+// each command's module is loaded only when it runs: start-up time matters to scripts
+const commands = {
+  inspect: () => import('./commands/inspect.js'),
+  validlsn: () => import('./commands/validlsn.js'),
+  lsn: () => import('./commands/lsn.js'),
+  slot: () => import('./commands/slot.js'),
+  native: () => import('../native/index.js'),
+};
 
 function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('pgwal')
@@ -39,7 +43,7 @@ Environment: PGHA_NATIVE=0 forces the pure TypeScript implementation.`,
     .option('--timeline <tli>', 'timeline to follow in a directory (default: the newest)')
     .option('--limit <n>', 'list at most n records')
     .option('--no-progress', 'no progress bar on stderr')
-    .action(async (paths: string[], opts) => setExit(await inspectCommand(paths, opts)));
+    .action(async (paths: string[], opts) => setExit(await (await commands.inspect()).inspectCommand(paths, opts)));
 
   program
     .command('validlsn')
@@ -49,7 +53,7 @@ Environment: PGHA_NATIVE=0 forces the pure TypeScript implementation.`,
     .option('--pgdata <dir>', "this node's data directory (uses pg_control and pg_wal/*.history)")
     .option('--history <file>', 'a timeline history file')
     .option('--json', 'print {"code":0|1,"msg":"Valid lsn"|"Invalid lsn","cnt":N}')
-    .action((tli: string, lsn: string, opts) => setExit(validLsnCommand(tli, lsn, opts)));
+    .action(async (tli: string, lsn: string, opts) => setExit((await commands.validlsn()).validLsnCommand(tli, lsn, opts)));
 
   program
     .command('lsn')
@@ -57,7 +61,7 @@ Environment: PGHA_NATIVE=0 forces the pure TypeScript implementation.`,
     .requiredOption('--pgdata <dir>', 'data directory')
     .option('--json', 'print {"chkPoint","chkRedoPoint","walFile","timeLineID","lastLsn"}')
     .option('--verbose', 'with --json: also state and end-of-WAL reason')
-    .action(async (opts) => setExit(await lsnCommand(opts)));
+    .action(async (opts) => setExit(await (await commands.lsn()).lsnCommand(opts)));
 
   const slot = program.command('slot').description('replication slot state files (pg_replslot/<slot>/state)');
   for (const action of ['show', 'verify'] as const) {
@@ -66,15 +70,15 @@ Environment: PGHA_NATIVE=0 forces the pure TypeScript implementation.`,
       .description(action === 'show' ? 'print every field of a slot state file (or all slots of a data directory)' : 'check magic, version, length and CRC; exit 1 if any file is bad')
       .argument('<path>', 'a state file, a slot directory, pg_replslot or a data directory')
       .option('--json', 'print JSON')
-      .action((path: string, opts) => setExit(slotCommand(action, path, opts)));
+      .action(async (path: string, opts) => setExit((await commands.slot()).slotCommand(action, path, opts)));
   }
 
   program
     .command('native')
     .description('show whether the native addon is loaded')
     .option('--json', 'print JSON')
-    .action((opts) => {
-      const st = nativeStatus();
+    .action(async (opts) => {
+      const st = (await commands.native()).nativeStatus();
       if (opts.json) process.stdout.write(JSON.stringify(st) + '\n');
       else process.stdout.write(st.native ? 'native addon loaded\n' : `native addon not loaded: ${st.reason}\n`);
       setExit(0);

@@ -5,10 +5,12 @@
  * the libuv pool while the main thread reads segment N+1 into the other buffer, so both cores work.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { WalFormatError } from '../formats/errors.js';
 import { formatLsn, segmentOf, segmentStartLsn, type Lsn } from '../formats/lsn.js';
 import { majorFromPageMagic, type PgMajor } from '../formats/versions.js';
 import {
+  RECORD_ENTRY_SIZE,
   STATS_ENTRY_SIZE,
   STATS_SLOTS,
   type EndReason,
@@ -49,6 +51,8 @@ export interface StreamScanOptions {
   impl: ScanImplementation;
   onSegment?: (visit: SegmentVisit) => void;
   onProgress?: (filesDone: number, filesTotal: number, bytesDone: number) => void;
+  /** scan the two halves of a directory concurrently when it pays off (default true) */
+  parallel?: boolean;
 }
 
 export interface StreamScanSummary {
@@ -76,6 +80,8 @@ export interface StreamScanSummary {
 }
 
 const PAGE_PROBE = 40;
+/** concurrent chains for a directory scan: map+scan tasks on the libuv pool (4 threads by default) */
+const PARALLEL_CHAINS = Number(process.env.PGHA_SCAN_CHAINS ?? 4);
 
 /** Read the long page header at the start of a segment file: segment size and block size. */
 export function probeSegmentHeader(path: string): { magic: number; segmentSize: number; blockSize: number; systemId: bigint; tli: number; pageaddr: bigint } {
@@ -128,16 +134,30 @@ function readInto(path: string, buf: Buffer, size: number): number {
   }
 }
 
+/** What one sequential run over a range of files found. */
+interface ChainResult {
+  count: number;
+  stats: Float64Array;
+  first: Lsn | null;
+  last: Lsn | null;
+  carry: ScanCarry | null;
+  /** end of valid WAL, the end LSN reached, or the file that was too short */
+  end: { lsn: Lsn; reason: StreamScanSummary['endReason']; message: string } | null;
+  filesScanned: number;
+  bytesScanned: number;
+}
+
+function blockSizeOf(f: SegmentFile): number {
+  try {
+    const bs = probeSegmentHeader(f.path).blockSize;
+    return bs >= 1024 && bs <= 65536 && (bs & (bs - 1)) === 0 ? bs : 8192;
+  } catch {
+    return 8192; // the scan itself reports what is wrong with the file
+  }
+}
+
 export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScanSummary> {
-  const { files, segmentSize, impl } = opts;
-  const ring = opts.onSegment ? 3 : 2;
-  const buffers: Buffer[] = [];
-  const bufferFor = (i: number): Buffer => {
-    const k = i % ring;
-    if (!buffers[k]) buffers[k] = Buffer.allocUnsafe(segmentSize);
-    return buffers[k];
-  };
-  const stats = new Float64Array(STATS_SLOTS * 3);
+  const { files, segmentSize } = opts;
   const summary: StreamScanSummary = {
     pgVersion: null,
     pageMagic: 0,
@@ -153,13 +173,16 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
     endFile: files[0]?.path ?? null,
     endOffset: 0,
     count: 0,
-    stats,
+    stats: new Float64Array(STATS_SLOTS * 3),
     filesScanned: 0,
     bytesScanned: 0,
   };
   if (files.length === 0) return summary;
-
-  let carry: ScanCarry | null = null;
+  for (const f of files) {
+    if (f.size > segmentSize) {
+      throw new WalFormatError('WAL file is larger than the segment size', { file: f.path, offset: segmentSize, expected: `${segmentSize} bytes`, got: `${f.size} bytes` });
+    }
+  }
   let startIndex = 0;
   if (opts.start !== undefined) {
     const startSeg = segmentOf(opts.start, segmentSize);
@@ -168,46 +191,153 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
       throw new WalFormatError(`no WAL segment file for start LSN ${formatLsn(opts.start)}`, { expected: `segment ${startSeg}` });
     }
   }
+  const blockSize = blockSizeOf(files[startIndex]);
+  const total = files.length - startIndex;
+  let done = 0;
+  const progress = (bytes: number) => opts.onProgress?.(++done, total, bytes);
 
-  for (const f of files) {
-    if (f.size > segmentSize) {
-      throw new WalFormatError('WAL file is larger than the segment size', { file: f.path, offset: segmentSize, expected: `${segmentSize} bytes`, got: `${f.size} bytes` });
+  const mapped = opts.impl.mapFile !== undefined && opts.impl.scanMapped !== undefined && !opts.onSegment;
+  // Two chains on two cores: the second half is scanned from a fresh start (skipping a continued
+  // record, random-access prev rule) while the first half runs, then the boundary is re-checked
+  // sequentially with the first half's carry. Only the common stats case, where it pays off.
+  const parallel = mapped && opts.parallel !== false && opts.start === undefined && opts.end === undefined && total >= 8 && availableParallelism() > 1;
+  let result: ChainResult;
+  if (parallel) {
+    // split points; every chain after the first starts fresh and is joined to the one before it
+    const chains = Math.min(PARALLEL_CHAINS, Math.floor(total / 4));
+    const bounds = Array.from({ length: chains + 1 }, (_, j) => startIndex + Math.floor((total * j) / chains));
+    const parts = await Promise.all(bounds.slice(0, -1).map((from, j) => runChain(opts, files, from, bounds[j + 1], null, blockSize, progress)));
+    result = parts[0];
+    for (let j = 1; j < chains; j++) {
+      const k = bounds[j];
+      const joined = await joinChains(opts, files, k, result, parts[j], blockSize);
+      // the fresh start did not line up with the sequential state (damaged WAL): rescan sequentially
+      result = joined ?? mergeChains(result, await runChain(opts, files, k, files.length, result.carry, blockSize, () => undefined));
+      if (!joined || result.end) break;
     }
+  } else {
+    result = await runChain(opts, files, startIndex, files.length, null, blockSize, progress);
   }
-  // mapping (native, stats only): map segment N+1 on the pool while N is scanned; else read
-  // segment N+1 into the other buffer on this thread while N is scanned on the pool
-  const mapFile = impl.mapFile;
-  const scanMapped = impl.scanMapped;
-  const useMap = mapFile !== undefined && scanMapped !== undefined && !opts.onSegment;
-  const pageSizeOf = (i: number): number => {
-    if (files[i].size < PAGE_PROBE) return 8192;
-    const bs = probeSegmentHeader(files[startIndex].path).blockSize;
-    return bs >= 1024 && bs <= 65536 && (bs & (bs - 1)) === 0 ? bs : 8192;
+
+  const carry = result.carry;
+  if (carry && carry.pageMagic !== 0) {
+    summary.pageMagic = carry.pageMagic;
+    summary.pgVersion = majorFromPageMagic(carry.pageMagic) ?? null;
+    summary.systemId = carry.systemId;
+    summary.blockSize = carry.blockSize;
+  }
+  summary.count = result.count;
+  summary.stats = result.stats;
+  summary.firstRecordLsn = result.first;
+  summary.lastRecordLsn = result.last;
+  summary.filesScanned = result.filesScanned;
+  summary.bytesScanned = result.bytesScanned;
+  if (result.end) setEnd(summary, result.end.lsn, result.end.reason, result.end.message, files, segmentSize);
+  else {
+    const lastFile = files[files.length - 1];
+    const fileEnd = segmentStartLsn(lastFile.segno + 1n, segmentSize);
+    const at = carry && carry.nextRecordLsn !== 0n ? carry.nextRecordLsn : fileEnd;
+    setEnd(summary, at, 'end-of-files', `no WAL file after ${lastFile.name}`, files, segmentSize);
+  }
+  return summary;
+}
+
+/** `b` continues `a` at files[k]: verify the boundary sequentially and merge, or null if it does not fit */
+async function joinChains(opts: StreamScanOptions, files: SegmentFile[], k: number, a: ChainResult, b: ChainResult, blockSize: number): Promise<ChainResult | null> {
+  if (a.end || !a.carry) return a; // valid WAL ended in the first half
+  if (b.count === 0 || b.first === null) return null;
+  // re-read the start of files[k] with the first half's state, up to and including b's first record
+  const f = files[k];
+  const usable = Math.min(f.size, opts.segmentSize);
+  const map = await opts.impl.mapFile!(f.path, usable - (usable % blockSize));
+  let s: ScanResult;
+  try {
+    s = await opts.impl.scanMapped!(map, {
+      bufLsn: segmentStartLsn(f.segno, opts.segmentSize),
+      carry: a.carry,
+      mode: 'records',
+      endLsn: b.first + 1n,
+    });
+  } finally {
+    map.release();
+  }
+  if (s.end || !s.reachedEndLsn || s.lastRecordLsn !== b.first) return null; // let the sequential scan decide
+  // the last record of the stitch is b's first record: count it once
+  const at = (s.count - 1) * RECORD_ENTRY_SIZE;
+  const totLen = s.records.readUInt32LE(at + 16);
+  const fpi = s.records.readUInt32LE(at + 24);
+  const slot = s.records[at + 28] * 16 + (s.records[at + 29] >> 4);
+  const stitch: ChainResult = {
+    count: s.count - 1,
+    stats: new Float64Array(STATS_SLOTS * 3),
+    first: s.count > 1 ? s.firstRecordLsn : null,
+    last: s.count > 1 ? s.records.readBigUInt64LE(at - RECORD_ENTRY_SIZE) : null,
+    carry: s.carry,
+    end: null,
+    filesScanned: 0,
+    bytesScanned: 0,
   };
-  const mapBlockSize = useMap ? pageSizeOf(startIndex) : 0;
+  addStats(stitch.stats, s.stats);
+  stitch.stats[slot * 3] -= 1;
+  stitch.stats[slot * 3 + 1] -= totLen - fpi;
+  stitch.stats[slot * 3 + 2] -= fpi;
+  return mergeChains(mergeChains(a, stitch), b);
+}
+
+function mergeChains(a: ChainResult, b: ChainResult): ChainResult {
+  const stats = new Float64Array(a.stats);
+  for (let i = 0; i < stats.length; i++) stats[i] += b.stats[i];
+  return {
+    count: a.count + b.count,
+    stats,
+    first: a.first ?? b.first,
+    last: b.last ?? a.last,
+    carry: b.carry ?? a.carry,
+    end: b.end,
+    filesScanned: a.filesScanned + b.filesScanned,
+    bytesScanned: a.bytesScanned + b.bytesScanned,
+  };
+}
+
+/** Scan files[from, to) in order, starting from `carry` (null: a fresh start at files[from]). */
+async function runChain(
+  opts: StreamScanOptions,
+  files: SegmentFile[],
+  from: number,
+  to: number,
+  initial: ScanCarry | null,
+  blockSize: number,
+  progress: (bytes: number) => void,
+): Promise<ChainResult> {
+  const { segmentSize, impl } = opts;
+  const out: ChainResult = { count: 0, stats: new Float64Array(STATS_SLOTS * 3), first: null, last: null, carry: initial, end: null, filesScanned: 0, bytesScanned: 0 };
+  if (from >= to) return out;
+  const useMap = impl.mapFile !== undefined && impl.scanMapped !== undefined && !opts.onSegment;
+  // reading: segment N+1 is read into the other buffer on this thread while N is scanned on the
+  // pool; mapping (native, no visitor): N+1 is mapped on the pool while N is scanned
+  const ring = opts.onSegment ? 3 : 2;
+  const buffers: Buffer[] = [];
+  const bufferFor = (i: number): Buffer => (buffers[i % ring] ??= Buffer.allocUnsafe(segmentSize));
   const mapped: Array<Promise<MappedFile> | undefined> = [];
   const sizes: number[] = [];
   const load = (i: number): void => {
     const f = files[i];
+    const size = Math.min(f.size, segmentSize);
     if (useMap) {
-      const usable = Math.min(f.size, segmentSize);
-      sizes[i] = usable;
-      mapped[i] = mapFile(f.path, usable - (usable % mapBlockSize));
-      mapped[i]!.catch(() => undefined); // awaited below; avoid an unhandled rejection meanwhile
-    } else sizes[i] = readInto(f.path, bufferFor(i), Math.min(f.size, segmentSize));
+      sizes[i] = size;
+      const m = impl.mapFile!(f.path, size - (size % blockSize));
+      m.catch(() => undefined); // awaited below; no unhandled rejection meanwhile
+      mapped[i] = m;
+    } else sizes[i] = readInto(f.path, bufferFor(i), size);
   };
-  load(startIndex);
-  let blockSize = useMap ? mapBlockSize : 0;
+  load(from);
   let prevVisit: { buf: Buffer; bufLsn: Lsn } | null = null;
-  let finished = false;
-  for (let i = startIndex; i < files.length && !finished; i++) {
+  let carry = initial;
+  for (let i = from; i < to; i++) {
     const f = files[i];
     const bufLsn = segmentStartLsn(f.segno, segmentSize);
     const got = sizes[i];
-    if (blockSize === 0) blockSize = got >= PAGE_PROBE ? bufferFor(i).readUInt32LE(36) : 8192;
-    if (blockSize < 1024 || blockSize > 65536 || (blockSize & (blockSize - 1)) !== 0) blockSize = 8192;
     const usable = got - (got % blockSize);
-    const view = useMap ? Buffer.alloc(0) : bufferFor(i).subarray(0, usable);
     const options: ScanOptions = {
       bufLsn,
       carry,
@@ -216,17 +346,18 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
       endLsn: opts.end,
     };
     let result: ScanResult;
+    const view = useMap ? null : bufferFor(i).subarray(0, usable);
     if (useMap) {
       const map = await mapped[i]!;
       mapped[i] = undefined;
-      if (i + 1 < files.length) load(i + 1);
+      if (i + 1 < to) load(i + 1);
       try {
-        result = await scanMapped(map, options);
+        result = await impl.scanMapped!(map, options);
       } finally {
         map.release();
       }
-    } else if (impl.scanWalAsync && i + 1 < files.length) {
-      const pending = impl.scanWalAsync(view, options);
+    } else if (impl.scanWalAsync && i + 1 < to) {
+      const pending = impl.scanWalAsync(view!, options);
       try {
         load(i + 1);
       } catch (e) {
@@ -235,47 +366,41 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
       }
       result = await pending;
     } else {
-      result = impl.scanWal(view, options);
-      if (i + 1 < files.length) load(i + 1);
+      result = impl.scanWal(view!, options);
+      if (i + 1 < to) load(i + 1);
     }
-    summary.filesScanned++;
-    summary.bytesScanned += usable;
+    out.filesScanned++;
+    out.bytesScanned += usable;
     carry = result.carry;
-    if (summary.pageMagic === 0 && carry.pageMagic !== 0) {
-      summary.pageMagic = carry.pageMagic;
-      summary.pgVersion = majorFromPageMagic(carry.pageMagic) ?? null;
-      summary.systemId = carry.systemId;
-      summary.blockSize = carry.blockSize;
-    }
+    out.carry = carry;
     if (result.count > 0) {
-      if (summary.firstRecordLsn === null) summary.firstRecordLsn = result.firstRecordLsn;
-      summary.lastRecordLsn = result.lastRecordLsn;
-      summary.count += result.count;
-      addStats(stats, result.stats);
+      out.first ??= result.firstRecordLsn;
+      out.last = result.lastRecordLsn;
+      out.count += result.count;
+      addStats(out.stats, result.stats);
     }
-    opts.onSegment?.({ file: f, buf: view as Buffer, bufLsn, prev: prevVisit, result });
-    opts.onProgress?.(i - startIndex + 1, files.length - startIndex, summary.bytesScanned);
-    prevVisit = { buf: view as Buffer, bufLsn };
+    if (view) opts.onSegment?.({ file: f, buf: view, bufLsn, prev: prevVisit, result });
+    progress(out.bytesScanned);
+    if (view) prevVisit = { buf: view, bufLsn };
 
-    const fileEndLsn = bufLsn + BigInt(usable);
     if (result.end) {
-      setEnd(summary, result.end.lsn, result.end.reason, result.end.message, files, segmentSize);
-      finished = true;
-    } else if (result.reachedEndLsn) {
+      out.end = { lsn: result.end.lsn, reason: result.end.reason, message: result.end.message };
+      break;
+    }
+    if (result.reachedEndLsn) {
       const endLsn = opts.end ?? carry.nextRecordLsn;
-      setEnd(summary, endLsn, 'end-lsn-reached', `reached end LSN ${formatLsn(endLsn)}`, files, segmentSize);
-      finished = true;
-    } else if (got < segmentSize) {
-      const at = carry.nextRecordLsn !== 0n ? carry.nextRecordLsn : fileEndLsn;
-      setEnd(summary, at, 'truncated', `file ${f.name} ends after ${got} of ${segmentSize} bytes`, files, segmentSize);
-      finished = true;
-    } else if (i + 1 === files.length) {
-      const at = carry.nextRecordLsn !== 0n ? carry.nextRecordLsn : fileEndLsn;
-      setEnd(summary, at, 'end-of-files', `no WAL file after ${f.name}`, files, segmentSize);
-      finished = true;
+      out.end = { lsn: endLsn, reason: 'end-lsn-reached', message: `reached end LSN ${formatLsn(endLsn)}` };
+      break;
+    }
+    if (got < segmentSize) {
+      const at = carry.nextRecordLsn !== 0n ? carry.nextRecordLsn : bufLsn + BigInt(usable);
+      out.end = { lsn: at, reason: 'truncated', message: `file ${f.name} ends after ${got} of ${segmentSize} bytes` };
+      break;
     }
   }
-  return summary;
+  // drop mappings made ahead that were not used (an end was found)
+  for (const m of mapped) m?.then((x) => x.release(), () => undefined);
+  return out;
 }
 
 function setEnd(s: StreamScanSummary, lsn: Lsn, reason: StreamScanSummary['endReason'], message: string, files: SegmentFile[], segmentSize: number): void {
