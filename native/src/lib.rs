@@ -250,3 +250,9 @@ pub fn scan_mapped_async(map: &MappedWal, options: JsScanOptions) -> Result<Asyn
     let carry = options.carry.map(carry_from_js);
     Ok(AsyncTask::new(ScanMappedTask { map: map.inner.clone(), params, carry }))
 }
+
+/// `scanSegment` is the name the design uses for the one-call-per-segment scan; same as `scanWal`.
+#[napi(js_name = "scanSegment")]
+pub fn scan_segment_js(buf: &[u8], options: JsScanOptions) -> Result<JsScanResult> {
+    scan_wal_js(buf, options)
+}

@@ -189,5 +189,7 @@ const active: Implementation = nativeImplementation ?? tsImplementation;
 
 export const crc32c = (data: Uint8Array, init?: number): number => active.crc32c(data, init);
 export const scanWal = (buf: Uint8Array, options: ScanOptions): ScanResult => active.scanWal(buf, options);
+/** the design's name for the one-call-per-segment scan */
+export const scanSegment = scanWal;
 export const scanWalAsync = (buf: Uint8Array, options: ScanOptions): Promise<ScanResult> => active.scanWalAsync(buf, options);
 export const activeImplementation = (): Implementation => active;
