@@ -54,7 +54,7 @@ for (const major of Object.keys(EMBEDDED_VERSIONS).map(Number)) {
         expect(ctl.nextOid).toBe(Number(cp.next_oid));
         expect(ctl.crcValid).toBe(true);
 
-        for (const env of [{}, { PGHA_NATIVE: '0' }]) {
+        for (const env of [{}, { PGHA_NATIVE: '0' }] as Array<Record<string, string>>) {
           const wal = pgwalJson<Record<string, unknown>>(['inspect', '--stats', c.walDir], env);
           expect(wal.pgVersion).toBe(major);
           expect(wal.systemId).toBe(sys.system_identifier);
