@@ -114,15 +114,14 @@ export function controlView(path: string, c: ControlFile) {
   };
 }
 
-/** Per-rmgr stats keyed by pg_waldump's rmgr names (every built-in rmgr, zeros included). */
-export function rmgrStats(stats: Float64Array): Record<string, RmgrStats> {
-  const out: Record<string, RmgrStats> = {};
-  for (const name of RMGR_NAMES) out[name] = { count: 0, recordBytes: 0, fpiBytes: 0, combinedBytes: 0 };
+const emptyStats = (): RmgrStats => ({ count: 0, recordBytes: 0, fpiBytes: 0, combinedBytes: 0 });
+
+/** Sum the STATS_SLOTS table into entries keyed by `keyOf(rmid, info)`. */
+function groupStats(stats: Float64Array, out: Record<string, RmgrStats>, keyOf: (rmid: number, info: number) => string): Record<string, RmgrStats> {
   for (let i = 0; i < STATS_SLOTS; i++) {
     const count = stats[i * 3];
     if (count === 0) continue;
-    const name = rmgrName(i >> 4);
-    const e = (out[name] ??= { count: 0, recordBytes: 0, fpiBytes: 0, combinedBytes: 0 });
+    const e = (out[keyOf(i >> 4, (i & 15) << 4)] ??= emptyStats());
     e.count += count;
     e.recordBytes += stats[i * 3 + 1];
     e.fpiBytes += stats[i * 3 + 2];
@@ -131,23 +130,16 @@ export function rmgrStats(stats: Float64Array): Record<string, RmgrStats> {
   return out;
 }
 
+/** Per-rmgr stats keyed by pg_waldump's rmgr names (every built-in rmgr, zeros included). */
+export function rmgrStats(stats: Float64Array): Record<string, RmgrStats> {
+  const out: Record<string, RmgrStats> = {};
+  for (const name of RMGR_NAMES) out[name] = emptyStats();
+  return groupStats(stats, out, (rmid) => rmgrName(rmid));
+}
+
 /** Per-record-type stats keyed `Rmgr/TYPE` as pg_waldump --stats=record prints them (non-zero only). */
 export function recordTypeStats(stats: Float64Array, major: number): Record<string, RmgrStats> {
-  const out: Record<string, RmgrStats> = {};
-  for (let i = 0; i < STATS_SLOTS; i++) {
-    const count = stats[i * 3];
-    if (count === 0) continue;
-    const rmid = i >> 4;
-    const info = (i & 15) << 4;
-    const recid = statsRecordId(rmid, info);
-    const key = `${rmgrName(rmid)}/${recordTypeName(rmid, recid << 4, major)}`;
-    const e = (out[key] ??= { count: 0, recordBytes: 0, fpiBytes: 0, combinedBytes: 0 });
-    e.count += count;
-    e.recordBytes += stats[i * 3 + 1];
-    e.fpiBytes += stats[i * 3 + 2];
-    e.combinedBytes += stats[i * 3 + 1] + stats[i * 3 + 2];
-  }
-  return out;
+  return groupStats(stats, {}, (rmid, info) => `${rmgrName(rmid)}/${recordTypeName(rmid, statsRecordId(rmid, info) << 4, major)}`);
 }
 
 export function walView(path: string, s: StreamScanSummary, files: string[]) {

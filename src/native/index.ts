@@ -100,23 +100,11 @@ export function nativeStatus(): { native: boolean; reason?: string } {
   return binding ? { native: true } : { native: false, reason };
 }
 
+// the binding's carry has the contract's fields; only `partial` differs (Buffer | undefined vs Uint8Array | null)
 function carryToJs(c: ScanCarry | null): JsCarry | undefined {
   if (!c) return undefined;
-  return {
-    nextPageLsn: c.nextPageLsn,
-    nextRecordLsn: c.nextRecordLsn,
-    prevRecordLsn: c.prevRecordLsn,
-    lastPageTli: c.lastPageTli,
-    pageMagic: c.pageMagic,
-    systemId: c.systemId,
-    segmentSize: c.segmentSize,
-    blockSize: c.blockSize,
-    partial: c.partial ? Buffer.from(c.partial.buffer, c.partial.byteOffset, c.partial.byteLength) : undefined,
-    partialTotLen: c.partialTotLen,
-    randomAccess: c.randomAccess,
-    skipToLsn: c.skipToLsn,
-    partialCrossesSegment: c.partialCrossesSegment,
-  };
+  const { partial, ...rest } = c;
+  return { ...rest, partial: partial ? Buffer.from(partial.buffer, partial.byteOffset, partial.byteLength) : undefined };
 }
 
 function optionsToJs(o: ScanOptions): JsScanOptions {
@@ -131,21 +119,7 @@ function resultFromJs(r: JsScanResult): ScanResult {
     stats: r.stats,
     end: r.endLsn !== undefined && r.endReason !== undefined ? { lsn: r.endLsn, reason: endReasonFromCode(r.endReason), message: r.endMessage ?? '' } : null,
     reachedEndLsn: r.reachedEndLsn,
-    carry: {
-      nextPageLsn: c.nextPageLsn,
-      nextRecordLsn: c.nextRecordLsn,
-      prevRecordLsn: c.prevRecordLsn,
-      lastPageTli: c.lastPageTli,
-      pageMagic: c.pageMagic,
-      systemId: c.systemId,
-      segmentSize: c.segmentSize,
-      blockSize: c.blockSize,
-      partial: c.partial ?? null,
-      partialTotLen: c.partialTotLen,
-      randomAccess: c.randomAccess,
-      skipToLsn: c.skipToLsn,
-      partialCrossesSegment: c.partialCrossesSegment,
-    },
+    carry: { ...c, partial: c.partial ?? null },
     firstRecordLsn: r.firstRecordLsn,
     lastRecordLsn: r.lastRecordLsn,
     lastRecordEndLsn: r.lastRecordEndLsn,
