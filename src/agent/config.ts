@@ -1,0 +1,83 @@
+/**
+ * Agent configuration: a JSON file, then environment variables, then command-line flags (later wins).
+ * Environment: PGHA_NODE_NAME, PGHA_LISTEN (host:port), PGDATA, PGHA_TOKEN, PGHA_PEERS
+ * ("name=url,name=url"), PGHA_PG_PORT, PGHA_PG_BIN, PGHA_REPL_USER.
+ */
+import { readFileSync } from 'node:fs';
+
+export interface AgentConfig {
+  name: string;
+  host: string;
+  port: number;
+  pgdata: string;
+  token: string;
+  peers: Record<string, string>;
+  pgPort?: number;
+  pgBin: string;
+  replUser?: string;
+  /** address other nodes use to reach this PostgreSQL (default: the agent's listen host) */
+  pgHost: string;
+}
+
+export class ConfigError extends Error {}
+
+function parsePeers(text: string): Record<string, string> {
+  const peers: Record<string, string> = {};
+  for (const part of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const i = part.indexOf('=');
+    if (i <= 0) throw new ConfigError(`peer "${part}" must be NAME=URL`);
+    const url = part.slice(i + 1);
+    if (!/^https?:\/\//.test(url)) throw new ConfigError(`peer "${part}": URL must start with http:// or https://`);
+    peers[part.slice(0, i)] = url.replace(/\/+$/, '');
+  }
+  return peers;
+}
+
+function parseListen(text: string): { host: string; port: number } {
+  const m = /^(.*):(\d+)$/.exec(text);
+  if (!m || Number(m[2]) > 65535) throw new ConfigError(`listen address "${text}" must be HOST:PORT`);
+  return { host: m[1] || '127.0.0.1', port: Number(m[2]) };
+}
+
+export interface AgentFlags {
+  config?: string;
+  pgdata?: string;
+  listen?: string;
+  name?: string;
+  token?: string;
+  peer?: string[];
+  pgPort?: string;
+  pgBin?: string;
+  replUser?: string;
+  pgHost?: string;
+}
+
+export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): AgentConfig {
+  let file: Partial<AgentConfig> & { listen?: string; peers?: Record<string, string> } = {};
+  if (flags.config) {
+    try {
+      file = JSON.parse(readFileSync(flags.config, 'utf8'));
+    } catch (e) {
+      throw new ConfigError(`${flags.config}: ${(e as Error).message}`);
+    }
+  }
+  const listen = flags.listen ?? env.PGHA_LISTEN ?? file.listen ?? `${file.host ?? '127.0.0.1'}:${file.port ?? 8079}`;
+  const { host, port } = parseListen(listen);
+  const peers = { ...(file.peers ?? {}), ...(env.PGHA_PEERS ? parsePeers(env.PGHA_PEERS) : {}), ...(flags.peer ? parsePeers(flags.peer.join(',')) : {}) };
+  const cfg: AgentConfig = {
+    name: flags.name ?? env.PGHA_NODE_NAME ?? file.name ?? '',
+    host,
+    port,
+    pgdata: flags.pgdata ?? env.PGDATA ?? file.pgdata ?? '',
+    token: flags.token ?? env.PGHA_TOKEN ?? file.token ?? '',
+    peers,
+    pgPort: Number(flags.pgPort ?? env.PGHA_PG_PORT ?? file.pgPort ?? 0) || undefined,
+    pgBin: flags.pgBin ?? env.PGHA_PG_BIN ?? file.pgBin ?? '/usr/lib/postgresql/15/bin',
+    replUser: flags.replUser ?? env.PGHA_REPL_USER ?? file.replUser,
+    pgHost: flags.pgHost ?? env.PGHA_PG_HOST ?? file.pgHost ?? (host === '0.0.0.0' ? '127.0.0.1' : host),
+  };
+  if (!cfg.name) throw new ConfigError('node name missing (--name, PGHA_NODE_NAME or "name" in the config file)');
+  if (!cfg.pgdata) throw new ConfigError('data directory missing (--pgdata, PGDATA or "pgdata")');
+  if (cfg.token.length < 16) throw new ConfigError('token missing or shorter than 16 characters (--token, PGHA_TOKEN or "token")');
+  return cfg;
+}

@@ -1,0 +1,93 @@
+/** instance/*, node/promote, in_recovery: state and life cycle of this node's PostgreSQL. */
+import { existsSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { AgentClient } from '../../ship/client.js';
+import { ShipError } from '../../ship/files.js';
+import { rejoin } from '../../rejoin/execute.js';
+import { nodeState } from '../node-state.js';
+import type { AgentContext } from '../server.js';
+
+/** the peer (or this node) that is currently a primary */
+export async function findPrimary(ctx: AgentContext): Promise<{ name: string; url: string } | null> {
+  for (const [name, url] of Object.entries(ctx.cfg.peers)) {
+    try {
+      const s = await new AgentClient(url, ctx.cfg.token, 5000).get<Record<string, string>>('instance/current');
+      if (s[name] === 'master' || s[name] === 'single') return { name, url };
+    } catch {
+      // unreachable peers are simply not candidates
+    }
+  }
+  return null;
+}
+
+export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext): void {
+  const { cfg, pg } = ctx;
+  const current = async () => ({ [cfg.name]: await nodeState(pg) });
+
+  app.get('/api/pg/v1/instance/current', current);
+
+  app.get('/api/pg/v1/instance/all', async () => {
+    const all: Record<string, string> = await current();
+    await Promise.all(
+      Object.entries(cfg.peers).map(async ([name, url]) => {
+        try {
+          Object.assign(all, await new AgentClient(url, cfg.token, 5000).get<Record<string, string>>('instance/current'));
+        } catch {
+          all[name] = 'unreachable';
+        }
+      }),
+    );
+    return all;
+  });
+
+  app.post('/api/pg/v1/instance/current', async () => {
+    if (!pg.isRunning()) pg.start();
+    return current();
+  });
+
+  app.post('/api/pg/v1/instance/master', async () => {
+    if (pg.isRunning()) {
+      const [r] = await pg.query<{ rec: boolean }>('SELECT pg_is_in_recovery() AS rec');
+      if (r.rec) await pg.promote();
+    } else {
+      for (const f of ['standby.signal', 'recovery.signal']) if (existsSync(join(pg.pgdata, f))) unlinkSync(join(pg.pgdata, f));
+      pg.start();
+    }
+    return current();
+  });
+
+  app.post('/api/pg/v1/instance/slave', async (req) => {
+    const primary = await findPrimary(ctx);
+    if (!primary) throw new ShipError('no peer is a primary: cannot start as a standby', 409, 'NO_PRIMARY');
+    const body = (req.body ?? {}) as { allowReclone?: boolean };
+    if (pg.isRunning()) pg.stop();
+    const result = await rejoin({
+      pgdata: cfg.pgdata,
+      source: primary.url,
+      token: cfg.token,
+      binDir: cfg.pgBin,
+      peers: Object.values(cfg.peers).filter((u) => u !== primary.url),
+      allowReclone: body.allowReclone === true,
+      log: (msg) => req.log.info(msg),
+    });
+    return { ...(await current()), rejoin: result };
+  });
+
+  app.delete('/api/pg/v1/instance/current', async () => {
+    const how = pg.stop();
+    return { ...(await current()), stopped: how };
+  });
+
+  app.post('/api/pg/v1/node/promote', async () => {
+    if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
+    await pg.promote();
+    return current();
+  });
+
+  app.get('/api/pg/v1/in_recovery', async () => {
+    if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
+    const [r] = await pg.query<{ rec: boolean }>('SELECT pg_is_in_recovery() AS rec');
+    return { in_recovery: r.rec ? 't' : 'f' };
+  });
+}

@@ -1,0 +1,52 @@
+/** lsn/*, validLsn: where this node is, and whether another node's end point is on its history. */
+import type { FastifyInstance } from 'fastify';
+import { validLsnAnswer, parseTli } from '../../cli/commands/validlsn.js';
+import { readControl, readNodeHistory } from '../../datadir/node-state.js';
+import { LsnFormatError } from '../../formats/errors.js';
+import { AgentClient } from '../../ship/client.js';
+import { ShipError } from '../../ship/files.js';
+import { liveLsn } from '../node-state.js';
+import type { AgentContext } from '../server.js';
+
+export function registerLsnRoutes(app: FastifyInstance, ctx: AgentContext): void {
+  const { cfg, pg } = ctx;
+  // who this node is: what a rejoining node needs to check lineage and to connect for replication
+  app.get('/api/pg/v1/system', async () => {
+    const c = readControl(cfg.pgdata);
+    return {
+      name: cfg.name,
+      systemId: c.systemId.toString(),
+      pgVersion: c.pgVersion,
+      walSegmentSize: c.walSegmentSize,
+      timeline: readNodeHistory(cfg.pgdata, c).timeline,
+      pgHost: cfg.pgHost,
+      pgPort: pg.port,
+      pgUser: pg.user,
+      running: pg.isRunning(),
+    };
+  });
+  app.get('/api/pg/v1/lsn/current', async () => ({ [cfg.name]: await liveLsn(pg) }));
+  app.get('/api/pg/v1/lsn/all', async () => {
+    const all: Record<string, unknown> = { [cfg.name]: await liveLsn(pg) };
+    await Promise.all(
+      Object.entries(cfg.peers).map(async ([name, url]) => {
+        try {
+          Object.assign(all, await new AgentClient(url, cfg.token, 10_000).get<Record<string, unknown>>('lsn/current'));
+        } catch (e) {
+          all[name] = { error: (e as Error).message };
+        }
+      }),
+    );
+    return all;
+  });
+  app.get<{ Params: { tli: string; lsn: string } }>('/api/pg/v1/validLsn/:tli/:lsn', async (req) => {
+    let tli: number;
+    try {
+      tli = parseTli(req.params.tli);
+      return validLsnAnswer(readNodeHistory(cfg.pgdata), tli, req.params.lsn.replace('-', '/')).json;
+    } catch (e) {
+      if (e instanceof LsnFormatError || (e as Error).name === 'UsageError') throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
+      throw e;
+    }
+  });
+}

@@ -1,0 +1,285 @@
+/**
+ * `pgha rejoin`: bring a stopped node back as a standby of the source, by the cheapest correct
+ * path. Follow (standby config, missing history files, start), or rewind (lost-transaction report,
+ * the WAL pg_rewind needs fetched from the source or peers, pg_rewind, start), or — only with
+ * allowReclone — move the data directory aside and re-clone. Waits until the node streams.
+ */
+import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import pg from 'pg';
+import { nodeLsn, walDir } from '../datadir/node-state.js';
+import { formatLsn, historyFileName, segmentOf, walFileName, type Lsn } from '../formats/lsn.js';
+import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
+import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
+import { RECORD_ENTRY_SIZE } from '../native/contract.js';
+import { PgInstance, PgToolError } from '../pg/instance.js';
+import { AgentClient } from '../ship/client.js';
+import { walImplementation } from '../wal/implementation.js';
+import { recordBytes } from '../wal/record-bytes.js';
+import { probeSegmentHeader, scanWalStream, type SegmentVisit } from '../wal/stream.js';
+import { lostTransactions, type LostTransactionReport } from './lost-transactions.js';
+import { decide, type RejoinPath } from './plan.js';
+
+export interface RejoinOptions {
+  pgdata: string;
+  /** the new primary's agent */
+  source: string;
+  token: string;
+  binDir: string;
+  /** other agents that may still have old WAL */
+  peers?: string[];
+  allowReclone?: boolean;
+  dryRun?: boolean;
+  /** replication slot on the source to use (created by pg_basebackup on re-clone) */
+  slot?: string;
+  timeoutMs?: number;
+  log?: (msg: string) => void;
+}
+
+export interface RejoinResult {
+  path: RejoinPath | 'refused';
+  reason: string;
+  dryRun: boolean;
+  forkLsn: string | null;
+  lostTransactions: { count: number; report: string | null; xids: number[] };
+  fetched: Array<{ name: string; from: string; size: number; sha256: string }>;
+  streaming: boolean;
+  movedAside?: string;
+}
+
+export class RejoinRefused extends Error {}
+
+interface SourceSystem {
+  name: string;
+  systemId: string;
+  pgVersion: number;
+  walSegmentSize: number;
+  timeline: number;
+  pgHost: string;
+  pgPort: number;
+  pgUser: string;
+}
+
+const conninfo = (s: SourceSystem, appName: string) => `host=${s.pgHost} port=${s.pgPort} user=${s.pgUser} application_name=${appName}`;
+
+async function sourceHistory(client: AgentClient, sys: SourceSystem): Promise<TimelineHistory> {
+  if (sys.timeline <= 1) return { timeline: 1, entries: [] };
+  return parseHistory(await client.getText(`walFile/${historyFileName(sys.timeline)}`), sys.timeline, `${client.baseUrl} ${historyFileName(sys.timeline)}`);
+}
+
+function writeStandbyConfig(pgdata: string, sys: SourceSystem, appName: string, slot?: string): void {
+  const auto = join(pgdata, 'postgresql.auto.conf');
+  const keep = existsSync(auto)
+    ? readFileSync(auto, 'utf8')
+        .split('\n')
+        .filter((l) => !/^\s*(primary_conninfo|primary_slot_name|recovery_target_timeline)\s*=/.test(l))
+        .join('\n')
+    : '';
+  const lines = [`primary_conninfo = '${conninfo(sys, appName).replace(/'/g, "''")}'`, "recovery_target_timeline = 'latest'"];
+  if (slot) lines.push(`primary_slot_name = '${slot}'`);
+  writeFileSync(auto, keep.replace(/\n*$/, '\n') + '# written by pgha rejoin\n' + lines.join('\n') + '\n');
+  writeFileSync(join(pgdata, 'standby.signal'), '');
+}
+
+async function waitStreaming(local: PgInstance, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const [r] = await local.query<{ status: string | null }>("SELECT (SELECT status FROM pg_stat_wal_receiver) AS status");
+      if (r.status === 'streaming') return true;
+    } catch {
+      // still starting up
+    }
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  return false;
+}
+
+/** the checkpoint records of one segment that start before `before`, with their REDO pointers */
+async function checkpointsIn(path: string, segno: bigint, segmentSize: number, before: Lsn): Promise<Array<{ lsn: Lsn; redo: Lsn }>> {
+  const found: Array<{ lsn: Lsn; redo: Lsn }> = [];
+  const st = statSync(path);
+  const h = probeSegmentHeader(path);
+  await scanWalStream({
+    files: [{ path, name: basename(path), tli: h.tli, segno, size: st.size, partial: false }],
+    segmentSize,
+    mode: 'records',
+    impl: walImplementation(),
+    onSegment: (v: SegmentVisit) => {
+      const e = v.result.records;
+      for (let i = 0; i < v.result.count; i++) {
+        const at = i * RECORD_ENTRY_SIZE;
+        const lsn = e.readBigUInt64LE(at);
+        const info = e[at + 29] & 0xf0;
+        if (e[at + 28] !== 0 || (info !== 0x00 && info !== 0x10) || lsn >= before) continue;
+        const bytes = recordBytes([{ buf: v.buf, bufLsn: v.bufLsn }], lsn, e.readUInt32LE(at + 16), v.result.carry.blockSize);
+        if (!bytes) continue;
+        const frags: DecodedFragments = { blocks: [], mainDataLength: 0, mainDataOffset: 0 };
+        checkRecordLayout(bytes, 15, v.result.carry.blockSize, frags);
+        if (frags.mainDataLength >= 8) found.push({ lsn, redo: Buffer.from(bytes.buffer, bytes.byteOffset).readBigUInt64LE(frags.mainDataOffset) });
+      }
+    },
+  });
+  return found;
+}
+
+export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
+  const log = opts.log ?? (() => undefined);
+  const timeoutMs = opts.timeoutMs ?? 120_000;
+  const local = new PgInstance({ pgdata: opts.pgdata, binDir: opts.binDir });
+  if (local.isRunning()) throw new RejoinRefused(`PostgreSQL is running in ${opts.pgdata}: stop it before a rejoin`);
+  const client = new AgentClient(opts.source, opts.token);
+  const sys = await client.get<SourceSystem>('system');
+  const impl = walImplementation();
+  const lsn = await nodeLsn(opts.pgdata, impl);
+  const control = lsn.control;
+  const localTli = lsn.history.timeline;
+  const endLsn = lsn.lastLsn;
+  const valid = await client.get<{ code: number; msg: string; cnt: number }>(`validLsn/${localTli}/${formatLsn(endLsn)}`);
+  const srcHistory = await sourceHistory(client, sys);
+  const decision = decide(
+    { systemId: control.systemId, pgVersion: control.pgVersion, timeline: localTli, history: lsn.history, endLsn },
+    { systemId: BigInt(sys.systemId), pgVersion: sys.pgVersion, history: srcHistory, valid: valid.code === 0 },
+  );
+  log(`rejoin: ${decision.path}: ${decision.reason}`);
+  const result: RejoinResult = {
+    path: decision.path,
+    reason: decision.reason,
+    dryRun: opts.dryRun === true,
+    forkLsn: decision.forkLsn === null ? null : formatLsn(decision.forkLsn),
+    lostTransactions: { count: 0, report: null, xids: [] },
+    fetched: [],
+    streaming: false,
+  };
+  const pgwal = walDir(opts.pgdata);
+  const appName = basename(opts.pgdata);
+
+  // history files the node will need to follow the source's timeline
+  const fetchHistories = async () => {
+    for (const e of srcHistory.entries) {
+      const names = [historyFileName(e.parentTimeline + 1)].filter((n) => !existsSync(join(pgwal, n)));
+      for (const n of names) {
+        if (opts.dryRun) {
+          result.fetched.push({ name: n, from: opts.source, size: 0, sha256: '' });
+          continue;
+        }
+        const d = await client.download(n, pgwal);
+        result.fetched.push({ name: n, from: opts.source, size: d.size, sha256: d.sha256 });
+      }
+    }
+  };
+
+  const report = async (forkLsn: Lsn): Promise<LostTransactionReport | null> => {
+    try {
+      const r = await lostTransactions(pgwal, control.walSegmentSize, localTli, forkLsn, impl);
+      result.lostTransactions = { count: r.transactions.length, report: null, xids: r.transactions.map((t) => t.xid) };
+      if (!opts.dryRun) {
+        const path = join(dirname(opts.pgdata), `${basename(opts.pgdata)}.lost-transactions.${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+        writeFileSync(path, JSON.stringify({ ...r, dataDirectory: opts.pgdata, source: opts.source }, null, 2) + '\n');
+        result.lostTransactions.report = path;
+      }
+      log(`rejoin: ${r.transactions.length} transaction(s) committed on timeline ${localTli} after ${formatLsn(forkLsn)} will be discarded${result.lostTransactions.report ? ` (report: ${result.lostTransactions.report})` : ''}`);
+      return r;
+    } catch (e) {
+      log(`rejoin: could not decode the lost transactions: ${(e as Error).message}`);
+      return null;
+    }
+  };
+
+  const reclone = async (why: string): Promise<RejoinResult> => {
+    if (!opts.allowReclone) {
+      throw new RejoinRefused(`${why}; a re-clone would be needed: run again with --allow-reclone (the data directory is moved aside, never deleted)`);
+    }
+    result.path = 'reclone';
+    result.reason = why;
+    if (opts.dryRun) return result;
+    const aside = `${opts.pgdata}.pgha-old-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    renameSync(opts.pgdata, aside);
+    result.movedAside = aside;
+    log(`rejoin: data directory moved aside to ${aside}; cloning from ${sys.name}`);
+    const cloner = new PgInstance({ pgdata: aside, binDir: opts.binDir });
+    const args = ['-D', opts.pgdata, '-d', conninfo(sys, appName), '-R', '-X', 'stream', '-c', 'fast'];
+    if (opts.slot) args.push('-S', opts.slot, '-C');
+    cloner.run('pg_basebackup', args);
+    const clone = new PgInstance({ pgdata: opts.pgdata, binDir: opts.binDir });
+    clone.start();
+    result.streaming = await waitStreaming(clone, timeoutMs);
+    return result;
+  };
+
+  if (decision.path === 'reclone') return reclone(decision.reason);
+
+  if (decision.path === 'follow') {
+    await fetchHistories();
+    if (opts.dryRun) return result;
+    writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
+    local.start();
+    result.streaming = await waitStreaming(local, timeoutMs);
+    return result;
+  }
+
+  // rewind
+  const forkLsn = decision.forkLsn!;
+  await report(forkLsn);
+  await fetchHistories();
+  // pg_rewind reads this node's WAL back from the fork point to the last checkpoint before it, then
+  // forward to its end: make sure those segments are here (fetched from the source or a peer)
+  const segSize = control.walSegmentSize;
+  const peers = [opts.source, ...(opts.peers ?? [])];
+  const ensure = async (segno: bigint): Promise<string | null> => {
+    const name = walFileName(localTli, segno, segSize);
+    const path = join(pgwal, name);
+    if (existsSync(path)) return path;
+    for (const url of peers) {
+      try {
+        if (opts.dryRun) {
+          await new AgentClient(url, opts.token).head(`walFile/${name}`);
+          result.fetched.push({ name, from: url, size: segSize, sha256: '' });
+          return null;
+        }
+        const d = await new AgentClient(url, opts.token).download(name, pgwal);
+        result.fetched.push({ name, from: url, size: d.size, sha256: d.sha256 });
+        log(`rejoin: fetched ${name} (${d.size} bytes) from ${url}, sha256 verified`);
+        return path;
+      } catch {
+        // try the next peer
+      }
+    }
+    throw new RejoinRefused(`WAL segment ${name} needed by pg_rewind is missing here and on every agent asked (${peers.join(', ')})`);
+  };
+  const forkSeg = segmentOf(forkLsn, segSize);
+  let redoSeg: bigint | null = null;
+  for (let seg = forkSeg, steps = 0; seg >= 0n && steps < 256; seg--, steps++) {
+    const path = await ensure(seg);
+    if (path === null) continue; // dry run: cannot look inside
+    const cps = await checkpointsIn(path, seg, segSize, forkLsn);
+    if (cps.length) {
+      redoSeg = segmentOf(cps[cps.length - 1].redo, segSize);
+      break;
+    }
+  }
+  if (redoSeg !== null) for (let seg = redoSeg; seg < forkSeg; seg++) await ensure(seg);
+  for (let seg = forkSeg; seg <= segmentOf(endLsn, segSize); seg++) {
+    if (!existsSync(join(pgwal, walFileName(localTli, seg, segSize)))) await ensure(seg).catch(() => null);
+  }
+  if (opts.dryRun) return result;
+
+  // a freshly promoted source must have checkpointed onto its new timeline before pg_rewind reads it
+  const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres' });
+  await c.connect();
+  try {
+    await c.query('CHECKPOINT');
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+  try {
+    local.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--progress'], { timeoutMs });
+  } catch (e) {
+    if (e instanceof PgToolError) return reclone(`pg_rewind failed: ${e.stderr.split('\n').filter(Boolean).slice(-2).join(' | ')}`);
+    throw e;
+  }
+  writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
+  local.start();
+  result.streaming = await waitStreaming(local, timeoutMs);
+  return result;
+}
