@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { parseControlFile, type ControlFile } from '../formats/control.js';
 import { formatLsn, parseWalFileName, segmentOf, walFileNameForLsn, type Lsn } from '../formats/lsn.js';
 import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
-import { selectSegments } from '../wal/segments.js';
+import { listSegmentFiles, selectSegments } from '../wal/segments.js';
 import { scanWalStream, type ScanImplementation, type StreamScanSummary } from '../wal/stream.js';
 
 export function controlFilePath(pgdata: string): string {
@@ -24,22 +24,26 @@ export function readControl(pgdata: string): ControlFile {
   return parseControlFile(readFileSync(path), { file: path });
 }
 
-/** The node's timeline history: the highest `N.history` in pg_wal at or above pg_control's TLI. */
+/**
+ * The node's timeline history. Its timeline is the highest one that has WAL segment files in pg_wal
+ * (a promoted node writes the new timeline's first segment at once; a standby streams it), and at
+ * least pg_control's; a history file alone does not count: a stopped old primary may have been given
+ * the new primary's history file without ever being on that timeline.
+ */
 export function readNodeHistory(pgdata: string, control: ControlFile = readControl(pgdata)): TimelineHistory {
   const dir = walDir(pgdata);
-  let best = 0;
+  const segmentTlis = new Set<number>();
+  const historyTlis = new Set<number>();
   for (const name of readdirSync(dir)) {
     const info = parseWalFileName(name);
-    if (info?.kind === 'history' && info.tli > best) best = info.tli;
+    if (info?.kind === 'history') historyTlis.add(info.tli);
+    else if (info?.kind === 'segment' || info?.kind === 'partial') segmentTlis.add(info.tli);
   }
-  const controlTli = control.checkpoint.thisTimeLineID;
-  if (best < controlTli) {
-    if (controlTli <= 1) return { timeline: controlTli, entries: [] };
-    const own = join(dir, `${controlTli.toString(16).toUpperCase().padStart(8, '0')}.history`);
-    return parseHistory(readFileSync(own), controlTli, own);
-  }
-  const path = join(dir, `${best.toString(16).toUpperCase().padStart(8, '0')}.history`);
-  return parseHistory(readFileSync(path), best, path);
+  let tli = control.checkpoint.thisTimeLineID;
+  for (const t of segmentTlis) if (t > tli && historyTlis.has(t)) tli = t;
+  if (tli <= 1) return { timeline: tli, entries: [] };
+  const path = join(dir, `${tli.toString(16).toUpperCase().padStart(8, '0')}.history`);
+  return parseHistory(readFileSync(path), tli, path);
 }
 
 export interface NodeLsn {
@@ -64,7 +68,15 @@ export async function nodeLsn(pgdata: string, impl: ScanImplementation): Promise
   const history = readNodeHistory(pgdata, control);
   const segSize = control.walSegmentSize;
   const redo = control.checkpoint.redo;
-  const sel = selectSegments(walDir(pgdata), segSize, { timeline: history.timeline, fromSegno: segmentOf(redo, segSize) });
+  // from the REDO point's segment; if that one is gone (recycled, or removed by hand), from the
+  // first segment after it that is still here: the end of WAL is what matters
+  let sel = selectSegments(walDir(pgdata), segSize, { timeline: history.timeline, fromSegno: segmentOf(redo, segSize) });
+  if (sel.files.length === 0) {
+    const later = listSegmentFiles(walDir(pgdata), segSize)
+      .filter((f) => !f.partial && f.segno > segmentOf(redo, segSize) && f.tli <= history.timeline)
+      .map((f) => f.segno);
+    if (later.length) sel = selectSegments(walDir(pgdata), segSize, { timeline: history.timeline, fromSegno: later.reduce((a, b) => (a < b ? a : b)) });
+  }
   const scan = await scanWalStream({ files: sel.files, segmentSize: segSize, mode: 'stats', impl });
   const lastLsn = scan.lastRecordLsn === null ? control.checkpointLsn : scan.endLsn;
   const tli = control.checkpoint.thisTimeLineID;

@@ -4,7 +4,8 @@
  * the WAL pg_rewind needs fetched from the source or peers, pg_rewind, start), or — only with
  * allowReclone — move the data directory aside and re-clone. Waits until the node streams.
  */
-import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import pg from 'pg';
 import { nodeLsn, walDir } from '../datadir/node-state.js';
@@ -14,6 +15,7 @@ import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.
 import { RECORD_ENTRY_SIZE } from '../native/contract.js';
 import { PgInstance, PgToolError } from '../pg/instance.js';
 import { AgentClient } from '../ship/client.js';
+import { ownLikeDirectory } from '../ship/files.js';
 import { walImplementation } from '../wal/implementation.js';
 import { recordBytes } from '../wal/record-bytes.js';
 import { probeSegmentHeader, scanWalStream, type SegmentVisit } from '../wal/stream.js';
@@ -79,6 +81,7 @@ function writeStandbyConfig(pgdata: string, sys: SourceSystem, appName: string, 
   if (slot) lines.push(`primary_slot_name = '${slot}'`);
   writeFileSync(auto, keep.replace(/\n*$/, '\n') + '# written by pgha rejoin\n' + lines.join('\n') + '\n');
   writeFileSync(join(pgdata, 'standby.signal'), '');
+  for (const f of [auto, join(pgdata, 'standby.signal')]) ownLikeDirectory(f, pgdata);
 }
 
 async function waitStreaming(local: PgInstance, timeoutMs: number): Promise<boolean> {
@@ -135,7 +138,7 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   const control = lsn.control;
   const localTli = lsn.history.timeline;
   const endLsn = lsn.lastLsn;
-  const valid = await client.get<{ code: number; msg: string; cnt: number }>(`validLsn/${localTli}/${formatLsn(endLsn)}`);
+  const valid = await client.get<{ code: number; msg: string; cnt: number }>(`validLsn/${localTli}/${formatLsn(endLsn)}`); // validLsn/TLI/X/Y
   const srcHistory = await sourceHistory(client, sys);
   const decision = decide(
     { systemId: control.systemId, pgVersion: control.pgVersion, timeline: localTli, history: lsn.history, endLsn },
@@ -226,41 +229,43 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   // forward to its end: make sure those segments are here (fetched from the source or a peer)
   const segSize = control.walSegmentSize;
   const peers = [opts.source, ...(opts.peers ?? [])];
-  const ensure = async (segno: bigint): Promise<string | null> => {
+  // a dry run fetches into a scratch directory (to find the checkpoint pg_rewind will start from)
+  // and leaves the data directory untouched
+  const scratch = opts.dryRun ? mkdtempSync(join(tmpdir(), 'pgha-rejoin-plan-')) : null;
+  const ensure = async (segno: bigint): Promise<string> => {
     const name = walFileName(localTli, segno, segSize);
     const path = join(pgwal, name);
     if (existsSync(path)) return path;
     for (const url of peers) {
       try {
-        if (opts.dryRun) {
-          await new AgentClient(url, opts.token).head(`walFile/${name}`);
-          result.fetched.push({ name, from: url, size: segSize, sha256: '' });
-          return null;
-        }
-        const d = await new AgentClient(url, opts.token).download(name, pgwal);
+        const d = await new AgentClient(url, opts.token).download(name, scratch ?? pgwal);
         result.fetched.push({ name, from: url, size: d.size, sha256: d.sha256 });
-        log(`rejoin: fetched ${name} (${d.size} bytes) from ${url}, sha256 verified`);
-        return path;
+        log(`rejoin: ${scratch ? 'would fetch' : 'fetched'} ${name} (${d.size} bytes) from ${url}, sha256 verified`);
+        return join(scratch ?? pgwal, name);
       } catch {
         // try the next peer
       }
     }
     throw new RejoinRefused(`WAL segment ${name} needed by pg_rewind is missing here and on every agent asked (${peers.join(', ')})`);
   };
-  const forkSeg = segmentOf(forkLsn, segSize);
-  let redoSeg: bigint | null = null;
-  for (let seg = forkSeg, steps = 0; seg >= 0n && steps < 256; seg--, steps++) {
-    const path = await ensure(seg);
-    if (path === null) continue; // dry run: cannot look inside
-    const cps = await checkpointsIn(path, seg, segSize, forkLsn);
-    if (cps.length) {
-      redoSeg = segmentOf(cps[cps.length - 1].redo, segSize);
-      break;
+  try {
+    const forkSeg = segmentOf(forkLsn, segSize);
+    let redoSeg: bigint | null = null;
+    for (let seg = forkSeg, steps = 0; seg >= 0n && steps < 256; seg--, steps++) {
+      const cps = await checkpointsIn(await ensure(seg), seg, segSize, forkLsn);
+      if (cps.length) {
+        redoSeg = segmentOf(cps[cps.length - 1].redo, segSize);
+        break;
+      }
     }
-  }
-  if (redoSeg !== null) for (let seg = redoSeg; seg < forkSeg; seg++) await ensure(seg);
-  for (let seg = forkSeg; seg <= segmentOf(endLsn, segSize); seg++) {
-    if (!existsSync(join(pgwal, walFileName(localTli, seg, segSize)))) await ensure(seg).catch(() => null);
+    if (redoSeg === null) throw new RejoinRefused(`no checkpoint found before the fork point ${formatLsn(forkLsn)} in the old timeline's WAL`);
+    // crash recovery (if the node did not shut down cleanly) replays from pg_control's checkpoint
+    const controlRedoSeg = segmentOf(control.checkpoint.redo, segSize);
+    if (controlRedoSeg < redoSeg) redoSeg = controlRedoSeg;
+    for (let seg = redoSeg; seg < forkSeg; seg++) await ensure(seg);
+    for (let seg = forkSeg; seg <= segmentOf(endLsn, segSize); seg++) await ensure(seg);
+  } finally {
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
   }
   if (opts.dryRun) return result;
 
@@ -272,12 +277,24 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   } finally {
     await c.end().catch(() => undefined);
   }
+  // pg_rewind needs a cleanly shut down target. Its own crash recovery would end with a checkpoint
+  // that removes the very WAL it is about to read (everything before the new REDO point): recover
+  // here instead, in single-user mode, keeping all WAL, then run pg_rewind without that step.
+  if (control.state !== 'shut down' && control.state !== 'shut down in recovery') {
+    log(`rejoin: ${opts.pgdata} was not shut down cleanly (${control.state}): crash recovery in single-user mode, keeping its WAL`);
+    local.run('postgres', ['--single', '-F', '-c', 'wal_keep_size=1TB', '-c', 'archive_mode=off', '-D', opts.pgdata, 'template1'], { timeoutMs });
+  }
+  // pg_rewind copies every non-relation file from the source, configuration included (the node
+  // would come up with the source's port and settings): keep this node's own and put them back
+  const configFiles = ['postgresql.conf', 'postgresql.auto.conf', 'pg_hba.conf', 'pg_ident.conf'];
+  const savedConfig = new Map(configFiles.filter((f) => existsSync(join(opts.pgdata, f))).map((f) => [f, readFileSync(join(opts.pgdata, f))]));
   try {
-    local.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--progress'], { timeoutMs });
+    local.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--no-ensure-shutdown', '--progress'], { timeoutMs });
   } catch (e) {
     if (e instanceof PgToolError) return reclone(`pg_rewind failed: ${e.stderr.split('\n').filter(Boolean).slice(-2).join(' | ')}`);
     throw e;
   }
+  for (const [f, bytes] of savedConfig) writeFileSync(join(opts.pgdata, f), bytes);
   writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
   local.start();
   result.streaming = await waitStreaming(local, timeoutMs);

@@ -44,11 +44,6 @@ export class AgentClient {
     return (await this.request('GET', path)).text();
   }
 
-  /** does the resource exist (2xx)? throws otherwise */
-  async head(path: string): Promise<void> {
-    await this.request('HEAD', path);
-  }
-
   async post<T>(path: string, body: unknown = {}): Promise<T> {
     return (await (await this.request('POST', path, body)).json()) as T;
   }

@@ -4,7 +4,7 @@
  * rename, fsync of the directory) so a bad or interrupted transfer leaves nothing behind.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync, fsyncSync, openSync, closeSync, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { chownSync, createReadStream, createWriteStream, existsSync, fsyncSync, openSync, closeSync, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -125,6 +125,7 @@ export async function receiveFile(dir: string, name: string, body: Readable, exp
     }
     if (sha !== expected.sha256) throw new ShipError(`checksum mismatch for ${name}: got sha256:${sha}, expected sha256:${expected.sha256}`, 422, 'CHECKSUM_MISMATCH');
     fsyncPath(tmp);
+    ownLikeDirectory(tmp, dir);
     renameSync(tmp, join(dir, name));
     fsyncPath(dir);
     return { name, size, sha256: sha, crc32c: crc };
@@ -134,6 +135,9 @@ export async function receiveFile(dir: string, name: string, body: Readable, exp
   }
 }
 
-export function fileSize(path: string): number {
-  return statSync(path).size;
+/** files written as root into a data directory must belong to its owner, or the server cannot read them */
+export function ownLikeDirectory(path: string, dir: string): void {
+  if (process.getuid?.() !== 0) return;
+  const st = statSync(dir);
+  chownSync(path, st.uid, st.gid);
 }

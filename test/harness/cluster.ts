@@ -238,6 +238,16 @@ export class PgCluster {
     }
     const deadline = Date.now() + 30_000;
     while (Date.now() < deadline && processAlive(pid)) await sleep(50);
+    // where nothing reaps orphans (this sandbox's init), the dead postmaster stays a zombie and
+    // PostgreSQL would take its postmaster.pid for a live server; a real init reaps it at once,
+    // after which PostgreSQL ignores the stale file. Do what the reaping makes PostgreSQL do.
+    const pidFile = join(this.dataDir, 'postmaster.pid');
+    if (!processAlive(pid) && existsSync(pidFile) && Number(readFileSync(pidFile, 'utf8').split('\n')[0]) === pid) {
+      rmSync(pidFile);
+      const lock = join(this.socketDir, `.s.PGSQL.${this.port}.lock`);
+      if (existsSync(lock)) rmSync(lock);
+      rmSync(join(this.socketDir, `.s.PGSQL.${this.port}`), { force: true });
+    }
     // backends and auxiliary processes of the killed postmaster go away on their own, but wait
     // until none holds the data directory so a restart is not refused
     await this.waitForOrphans();

@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import { validLsnAnswer, parseTli } from '../../cli/commands/validlsn.js';
 import { readControl, readNodeHistory } from '../../datadir/node-state.js';
 import { LsnFormatError } from '../../formats/errors.js';
+import { UsageError } from '../../cli/output.js';
 import { AgentClient } from '../../ship/client.js';
 import { ShipError } from '../../ship/files.js';
 import { liveLsn } from '../node-state.js';
@@ -39,14 +40,18 @@ export function registerLsnRoutes(app: FastifyInstance, ctx: AgentContext): void
     );
     return all;
   });
-  app.get<{ Params: { tli: string; lsn: string } }>('/api/pg/v1/validLsn/:tli/:lsn', async (req) => {
-    let tli: number;
+  // the LSN's own slash may be a path separator (validLsn/3/0/39000028, as in the REST design) or
+  // be written 0-39000028 / 0%2F39000028
+  const validLsnRoute = async (tliText: string, lsnText: string) => {
     try {
-      tli = parseTli(req.params.tli);
-      return validLsnAnswer(readNodeHistory(cfg.pgdata), tli, req.params.lsn.replace('-', '/')).json;
+      return validLsnAnswer(readNodeHistory(cfg.pgdata), parseTli(tliText), lsnText.replace('-', '/')).json;
     } catch (e) {
-      if (e instanceof LsnFormatError || (e as Error).name === 'UsageError') throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
+      if (e instanceof LsnFormatError || e instanceof UsageError) throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
       throw e;
     }
-  });
+  };
+  app.get<{ Params: { tli: string; hi: string; lo: string } }>('/api/pg/v1/validLsn/:tli/:hi/:lo', async (req) =>
+    validLsnRoute(req.params.tli, `${req.params.hi}/${req.params.lo}`),
+  );
+  app.get<{ Params: { tli: string; lsn: string } }>('/api/pg/v1/validLsn/:tli/:lsn', async (req) => validLsnRoute(req.params.tli, req.params.lsn));
 }

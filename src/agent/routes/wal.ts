@@ -24,15 +24,19 @@ export function registerWalRoutes(app: FastifyInstance, ctx: AgentContext): void
     return { files: await Promise.all(names.map((n) => digestFile(join(dir, n), n))) };
   };
 
-  app.get<{ Params: { tli: string; lsn: string } }>('/api/pg/v1/walFiles/:tli/:lsn', async (req) => {
+  const byPoint = async (tliText: string, lsnText: string) => {
     let tli: number;
     try {
-      tli = parseTli(req.params.tli);
+      tli = parseTli(tliText);
     } catch (e) {
       throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
     }
-    return list(tli, req.params.lsn);
-  });
+    return list(tli, lsnText);
+  };
+  app.get<{ Params: { tli: string; hi: string; lo: string } }>('/api/pg/v1/walFiles/:tli/:hi/:lo', async (req) =>
+    byPoint(req.params.tli, `${req.params.hi}/${req.params.lo}`),
+  );
+  app.get<{ Params: { tli: string; lsn: string } }>('/api/pg/v1/walFiles/:tli/:lsn', async (req) => byPoint(req.params.tli, req.params.lsn));
 
   app.get<{ Params: { name: string } }>('/api/pg/v1/walFiles/:name', async (req) => {
     const segSize = readControl(ctx.cfg.pgdata).walSegmentSize;

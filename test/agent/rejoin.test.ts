@@ -1,0 +1,218 @@
+/**
+ * Node agents on real PostgreSQL 15 clusters over loopback: security and file shipping, then an old
+ * primary rejoining by following (stopped before the promote) and by rewinding (it wrote after the
+ * fork), with the WAL pg_rewind needs recycled locally and shipped from a peer.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, renameSync } from 'node:fs';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FastifyInstance } from 'fastify';
+import { buildAgent } from '../../src/agent/server.js';
+import { rejoin, RejoinRefused } from '../../src/rejoin/execute.js';
+import { cleanupAll, PgCluster, waitFor } from '../harness/cluster.js';
+
+const TOKEN = 'test-token-0123456789abcdef';
+const agents: FastifyInstance[] = [];
+
+async function startAgent(name: string, c: PgCluster, peers: Record<string, string> = {}): Promise<string> {
+  const { app } = buildAgent(
+    { name, host: '127.0.0.1', port: 0, pgdata: c.dataDir, token: TOKEN, peers, pgBin: c.binDir, pgPort: c.port, pgHost: '127.0.0.1', replUser: 'postgres' },
+    { logger: false },
+  );
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  agents.push(app);
+  const addr = app.server.address();
+  return `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+}
+
+async function api(base: string, path: string, init: RequestInit = {}, token: string | null = TOKEN): Promise<Response> {
+  return fetch(`${base}/api/pg/v1/${path}`, { ...init, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(init.headers ?? {}) } });
+}
+
+/** an md5 over every user table's rows, to compare nodes */
+async function tableChecksum(c: PgCluster): Promise<string> {
+  const tables = await c.rows<{ t: string }>("SELECT format('%I.%I', schemaname, relname) AS t FROM pg_stat_user_tables ORDER BY 1");
+  const sums: string[] = [];
+  for (const { t } of tables) sums.push(`${t}:${await c.sql(`SELECT md5(coalesce(string_agg(x::text, ',' ORDER BY x::text), '')) FROM ${t} x`)}`);
+  return sums.join('\n');
+}
+
+afterAll(async () => {
+  for (const a of agents) await a.close();
+  await cleanupAll();
+});
+
+describe('agent: security and WAL file shipping', () => {
+  let p: PgCluster;
+  let url: string;
+  beforeAll(async () => {
+    p = await PgCluster.init({ name: 'agent-sec', walSegSizeMB: 1 });
+    await p.start();
+    await p.sql('CREATE TABLE t AS SELECT generate_series(1, 1000) a');
+    await p.switchWal();
+    url = await startAgent('sec', p);
+  });
+
+  it('answers the health probe without a token and everything else only with it', async () => {
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+    for (const path of ['instance/current', 'lsn/current', 'in_recovery', 'validLsn/1/0-0', 'walFiles/1/0-0']) {
+      expect((await api(url, path, {}, null)).status, path).toBe(401);
+      expect((await api(url, path, {}, 'wrong-token-wrong-token')).status, path).toBe(401);
+    }
+    expect((await fetch(`${url}/metrics`)).status).toBe(401);
+    const m = await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(await m.text()).toMatch(/pgha_agent_requests_total/);
+  });
+
+  it('reports state, LSNs, recovery and validLsn', async () => {
+    expect(await (await api(url, 'instance/current')).json()).toEqual({ sec: 'single' });
+    expect(await (await api(url, 'in_recovery')).json()).toEqual({ in_recovery: 'f' });
+    const lsn = (await (await api(url, 'lsn/current')).json()) as Record<string, Record<string, string>>;
+    expect(Object.keys(lsn.sec).sort()).toEqual(['chkPoint', 'chkRedoPoint', 'lastLsn', 'timeLineID', 'walFile']);
+    expect(lsn.sec.timeLineID).toBe('1');
+    expect(await (await api(url, `validLsn/1/${lsn.sec.lastLsn}`)).json()).toEqual({ code: 0, msg: 'Valid lsn', cnt: 0 });
+    expect(await (await api(url, `validLsn/1/${lsn.sec.lastLsn.replace('/', '-')}`)).json()).toEqual({ code: 0, msg: 'Valid lsn', cnt: 0 });
+    expect((await api(url, 'validLsn/x/0-0')).status).toBe(400);
+  });
+
+  it('lists and streams files with checksums that match the bytes', async () => {
+    const at = (await p.sql('SELECT pg_current_wal_lsn()'))!;
+    const list = (await (await api(url, `walFiles/1/${at}`)).json()) as { files: Array<{ name: string; size: number; sha256: string }> };
+    expect(list.files.length).toBeGreaterThan(0);
+    const f = list.files[0];
+    const res = await api(url, `walFile/${f.name}`);
+    const body = Buffer.from(await res.arrayBuffer());
+    expect(res.headers.get('x-checksum')).toBe(`sha256:${f.sha256}`);
+    expect(createHash('sha256').update(body).digest('hex')).toBe(f.sha256);
+    expect(body.length).toBe(f.size);
+  });
+
+  it('refuses bad names, wrong checksums and interrupted uploads, leaving nothing behind', async () => {
+    const walDir = p.walDir;
+    const before = readdirSync(walDir).sort();
+    const data = Buffer.alloc(1 << 20, 7);
+    const sha = createHash('sha256').update(data).digest('hex');
+    const put = (name: string, body: Buffer, checksum: string) =>
+      api(url, `walFile/${name}`, { method: 'PUT', body, headers: { 'content-type': 'application/octet-stream', 'x-checksum': `sha256:${checksum}` } });
+    for (const bad of ['..%2F..%2Fpostgresql.conf', '00000001000000000000000X', 'postgresql.conf', '%2Fetc%2Fpasswd']) {
+      const r = await put(bad, data, sha);
+      expect([400, 404], bad).toContain(r.status);
+    }
+    const wrong = await put('0000000100000000000000AA', data, 'f'.repeat(64));
+    expect(wrong.status).toBe(422);
+    expect((await api(url, 'walFile/0000000100000000000000AA', { method: 'PUT', body: data, headers: { 'content-type': 'application/octet-stream' } })).status).toBe(400);
+    // an interrupted upload: announce 1 MiB, send half, then drop the connection
+    await new Promise<void>((resolve) => {
+      const u = new URL(`${url}/api/pg/v1/walFile/0000000100000000000000AB`);
+      const req = request({ host: u.hostname, port: u.port, path: u.pathname, method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/octet-stream', 'content-length': String(data.length), 'x-checksum': `sha256:${sha}` } });
+      req.on('error', () => resolve());
+      req.write(data.subarray(0, data.length / 2), () => setTimeout(() => (req.destroy(), setTimeout(resolve, 300)), 100));
+    });
+    expect(readdirSync(walDir).sort()).toEqual(before);
+    // two concurrent uploads of one file end with one correct file
+    const [a, b] = await Promise.all([put('0000000100000000000000AC', data, sha), put('0000000100000000000000AC', data, sha)]);
+    expect([a.status, b.status]).toEqual([201, 201]);
+    const got = readFileSync(join(walDir, '0000000100000000000000AC'));
+    expect(createHash('sha256').update(got).digest('hex')).toBe(sha);
+    expect(readdirSync(walDir).filter((n) => n.startsWith('.pgha-tmp'))).toEqual([]);
+  });
+});
+
+describe('rejoin of an old primary', () => {
+  it('follows without a rewind when it stopped before the promote', async () => {
+    const p = await PgCluster.init({ name: 'rj-follow-p', walSegSizeMB: 1 });
+    await p.start();
+    await p.sql('CREATE TABLE t(a int)');
+    await p.sql('INSERT INTO t SELECT generate_series(1, 100)');
+    const s = await p.createStandby({ name: 'rj-follow-s' });
+    await p.waitForReplay(s);
+    p.stop('fast');
+    const sUrl = await startAgent('s', s);
+    expect((await api(sUrl, 'node/promote', { method: 'POST' })).status).toBe(200);
+    await s.sql('INSERT INTO t VALUES (101)');
+    const r = await rejoin({ pgdata: p.dataDir, source: sUrl, token: TOKEN, binDir: p.binDir });
+    expect(r.path).toBe('follow');
+    expect(r.streaming).toBe(true);
+    expect(r.lostTransactions.count).toBe(0);
+    await s.waitForReplay(p);
+    expect(await p.sql('SELECT count(*) FROM t')).toBe('101');
+    expect(await s.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")).toBe('1');
+    await p.cleanup();
+    await s.cleanup();
+  });
+
+  it('rewinds a diverged old primary, ships the recycled WAL from a peer, and reports exactly the lost transactions', async () => {
+    const p = await PgCluster.init({ name: 'rj-rewind-p', walSegSizeMB: 1 });
+    await p.start();
+    await p.sql('CREATE TABLE acct(id int primary key, v int)');
+    await p.sql('INSERT INTO acct SELECT i, 0 FROM generate_series(1, 2000) i');
+    p.pgbench(['-i', '-s', '1', '-q']);
+    await p.checkpoint();
+    const s = await p.createStandby({ name: 'rj-rewind-s', conf: { wal_keep_size: '256MB' } });
+    await p.waitForReplay(s);
+    await s.promote();
+    // the old primary keeps writing: these transactions exist only on timeline 1
+    const lost: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const [r] = await p.rows<{ xid: string }>(`WITH u AS (UPDATE acct SET v = v + 1 WHERE id = ${i + 1} RETURNING 1) SELECT txid_current()::text AS xid`);
+      lost.push(Number(r.xid));
+    }
+    await p.client(async (c) => {
+      await c.query("BEGIN; INSERT INTO acct VALUES (900001, 1); PREPARE TRANSACTION 'lost2pc'");
+      const [r] = (await c.query("SELECT transaction::text AS xid FROM pg_prepared_xacts WHERE gid = 'lost2pc'")).rows;
+      await c.query("COMMIT PREPARED 'lost2pc'");
+      lost.push(Number(r.xid));
+    });
+    await p.kill9();
+    await s.sql('INSERT INTO acct VALUES (800001, 8)');
+
+    // recycle: the common-history segments before the fork are gone from the old primary (as after
+    // its checkpoints), while the new primary still has them; the diverged WAL after the fork stays
+    const history = readFileSync(join(s.walDir, '00000002.history'), 'utf8');
+    const fork = /^1\t([0-9A-F]+)\/([0-9A-F]+)/m.exec(history)!;
+    const forkSeg = ((BigInt('0x' + fork[1]) << 32n) | BigInt('0x' + fork[2])) / BigInt(1 << 20);
+    const aside = p.ownedDir('recycled');
+    const recycled = readdirSync(p.walDir).filter((n) => /^00000001[0-9A-F]{16}$/.test(n) && BigInt('0x' + n.slice(16)) < forkSeg && existsSync(join(s.walDir, n)));
+    expect(recycled.length).toBeGreaterThan(0);
+    for (const n of recycled) renameSync(join(p.walDir, n), join(aside, n));
+
+    const sUrl = await startAgent('s2', s);
+    // without the WAL anywhere: a clear refusal
+    const peerAside = s.ownedDir('peer-aside');
+    const onPeer = recycled.filter((n) => existsSync(join(s.walDir, n)));
+    expect(onPeer.length).toBeGreaterThan(0);
+    for (const n of onPeer) renameSync(join(s.walDir, n), join(peerAside, n));
+    const refused = await rejoin({ pgdata: p.dataDir, source: sUrl, token: TOKEN, binDir: p.binDir }).then(() => null, (e: unknown) => e);
+    expect(refused, String(refused)).toBeInstanceOf(RejoinRefused);
+    await expect(rejoin({ pgdata: p.dataDir, source: sUrl, token: TOKEN, binDir: p.binDir })).rejects.toThrow(/missing here and on every agent asked/);
+    for (const n of onPeer) renameSync(join(peerAside, n), join(s.walDir, n));
+
+    // dry run: the plan, nothing changed
+    const plan = await rejoin({ pgdata: p.dataDir, source: sUrl, token: TOKEN, binDir: p.binDir, dryRun: true });
+    expect(plan.path).toBe('rewind');
+    expect(plan.lostTransactions.report).toBeNull();
+    expect(plan.fetched.some((f) => recycled.includes(f.name))).toBe(true);
+    expect(readdirSync(p.walDir).filter((n) => recycled.includes(n))).toEqual([]);
+
+    const r = await rejoin({ pgdata: p.dataDir, source: sUrl, token: TOKEN, binDir: p.binDir });
+    expect(r.path).toBe('rewind');
+    expect(r.streaming).toBe(true);
+    expect(r.fetched.map((f) => f.name).filter((n) => recycled.includes(n)).length).toBeGreaterThan(0);
+    expect([...r.lostTransactions.xids].sort()).toEqual([...lost].sort());
+    const report = JSON.parse(readFileSync(r.lostTransactions.report!, 'utf8'));
+    expect(report.transactions.map((t: { xid: number }) => t.xid).sort()).toEqual([...lost].sort());
+    for (const t of report.transactions) {
+      expect(Number.isNaN(Date.parse(t.commitTime))).toBe(false);
+      expect(t.relations.length).toBeGreaterThan(0);
+    }
+    await s.waitForReplay(p);
+    expect(await tableChecksum(p)).toBe(await tableChecksum(s));
+    expect(await p.sql('SELECT count(*) FROM acct WHERE id = 900001')).toBe('0');
+    expect(await p.sql('SELECT count(*) FROM acct WHERE id = 800001')).toBe('1');
+    await waitFor(async () => (await s.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")) === '1', 30_000, 'rejoined node in pg_stat_replication');
+    await p.cleanup();
+    await s.cleanup();
+  });
+});
