@@ -51,6 +51,9 @@ export interface RejoinResult {
 
 export class RejoinRefused extends Error {}
 
+/** the node's own configuration, which pg_rewind and pg_basebackup would replace with the source's */
+const NODE_CONFIG_FILES = ['postgresql.conf', 'postgresql.auto.conf', 'pg_hba.conf', 'pg_ident.conf'];
+
 interface SourceSystem {
   name: string;
   systemId: string;
@@ -204,6 +207,11 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     const args = ['-D', opts.pgdata, '-d', conninfo(sys, appName), '-R', '-X', 'stream', '-c', 'fast'];
     if (opts.slot) args.push('-S', opts.slot, '-C');
     cloner.run('pg_basebackup', args);
+    // the clone carries the source's configuration: this node keeps its own (port, hba, settings)
+    for (const f of NODE_CONFIG_FILES.filter((f) => f !== 'postgresql.auto.conf')) {
+      if (existsSync(join(aside, f))) writeFileSync(join(opts.pgdata, f), readFileSync(join(aside, f)));
+    }
+    writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
     const clone = new PgInstance({ pgdata: opts.pgdata, binDir: opts.binDir });
     clone.start();
     result.streaming = await waitStreaming(clone, timeoutMs);
@@ -286,8 +294,7 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   }
   // pg_rewind copies every non-relation file from the source, configuration included (the node
   // would come up with the source's port and settings): keep this node's own and put them back
-  const configFiles = ['postgresql.conf', 'postgresql.auto.conf', 'pg_hba.conf', 'pg_ident.conf'];
-  const savedConfig = new Map(configFiles.filter((f) => existsSync(join(opts.pgdata, f))).map((f) => [f, readFileSync(join(opts.pgdata, f))]));
+  const savedConfig = new Map(NODE_CONFIG_FILES.filter((f) => existsSync(join(opts.pgdata, f))).map((f) => [f, readFileSync(join(opts.pgdata, f))]));
   try {
     local.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--no-ensure-shutdown', '--progress'], { timeoutMs });
   } catch (e) {

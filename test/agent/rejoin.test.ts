@@ -12,6 +12,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildAgent } from '../../src/agent/server.js';
 import { rejoin, RejoinRefused } from '../../src/rejoin/execute.js';
 import { cleanupAll, PgCluster, waitFor } from '../harness/cluster.js';
+import { pgha } from '../support/cli.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const agents: FastifyInstance[] = [];
@@ -95,14 +96,14 @@ describe('agent: security and WAL file shipping', () => {
     const data = Buffer.alloc(1 << 20, 7);
     const sha = createHash('sha256').update(data).digest('hex');
     const put = (name: string, body: Buffer, checksum: string) =>
-      api(url, `walFile/${name}`, { method: 'PUT', body, headers: { 'content-type': 'application/octet-stream', 'x-checksum': `sha256:${checksum}` } });
+      api(url, `walFile/${name}`, { method: 'PUT', body: new Uint8Array(body), headers: { 'content-type': 'application/octet-stream', 'x-checksum': `sha256:${checksum}` } });
     for (const bad of ['..%2F..%2Fpostgresql.conf', '00000001000000000000000X', 'postgresql.conf', '%2Fetc%2Fpasswd']) {
       const r = await put(bad, data, sha);
       expect([400, 404], bad).toContain(r.status);
     }
     const wrong = await put('0000000100000000000000AA', data, 'f'.repeat(64));
     expect(wrong.status).toBe(422);
-    expect((await api(url, 'walFile/0000000100000000000000AA', { method: 'PUT', body: data, headers: { 'content-type': 'application/octet-stream' } })).status).toBe(400);
+    expect((await api(url, 'walFile/0000000100000000000000AA', { method: 'PUT', body: new Uint8Array(data), headers: { 'content-type': 'application/octet-stream' } })).status).toBe(400);
     // an interrupted upload: announce 1 MiB, send half, then drop the connection
     await new Promise<void>((resolve) => {
       const u = new URL(`${url}/api/pg/v1/walFile/0000000100000000000000AB`);
@@ -132,13 +133,25 @@ describe('rejoin of an old primary', () => {
     const sUrl = await startAgent('s', s);
     expect((await api(sUrl, 'node/promote', { method: 'POST' })).status).toBe(200);
     await s.sql('INSERT INTO t VALUES (101)');
-    const r = await rejoin({ pgdata: p.dataDir, source: sUrl, token: TOKEN, binDir: p.binDir });
-    expect(r.path).toBe('follow');
-    expect(r.streaming).toBe(true);
-    expect(r.lostTransactions.count).toBe(0);
+    // the old primary's own agent rejoins it through POST instance/slave (the same code as pgha rejoin)
+    const pUrl = await startAgent('p', p, { s: sUrl });
+    expect(await (await api(pUrl, 'instance/current')).json()).toEqual({ p: 'inactive' });
+    const res = await api(pUrl, 'instance/slave', { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    const body = (await res.json()) as { p: string; rejoin: { path: string; streaming: boolean; lostTransactions: { count: number } } };
+    expect(res.status, JSON.stringify(body)).toBe(200);
+    expect(body.rejoin.path).toBe('follow');
+    expect(body.rejoin.streaming).toBe(true);
+    expect(body.rejoin.lostTransactions.count).toBe(0);
+    expect(body.p).toBe('slave');
+    expect(await (await api(pUrl, 'instance/all')).json()).toEqual({ p: 'slave', s: 'master' });
+    const lsnAll = (await (await api(pUrl, 'lsn/all')).json()) as Record<string, { timeLineID: string }>;
+    expect([lsnAll.p.timeLineID, lsnAll.s.timeLineID]).toEqual(['2', '2']);
+    expect(await (await api(pUrl, 'in_recovery')).json()).toEqual({ in_recovery: 't' });
     await s.waitForReplay(p);
     expect(await p.sql('SELECT count(*) FROM t')).toBe('101');
     expect(await s.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")).toBe('1');
+    // and stops through its agent
+    expect(await (await api(pUrl, 'instance/current', { method: 'DELETE' })).json()).toEqual({ p: 'inactive', stopped: 'fast' });
     await p.cleanup();
     await s.cleanup();
   });
@@ -214,5 +227,39 @@ describe('rejoin of an old primary', () => {
     await waitFor(async () => (await s.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")) === '1', 30_000, 'rejoined node in pg_stat_replication');
     await p.cleanup();
     await s.cleanup();
+  });
+});
+
+describe('pgha rejoin command line', () => {
+  it('refuses a node of another cluster without --allow-reclone, and re-clones it with the flag', async () => {
+    const primary = await PgCluster.init({ name: 'rc-primary', walSegSizeMB: 1 });
+    await primary.start();
+    await primary.sql('CREATE TABLE t AS SELECT generate_series(1, 500) a');
+    const stranger = await PgCluster.init({ name: 'rc-stranger', walSegSizeMB: 1 });
+    await stranger.start();
+    await stranger.sql('CREATE TABLE mine(a int)');
+    stranger.stop('fast');
+    const url = await startAgent('primary', primary);
+    const before = readdirSync(stranger.dataDir).sort();
+    const args = ['rejoin', '--pgdata', stranger.dataDir, '--source', url, '--token', TOKEN, '--pg-bin', stranger.binDir, '--json'];
+    const refused = await pgha(args);
+    expect(refused.status, refused.stderr).toBe(1);
+    expect(JSON.parse(refused.stdout)).toMatchObject({ path: 'refused' });
+    expect(JSON.parse(refused.stdout).reason).toMatch(/different system identifier.*--allow-reclone/);
+    expect(readdirSync(stranger.dataDir).sort()).toEqual(before);
+    const plan = await pgha([...args, '--dry-run', '--allow-reclone']);
+    expect(plan.status, plan.stderr).toBe(0);
+    expect(JSON.parse(plan.stdout)).toMatchObject({ path: 'reclone', dryRun: true });
+    expect(readdirSync(stranger.dataDir).sort()).toEqual(before);
+    const done = await pgha([...args, '--allow-reclone']);
+    expect(done.status, done.stderr).toBe(0);
+    const out = JSON.parse(done.stdout);
+    expect(out).toMatchObject({ path: 'reclone', streaming: true, lostTransactions: { count: 0, report: null } });
+    expect(existsSync(join(out.movedAside, 'PG_VERSION'))).toBe(true); // moved aside, not deleted
+    const clone = stranger;
+    await waitFor(async () => (await clone.sql('SELECT count(*) FROM t')) === '500', 30_000, 'clone has the primary\'s rows');
+    expect(await primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")).toBe('1');
+    await clone.cleanup();
+    await primary.cleanup();
   });
 });

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -15,6 +15,21 @@ export interface CliResult {
 export function pgwal(args: string[], env: Record<string, string> = {}): CliResult {
   const r = spawnSync(process.execPath, [PGWAL, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, maxBuffer: 1 << 28 });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+export const PGHA = join(ROOT, 'dist', 'src', 'cli', 'pgha.js');
+
+/** Run the built `pgha` without blocking this process (its agents may be serving the call) */
+export function pgha(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [PGHA, ...args], { env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ status: code ?? -1, stdout, stderr }));
+  });
 }
 
 export function pgwalJson<T = Record<string, unknown>>(args: string[], env: Record<string, string> = {}): T {
