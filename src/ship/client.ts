@@ -2,8 +2,8 @@
  * Talks to a peer's agent: JSON resources with the bearer token, and file downloads verified
  * against the sha256 the peer lists, written atomically into a local directory.
  */
-import { Readable } from 'node:stream';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { receiveFile, ShipError, type FileDigest } from './files.js';
 
 export class AgentClient {
@@ -50,16 +50,31 @@ export class AgentClient {
 
   /**
    * Download `name` into `dir` atomically, verified against `expect` (from a walFiles listing) or
-   * else against the X-Checksum and Content-Length the peer sends with the file.
+   * else against the X-Checksum and Content-Length the peer sends with the file. Uses node:http
+   * directly: streaming a large body through fetch's web streams is several times slower.
    */
   async download(name: string, dir: string, expect?: { sha256: string; size: number }): Promise<FileDigest> {
-    const res = await this.request('GET', `walFile/${encodeURIComponent(name)}`);
-    if (!res.body) throw new ShipError(`${this.baseUrl}: empty body for ${name}`, 502, 'PEER_ERROR');
-    const header = /^sha256:([0-9a-f]{64})$/.exec(res.headers.get('x-checksum') ?? '');
+    const url = new URL(this.url(`walFile/${encodeURIComponent(name)}`));
+    const get = url.protocol === 'https:' ? httpsRequest : httpRequest;
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = get(url, { headers: { authorization: `Bearer ${this.token}` }, timeout: this.timeoutMs }, resolve);
+      req.on('timeout', () => req.destroy(new Error('timed out')));
+      req.on('error', (e) => reject(new ShipError(`${this.baseUrl}: GET walFile/${name}: ${e.message}`, 502, 'PEER_UNREACHABLE')));
+      req.end();
+    });
+    if (res.statusCode !== 200) {
+      let text = '';
+      for await (const c of res) text += String(c);
+      throw new ShipError(`${this.baseUrl}: GET walFile/${name}: HTTP ${res.statusCode} ${text.slice(0, 300)}`, res.statusCode ?? 502, 'PEER_ERROR');
+    }
+    const header = /^sha256:([0-9a-f]{64})$/.exec(String(res.headers['x-checksum'] ?? ''));
     const sha256 = expect?.sha256 ?? header?.[1];
-    if (!sha256) throw new ShipError(`${this.baseUrl}: no X-Checksum for ${name}`, 502, 'PEER_ERROR');
-    const length = res.headers.get('content-length');
-    const size = expect?.size ?? (length !== null ? Number(length) : undefined);
-    return receiveFile(dir, name, Readable.fromWeb(res.body as unknown as WebReadableStream<Uint8Array>), { sha256, size });
+    if (!sha256) {
+      res.destroy();
+      throw new ShipError(`${this.baseUrl}: no X-Checksum for ${name}`, 502, 'PEER_ERROR');
+    }
+    const length = res.headers['content-length'];
+    const size = expect?.size ?? (length !== undefined ? Number(length) : undefined);
+    return receiveFile(dir, name, res, { sha256, size });
   }
 }

@@ -4,9 +4,8 @@
  * rename, fsync of the directory) so a bad or interrupted transfer leaves nothing behind.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chownSync, createReadStream, createWriteStream, existsSync, fsyncSync, openSync, closeSync, readdirSync, renameSync, statSync, unlinkSync } from 'node:fs';
+import { chownSync, closeSync, createReadStream, existsSync, fsyncSync, openSync, readdirSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { crc32c } from '../native/index.js';
 import { historyFileName, parseWalFileName, segmentOf, walFileName, type Lsn } from '../formats/lsn.js';
@@ -16,7 +15,8 @@ export interface FileDigest {
   name: string;
   size: number;
   sha256: string;
-  crc32c: number;
+  /** listed files carry their CRC-32C too; a received file is verified by sha256 alone */
+  crc32c?: number;
 }
 
 export class ShipError extends Error {
@@ -36,7 +36,23 @@ export function checkWalName(name: string, segmentSize?: number): void {
   }
 }
 
+/**
+ * Digests of files that do not change once written (complete segments, history files) are cached by
+ * path, size and mtime: listing and then serving a file reads it once, not twice.
+ */
+const digestCache = new Map<string, { size: number; mtimeMs: number; digest: FileDigest }>();
+
 export async function digestFile(path: string, name: string): Promise<FileDigest> {
+  const st = statSync(path);
+  const hit = digestCache.get(path);
+  if (hit && hit.size === st.size && hit.mtimeMs === st.mtimeMs) return { ...hit.digest, name };
+  const digest = await computeDigest(path, name);
+  if (digestCache.size > 4096) digestCache.clear();
+  digestCache.set(path, { size: st.size, mtimeMs: st.mtimeMs, digest });
+  return digest;
+}
+
+async function computeDigest(path: string, name: string): Promise<FileDigest> {
   const hash = createHash('sha256');
   let crc = 0;
   let size = 0;
@@ -103,33 +119,31 @@ export async function receiveFile(dir: string, name: string, body: Readable, exp
   if (!/^[0-9a-f]{64}$/.test(expected.sha256)) throw new ShipError('X-Checksum must be sha256:<64 hex digits>', 400, 'BAD_CHECKSUM_HEADER');
   const tmp = join(dir, `.pgha-tmp.${name}.${process.pid}.${randomBytes(6).toString('hex')}`);
   const hash = createHash('sha256');
-  let crc = 0;
   let size = 0;
+  let fd: number | null = null;
   try {
-    const out = createWriteStream(tmp, { flags: 'wx', mode: 0o600 });
-    await pipeline(
-      body,
-      async function* (source: AsyncIterable<Buffer>) {
-        for await (const chunk of source) {
-          hash.update(chunk);
-          crc = crc32c(chunk, crc);
-          size += chunk.length;
-          yield chunk;
-        }
-      },
-      out,
-    );
+    fd = openSync(tmp, 'wx', 0o600);
+    // plain writes from the chunks as they arrive: no stream machinery between socket and file
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      hash.update(chunk);
+      for (let off = 0; off < chunk.length; ) off += writeSync(fd, chunk, off);
+      size += chunk.length;
+      if (expected.size !== undefined && size > expected.size) break;
+    }
     const sha = hash.digest('hex');
     if (expected.size !== undefined && size !== expected.size) {
       throw new ShipError(`short or long body for ${name}: got ${size} bytes, expected ${expected.size}`, 400, 'BAD_LENGTH');
     }
     if (sha !== expected.sha256) throw new ShipError(`checksum mismatch for ${name}: got sha256:${sha}, expected sha256:${expected.sha256}`, 422, 'CHECKSUM_MISMATCH');
-    fsyncPath(tmp);
+    fsyncSync(fd);
+    closeSync(fd);
+    fd = null;
     ownLikeDirectory(tmp, dir);
     renameSync(tmp, join(dir, name));
     fsyncPath(dir);
-    return { name, size, sha256: sha, crc32c: crc };
+    return { name, size, sha256: sha };
   } catch (e) {
+    if (fd !== null) closeSync(fd);
     if (existsSync(tmp)) unlinkSync(tmp);
     throw e;
   }

@@ -54,7 +54,7 @@ export function registerWalRoutes(app: FastifyInstance, ctx: AgentContext): void
     const d = await digestFile(path, name);
     ctx.metrics.bytesSent.inc(d.size);
     reply.header('content-type', 'application/octet-stream').header('content-length', String(statSync(path).size)).header('x-checksum', `sha256:${d.sha256}`);
-    return reply.send(createReadStream(path));
+    return reply.send(createReadStream(path, { highWaterMark: 1 << 20 }));
   });
 
   app.put<{ Params: { name: string } }>('/api/pg/v1/walFile/:name', async (req, reply) => {
