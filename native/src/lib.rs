@@ -256,3 +256,35 @@ pub fn scan_mapped_async(map: &MappedWal, options: JsScanOptions) -> Result<Asyn
 pub fn scan_segment_js(buf: &[u8], options: JsScanOptions) -> Result<JsScanResult> {
     scan_wal_js(buf, options)
 }
+
+pub struct Sha256FileTask {
+    path: String,
+}
+
+impl Task for Sha256FileTask {
+    type Output = String;
+    type JsValue = String;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        use sha2::{Digest, Sha256};
+        let file = std::fs::File::open(&self.path).map_err(|e| Error::new(Status::GenericFailure, format!("{}: {e}", self.path)))?;
+        let len = file.metadata().map_err(|e| Error::new(Status::GenericFailure, format!("{}: {e}", self.path)))?.len();
+        let mut h = Sha256::new();
+        if len > 0 {
+            // SAFETY: a file this process just wrote and fsynced, not modified while hashed
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::new(Status::GenericFailure, format!("{}: mmap failed: {e}", self.path)))?;
+            h.update(&map[..]);
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(output)
+    }
+}
+
+/// SHA-256 (hex) of a whole file, computed on the thread pool.
+#[napi(js_name = "sha256FileAsync")]
+pub fn sha256_file_async(path: String) -> AsyncTask<Sha256FileTask> {
+    AsyncTask::new(Sha256FileTask { path })
+}

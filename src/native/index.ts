@@ -57,6 +57,7 @@ interface Binding {
   scanWalAsync(buf: Uint8Array, options: JsScanOptions): Promise<JsScanResult>;
   mapWalFileAsync(path: string, length: number): Promise<MappedFile>;
   scanMappedAsync(map: MappedFile, options: JsScanOptions): Promise<JsScanResult>;
+  sha256FileAsync(path: string): Promise<string>;
 }
 
 function packageRoot(): string {
@@ -167,3 +168,6 @@ export const scanWal = (buf: Uint8Array, options: ScanOptions): ScanResult => ac
 export const scanSegment = scanWal;
 export const scanWalAsync = (buf: Uint8Array, options: ScanOptions): Promise<ScanResult> => active.scanWalAsync(buf, options);
 export const activeImplementation = (): Implementation => active;
+
+/** SHA-256 (hex) of a file on the libuv pool when the addon is loaded; null otherwise */
+export const sha256FileAsync: ((path: string) => Promise<string>) | null = binding ? (path) => binding!.sha256FileAsync(path) : null;

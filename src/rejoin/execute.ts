@@ -52,6 +52,7 @@ export interface RejoinResult {
 export class RejoinRefused extends Error {}
 
 /** the node's own configuration, which pg_rewind and pg_basebackup would replace with the source's */
+const FETCH_CONCURRENCY = 4;
 const NODE_CONFIG_FILES = ['postgresql.conf', 'postgresql.auto.conf', 'pg_hba.conf', 'pg_ident.conf'];
 
 interface SourceSystem {
@@ -270,8 +271,16 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     // crash recovery (if the node did not shut down cleanly) replays from pg_control's checkpoint
     const controlRedoSeg = segmentOf(control.checkpoint.redo, segSize);
     if (controlRedoSeg < redoSeg) redoSeg = controlRedoSeg;
-    for (let seg = redoSeg; seg < forkSeg; seg++) await ensure(seg);
-    for (let seg = forkSeg; seg <= segmentOf(endLsn, segSize); seg++) await ensure(seg);
+    // the rest in parallel: a receiving agent is bound by hashing and copying on one core
+    const rest: bigint[] = [];
+    for (let seg = redoSeg; seg <= segmentOf(endLsn, segSize); seg++) rest.push(seg);
+    await Promise.all(Array.from({ length: FETCH_CONCURRENCY }, async () => {
+      for (let seg = rest.shift(); seg !== undefined; seg = rest.shift()) await ensure(seg);
+    }));
+  } catch (e) {
+    // no rewind is possible without that WAL: a re-clone (only with allowReclone) or a refusal
+    if (e instanceof RejoinRefused) return reclone(e.message);
+    throw e;
   } finally {
     if (scratch) rmSync(scratch, { recursive: true, force: true });
   }

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { chownSync, closeSync, createReadStream, existsSync, fsyncSync, openSync, readdirSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { crc32c } from '../native/index.js';
+import { crc32c, sha256FileAsync } from '../native/index.js';
 import { historyFileName, parseWalFileName, segmentOf, walFileName, type Lsn } from '../formats/lsn.js';
 import { timelineSpans, type TimelineHistory } from '../formats/timeline-history.js';
 
@@ -118,22 +118,23 @@ export async function receiveFile(dir: string, name: string, body: Readable, exp
   checkWalName(name);
   if (!/^[0-9a-f]{64}$/.test(expected.sha256)) throw new ShipError('X-Checksum must be sha256:<64 hex digits>', 400, 'BAD_CHECKSUM_HEADER');
   const tmp = join(dir, `.pgha-tmp.${name}.${process.pid}.${randomBytes(6).toString('hex')}`);
-  const hash = createHash('sha256');
+  // with the addon the file is hashed on the thread pool after it is written, so this thread only
+  // moves bytes from the socket to the file; without it, hashing happens here as chunks arrive
+  const hash = sha256FileAsync ? null : createHash('sha256');
   let size = 0;
   let fd: number | null = null;
   try {
     fd = openSync(tmp, 'wx', 0o600);
-    // plain writes from the chunks as they arrive: no stream machinery between socket and file
     for await (const chunk of body as AsyncIterable<Buffer>) {
-      hash.update(chunk);
+      hash?.update(chunk);
       for (let off = 0; off < chunk.length; ) off += writeSync(fd, chunk, off);
       size += chunk.length;
       if (expected.size !== undefined && size > expected.size) break;
     }
-    const sha = hash.digest('hex');
     if (expected.size !== undefined && size !== expected.size) {
       throw new ShipError(`short or long body for ${name}: got ${size} bytes, expected ${expected.size}`, 400, 'BAD_LENGTH');
     }
+    const sha = hash ? hash.digest('hex') : await sha256FileAsync!(tmp);
     if (sha !== expected.sha256) throw new ShipError(`checksum mismatch for ${name}: got sha256:${sha}, expected sha256:${expected.sha256}`, 422, 'CHECKSUM_MISMATCH');
     fsyncSync(fd);
     closeSync(fd);
