@@ -12,21 +12,8 @@ import { scanWal as tsScanWal } from '../formats/wal/scan.js';
 import { endReasonFromCode, type ScanCarry, type ScanOptions, type ScanResult } from './contract.js';
 
 /** The shape the generated binding (native/binding.d.ts) exports. */
-interface JsCarry {
-  nextPageLsn: bigint;
-  nextRecordLsn: bigint;
-  prevRecordLsn: bigint;
-  lastPageTli: number;
-  pageMagic: number;
-  systemId: bigint;
-  segmentSize: number;
-  blockSize: number;
-  partial?: Buffer;
-  partialTotLen: number;
-  randomAccess: boolean;
-  skipToLsn: bigint;
-  partialCrossesSegment: boolean;
-}
+/** the binding's carry: the contract's, with `partial` as an optional Buffer */
+type JsCarry = Omit<ScanCarry, 'partial'> & { partial?: Buffer };
 interface JsScanOptions {
   bufLsn: bigint;
   carry?: JsCarry;

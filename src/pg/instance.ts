@@ -27,6 +27,24 @@ export interface InstanceOptions {
   user?: string;
 }
 
+/**
+ * Is the process alive? A zombie (exited, not yet reaped by whatever init the machine has) counts
+ * as dead.
+ */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
 function ownerOf(path: string): { uid: number; name: string } {
   const uid = statSync(path).uid;
   const name = execFileSync('id', ['-nu', String(uid)], { encoding: 'utf8' }).trim();
@@ -86,18 +104,7 @@ export class PgInstance {
 
   isRunning(): boolean {
     const pid = this.postmasterPid;
-    if (pid === null) return false;
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return false;
-    }
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      return stat[stat.lastIndexOf(')') + 2] !== 'Z';
-    } catch {
-      return false;
-    }
+    return pid !== null && processAlive(pid);
   }
 
   start(logFile = join(this.pgdata, 'pgha-server.log')): void {

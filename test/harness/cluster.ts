@@ -9,6 +9,9 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { processAlive } from '../../src/pg/instance.js';
+
+export { processAlive };
 
 export interface ClusterOptions {
   name?: string;
@@ -380,24 +383,6 @@ export class PgCluster {
     mkdirSync(dir, { recursive: true });
     if (this.user) chownSync(dir, this.user.uid, this.user.gid);
     return dir;
-  }
-}
-
-/**
- * Is the process alive? A zombie (exited, not yet reaped: the postmaster's parent is whatever
- * init the machine has) counts as dead.
- */
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
   }
 }
 
