@@ -11,6 +11,7 @@ import type { AgentConfig } from './config.js';
 import { registerInstanceRoutes } from './routes/instance.js';
 import { registerLsnRoutes } from './routes/lsn.js';
 import { registerWalRoutes } from './routes/wal.js';
+import { registerSlotRoutes } from './routes/slots.js';
 
 export interface AgentContext {
   cfg: AgentConfig;
@@ -77,5 +78,6 @@ export function buildAgent(cfg: AgentConfig, opts: { logger?: boolean | object }
   registerInstanceRoutes(app, ctx);
   registerLsnRoutes(app, ctx);
   registerWalRoutes(app, ctx);
+  registerSlotRoutes(app, ctx);
   return { app, ctx };
 }

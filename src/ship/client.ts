@@ -40,6 +40,31 @@ export class AgentClient {
     return (await (await this.request('GET', path)).json()) as T;
   }
 
+  async getBytes(path: string): Promise<Buffer> {
+    return Buffer.from(await (await this.request('GET', path)).arrayBuffer());
+  }
+
+  async put(path: string, body: Uint8Array, sha256: string): Promise<unknown> {
+    let res: Response;
+    try {
+      res = await fetch(this.url(path), {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/octet-stream', 'x-checksum': `sha256:${sha256}` },
+        body: new Uint8Array(body),
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
+    } catch (e) {
+      throw new ShipError(`${this.baseUrl}: PUT ${path}: ${(e as Error).message}`, 502, 'PEER_UNREACHABLE');
+    }
+    const text = await res.text();
+    if (!res.ok) throw new ShipError(`${this.baseUrl}: PUT ${path}: HTTP ${res.status} ${text.slice(0, 300)}`, res.status, 'PEER_ERROR');
+    return JSON.parse(text);
+  }
+
+  async delete<T>(path: string): Promise<T> {
+    return (await (await this.request('DELETE', path)).json()) as T;
+  }
+
   async getText(path: string): Promise<string> {
     return (await this.request('GET', path)).text();
   }
