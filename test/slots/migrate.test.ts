@@ -66,7 +66,16 @@ describe('logical slot across a failover', () => {
     await write(p, 20); // not consumed before the crash
     await p.waitForReplay(s);
     await p.kill9();
-    await s.promote();
+    // the failover path: promote through the agent, which migrates the slots right after
+    const promoted = await fetch(`${sUrl}/api/pg/v1/node/promote`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ migrateSlotsFrom: p.dataDir }),
+    });
+    const pr = (await promoted.json()) as { s: string; slots: { slots: Array<{ name: string; live: unknown }> } };
+    expect(promoted.status, JSON.stringify(pr)).toBe(200);
+    expect(pr.s).toBe('single');
+    expect(pr.slots.slots.map((x) => [x.name, x.live !== null])).toEqual([['cdc', true]]);
 
     const listed = await pgha(['slots', 'list', '--agent', sUrl, '--token', TOKEN, '--json']);
     expect(JSON.parse(listed.stdout).slots.find((x: { name: string }) => x.name === 'cdc').live).not.toBeNull();

@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify';
 import { AgentClient } from '../../ship/client.js';
 import { ShipError } from '../../ship/files.js';
 import { rejoin } from '../../rejoin/execute.js';
+import { migrateSlots } from '../../slots/migrate.js';
 import { nodeState } from '../node-state.js';
 import type { AgentContext } from '../server.js';
 
@@ -79,10 +80,17 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
     return { ...(await current()), stopped: how };
   });
 
-  app.post('/api/pg/v1/node/promote', async () => {
+  // a failover path promotes through here; with {"migrateSlotsFrom": URL|DIR} the logical slots
+  // are brought live right after (the old primary's files if readable, else the synced copies)
+  app.post('/api/pg/v1/node/promote', async (req) => {
     if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
     await pg.promote();
-    return current();
+    const from = (req.body as { migrateSlotsFrom?: string } | undefined)?.migrateSlotsFrom;
+    if (!from) return current();
+    const addr = app.server.address();
+    const self = `http://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${typeof addr === 'object' && addr ? addr.port : cfg.port}`;
+    const slots = await migrateSlots({ from, to: self, token: cfg.token, log: (m) => req.log.info(m) });
+    return { ...(await current()), slots };
   });
 
   app.get('/api/pg/v1/in_recovery', async () => {
