@@ -100,7 +100,8 @@ export function filesToFollow(walDir: string, history: TimelineHistory, segmentS
   return names;
 }
 
-const fsyncPath = (path: string): void => {
+/** fsync a file or directory by path */
+export const fsyncPath = (path: string): void => {
   const fd = openSync(path, 'r');
   try {
     fsyncSync(fd);

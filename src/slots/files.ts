@@ -8,7 +8,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, rea
 import { join } from 'node:path';
 import { FormatError } from '../formats/errors.js';
 import { parseSlotState, type SlotState } from '../formats/replslot.js';
-import { ownLikeDirectory, ShipError } from '../ship/files.js';
+import { fsyncPath, ownLikeDirectory, ShipError } from '../ship/files.js';
 
 /** ReplicationSlotValidateName: lower-case letters, digits and underscores, at most 63 bytes */
 export function checkSlotName(name: string): void {
@@ -37,15 +37,6 @@ export function readSlotFiles(pgdata: string): SlotFile[] {
   }
   return out;
 }
-
-const fsyncPath = (path: string): void => {
-  const fd = openSync(path, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-};
 
 /** Write a verified slot state file into `pgdata` (the server must be stopped). */
 export function installSlotFile(pgdata: string, bytes: Uint8Array, expectedName?: string): SlotState {

@@ -8,25 +8,13 @@ import { existsSync, readdirSync, readFileSync, renameSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { FastifyInstance } from 'fastify';
-import { buildAgent } from '../../src/agent/server.js';
+import { startAgent as startAgentWith, stopAgents } from '../support/agents.js';
 import { rejoin, RejoinRefused } from '../../src/rejoin/execute.js';
 import { cleanupAll, PgCluster, waitFor } from '../harness/cluster.js';
 import { pgha } from '../support/cli.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
-const agents: FastifyInstance[] = [];
-
-async function startAgent(name: string, c: PgCluster, peers: Record<string, string> = {}): Promise<string> {
-  const { app } = buildAgent(
-    { name, host: '127.0.0.1', port: 0, pgdata: c.dataDir, token: TOKEN, peers, pgBin: c.binDir, pgPort: c.port, pgHost: '127.0.0.1', replUser: 'postgres' },
-    { logger: false },
-  );
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  agents.push(app);
-  const addr = app.server.address();
-  return `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
-}
+const startAgent = (name: string, c: PgCluster, peers: Record<string, string> = {}) => startAgentWith(name, c, TOKEN, peers);
 
 async function api(base: string, path: string, init: RequestInit = {}, token: string | null = TOKEN): Promise<Response> {
   return fetch(`${base}/api/pg/v1/${path}`, { ...init, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(init.headers ?? {}) } });
@@ -41,7 +29,7 @@ async function tableChecksum(c: PgCluster): Promise<string> {
 }
 
 afterAll(async () => {
-  for (const a of agents) await a.close();
+  await stopAgents();
   await cleanupAll();
 });
 

@@ -5,26 +5,17 @@
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { FastifyInstance } from 'fastify';
-import { buildAgent } from '../../src/agent/server.js';
+import { startAgent, stopAgents } from '../support/agents.js';
 import { editSlotState } from '../../src/formats/replslot.js';
 import { cleanupAll, PgCluster } from '../harness/cluster.js';
 import { pgha } from '../support/cli.js';
 
 const TOKEN = 'slots-token-0123456789';
-const agents: FastifyInstance[] = [];
 afterAll(async () => {
-  for (const a of agents) await a.close();
+  await stopAgents();
   await cleanupAll();
 });
-
-async function agentFor(name: string, c: PgCluster): Promise<string> {
-  const { app } = buildAgent({ name, host: '127.0.0.1', port: 0, pgdata: c.dataDir, token: TOKEN, peers: {}, pgBin: c.binDir, pgPort: c.port, pgHost: '127.0.0.1', replUser: 'postgres' }, { logger: false });
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  agents.push(app);
-  const a = app.server.address();
-  return `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
-}
+const agentFor = (name: string, c: PgCluster) => startAgent(name, c, TOKEN);
 
 /** consume everything the slot has; returns the committed xids in order */
 async function consume(c: PgCluster, slot = 'cdc'): Promise<number[]> {
