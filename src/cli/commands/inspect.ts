@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { majorFromPageMagic as majorOf } from '../../formats/versions.js';
 import { basename, join } from 'node:path';
 import { parseControlFile } from '../../formats/control.js';
 import { WalFormatError } from '../../formats/errors.js';
@@ -79,11 +80,9 @@ async function inspectWal(path: string, single: boolean, opts: InspectOptions): 
       throw new WalFormatError('invalid segment size in long page header', { file: path, offset: 32, expected: 'a power of two from 1 MiB to 1 GiB', got: String(h.segmentSize) });
     }
     segmentSize = h.segmentSize;
-    const { statSync } = await import('node:fs');
     // identity from the content: the long header's pageaddr and TLI, not the file name
     files = [{ path, name: basename(path), tli: h.tli, segno: segmentOf(h.pageaddr, segmentSize), size: statSync(path).size, partial: path.endsWith('.partial') }];
   } else {
-    const { readdirSync } = await import('node:fs');
     const first = readdirSync(path)
       .filter((n) => /^[0-9A-F]{24}(\.partial)?$/.test(n))
       .sort()[0];
@@ -151,7 +150,6 @@ async function inspectWal(path: string, single: boolean, opts: InspectOptions): 
   return view;
 }
 
-import { majorFromPageMagic as majorOf } from '../../formats/versions.js';
 
 function printWalText(view: Record<string, unknown>, s: StreamScanSummary, statsLevel: 'rmgr' | 'record' | null): void {
   const out = process.stdout;
