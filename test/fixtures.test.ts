@@ -168,3 +168,4 @@ describe('fixtures: corrupted files', () => {
     expect(j).toMatchObject({ valid: false, checksumValid: false, name: 'cdc' });
   });
 });
+

@@ -19,6 +19,8 @@ export interface RecordView {
   spansPages: boolean;
   spansSegments: boolean;
   mainDataLength: number | null;
+  /** commit/abort time of Transaction COMMIT/ABORT(_PREPARED) records (xact_time), ISO 8601 with µs */
+  time?: string;
   blocks: Array<{
     id: number;
     rel: string;
@@ -50,6 +52,15 @@ export function recordViews(visit: SegmentVisit, major: number, blockSize: numbe
       frags = { blocks: [], mainDataLength: 0, mainDataOffset: 0 };
       checkRecordLayout(bytes, major, blockSize, frags);
     }
+    // Transaction COMMIT/PREPARE/ABORT/COMMIT_PREPARED/ABORT_PREPARED start with xact_time (µs since 2000-01-01)
+    let time: string | undefined;
+    const op = info & 0x70;
+    if (rmid === 1 && bytes && frags && frags.mainDataLength >= 8 && op !== 0x10 && op <= 0x40) {
+      const us = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigInt64(frags.mainDataOffset, true);
+      const secs = us / 1_000_000n - (us % 1_000_000n < 0n ? 1n : 0n);
+      const micro = us - secs * 1_000_000n;
+      time = new Date(Number(secs) * 1000 + 946_684_800_000).toISOString().replace(/\.\d{3}Z$/, `.${String(micro).padStart(6, '0')}Z`);
+    }
     views.push({
       lsn: formatLsn(lsn),
       prev: formatLsn(e.readBigUInt64LE(at + 8)),
@@ -63,6 +74,7 @@ export function recordViews(visit: SegmentVisit, major: number, blockSize: numbe
       spansPages: (flags & 1) !== 0,
       spansSegments: (flags & 2) !== 0,
       mainDataLength: frags ? frags.mainDataLength : null,
+      ...(time !== undefined ? { time } : {}),
       blocks: frags
         ? frags.blocks.map((b) => ({
             id: b.id,
@@ -84,7 +96,7 @@ export function formatRecordLine(r: RecordView): string {
   const lsnPad = (t: string) => formatLsnPadded(BigInt('0x' + t.split('/')[0]) << 32n | BigInt('0x' + t.split('/')[1]));
   let line =
     `rmgr: ${r.rmgr.padEnd(11)} len (rec/tot): ${String(r.recordLength).padStart(6)}/${String(r.totalLength).padStart(6)}, ` +
-    `tx: ${String(r.xid).padStart(10)}, lsn: ${lsnPad(r.lsn)}, prev ${lsnPad(r.prev)}, desc: ${r.type}`;
+    `tx: ${String(r.xid).padStart(10)}, lsn: ${lsnPad(r.lsn)}, prev ${lsnPad(r.prev)}, desc: ${r.type}${r.time ? ` ${r.time}` : ''}`;
   for (const b of r.blocks ?? []) {
     line += `, blkref #${b.id}: rel ${b.rel}${b.fork === 'main' ? '' : ` fork ${b.fork}`} blk ${b.block}`;
     if (b.fpi) line += b.fpi.apply ? ' FPW' : ' FPI';

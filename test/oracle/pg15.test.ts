@@ -139,6 +139,17 @@ describe('pgwal vs pg_waldump on real WAL', () => {
       });
       expect(g.type.startsWith(e.type) || e.type.startsWith(g.type), `${g.type} vs ${e.type} at ${i}`).toBe(true);
     });
+    // commit times, to the microsecond, as pg_waldump prints them (this machine runs in UTC)
+    const waldumpCommits = dump.stdout
+      .split('\n')
+      .map((l) => /desc: COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}) UTC/.exec(l)?.[1])
+      .filter((t): t is string => t !== undefined);
+    const ours = (out.recordList as Array<{ type: string; time?: string }>)
+      .slice(0, expected.length)
+      .filter((r) => r.type === 'COMMIT')
+      .map((r) => r.time!.replace('T', ' ').replace('Z', ''));
+    expect(waldumpCommits.length).toBeGreaterThan(0);
+    expect(ours).toEqual(waldumpCommits);
   });
 
   it('the timeline history matches the new timeline\'s first record (END_OF_RECOVERY at the switchpoint)', () => {
