@@ -115,6 +115,7 @@ pub fn is_valid_rmid(rmid: u8, major: u32) -> bool {
 }
 
 /// Result of DecodeXLogRecord's checks over one complete record.
+#[derive(Debug)]
 pub struct Layout {
     pub blocks: u32,
     pub fpi_len: u32,
@@ -372,7 +373,7 @@ pub fn scan_wal(buf: &[u8], params: &ScanParams, carry: Option<Carry>) -> Result
             s.partial_header_checked = s.partial.len() >= SIZE_OF_XLOG_RECORD;
             s.rec_pos = 0;
         }
-        if s.block_size > 0 && s.len % s.block_size as usize != 0 {
+        if s.block_size > 0 && !s.len.is_multiple_of(s.block_size as usize) {
             return Err(format!(
                 "scanWal: buffer length {} is not a multiple of the page size {}",
                 s.len, s.block_size
@@ -466,7 +467,7 @@ impl<'a> Scanner<'a> {
                     }
                     if take < rem {
                         page_off += bs;
-                        if self.segment_size > 0 && self.lsn_at(page_off) % self.segment_size as u64 == 0 {
+                        if self.segment_size > 0 && self.lsn_at(page_off).is_multiple_of(self.segment_size as u64) {
                             self.partial_crosses_segment = true;
                         }
                         continue;
@@ -518,7 +519,7 @@ impl<'a> Scanner<'a> {
                 break;
             }
             page_off += bs;
-            if self.partial_active && self.segment_size > 0 && self.lsn_at(page_off) % self.segment_size as u64 == 0 {
+            if self.partial_active && self.segment_size > 0 && self.lsn_at(page_off).is_multiple_of(self.segment_size as u64) {
                 self.partial_crosses_segment = true;
             }
         }
@@ -630,13 +631,13 @@ impl<'a> Scanner<'a> {
             }
             let seg_size = u32le(b, page_off + 32);
             let blcksz = u32le(b, page_off + 36);
-            if !(seg_size >= 1 << 20 && seg_size <= 1 << 30 && seg_size.is_power_of_two()) {
+            if !((1 << 20..=1 << 30).contains(&seg_size) && seg_size.is_power_of_two()) {
                 return eow(END_BAD_PAGE_HEADER, format!("invalid WAL segment size {seg_size} in page header at {at}"));
             }
             if !(1024..=65536).contains(&blcksz) || !blcksz.is_power_of_two() {
                 return eow(END_BAD_PAGE_HEADER, format!("invalid XLOG_BLCKSZ {blcksz} in page header at {at}"));
             }
-            if self.buf_lsn % blcksz as u64 != 0 || self.len % blcksz as usize != 0 {
+            if !self.buf_lsn.is_multiple_of(blcksz as u64) || !self.len.is_multiple_of(blcksz as usize) {
                 return arg_error(format!(
                     "scanWal: buffer at {} of {} bytes is not page aligned for {}-byte pages",
                     lsn_text(self.buf_lsn),
@@ -781,7 +782,7 @@ mod tests {
         for _ in 0..n {
             let mut rec = vec![0u8; 24];
             let mut body = vec![0xFFu8, body_len as u8];
-            body.extend(std::iter::repeat(0xAB).take(body_len));
+            body.extend(std::iter::repeat_n(0xAB, body_len));
             rec.extend_from_slice(&body);
             let tot = rec.len() as u32;
             rec[0..4].copy_from_slice(&tot.to_le_bytes());
@@ -789,14 +790,14 @@ mod tests {
             rec[17] = 21;
             let crc = crate::crc32c::crc32c_append(crc32c(&rec[24..]), &rec[..20]);
             rec[20..24].copy_from_slice(&crc.to_le_bytes());
-            if pos % 8192 == 0 {
+            if pos.is_multiple_of(8192) {
                 header(&mut wal, pos, 0);
                 pos += if pos == 0 { 40 } else { 24 };
             }
             let lsn = base + pos as u64;
             let mut done = 0;
             while done < rec.len() {
-                if pos % 8192 == 0 {
+                if pos.is_multiple_of(8192) {
                     header(&mut wal, pos, (rec.len() - done) as u32);
                     pos += 24;
                 }
@@ -887,3 +888,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "wal_scan_tests.rs"]
+mod more_tests;
