@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+/**
+ * pgha-proxy: a PostgreSQL protocol-aware listener that follows the primary through failover.
+ * Exit codes: 0 stopped by a signal, 2 bad configuration, 1 could not start (e.g. port in use).
+ */
+import { Command, Option } from 'commander';
+import { loadProxyConfig, ProxyConfigError, type ProxyFlags } from './config.js';
+import { ProxyServer } from './server.js';
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+const program = new Command('pgha-proxy')
+  .description('PostgreSQL wire-protocol proxy: writes always reach the current primary; follows (or runs) failover')
+  .option('--config <file>', 'JSON file with any of the options below (camelCase keys); flags win')
+  .option('--listen <host:port>', 'read-write listener: always the primary')
+  .option('--backend <host:port>', 'a PostgreSQL server (repeat; any order, the primary is found)', collect)
+  .option('--read-listen <host:port>', 'read-only listener: healthy standbys within --read-max-lag, else the primary')
+  .option('--read-max-lag <bytes>', 'standbys further behind the primary are not used for reads (default 16777216)')
+  .option('--admin <host:port>', 'HTTP admin: GET /status, /metrics, /sessions, /health')
+  .option('--health-interval <ms>', 'period of health checks (default 1000)')
+  .option('--health-timeout <ms>', 'a check not answered within this fails (default 2000)')
+  .option('--health-retries <n>', 'consecutive failed checks before a backend is down (default 3)')
+  .option('--health-retry-delay <ms>', 'delay before re-checking after a failure (default 100)')
+  .option('--health-user <user>', 'role for health checks, promotion and re-pointing (default $PGUSER or postgres)')
+  .option('--health-password <password>', 'its password (default $PGPASSWORD)')
+  .option('--health-database <db>', 'database for health checks (default postgres)')
+  .option('--auto-failover', 'promote the best standby when the primary is down, fence the old one')
+  .option('--agent <host:port=url>', 'node agent of a backend, used to promote and fence (repeat)', collect)
+  .option('--token <token>', 'bearer token of the agents (default $PGHA_TOKEN)')
+  .option('--migrate-slots', "on failover, have the new primary's agent carry logical slots over")
+  .option('--tls-cert <file>', 'PEM certificate: clients may use TLS (sslmode=require…)')
+  .option('--tls-key <file>', 'PEM private key for --tls-cert')
+  .addOption(new Option('--backend-sslmode <mode>', 'TLS towards the servers (default prefer)').choices(['disable', 'prefer', 'require', 'verify-ca', 'verify-full']))
+  .option('--backend-sslrootcert <file>', 'CA bundle for verify-ca/verify-full')
+  .option('--startup-timeout <ms>', 'a client must send its startup packet within this (default 10000)')
+  .option('--connect-timeout <ms>', 'connecting to a server (default: the health timeout)')
+  .option('--primary-wait <ms>', 'during a failover, new clients wait this long for a primary (default 10000)')
+  .option('--max-clients <n>', 'client connections accepted at once (default 10000)')
+  .option('--log-level <level>', 'pino level: fatal, error, warn, info, debug (default info or $PGHA_LOG_LEVEL)')
+  .addHelpText(
+    'after',
+    `
+Examples:
+  pgha-proxy --listen 127.0.0.1:6432 --backend 10.0.0.1:5432 --backend 10.0.0.2:5432 --admin 127.0.0.1:8008
+  pgha-proxy --config /etc/pgha/proxy.json --auto-failover \\
+      --agent 10.0.0.1:5432=http://10.0.0.1:8010 --agent 10.0.0.2:5432=http://10.0.0.2:8010 --token $TOKEN
+`,
+  )
+  .action(async (flags: ProxyFlags) => {
+    let cfg;
+    try {
+      cfg = loadProxyConfig(flags);
+    } catch (e) {
+      if (e instanceof ProxyConfigError) {
+        process.stderr.write(`pgha-proxy: ${e.message}\n`);
+        process.exit(2);
+      }
+      throw e;
+    }
+    const proxy = new ProxyServer(cfg);
+    try {
+      await proxy.start();
+    } catch (e) {
+      process.stderr.write(`pgha-proxy: cannot start: ${(e as Error).message}\n`);
+      process.exit(1);
+    }
+    const shutdown = (sig: string) => {
+      proxy.log.info({ signal: sig }, 'stopping');
+      void proxy.stop().finally(() => process.exit(0));
+    };
+    process.once('SIGINT', () => shutdown('SIGINT'));
+    process.once('SIGTERM', () => shutdown('SIGTERM'));
+  });
+
+await program.parseAsync();

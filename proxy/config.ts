@@ -1,0 +1,160 @@
+/**
+ * pgha-proxy configuration: a JSON file (--config) overlaid by command-line flags. Every value is
+ * checked here so a bad one is one clear line before anything listens.
+ */
+import { readFileSync } from 'node:fs';
+import { BACKEND_SSL_MODES, addressText, type BackendAddress, type BackendSslMode, type BackendTls } from './backend/connect.js';
+import type { HealthCredentials } from './health/probe.js';
+
+export class ProxyConfigError extends Error {}
+
+export interface ProxyConfig {
+  listen: BackendAddress;
+  readListen: BackendAddress | null;
+  admin: BackendAddress | null;
+  backends: BackendAddress[];
+  healthIntervalMs: number;
+  healthTimeoutMs: number;
+  healthRetries: number;
+  healthRetryDelayMs: number;
+  health: HealthCredentials;
+  autoFailover: boolean;
+  /** backend name (host:port) → agent URL */
+  agents: Map<string, string>;
+  token: string | undefined;
+  migrateSlots: boolean;
+  /** TLS towards clients: PEM certificate and key */
+  tls: { cert: Buffer; key: Buffer } | null;
+  backendTls: BackendTls;
+  startupTimeoutMs: number;
+  connectTimeoutMs: number;
+  /** how long a new client waits for a primary during a failover before it is refused */
+  primaryWaitMs: number;
+  maxClients: number;
+  /** read-only port: standbys further behind than this many bytes of WAL are not used */
+  readMaxLagBytes: number;
+  logLevel: string;
+}
+
+/** flags and file keys (same names) */
+export interface ProxyFlags {
+  config?: string;
+  listen?: string;
+  backend?: string[];
+  readListen?: string;
+  admin?: string;
+  healthInterval?: string | number;
+  healthTimeout?: string | number;
+  healthRetries?: string | number;
+  healthRetryDelay?: string | number;
+  healthUser?: string;
+  healthPassword?: string;
+  healthDatabase?: string;
+  autoFailover?: boolean;
+  agent?: string[];
+  token?: string;
+  migrateSlots?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  backendSslmode?: string;
+  backendSslrootcert?: string;
+  startupTimeout?: string | number;
+  connectTimeout?: string | number;
+  primaryWait?: string | number;
+  maxClients?: string | number;
+  readMaxLag?: string | number;
+  logLevel?: string;
+}
+
+export function parseAddress(text: string, what: string): BackendAddress {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(String(text).trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port < 0 || port > 65535) throw new ProxyConfigError(`${what} "${text}" must be HOST:PORT`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+function int(v: string | number | undefined, what: string, min: number, fallback: number): number {
+  if (v === undefined) return fallback;
+  const n = typeof v === 'number' ? v : /^\d+$/.test(v.trim()) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < min) throw new ProxyConfigError(`${what} must be an integer ≥ ${min}, got "${v}"`);
+  return n;
+}
+
+function file(path: string, what: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new ProxyConfigError(`${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = process.env): ProxyConfig {
+  let fromFile: ProxyFlags = {};
+  if (flags.config) {
+    try {
+      fromFile = JSON.parse(readFileSync(flags.config, 'utf8')) as ProxyFlags;
+    } catch (e) {
+      throw new ProxyConfigError(`config file ${flags.config}: ${(e as Error).message}`);
+    }
+    if (typeof fromFile !== 'object' || fromFile === null || Array.isArray(fromFile)) throw new ProxyConfigError(`config file ${flags.config}: expected a JSON object`);
+  }
+  const defined = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined && !(Array.isArray(v) && v.length === 0)));
+  const f: ProxyFlags = { ...fromFile, ...defined };
+
+  if (!f.listen) throw new ProxyConfigError('--listen HOST:PORT is required');
+  const backends = (f.backend ?? []).map((b) => parseAddress(b, '--backend'));
+  if (backends.length === 0) throw new ProxyConfigError('at least one --backend HOST:PORT is required');
+  const names = backends.map(addressText);
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup) throw new ProxyConfigError(`--backend ${dup} is given twice`);
+
+  const agents = new Map<string, string>();
+  for (const a of f.agent ?? []) {
+    const i = a.indexOf('=');
+    if (i <= 0) throw new ProxyConfigError(`--agent "${a}" must be HOST:PORT=URL`);
+    const name = addressText(parseAddress(a.slice(0, i), '--agent backend'));
+    const url = a.slice(i + 1).replace(/\/+$/, '');
+    if (!/^https?:\/\//.test(url)) throw new ProxyConfigError(`--agent "${a}": URL must start with http:// or https://`);
+    if (!names.includes(name)) throw new ProxyConfigError(`--agent "${a}": ${name} is not one of the --backend addresses`);
+    agents.set(name, url);
+  }
+  const token = f.token ?? env.PGHA_TOKEN;
+  if (agents.size > 0 && !token) throw new ProxyConfigError('--agent needs --token (or PGHA_TOKEN) to talk to the agents');
+
+  if (Boolean(f.tlsCert) !== Boolean(f.tlsKey)) throw new ProxyConfigError('--tls-cert and --tls-key go together');
+  const tls = f.tlsCert && f.tlsKey ? { cert: file(f.tlsCert, '--tls-cert'), key: file(f.tlsKey, '--tls-key') } : null;
+
+  const mode = (f.backendSslmode ?? 'prefer') as BackendSslMode;
+  if (!BACKEND_SSL_MODES.includes(mode)) throw new ProxyConfigError(`--backend-sslmode must be one of ${BACKEND_SSL_MODES.join(', ')}, got "${f.backendSslmode}"`);
+  const ca = f.backendSslrootcert ? file(f.backendSslrootcert, '--backend-sslrootcert') : undefined;
+  if ((mode === 'verify-ca' || mode === 'verify-full') && !ca) throw new ProxyConfigError(`--backend-sslmode ${mode} needs --backend-sslrootcert FILE`);
+
+  const healthTimeoutMs = int(f.healthTimeout, '--health-timeout', 1, 2000);
+  return {
+    listen: parseAddress(f.listen, '--listen'),
+    readListen: f.readListen ? parseAddress(f.readListen, '--read-listen') : null,
+    admin: f.admin ? parseAddress(f.admin, '--admin') : null,
+    backends,
+    healthIntervalMs: int(f.healthInterval, '--health-interval', 10, 1000),
+    healthTimeoutMs,
+    healthRetries: int(f.healthRetries, '--health-retries', 1, 3),
+    healthRetryDelayMs: int(f.healthRetryDelay, '--health-retry-delay', 0, 100),
+    health: {
+      user: f.healthUser ?? env.PGUSER ?? 'postgres',
+      password: f.healthPassword ?? env.PGPASSWORD,
+      database: f.healthDatabase ?? 'postgres',
+    },
+    autoFailover: f.autoFailover === true,
+    agents,
+    token,
+    migrateSlots: f.migrateSlots === true,
+    tls,
+    backendTls: { mode, ca },
+    startupTimeoutMs: int(f.startupTimeout, '--startup-timeout', 1, 10_000),
+    connectTimeoutMs: int(f.connectTimeout, '--connect-timeout', 1, healthTimeoutMs),
+    primaryWaitMs: int(f.primaryWait, '--primary-wait', 0, 10_000),
+    maxClients: int(f.maxClients, '--max-clients', 1, 10_000),
+    readMaxLagBytes: int(f.readMaxLag, '--read-max-lag', 0, 16 * 1024 * 1024),
+    logLevel: f.logLevel ?? env.PGHA_LOG_LEVEL ?? 'info',
+  };
+}

@@ -1,0 +1,346 @@
+/**
+ * Health of every backend and the election of the one primary the proxy routes writes to.
+ *
+ * Each backend is checked every `interval` ms (a failed check is retried after `retryDelay`); after
+ * `retries` consecutive failures it is `down`. Sessions report trouble (a reset, a 57P0x error, a
+ * refused connect) through suspect(), which checks at once instead of waiting for the period.
+ *
+ * Split-brain guard: the cluster is the system identifier of the first primary seen; a node with
+ * another one is fenced, and so is a node that answers as a primary on a timeline older than the
+ * newest timeline seen on any node. Fenced stays fenced until the node shows up in recovery.
+ */
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import { addressText, type BackendAddress, type BackendTls } from '../backend/connect.js';
+import { probe as defaultProbe, type HealthCredentials, type ProbeResult } from './probe.js';
+
+export type Role = 'primary' | 'standby' | 'down' | 'fenced' | 'unknown';
+
+export interface BackendState {
+  name: string;
+  address: BackendAddress;
+  role: Role;
+  /** why the node is fenced or down */
+  reason: string | null;
+  inRecovery: boolean | null;
+  timeline: number | null;
+  lsn: string | null;
+  receiveLsn: string | null;
+  replayLsn: string | null;
+  systemId: string | null;
+  failures: number;
+  lastCheck: string | null;
+  latencyMs: number | null;
+  lastError: string | null;
+}
+
+export interface MonitorOptions {
+  backends: BackendAddress[];
+  intervalMs: number;
+  timeoutMs: number;
+  retries: number;
+  retryDelayMs: number;
+  credentials: HealthCredentials;
+  tls: BackendTls;
+  log: Logger;
+  probe?: typeof defaultProbe;
+}
+
+interface Node {
+  state: BackendState;
+  fenced: boolean;
+  inFlight: boolean;
+  again: boolean;
+  timer: NodeJS.Timeout | null;
+  /** last successful probe */
+  last: ProbeResult | null;
+}
+
+export interface PrimaryChange {
+  from: BackendState | null;
+  to: BackendState | null;
+  reason: string;
+}
+
+export const parseLsn = (t: string | null): bigint | null => {
+  if (!t) return null;
+  const [hi, lo] = t.split('/');
+  return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
+};
+
+export class HealthMonitor extends EventEmitter {
+  private readonly nodes: Node[];
+  private primaryName: string | null = null;
+  private systemId: string | null = null;
+  private newestTimeline = 0;
+  private stopped = false;
+  /** set while a failover runs: elect() does not pick a primary by itself meanwhile */
+  private holdElection = false;
+  /** completes when every node has been checked once */
+  readonly firstRound: Promise<void>;
+  private firstRoundDone!: () => void;
+  private unchecked: Set<string>;
+  /** observer for health-check latency (metrics) */
+  onCheck: (name: string, seconds: number, ok: boolean) => void = () => undefined;
+
+  constructor(private readonly opts: MonitorOptions) {
+    super();
+    this.nodes = opts.backends.map((address) => ({
+      state: {
+        name: addressText(address),
+        address,
+        role: 'unknown',
+        reason: null,
+        inRecovery: null,
+        timeline: null,
+        lsn: null,
+        receiveLsn: null,
+        replayLsn: null,
+        systemId: null,
+        failures: 0,
+        lastCheck: null,
+        latencyMs: null,
+        lastError: null,
+      },
+      fenced: false,
+      inFlight: false,
+      again: false,
+      timer: null,
+      last: null,
+    }));
+    this.unchecked = new Set(this.nodes.map((n) => n.state.name));
+    this.firstRound = new Promise((r) => (this.firstRoundDone = r));
+  }
+
+  start(): void {
+    for (const n of this.nodes) void this.check(n);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const n of this.nodes) if (n.timer) clearTimeout(n.timer);
+  }
+
+  get primary(): BackendState | null {
+    return this.nodes.find((n) => n.state.name === this.primaryName)?.state ?? null;
+  }
+
+  get backends(): BackendState[] {
+    return this.nodes.map((n) => n.state);
+  }
+
+  get timeline(): number {
+    return this.newestTimeline;
+  }
+
+  get clusterSystemId(): string | null {
+    return this.systemId;
+  }
+
+  state(name: string): BackendState | undefined {
+    return this.nodes.find((n) => n.state.name === name)?.state;
+  }
+
+  /** a session saw trouble on this backend: check it now */
+  suspect(name: string, why: string): void {
+    const n = this.nodes.find((x) => x.state.name === name);
+    if (!n || this.stopped) return;
+    this.opts.log.info({ backend: name, why }, 'session reported trouble: checking now');
+    void this.check(n);
+  }
+
+  /** check these nodes (default: all) now and wait for the answers */
+  async checkNow(names?: string[]): Promise<void> {
+    await Promise.all(this.nodes.filter((n) => !names || names.includes(n.state.name)).map((n) => this.check(n, true)));
+  }
+
+  /** resolves with the primary, or null after timeoutMs */
+  waitForPrimary(timeoutMs: number): Promise<BackendState | null> {
+    const p = this.primary;
+    if (p) return Promise.resolve(p);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.off('primary', onPrimary);
+        resolve(null);
+      }, timeoutMs);
+      const onPrimary = (c: PrimaryChange) => {
+        if (!c.to) return;
+        clearTimeout(timer);
+        this.off('primary', onPrimary);
+        resolve(c.to);
+      };
+      this.on('primary', onPrimary);
+    });
+  }
+
+  /** failover control: while held, no primary is elected from health checks alone */
+  hold(on: boolean): void {
+    this.holdElection = on;
+    if (!on) this.elect();
+  }
+
+  /** mark a node fenced (by a failover or an operator); sticky until it is seen in recovery */
+  fence(name: string, reason: string): void {
+    const n = this.nodes.find((x) => x.state.name === name);
+    if (!n) return;
+    n.fenced = true;
+    n.state.role = 'fenced';
+    n.state.reason = reason;
+    if (this.primaryName === name) this.setPrimary(null, reason);
+    this.emit('change');
+  }
+
+  private schedule(n: Node, ms: number): void {
+    if (this.stopped) return;
+    if (n.timer) clearTimeout(n.timer);
+    n.timer = setTimeout(() => {
+      n.timer = null;
+      void this.check(n);
+    }, ms);
+  }
+
+  private async check(n: Node, wait = false): Promise<void> {
+    if (this.stopped) return;
+    if (n.inFlight) {
+      n.again = true;
+      if (wait) await new Promise<void>((r) => this.once(`checked:${n.state.name}`, () => r()));
+      return;
+    }
+    n.inFlight = true;
+    if (n.timer) {
+      clearTimeout(n.timer);
+      n.timer = null;
+    }
+    const started = process.hrtime.bigint();
+    let ok = false;
+    try {
+      const r = await (this.opts.probe ?? defaultProbe)(n.state.address, this.opts.credentials, this.opts.tls, this.opts.timeoutMs);
+      ok = true;
+      n.last = r;
+      Object.assign(n.state, {
+        inRecovery: r.inRecovery,
+        timeline: r.timeline,
+        lsn: r.lsn,
+        receiveLsn: r.receiveLsn,
+        replayLsn: r.replayLsn,
+        systemId: r.systemId,
+        failures: 0,
+        lastError: null,
+      });
+    } catch (e) {
+      n.state.failures++;
+      n.state.lastError = (e as Error).message;
+      if (n.state.failures === 1 || n.state.failures === this.opts.retries) {
+        this.opts.log.warn({ backend: n.state.name, failures: n.state.failures, err: n.state.lastError }, 'health check failed');
+      }
+    } finally {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      n.state.latencyMs = Math.round(seconds * 1e4) / 10;
+      n.state.lastCheck = new Date().toISOString();
+      n.inFlight = false;
+      this.onCheck(n.state.name, seconds, ok);
+    }
+    this.classify(n, ok);
+    this.elect();
+    if (this.unchecked.delete(n.state.name) && this.unchecked.size === 0) this.firstRoundDone();
+    this.emit(`checked:${n.state.name}`);
+    if (n.again) {
+      n.again = false;
+      this.schedule(n, 0);
+    } else {
+      this.schedule(n, ok || n.state.failures >= this.opts.retries ? this.opts.intervalMs : this.opts.retryDelayMs);
+    }
+  }
+
+  /** role of one node from its own answer (fencing by timeline is elect()'s) */
+  private classify(n: Node, ok: boolean): void {
+    const s = n.state;
+    if (!ok) {
+      if (s.failures >= this.opts.retries && s.role !== 'down' && !n.fenced) {
+        s.role = 'down';
+        s.reason = s.lastError;
+        this.opts.log.error({ backend: s.name, err: s.lastError }, `backend down after ${s.failures} failed checks`);
+        this.emit('down', s);
+      }
+      return;
+    }
+    if (s.inRecovery && n.fenced) {
+      this.opts.log.info({ backend: s.name }, 'fenced node is back as a standby: no longer fenced');
+      n.fenced = false;
+    }
+    if (n.fenced) {
+      s.role = 'fenced';
+      return;
+    }
+    s.reason = null;
+    s.role = s.inRecovery ? 'standby' : 'primary';
+  }
+
+  private elect(): void {
+    const live = this.nodes.filter((n) => n.last && n.state.failures === 0);
+    if (!this.systemId) {
+      const first = live.find((n) => !n.state.inRecovery) ?? live[0];
+      if (first) this.systemId = first.state.systemId;
+    }
+    for (const n of live) {
+      if (n.state.systemId !== this.systemId) {
+        if (!n.fenced) this.opts.log.error({ backend: n.state.name, systemId: n.state.systemId, cluster: this.systemId }, 'backend belongs to another cluster: fenced');
+        n.fenced = true;
+        n.state.role = 'fenced';
+        n.state.reason = `system identifier ${n.state.systemId} is not the cluster's ${this.systemId}`;
+        continue;
+      }
+      if (n.state.timeline !== null && n.state.timeline > this.newestTimeline) this.newestTimeline = n.state.timeline;
+    }
+    const claims = live.filter((n) => n.state.role === 'primary');
+    for (const n of claims) {
+      if ((n.state.timeline ?? 0) < this.newestTimeline) {
+        this.opts.log.error({ backend: n.state.name, timeline: n.state.timeline, newest: this.newestTimeline }, 'primary on an older timeline: fenced');
+        n.fenced = true;
+        n.state.role = 'fenced';
+        n.state.reason = `primary on timeline ${n.state.timeline}, older than the newest timeline ${this.newestTimeline}`;
+      }
+    }
+    const candidates = claims.filter((n) => n.state.role === 'primary');
+    const current = this.nodes.find((n) => n.state.name === this.primaryName);
+    if (current && current.state.role === 'primary') {
+      for (const n of candidates) {
+        if (n !== current) {
+          n.fenced = true;
+          n.state.role = 'fenced';
+          n.state.reason = `a second primary on timeline ${n.state.timeline} beside ${current.state.name}`;
+          this.opts.log.error({ backend: n.state.name }, n.state.reason);
+        }
+      }
+      this.emit('change');
+      return;
+    }
+    if (current) this.setPrimary(null, `${current.state.name} is ${current.state.role}${current.state.reason ? `: ${current.state.reason}` : ''}`);
+    if (this.holdElection || candidates.length === 0) {
+      this.emit('change');
+      return;
+    }
+    candidates.sort((a, b) => {
+      const la = parseLsn(a.state.lsn) ?? 0n;
+      const lb = parseLsn(b.state.lsn) ?? 0n;
+      return (b.state.timeline ?? 0) - (a.state.timeline ?? 0) || (lb > la ? 1 : lb < la ? -1 : 0);
+    });
+    const [winner, ...rest] = candidates;
+    for (const n of rest) {
+      n.fenced = true;
+      n.state.role = 'fenced';
+      n.state.reason = `a second primary on timeline ${n.state.timeline} beside ${winner.state.name}`;
+      this.opts.log.error({ backend: n.state.name }, n.state.reason);
+    }
+    this.setPrimary(winner.state, current ? 'new primary elected' : 'primary found');
+    this.emit('change');
+  }
+
+  private setPrimary(to: BackendState | null, reason: string): void {
+    const from = this.primary;
+    if ((from?.name ?? null) === (to?.name ?? null)) return;
+    this.primaryName = to?.name ?? null;
+    this.opts.log.warn({ from: from?.name ?? null, to: to?.name ?? null, timeline: to?.timeline ?? null, reason }, to ? 'routing writes to a new primary' : 'no primary');
+    this.emit('primary', { from, to, reason } satisfies PrimaryChange);
+  }
+}

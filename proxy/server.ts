@@ -1,0 +1,272 @@
+/**
+ * pgha-proxy: listeners (read-write, optional read-only), the health monitor, failover, the admin
+ * endpoint. Ties sessions to backends so that when a backend stops being what its sessions need (the
+ * primary moved, a node went down or was fenced) they are ended at once with a proper ErrorResponse.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import Fastify, { type FastifyInstance } from 'fastify';
+import pino, { type Logger } from 'pino';
+import { serialize } from 'pg-protocol';
+import { addressText, connectBackend, type BackendAddress } from './backend/connect.js';
+import type { ProxyConfig } from './config.js';
+import { FailoverController } from './failover/failover.js';
+import { HealthMonitor, parseLsn, type BackendState, type PrimaryChange } from './health/monitor.js';
+import { proxyMetrics } from './admin/metrics.js';
+import { SQLSTATE } from './protocol/codes.js';
+import { CancelRegistry } from './session/cancel-registry.js';
+import { ClientSession, type PortKind } from './session/client-session.js';
+import type { ProxyContext, ProxyStats } from './session/context.js';
+
+export interface ProxyStatus {
+  primary: string | null;
+  timeline: number;
+  systemId: string | null;
+  autoFailover: boolean;
+  failoverRunning: boolean;
+  backends: Array<Pick<BackendState, 'name' | 'role' | 'reason' | 'timeline' | 'lsn' | 'receiveLsn' | 'replayLsn' | 'systemId' | 'failures' | 'lastCheck' | 'latencyMs' | 'lastError'> & { sessions: number; agent: string | null }>;
+  clients: { rw: number; ro: number; accepted: { rw: number; ro: number } };
+  failovers: FailoverController['history'];
+  listen: { rw: string; ro: string | null; admin: string | null };
+}
+
+export class ProxyServer implements ProxyContext {
+  readonly monitor: HealthMonitor;
+  readonly cancels = new CancelRegistry();
+  readonly log: Logger;
+  readonly secureContext: SecureContext | null;
+  readonly stats: ProxyStats = { bytesFromClients: 0, bytesToClients: 0, terminated: 0, protocolErrors: 0, cancelsForwarded: 0, cancelsUnknown: 0 };
+  readonly sessions = new Set<ClientSession>();
+  readonly accepted = { rw: 0, ro: 0 };
+  readonly failover: FailoverController;
+  private readonly byBackend = new Map<string, Set<ClientSession>>();
+  private servers: Server[] = [];
+  private admin: FastifyInstance | null = null;
+  private readonly metrics: ReturnType<typeof proxyMetrics>;
+  private readerTurn = 0;
+  readonly addresses: { rw: BackendAddress | null; ro: BackendAddress | null; admin: BackendAddress | null } = { rw: null, ro: null, admin: null };
+
+  constructor(
+    readonly cfg: ProxyConfig,
+    log?: Logger,
+  ) {
+    this.log = log ?? pino({ level: cfg.logLevel, base: { svc: 'pgha-proxy' } });
+    this.secureContext = cfg.tls ? createSecureContext({ cert: cfg.tls.cert, key: cfg.tls.key }) : null;
+    this.monitor = new HealthMonitor({
+      backends: cfg.backends,
+      intervalMs: cfg.healthIntervalMs,
+      timeoutMs: cfg.healthTimeoutMs,
+      retries: cfg.healthRetries,
+      retryDelayMs: cfg.healthRetryDelayMs,
+      credentials: cfg.health,
+      tls: cfg.backendTls,
+      log: this.log.child({ part: 'health' }),
+    });
+    this.failover = new FailoverController({
+      monitor: this.monitor,
+      agents: cfg.agents,
+      token: cfg.token,
+      credentials: cfg.health,
+      tls: cfg.backendTls,
+      log: this.log.child({ part: 'failover' }),
+      migrateSlots: cfg.migrateSlots,
+    });
+    this.metrics = proxyMetrics(this);
+    this.monitor.onCheck = (name, seconds, ok) => this.metrics.healthLatency.observe({ backend: name, ok: String(ok) }, seconds);
+    this.monitor.on('primary', (c: PrimaryChange) => this.onPrimaryChange(c));
+    this.monitor.on('change', () => this.endSessionsOnLostBackends());
+    this.monitor.on('down', (s: BackendState) => void this.onDown(s));
+  }
+
+  async start(): Promise<void> {
+    this.monitor.start();
+    this.addresses.rw = await this.listen(this.cfg.listen, 'rw');
+    if (this.cfg.readListen) this.addresses.ro = await this.listen(this.cfg.readListen, 'ro');
+    if (this.cfg.admin) this.addresses.admin = await this.startAdmin(this.cfg.admin);
+    this.log.info(
+      { listen: addressText(this.addresses.rw), read: this.addresses.ro && addressText(this.addresses.ro), admin: this.addresses.admin && addressText(this.addresses.admin), backends: this.cfg.backends.map(addressText), autoFailover: this.cfg.autoFailover, tls: Boolean(this.secureContext) },
+      'pgha-proxy listening',
+    );
+  }
+
+  async stop(): Promise<void> {
+    this.monitor.stop();
+    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    for (const s of [...this.sessions]) s.terminate({ severity: 'FATAL', code: SQLSTATE.adminShutdown, message: 'terminating connection because pgha-proxy is shutting down' }, 'proxy stopping');
+    await this.admin?.close();
+  }
+
+  private listen(addr: BackendAddress, kind: PortKind): Promise<BackendAddress> {
+    const server = createServer({ noDelay: true }, (socket) => this.accept(socket, kind));
+    server.maxConnections = this.cfg.maxClients;
+    this.servers.push(server);
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(addr.port, addr.host, () => {
+        server.off('error', reject);
+        server.on('error', (e) => this.log.error({ err: e.message }, 'listener error'));
+        const a = server.address();
+        resolve({ host: addr.host, port: typeof a === 'object' && a ? a.port : addr.port });
+      });
+    });
+  }
+
+  private accept(socket: Socket, kind: PortKind): void {
+    this.accepted[kind]++;
+    const s = new ClientSession(this, socket, kind);
+    this.sessions.add(s);
+  }
+
+  // ---------------------------------------------------------------- ProxyContext
+
+  attach(s: ClientSession): void {
+    let set = this.byBackend.get(s.backendName!);
+    if (!set) this.byBackend.set(s.backendName!, (set = new Set()));
+    set.add(s);
+  }
+
+  detach(s: ClientSession): void {
+    this.sessions.delete(s);
+    if (s.backendName) this.byBackend.get(s.backendName)?.delete(s);
+  }
+
+  sessionsOn(name: string): number {
+    return this.byBackend.get(name)?.size ?? 0;
+  }
+
+  cancelFor(pid: number, key: Buffer): void {
+    const target = this.cancels.find(pid, key);
+    if (!target) {
+      this.stats.cancelsUnknown++;
+      return;
+    }
+    this.stats.cancelsForwarded++;
+    void this.sendCancel(target, pid, key).catch((e) => this.log.warn({ backend: addressText(target), err: (e as Error).message }, 'could not forward cancel request'));
+  }
+
+  private async sendCancel(target: BackendAddress, pid: number, key: Buffer): Promise<void> {
+    // PostgreSQL reads a CancelRequest on a fresh connection; TLS only when the backend demands it
+    const mode = this.cfg.backendTls.mode === 'prefer' ? 'disable' : this.cfg.backendTls.mode;
+    const s = await connectBackend(target, { ...this.cfg.backendTls, mode }, this.cfg.connectTimeoutMs);
+    s.on('error', () => undefined);
+    // CancelRequest: Int32 length, Int32 80877102, Int32 pid, then the key (4 bytes in 3.0)
+    const head = key.length === 4 ? serialize.cancel(pid, key.readInt32BE(0)) : cancelPacket(pid, key);
+    s.end(head);
+  }
+
+  pickReader(): BackendState | null {
+    const primary = this.monitor.primary;
+    const primaryLsn = parseLsn(primary?.lsn ?? null);
+    const ok = this.monitor.backends.filter((b) => {
+      if (b.role !== 'standby' || b.failures > 0) return false;
+      if (primaryLsn === null) return true;
+      const replay = parseLsn(b.replayLsn) ?? 0n;
+      return primaryLsn - replay <= BigInt(this.cfg.readMaxLagBytes);
+    });
+    if (ok.length === 0) return primary;
+    // fewest sessions first; ties take turns
+    ok.sort((a, b) => this.sessionsOn(a.name) - this.sessionsOn(b.name));
+    const least = ok.filter((b) => this.sessionsOn(b.name) === this.sessionsOn(ok[0].name));
+    return least[this.readerTurn++ % least.length];
+  }
+
+  // ---------------------------------------------------------------- following the primary
+
+  private onPrimaryChange(c: PrimaryChange): void {
+    if (c.from && c.to) this.metrics.failovers.inc({ result: 'followed' });
+    if (c.from) this.endSessions(c.from.name, 'rw', c.to ? `the primary moved from ${c.from.name} to ${c.to.name}` : `the primary ${c.from.name} is unavailable (${c.reason})`);
+  }
+
+  /** sessions on a backend that is down or fenced end now, on both ports */
+  private endSessionsOnLostBackends(): void {
+    for (const b of this.monitor.backends) {
+      if ((b.role === 'down' || b.role === 'fenced') && this.sessionsOn(b.name) > 0) this.endSessions(b.name, null, `${b.name} is ${b.role}${b.reason ? ` (${b.reason})` : ''}`);
+    }
+  }
+
+  private endSessions(name: string, kind: PortKind | null, why: string): void {
+    const set = this.byBackend.get(name);
+    if (!set || set.size === 0) return;
+    let n = 0;
+    for (const s of [...set]) {
+      if (kind && s.kind !== kind) continue;
+      n++;
+      s.terminate(
+        { severity: 'FATAL', code: SQLSTATE.adminShutdown, message: `terminating connection because of failover: ${why}`, hint: 'Reconnect: new connections go to the current primary.' },
+        `failover: ${why}`,
+      );
+    }
+    if (n > 0) this.log.warn({ backend: name, sessions: n, why }, 'ended sessions');
+  }
+
+  private async onDown(s: BackendState): Promise<void> {
+    if (!this.cfg.autoFailover || this.failover.running) return;
+    // only the primary's loss triggers a failover ('down' is emitted before the election drops it)
+    if (this.monitor.primary?.name !== s.name) return;
+    const report = await this.failover.run(s);
+    this.metrics.failovers.inc({ result: report.error ? 'failed' : 'promoted' });
+  }
+
+  // ---------------------------------------------------------------- admin
+
+  status(): ProxyStatus {
+    const p = this.monitor.primary;
+    let rw = 0;
+    let ro = 0;
+    for (const s of this.sessions) s.kind === 'rw' ? rw++ : ro++;
+    return {
+      primary: p?.name ?? null,
+      timeline: this.monitor.timeline,
+      systemId: this.monitor.clusterSystemId,
+      autoFailover: this.cfg.autoFailover,
+      failoverRunning: this.failover.running,
+      backends: this.monitor.backends.map((b) => ({
+        name: b.name,
+        role: b.role,
+        reason: b.reason,
+        timeline: b.timeline,
+        lsn: b.lsn,
+        receiveLsn: b.receiveLsn,
+        replayLsn: b.replayLsn,
+        systemId: b.systemId,
+        failures: b.failures,
+        lastCheck: b.lastCheck,
+        latencyMs: b.latencyMs,
+        lastError: b.lastError,
+        sessions: this.sessionsOn(b.name),
+        agent: this.cfg.agents.get(b.name) ?? null,
+      })),
+      clients: { rw, ro, accepted: { ...this.accepted } },
+      failovers: this.failover.history,
+      listen: {
+        rw: this.addresses.rw ? addressText(this.addresses.rw) : addressText(this.cfg.listen),
+        ro: this.addresses.ro && addressText(this.addresses.ro),
+        admin: this.addresses.admin && addressText(this.addresses.admin),
+      },
+    };
+  }
+
+  private async startAdmin(addr: BackendAddress): Promise<BackendAddress> {
+    const app = Fastify({ logger: false });
+    app.get('/status', async () => this.status());
+    app.get('/sessions', async () => [...this.sessions].map((s) => s.describe()));
+    app.get('/metrics', async (_req, reply) => {
+      reply.header('content-type', this.metrics.registry.contentType);
+      return this.metrics.registry.metrics();
+    });
+    app.get('/health', async () => ({ ok: true, primary: this.monitor.primary?.name ?? null }));
+    await app.listen({ host: addr.host, port: addr.port });
+    this.admin = app;
+    const a = app.server.address();
+    return { host: addr.host, port: typeof a === 'object' && a ? a.port : addr.port };
+  }
+}
+
+function cancelPacket(pid: number, key: Buffer): Buffer {
+  const b = Buffer.alloc(12 + key.length);
+  b.writeInt32BE(b.length, 0);
+  b.writeInt32BE(80877102, 4);
+  b.writeInt32BE(pid, 8);
+  key.copy(b, 12);
+  return b;
+}

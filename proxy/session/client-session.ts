@@ -1,0 +1,372 @@
+/**
+ * One client connection: the startup phase (SSLRequest/GSSENCRequest/CancelRequest/StartupMessage,
+ * TLS termination), the choice and connection of a backend, then a relay in both directions that
+ * passes chunks through untouched while following message boundaries, the transaction status of
+ * every ReadyForQuery, and the server's BackendKeyData (for cancels). Backpressure both ways: when
+ * one side's socket buffer is full the other side is paused.
+ */
+import type { Socket } from 'node:net';
+import { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
+import { serialize } from 'pg-protocol';
+import { connectBackend, type BackendAddress } from '../backend/connect.js';
+import { BACKEND, PQ_LARGE_MESSAGE_LIMIT, SQLSTATE } from '../protocol/codes.js';
+import { ProtocolError } from '../protocol/errors.js';
+import { decodeError, errorResponse, SSL_ACCEPTED, SSL_REFUSED, type ErrorFields } from '../protocol/backend-messages.js';
+import { MessageWalker } from '../protocol/message-walker.js';
+import { StartupReader, type StartupPacket } from '../protocol/startup.js';
+import type { ProxyContext } from './context.js';
+
+export type PortKind = 'rw' | 'ro';
+type Phase = 'startup' | 'connecting' | 'relay' | 'closed';
+
+let nextId = 1;
+
+/** SQLSTATEs with which a server says it is going away: worth an immediate health check */
+const SERVER_GOING_AWAY = new Set(['57P01', '57P02', '57P03', '58P01']);
+
+export class ClientSession {
+  readonly id = nextId++;
+  readonly startedAt = Date.now();
+  phase: Phase = 'startup';
+  /** transaction status of the last ReadyForQuery: I idle, T in a transaction, E failed transaction */
+  txStatus: 'I' | 'T' | 'E' | null = null;
+  backendName: string | null = null;
+  user: string | null = null;
+  database: string | null = null;
+  private client: Socket;
+  private backend: Socket | null = null;
+  private backendAddress: BackendAddress | null = null;
+  private readonly reader = new StartupReader();
+  private tls = false;
+  private startupTimer: NodeJS.Timeout | null;
+  private backendSentFatal = false;
+  private cancelId: string | null = null;
+  private backendKey: { pid: number; key: Buffer } | null = null;
+  private clientMessagesAtReady = 0;
+  private readonly clientWalker: MessageWalker;
+  private readonly backendWalker: MessageWalker;
+
+  constructor(
+    private readonly ctx: ProxyContext,
+    socket: Socket,
+    readonly kind: PortKind,
+  ) {
+    this.client = socket;
+    socket.setNoDelay(true);
+    this.clientWalker = new MessageWalker({
+      peer: `client ${socket.remoteAddress}:${socket.remotePort}`,
+      maxLength: PQ_LARGE_MESSAGE_LIMIT,
+      wanted: () => false,
+      onMessage: () => undefined,
+    });
+    this.backendWalker = new MessageWalker({
+      peer: 'backend',
+      maxLength: 0x7fffffff,
+      wanted: (t) => t === BACKEND.readyForQuery || t === BACKEND.backendKeyData || t === BACKEND.errorResponse,
+      maxCollect: 64 * 1024,
+      onMessage: (t, body) => this.onBackendMessage(t, body),
+    });
+    this.startupTimer = setTimeout(() => this.fail(new ProtocolError(`no complete startup packet within ${ctx.cfg.startupTimeoutMs} ms`, this.reader.buffered, SQLSTATE.protocolViolation), 'startup timeout'), ctx.cfg.startupTimeoutMs);
+    this.attachStartup(socket);
+  }
+
+  get inTransaction(): boolean {
+    return this.txStatus === 'T' || this.txStatus === 'E';
+  }
+
+  describe() {
+    return {
+      id: this.id,
+      port: this.kind,
+      phase: this.phase,
+      backend: this.backendName,
+      user: this.user,
+      database: this.database,
+      txStatus: this.txStatus,
+      tls: this.tls,
+      client: `${this.client.remoteAddress}:${this.client.remotePort}`,
+    };
+  }
+
+  // ---------------------------------------------------------------- startup phase
+
+  private readonly onStartupData = (chunk: Buffer) => {
+    this.reader.push(chunk);
+    this.drainStartup();
+  };
+
+  private attachStartup(s: Socket): void {
+    s.on('data', this.onStartupData);
+    s.on('error', (e) => this.close(`client error: ${e.message}`));
+    s.on('close', () => this.close('client closed'));
+  }
+
+  private drainStartup(): void {
+    try {
+      for (;;) {
+        const p = this.reader.next();
+        if (!p) return;
+        if (this.handleStartupPacket(p)) return;
+      }
+    } catch (e) {
+      this.fail(e as Error, 'bad startup packet');
+    }
+  }
+
+  /** true when the startup reader must stop (socket upgraded or handed on) */
+  private handleStartupPacket(p: StartupPacket): boolean {
+    switch (p.kind) {
+      case 'ssl-request':
+        if (this.tls) throw new ProtocolError('SSLRequest received on a connection that is already encrypted', 0);
+        if (!this.ctx.secureContext) {
+          this.client.write(SSL_REFUSED);
+          return false;
+        }
+        if (this.reader.buffered > 0) throw new ProtocolError('received unencrypted data after SSL request', 8);
+        this.client.write(SSL_ACCEPTED);
+        this.upgradeToTls(null);
+        return true;
+      case 'direct-tls':
+        if (this.tls) throw new ProtocolError('TLS handshake inside TLS', 0);
+        if (!this.ctx.secureContext) throw new ProtocolError('direct TLS connection, but the proxy has no --tls-cert/--tls-key', 0);
+        this.upgradeToTls(this.reader.takeRest());
+        return true;
+      case 'gssenc-request':
+        this.client.write(SSL_REFUSED);
+        return false;
+      case 'cancel':
+        this.ctx.cancelFor(p.pid, p.key);
+        this.close('cancel request handled');
+        return true;
+      case 'startup':
+        this.client.off('data', this.onStartupData);
+        this.client.pause();
+        void this.connect(p, this.reader.takeRest());
+        return true;
+    }
+  }
+
+  private upgradeToTls(unread: Buffer | null): void {
+    const raw = this.client;
+    raw.off('data', this.onStartupData);
+    raw.removeAllListeners('close');
+    raw.removeAllListeners('error');
+    raw.on('error', () => undefined);
+    let carrier: Socket | Duplex = raw;
+    if (unread) {
+      // direct TLS: the ClientHello is already read, hand it to the TLS layer first
+      const d = new Duplex({
+        read: () => raw.resume(),
+        write: (chunk, _enc, cb) => raw.write(chunk, cb),
+        final: (cb) => raw.end(cb),
+        destroy: (err, cb) => {
+          raw.destroy();
+          cb(err);
+        },
+      });
+      d.push(unread);
+      raw.on('data', (b) => {
+        if (!d.push(b)) raw.pause();
+      });
+      raw.on('end', () => d.push(null));
+      raw.on('close', () => d.destroy());
+      carrier = d;
+    }
+    const t = new TLSSocket(carrier as Socket, {
+      isServer: true,
+      secureContext: this.ctx.secureContext!,
+      ALPNProtocols: unread ? ['postgresql'] : undefined,
+    });
+    this.tls = true;
+    this.client = t;
+    t.on('secure', () => t.setNoDelay?.(true));
+    this.attachStartup(t);
+  }
+
+  // ---------------------------------------------------------------- backend
+
+  private async connect(p: Extract<StartupPacket, { kind: 'startup' }>, rest: Buffer): Promise<void> {
+    this.phase = 'connecting';
+    this.user = p.params.user;
+    this.database = p.params.database ?? p.params.user;
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.startupTimer = null;
+    const { cfg, monitor, log } = this.ctx;
+    const deadline = Date.now() + cfg.primaryWaitMs;
+    let lastError = '';
+    for (;;) {
+      if (this.phase !== 'connecting') return;
+      const target = this.kind === 'rw' ? await monitor.waitForPrimary(Math.max(0, deadline - Date.now())) : this.ctx.pickReader();
+      if (this.phase !== 'connecting') return;
+      if (!target) {
+        const noPrimary = this.kind === 'rw' ? 'no primary is available' : 'no backend is available';
+        return this.refuse({
+          severity: 'FATAL',
+          code: SQLSTATE.cannotConnectNow,
+          message: `pgha-proxy: ${noPrimary}${lastError ? ` (${lastError})` : ''}`,
+          detail: `waited ${cfg.primaryWaitMs} ms; backends: ${monitor.backends.map((b) => `${b.name} ${b.role}`).join(', ')}`,
+        });
+      }
+      try {
+        const b = await connectBackend(target.address, cfg.backendTls, cfg.connectTimeoutMs);
+        if (this.phase !== 'connecting') {
+          b.destroy();
+          return;
+        }
+        this.backend = b;
+        this.backendName = target.name;
+        this.backendAddress = target.address;
+        break;
+      } catch (e) {
+        lastError = (e as Error).message;
+        monitor.suspect(target.name, lastError);
+        if (Date.now() >= deadline || this.kind === 'ro') {
+          return this.refuse({ severity: 'FATAL', code: SQLSTATE.connectionFailure, message: `pgha-proxy: could not connect to ${target.name}: ${lastError}` });
+        }
+        await new Promise((r) => setTimeout(r, Math.min(100, cfg.healthRetryDelayMs || 100)));
+      }
+    }
+    this.ctx.attach(this);
+    log.debug({ session: this.id, backend: this.backendName, user: this.user, db: this.database }, 'session connected');
+    this.startRelay(p.raw, rest);
+  }
+
+  private startRelay(startup: Buffer, rest: Buffer): void {
+    const c = this.client;
+    const b = this.backend!;
+    const stats = this.ctx.stats;
+    this.phase = 'relay';
+    b.write(startup);
+    if (rest.length > 0) this.fromClient(rest);
+    c.on('data', (chunk: Buffer) => this.fromClient(chunk));
+    b.on('data', (chunk: Buffer) => {
+      if (this.phase !== 'relay') return;
+      try {
+        this.backendWalker.feed(chunk);
+      } catch (e) {
+        return this.terminate({ severity: 'FATAL', code: SQLSTATE.protocolViolation, message: `pgha-proxy: ${(e as Error).message}` }, 'backend protocol violation', true);
+      }
+      stats.bytesToClients += chunk.length;
+      if (!c.write(chunk)) this.pauseUntilDrain(b, c);
+    });
+    b.on('error', (e) => this.backendGone(e.message));
+    b.on('close', () => this.backendGone('connection closed'));
+    b.resume();
+    c.resume();
+  }
+
+  private fromClient(chunk: Buffer): void {
+    if (this.phase !== 'relay') return;
+    try {
+      this.clientWalker.feed(chunk);
+    } catch (e) {
+      return this.fail(e as Error, 'client protocol violation');
+    }
+    this.ctx.stats.bytesFromClients += chunk.length;
+    if (!this.backend!.write(chunk)) this.pauseUntilDrain(this.client, this.backend!);
+  }
+
+  private pauseUntilDrain(from: Socket, to: Socket): void {
+    if (from.isPaused()) return;
+    from.pause();
+    to.once('drain', () => {
+      if (this.phase === 'relay') from.resume();
+    });
+  }
+
+  private onBackendMessage(type: number, body: Buffer): void {
+    if (type === BACKEND.readyForQuery) {
+      this.txStatus = String.fromCharCode(body[0]) as 'I' | 'T' | 'E';
+      this.clientMessagesAtReady = this.clientWalker.messages;
+    } else if (type === BACKEND.backendKeyData && body.length >= 8) {
+      this.backendKey = { pid: body.readInt32BE(0), key: Buffer.from(body.subarray(4)) };
+      this.cancelId = this.ctx.cancels.add(this.backendKey.pid, this.backendKey.key, this.backendAddress!);
+    } else if (type === BACKEND.errorResponse) {
+      const err = decodeError(body);
+      if (err.severity === 'FATAL' || err.severity === 'PANIC') {
+        this.backendSentFatal = true;
+        if (err.code && SERVER_GOING_AWAY.has(err.code)) this.ctx.monitor.suspect(this.backendName!, `${err.code} ${err.message}`);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- endings
+
+  private backendGone(why: string): void {
+    if (this.phase === 'closed') return;
+    const name = this.backendName!;
+    const state = this.ctx.monitor.state(name);
+    if (!this.backendSentFatal) this.ctx.monitor.suspect(name, `session lost its backend: ${why}`);
+    const moved = this.kind === 'rw' && state && state.role !== 'primary';
+    this.terminate(
+      moved
+        ? { severity: 'FATAL', code: SQLSTATE.adminShutdown, message: `terminating connection because of failover: ${name} is no longer the primary`, hint: 'Reconnect: new connections go to the current primary.' }
+        : { severity: 'FATAL', code: SQLSTATE.connectionFailure, message: `pgha-proxy: lost the connection to backend ${name}: ${why}` },
+      `backend gone: ${why}`,
+      this.backendSentFatal,
+    );
+  }
+
+  /**
+   * End the session from the proxy's side. The error goes to the client only at a message boundary
+   * (never inside a half-relayed message) and only when the server has not already said FATAL.
+   */
+  terminate(fields: ErrorFields, why: string, quietToClient = false): void {
+    if (this.phase === 'closed') return;
+    const b = this.backend;
+    if (b) {
+      b.removeAllListeners('data');
+      if (!b.destroyed) {
+        if (this.clientWalker.atBoundary) b.end(serialize.end());
+        b.destroy();
+      }
+    }
+    if (!quietToClient && this.backendWalker.atBoundary && !this.client.destroyed) {
+      this.client.end(errorResponse(fields));
+      this.ctx.stats.terminated++;
+    } else {
+      this.client.end();
+    }
+    this.close(why);
+  }
+
+  /** the client broke the protocol or timed out: say why (08P01) and close */
+  private fail(e: Error, why: string): void {
+    if (this.phase === 'closed') return;
+    const code = e instanceof ProtocolError ? e.sqlstate : SQLSTATE.protocolViolation;
+    this.ctx.log.warn({ session: this.id, client: this.client.remoteAddress, err: e.message }, why);
+    this.ctx.stats.protocolErrors++;
+    this.refuse({ severity: 'FATAL', code, message: `pgha-proxy: ${e.message}` });
+  }
+
+  private refuse(fields: ErrorFields): void {
+    if (this.phase === 'closed') return;
+    if (!this.client.destroyed && this.clientWalker.atBoundary && this.backendWalker.atBoundary) {
+      this.client.end(errorResponse(fields));
+      // a client that never reads must not keep the socket
+      setTimeout(() => this.client.destroy(), 1000).unref();
+    } else this.client.destroy();
+    this.backend?.destroy();
+    this.close(fields.message);
+  }
+
+  private close(why: string): void {
+    if (this.phase === 'closed') return;
+    const wasRelay = this.phase === 'relay';
+    this.phase = 'closed';
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    // a client that vanished while its query runs: cancel the query so it does not run on for nobody
+    if (wasRelay && this.backendKey && this.backend && !this.backend.destroyed && this.clientWalker.messages > this.clientMessagesAtReady) {
+      this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
+    }
+    if (this.cancelId) this.ctx.cancels.remove(this.cancelId);
+    if (this.backend && !this.backend.destroyed) {
+      if (this.clientWalker.atBoundary) this.backend.end(serialize.end());
+      else this.backend.destroy();
+    }
+    if (!this.client.destroyed && !this.client.writableEnded) this.client.end();
+    this.ctx.detach(this);
+    this.ctx.log.debug({ session: this.id, backend: this.backendName, why }, 'session closed');
+  }
+}

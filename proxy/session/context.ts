@@ -1,0 +1,32 @@
+/** What a client session needs from the proxy around it. */
+import type { SecureContext } from 'node:tls';
+import type { Logger } from 'pino';
+import type { ProxyConfig } from '../config.js';
+import type { BackendState, HealthMonitor } from '../health/monitor.js';
+import type { CancelRegistry } from './cancel-registry.js';
+import type { ClientSession } from './client-session.js';
+
+export interface ProxyStats {
+  bytesFromClients: number;
+  bytesToClients: number;
+  /** sessions ended by the proxy with an ErrorResponse (failover, lost backend) */
+  terminated: number;
+  protocolErrors: number;
+  cancelsForwarded: number;
+  cancelsUnknown: number;
+}
+
+export interface ProxyContext {
+  cfg: ProxyConfig;
+  monitor: HealthMonitor;
+  cancels: CancelRegistry;
+  log: Logger;
+  secureContext: SecureContext | null;
+  stats: ProxyStats;
+  /** send a CancelRequest to the server that owns this key (unknown keys are ignored, as PostgreSQL does) */
+  cancelFor(pid: number, key: Buffer): void;
+  /** the backend for a read-only session */
+  pickReader(): BackendState | null;
+  attach(s: ClientSession): void;
+  detach(s: ClientSession): void;
+}
