@@ -76,6 +76,11 @@ export class ProxyServer implements ProxyContext {
     this.monitor.on('primary', (c: PrimaryChange) => this.onPrimaryChange(c));
     this.monitor.on('change', () => this.endSessionsOnLostBackends());
     this.monitor.on('down', (s: BackendState) => void this.onDown(s));
+    // a primary left behind on an older timeline (someone promoted a standby by hand): fence it
+    // through its agent too, so it cannot take writes from clients that bypass the proxy
+    this.monitor.on('fenced', (s: BackendState) => {
+      if (!this.failover.running) void this.failover.fenceOld(s.name, this.monitor.primary?.name ?? 'the newest timeline');
+    });
   }
 
   async start(): Promise<void> {

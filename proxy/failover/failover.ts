@@ -140,7 +140,7 @@ export class FailoverController {
     }
   }
 
-  private async fenceOld(name: string, to: string): Promise<'agent' | 'proxy-only'> {
+  async fenceOld(name: string, to: string): Promise<'agent' | 'proxy-only'> {
     const agent = this.agent(name);
     if (!agent) {
       this.o.log.warn({ backend: name }, 'no agent for the old primary: fenced in the proxy only');

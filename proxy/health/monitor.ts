@@ -299,6 +299,7 @@ export class HealthMonitor extends EventEmitter {
         n.fenced = true;
         n.state.role = 'fenced';
         n.state.reason = `primary on timeline ${n.state.timeline}, older than the newest timeline ${this.newestTimeline}`;
+        this.emit('fenced', n.state);
       }
     }
     const candidates = claims.filter((n) => n.state.role === 'primary');

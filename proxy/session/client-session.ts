@@ -10,7 +10,7 @@ import { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import { serialize } from 'pg-protocol';
 import { connectBackend, type BackendAddress } from '../backend/connect.js';
-import { BACKEND, PQ_LARGE_MESSAGE_LIMIT, SQLSTATE } from '../protocol/codes.js';
+import { BACKEND, FRONTEND, PQ_LARGE_MESSAGE_LIMIT, SQLSTATE } from '../protocol/codes.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { decodeError, errorResponse, SSL_ACCEPTED, SSL_REFUSED, type ErrorFields } from '../protocol/backend-messages.js';
 import { MessageWalker } from '../protocol/message-walker.js';
@@ -41,6 +41,8 @@ export class ClientSession {
   private tls = false;
   private startupTimer: NodeJS.Timeout | null;
   private backendSentFatal = false;
+  /** the client sent Terminate: the server closing next is the normal end */
+  private clientTerminated = false;
   private cancelId: string | null = null;
   private backendKey: { pid: number; key: Buffer } | null = null;
   private clientMessagesAtReady = 0;
@@ -57,8 +59,8 @@ export class ClientSession {
     this.clientWalker = new MessageWalker({
       peer: `client ${socket.remoteAddress}:${socket.remotePort}`,
       maxLength: PQ_LARGE_MESSAGE_LIMIT,
-      wanted: () => false,
-      onMessage: () => undefined,
+      wanted: (t) => t === FRONTEND.terminate,
+      onMessage: () => (this.clientTerminated = true),
     });
     this.backendWalker = new MessageWalker({
       peer: 'backend',
@@ -295,6 +297,7 @@ export class ClientSession {
 
   private backendGone(why: string): void {
     if (this.phase === 'closed') return;
+    if (this.clientTerminated) return this.close('client terminated');
     const name = this.backendName!;
     const state = this.ctx.monitor.state(name);
     if (!this.backendSentFatal) this.ctx.monitor.suspect(name, `session lost its backend: ${why}`);

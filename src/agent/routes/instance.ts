@@ -1,13 +1,16 @@
 /** instance/*, node/promote, in_recovery: state and life cycle of this node's PostgreSQL. */
-import { existsSync, unlinkSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { AgentClient } from '../../ship/client.js';
-import { ShipError } from '../../ship/files.js';
+import { ownLikeDirectory, ShipError } from '../../ship/files.js';
 import { rejoin } from '../../rejoin/execute.js';
 import { migrateSlots } from '../../slots/migrate.js';
 import { nodeState } from '../node-state.js';
 import type { AgentContext } from '../server.js';
+
+/** written into the data directory by node/fence; removed by a successful rejoin */
+export const FENCE_MARKER = 'pgha.fenced';
 
 /** the peer (or this node) that is currently a primary */
 export async function findPrimary(ctx: AgentContext): Promise<{ name: string; url: string } | null> {
@@ -42,12 +45,21 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
     return all;
   });
 
+  const refuseIfFenced = () => {
+    const marker = join(cfg.pgdata, FENCE_MARKER);
+    if (existsSync(marker)) {
+      throw new ShipError(`this node is fenced (${readFileSync(marker, 'utf8').trim()}): rejoin it (pgha rejoin / POST instance/slave) first`, 409, 'FENCED');
+    }
+  };
+
   app.post('/api/pg/v1/instance/current', async () => {
+    refuseIfFenced();
     if (!pg.isRunning()) pg.start();
     return current();
   });
 
   app.post('/api/pg/v1/instance/master', async () => {
+    refuseIfFenced();
     if (pg.isRunning()) {
       const [r] = await pg.query<{ rec: boolean }>('SELECT pg_is_in_recovery() AS rec');
       if (r.rec) await pg.promote();
@@ -72,6 +84,8 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
       allowReclone: body.allowReclone === true,
       log: (msg) => req.log.info(msg),
     });
+    // a rejoined node follows the new primary: it is no longer fenced
+    rmSync(join(cfg.pgdata, FENCE_MARKER), { force: true });
     return { ...(await current()), rejoin: result };
   });
 
@@ -91,6 +105,19 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
     const self = `http://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${typeof addr === 'object' && addr ? addr.port : cfg.port}`;
     const slots = await migrateSlots({ from, to: self, token: cfg.token, log: (m) => req.log.info(m) });
     return { ...(await current()), slots };
+  });
+
+  // fencing (a failover path calls this on the old primary): stop PostgreSQL and leave it unable to
+  // come back as a primary by itself: standby.signal makes a restart come up in recovery, and
+  // FENCE_MARKER makes this agent refuse instance/master and instance/current until a rejoin
+  app.post('/api/pg/v1/node/fence', async (req) => {
+    const reason = String((req.body as { reason?: string } | undefined)?.reason ?? 'fenced');
+    writeFileSync(join(cfg.pgdata, 'standby.signal'), '');
+    writeFileSync(join(cfg.pgdata, FENCE_MARKER), JSON.stringify({ at: new Date().toISOString(), reason }) + '\n');
+    for (const f of ['standby.signal', FENCE_MARKER]) ownLikeDirectory(join(cfg.pgdata, f), cfg.pgdata);
+    const stopped = pg.stop();
+    req.log.warn({ reason, stopped }, 'node fenced');
+    return { ...(await current()), fenced: true, stopped, reason };
   });
 
   app.get('/api/pg/v1/in_recovery', async () => {
