@@ -1,0 +1,256 @@
+/**
+ * Hostile and broken clients and backends: each gets a clear answer or a clean close, the proxy
+ * stays up, a witness session opened before them all keeps working, and memory stays bounded.
+ */
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import pg from 'pg';
+import { serialize } from 'pg-protocol';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
+import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { makeCerts } from '../support/tls.js';
+
+let primary: PgCluster;
+let proxy: RunningProxy;
+let witness: pg.Client;
+let rssAtStart = 0;
+
+beforeAll(async () => {
+  primary = await PgCluster.init({ name: 'proxy-bad-input', conf: { max_connections: 300 } });
+  await primary.start();
+  const certs = makeCerts();
+  proxy = await startProxy([primary.port], ['--startup-timeout', '1000', '--backend-sslmode', 'disable', '--tls-cert', certs.cert, '--tls-key', certs.key]);
+  witness = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'postgres', database: 'postgres' });
+  await witness.connect();
+  rssAtStart = proxy.rssKiB();
+}, 120_000);
+
+afterAll(async () => {
+  await witness?.end().catch(() => undefined);
+  await proxy?.stop();
+  await cleanupAll();
+});
+
+/** send bytes, collect everything until the proxy closes (or timeoutMs) */
+async function exchange(port: number, bytes: Buffer | null, timeoutMs = 5000): Promise<{ data: Buffer; closed: boolean; ms: number }> {
+  const s = connect({ host: '127.0.0.1', port });
+  await new Promise((r) => s.once('connect', r));
+  const started = Date.now();
+  const chunks: Buffer[] = [];
+  s.on('data', (b) => chunks.push(b));
+  s.on('error', () => undefined);
+  const closed = new Promise<boolean>((resolve) => {
+    s.once('close', () => resolve(true));
+    setTimeout(() => resolve(false), timeoutMs);
+  });
+  if (bytes) s.write(bytes);
+  const c = await closed;
+  s.destroy();
+  return { data: Buffer.concat(chunks), closed: c, ms: Date.now() - started };
+}
+
+/** the fields of the first ErrorResponse in `data` */
+function errorFields(data: Buffer): Record<string, string> {
+  const at = data.indexOf(0x45);
+  expect(at, `an ErrorResponse in ${data.toString('hex').slice(0, 80)}`).toBeGreaterThanOrEqual(0);
+  const len = data.readInt32BE(at + 1);
+  const body = data.subarray(at + 5, at + 1 + len);
+  const out: Record<string, string> = {};
+  let i = 0;
+  while (i < body.length && body[i] !== 0) {
+    const end = body.indexOf(0, i + 1);
+    out[String.fromCharCode(body[i])] = body.toString('utf8', i + 1, end);
+    i = end + 1;
+  }
+  return out;
+}
+
+const startupPacket = (len: number, code: number, rest: Buffer = Buffer.alloc(0)) => {
+  const b = Buffer.alloc(8);
+  b.writeInt32BE(len, 0);
+  b.writeInt32BE(code, 4);
+  return Buffer.concat([b, rest]);
+};
+
+async function stillServing(): Promise<void> {
+  expect((await witness.query('SELECT 42 AS answer')).rows).toEqual([{ answer: 42 }]);
+  const s = await proxy.status();
+  expect(s.primary).toBe(`127.0.0.1:${primary.port}`);
+}
+
+async function rawSession(port: number): Promise<Socket> {
+  const s = connect({ host: '127.0.0.1', port });
+  await new Promise((r) => s.once('connect', r));
+  s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
+  let buf = Buffer.alloc(0);
+  await new Promise<void>((resolve) => {
+    const on = (b: Buffer) => {
+      buf = Buffer.concat([buf, b]);
+      if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) {
+        s.off('data', on);
+        resolve();
+      }
+    };
+    s.on('data', on);
+  });
+  return s;
+}
+
+describe('pgha-proxy under bad input', () => {
+  it('garbage instead of a startup packet: 08P01 and closed', async () => {
+    const r = await exchange(proxy.port, Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+    expect(r.closed).toBe(true);
+    const e = errorFields(r.data);
+    expect([e.S, e.C]).toEqual(['FATAL', '08P01']);
+    expect(e.M).toMatch(/invalid length of startup packet: 1195725856/);
+    await stillServing();
+  });
+
+  it('startup length below 8 or above 10000: refused at once, without waiting for the bytes', async () => {
+    for (const len of [0, 4, 7, -1, 10001, 0x7fffffff]) {
+      const r = await exchange(proxy.port, startupPacket(len, 196608));
+      expect(r.closed, `length ${len}`).toBe(true);
+      expect(r.ms, `length ${len}`).toBeLessThan(900);
+      expect(errorFields(r.data).M, `length ${len}`).toMatch(/invalid length of startup packet/);
+    }
+    await stillServing();
+  });
+
+  it('unsupported protocol, missing user, bad layout, extra bytes after SSLRequest', async () => {
+    expect(errorFields((await exchange(proxy.port, startupPacket(9, 2 << 16, Buffer.from([0])))).data)).toMatchObject({ C: '0A000', M: expect.stringMatching(/unsupported frontend protocol 2\.0/) });
+    expect(errorFields((await exchange(proxy.port, startupPacket(20, 196608, Buffer.from('database\0x\0\0')))).data)).toMatchObject({ C: '28000', M: expect.stringMatching(/no PostgreSQL user name/) });
+    expect(errorFields((await exchange(proxy.port, startupPacket(13, 196608, Buffer.from('user\0')))).data).M).toMatch(/invalid startup packet layout/);
+    const sslThenData = Buffer.concat([startupPacket(8, 80877103), Buffer.from('hello')]);
+    expect(errorFields((await exchange(proxy.port, sslThenData)).data).M).toMatch(/unencrypted data after SSL request/);
+    // SSLRequest answered S, then something that is not a TLS ClientHello: closed
+    const t = connect({ host: '127.0.0.1', port: proxy.port });
+    t.on('error', () => undefined);
+    await new Promise((r) => t.once('connect', r));
+    t.write(startupPacket(8, 80877103));
+    const answer = await new Promise<Buffer>((r) => t.once('data', r));
+    expect(answer.toString()).toBe('S');
+    const closed = new Promise((r) => t.once('close', r));
+    t.write(Buffer.from('this is not a TLS ClientHello, not at all\r\n'));
+    await closed;
+    await stillServing();
+  });
+
+  it('half a startup packet, then silence: closed after --startup-timeout', async () => {
+    const r = await exchange(proxy.port, startupPacket(40, 196608, Buffer.from('user\0post')), 8000);
+    expect(r.closed).toBe(true);
+    expect(r.ms).toBeGreaterThanOrEqual(900);
+    expect(r.ms).toBeLessThan(5000);
+    expect(errorFields(r.data).M).toMatch(/no complete startup packet within 1000 ms/);
+    // no packet at all: the same
+    const silent = await exchange(proxy.port, null, 8000);
+    expect(silent.closed).toBe(true);
+    await stillServing();
+  });
+
+  it('a message length of 2 GiB (and of 3) after startup: 08P01, the server session is ended', async () => {
+    const count = async () => Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"));
+    const base = await count();
+    for (const len of [0x80000000, 3, 0x40000000]) {
+      const s = await rawSession(proxy.port);
+      expect(await count()).toBe(base + 1);
+      const got: Buffer[] = [];
+      s.on('data', (b) => got.push(b));
+      const closed = new Promise((r) => s.once('close', r));
+      const head = Buffer.alloc(5);
+      head[0] = 0x51; // 'Q'
+      head.writeUInt32BE(len >>> 0, 1);
+      s.write(head);
+      await closed;
+      const e = errorFields(Buffer.concat(got));
+      expect([e.C, e.M]).toEqual(['08P01', expect.stringMatching(new RegExp(`invalid message length ${len >>> 0} for message type 0x51`))]);
+      await waitFor(async () => (await count()) === base, 10_000, 'server session gone');
+    }
+    await stillServing();
+  });
+
+  it('1000 connections opened and dropped (some mid-startup, some after login): sessions and memory come back', async () => {
+    const before = proxy.rssKiB();
+    for (let batch = 0; batch < 10; batch++) {
+      const socks = await Promise.all(
+        Array.from({ length: 100 }, async (_, i) => {
+          const s = connect({ host: '127.0.0.1', port: proxy.port });
+          s.on('error', () => undefined);
+          await new Promise((r) => s.once('connect', r));
+          if (i % 3 === 1) s.write(startupPacket(40, 196608, Buffer.from('us')));
+          return s;
+        }),
+      );
+      for (const s of socks) (batch % 2 ? s.resetAndDestroy() : s.destroy());
+    }
+    // and 100 real logins dropped without Terminate
+    const logged = await Promise.all(Array.from({ length: 100 }, () => rawSession(proxy.port)));
+    for (const s of logged) s.resetAndDestroy();
+    await waitFor(async () => (await proxy.status()).clients.rw === 1, 15_000, 'only the witness left');
+    await waitFor(async () => Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name <> 'pgha-proxy health check'")) <= 2, 15_000, 'server sessions gone');
+    const after = proxy.rssKiB();
+    console.log(`1000 connections opened and dropped + 100 logins reset: proxy RSS ${rssAtStart} KiB at start, ${before} before, ${after} after`);
+    expect(after - rssAtStart).toBeLessThan(64 * 1024);
+    await stillServing();
+  });
+
+  it('client reset mid-query: the query is cancelled on the server, the proxy goes on', async () => {
+    const s = await rawSession(proxy.port);
+    s.write(serialize.query("SELECT pg_sleep(20) /* reset-me */"));
+    await waitFor(async () => (await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%reset-me%' AND state = 'active' AND pid <> pg_backend_pid()")) === '1', 10_000, 'query running');
+    s.resetAndDestroy();
+    await waitFor(async () => (await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%reset-me%' AND state = 'active' AND pid <> pg_backend_pid()")) === '0', 5000, 'query cancelled');
+    await stillServing();
+  });
+
+  it('backend reset mid-query: the client gets an ErrorResponse (08006), not a hang; other sessions go on', async () => {
+    // a TCP relay between a second proxy and PostgreSQL that can reset the server side of sessions
+    const links: Array<{ toProxy: Socket; toPg: Socket; at: number }> = [];
+    const relay: Server = createServer((toProxy) => {
+      const toPg = connect({ host: '127.0.0.1', port: primary.port });
+      toProxy.on('error', () => undefined);
+      toPg.on('error', () => undefined);
+      toProxy.pipe(toPg).pipe(toProxy);
+      links.push({ toProxy, toPg, at: Date.now() });
+    });
+    await new Promise<void>((r) => relay.listen(0, '127.0.0.1', () => r()));
+    const relayPort = (relay.address() as { port: number }).port;
+    const p2 = await startProxy([relayPort], ['--backend-sslmode', 'disable', '--health-interval', '5000']);
+    try {
+      const victim = new pg.Client({ host: '127.0.0.1', port: p2.port, user: 'postgres', database: 'postgres' });
+      victim.on('error', () => undefined);
+      await victim.connect();
+      const other = new pg.Client({ host: '127.0.0.1', port: p2.port, user: 'postgres', database: 'postgres' });
+      await other.connect();
+      const victimPid = (await victim.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      const q = victim.query('SELECT pg_sleep(20)').then(
+        () => null,
+        (e: Error & { code?: string }) => e,
+      );
+      await sleep(300);
+      // the relay link carrying the victim: its PostgreSQL-side port is the victim backend's client_port
+      const port = Number(await primary.sql('SELECT client_port FROM pg_stat_activity WHERE pid = $1', [victimPid]));
+      const victimLink = links.find((l) => l.toPg.localPort === port)!;
+      expect(victimLink).toBeDefined();
+      victimLink.toProxy.resetAndDestroy();
+      victimLink.toPg.destroy();
+      const err = await q;
+      expect(err?.code).toBe('08006');
+      expect(err?.message).toMatch(/lost the connection to backend/);
+      expect((await other.query('SELECT 7 AS seven')).rows).toEqual([{ seven: 7 }]);
+      await other.end();
+      const again = new pg.Client({ host: '127.0.0.1', port: p2.port, user: 'postgres', database: 'postgres' });
+      await again.connect();
+      expect((await again.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+      await again.end();
+    } finally {
+      await p2.stop();
+      relay.close();
+      for (const l of links) {
+        l.toProxy.destroy();
+        l.toPg.destroy();
+      }
+    }
+    await stillServing();
+    console.log(`bad input done: proxy RSS ${rssAtStart} KiB at start, ${proxy.rssKiB()} KiB at the end`);
+  });
+});
