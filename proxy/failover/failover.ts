@@ -110,6 +110,10 @@ export class FailoverController {
       // fence in the proxy first: from here on nothing is routed to the old primary
       monitor.fence(old.name, `failed over to ${target.name}`);
       log.warn({ from: old.name, to: target.name, receiveLsn: target.receiveLsn, replayLsn: target.replayLsn }, 'failover: promoting');
+      // the other standbys are re-pointed at the target while it promotes: they cascade from it until
+      // the promotion and then follow its new timeline (recovery_target_timeline = latest)
+      const repointing = this.repoint(target, standbys.filter((s) => s.name !== target.name));
+      repointing.catch(() => undefined);
       const agent = this.agent(target.name);
       if (agent) {
         const oldAgent = this.o.agents.get(old.name);
@@ -125,8 +129,8 @@ export class FailoverController {
       report.ms = Date.now() - started;
       log.warn({ from: old.name, to: target.name, ms: report.ms }, 'failover: promoted');
       // after the write path is back: fence the old node through its agent, re-point standbys
+      report.repointed = await repointing;
       report.fenced = await this.fenceOld(old.name, target.name);
-      report.repointed = await this.repoint(target, standbys.filter((s) => s.name !== target.name));
       return report;
     } catch (e) {
       report.error = (e as Error).message;
