@@ -13,6 +13,7 @@ import type { ProxyConfig } from './config.js';
 import { FailoverController } from './failover/failover.js';
 import { HealthMonitor, parseLsn, type BackendState, type PrimaryChange } from './health/monitor.js';
 import { proxyMetrics } from './admin/metrics.js';
+import { errorResponse } from './protocol/backend-messages.js';
 import { SQLSTATE } from './protocol/codes.js';
 import { CancelRegistry } from './session/cancel-registry.js';
 import { ClientSession, type PortKind } from './session/client-session.js';
@@ -24,6 +25,7 @@ export interface ProxyStatus {
   systemId: string | null;
   autoFailover: boolean;
   failoverRunning: boolean;
+  health: { intervalMs: number; timeoutMs: number; retries: number; retryDelayMs: number };
   backends: Array<Pick<BackendState, 'name' | 'role' | 'reason' | 'timeline' | 'lsn' | 'receiveLsn' | 'replayLsn' | 'systemId' | 'failures' | 'lastCheck' | 'latencyMs' | 'lastError'> & { sessions: number; agent: string | null }>;
   clients: { rw: number; ro: number; accepted: { rw: number; ro: number } };
   failovers: FailoverController['history'];
@@ -103,7 +105,6 @@ export class ProxyServer implements ProxyContext {
 
   private listen(addr: BackendAddress, kind: PortKind): Promise<BackendAddress> {
     const server = createServer({ noDelay: true }, (socket) => this.accept(socket, kind));
-    server.maxConnections = this.cfg.maxClients;
     this.servers.push(server);
     return new Promise((resolve, reject) => {
       server.once('error', reject);
@@ -118,6 +119,13 @@ export class ProxyServer implements ProxyContext {
 
   private accept(socket: Socket, kind: PortKind): void {
     this.accepted[kind]++;
+    if (this.sessions.size >= this.cfg.maxClients) {
+      // as PostgreSQL does past max_connections: say so, then close
+      socket.on('error', () => undefined);
+      socket.end(errorResponse({ severity: 'FATAL', code: SQLSTATE.tooManyConnections, message: `sorry, too many clients already (pgha-proxy --max-clients ${this.cfg.maxClients})` }));
+      setTimeout(() => socket.destroy(), 1000).unref();
+      return;
+    }
     const s = new ClientSession(this, socket, kind);
     this.sessions.add(s);
   }
@@ -225,6 +233,7 @@ export class ProxyServer implements ProxyContext {
       systemId: this.monitor.clusterSystemId,
       autoFailover: this.cfg.autoFailover,
       failoverRunning: this.failover.running,
+      health: { intervalMs: this.cfg.healthIntervalMs, timeoutMs: this.cfg.healthTimeoutMs, retries: this.cfg.healthRetries, retryDelayMs: this.cfg.healthRetryDelayMs },
       backends: this.monitor.backends.map((b) => ({
         name: b.name,
         role: b.role,

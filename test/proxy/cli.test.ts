@@ -1,0 +1,90 @@
+/**
+ * pgha-proxy's command line: --help, one-line errors with exit code 2 for bad configuration, exit 1
+ * when it cannot listen, the JSON config file with flags winning, and --max-clients answered like
+ * PostgreSQL's "too many clients".
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cleanupAll, PgCluster } from '../harness/cluster.js';
+import { PROXY_CLI, startProxy } from '../support/proxy.js';
+
+const proxyCli = (args: string[]) => {
+  const r = spawnSync(process.execPath, [PROXY_CLI, ...args], { encoding: 'utf8', timeout: 20_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+};
+
+let primary: PgCluster;
+beforeAll(async () => {
+  primary = await PgCluster.init({ name: 'proxy-cli' });
+  await primary.start();
+}, 60_000);
+afterAll(() => cleanupAll());
+
+describe('pgha-proxy command line', () => {
+  it('--help lists the contract flags', () => {
+    const r = proxyCli(['--help']);
+    expect(r.status).toBe(0);
+    for (const f of ['--listen', '--backend', '--read-listen', '--health-interval', '--health-timeout', '--health-retries', '--auto-failover', '--agent', '--token', '--admin', '--health-user', '--health-password', '--health-database', '--tls-cert', '--tls-key', '--config']) {
+      expect(r.stdout).toContain(f);
+    }
+  });
+
+  it('bad configuration: one line on stderr, exit 2, nothing listens', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-proxy-cli-'));
+    writeFileSync(join(dir, 'bad.json'), '{ not json');
+    const cases: Array<[string[], RegExp]> = [
+      [['--backend', '127.0.0.1:5432'], /--listen HOST:PORT is required/],
+      [['--listen', '127.0.0.1:0'], /at least one --backend/],
+      [['--listen', 'nowhere', '--backend', '127.0.0.1:5432'], /--listen "nowhere" must be HOST:PORT/],
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:99999'], /--backend "127.0.0.1:99999" must be HOST:PORT/],
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--backend', '127.0.0.1:5432'], /is given twice/],
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--agent', '127.0.0.1:5432=http://x:1'], /--agent needs --token/],
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--agent', '127.0.0.1:6000=http://x:1', '--token', 't'], /127\.0\.0\.1:6000 is not one of the --backend addresses/],
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--health-interval', 'soon'], /--health-interval must be an integer ≥ 10, got "soon"/],
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--tls-cert', '/nonexistent.crt'], /--tls-cert and --tls-key go together/],
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--tls-cert', '/nonexistent.crt', '--tls-key', '/nonexistent.key'], /--tls-cert \/nonexistent.crt: ENOENT/],
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--backend-sslmode', 'verify-full'], /needs --backend-sslrootcert/],
+      [['--config', join(dir, 'bad.json')], /config file .*bad\.json: /],
+    ];
+    for (const [args, re] of cases) {
+      const r = proxyCli(args);
+      expect(r.status, args.join(' ')).toBe(2);
+      expect(r.stderr.trim().split('\n'), args.join(' ')).toHaveLength(1);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+    }
+  });
+
+  it('a port already in use: exit 1 with the reason', async () => {
+    const busy = createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
+    const port = (busy.address() as { port: number }).port;
+    const r = proxyCli(['--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${primary.port}`, '--log-level', 'error']);
+    busy.close();
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/cannot start: .*EADDRINUSE/);
+  });
+
+  it('a JSON config file, flags winning over it; --max-clients refuses the next client with 53300', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-proxy-cli-'));
+    const file = join(dir, 'proxy.json');
+    writeFileSync(file, JSON.stringify({ backend: [`127.0.0.1:${primary.port}`], healthInterval: 250, maxClients: 2, healthUser: 'postgres' }));
+    const p = await startProxy([], ['--config', file, '--health-interval', '300']);
+    try {
+      const s = await p.status();
+      expect(s.primary).toBe(`127.0.0.1:${primary.port}`);
+      expect(s.health).toEqual({ intervalMs: 300, timeoutMs: 2000, retries: 3, retryDelayMs: 100 });
+      const clients = [0, 1].map(() => new pg.Client({ host: '127.0.0.1', port: p.port, user: 'postgres', database: 'postgres' }));
+      for (const c of clients) await c.connect();
+      const third = new pg.Client({ host: '127.0.0.1', port: p.port, user: 'postgres', database: 'postgres' });
+      await expect(third.connect()).rejects.toMatchObject({ code: '53300', message: expect.stringMatching(/too many clients already \(pgha-proxy --max-clients 2\)/) });
+      for (const c of clients) await c.end();
+    } finally {
+      await p.stop();
+    }
+  });
+});
