@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import { chmodSync, chownSync, copyFileSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
+import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
@@ -252,6 +253,26 @@ describe('pgha-proxy with real clients', () => {
     await withClient(proxy, async (c) => expect((await c.query('SELECT 1 AS x')).rows).toEqual([{ x: 1 }]), { ssl: { ca: readFileSync(certs.caCert), servername: 'localhost' } });
     const sessions = (await (await fetch(`http://127.0.0.1:${proxy.adminPort}/sessions`)).json()) as unknown[];
     expect(Array.isArray(sessions)).toBe(true);
+  });
+
+  it("PG 17's direct TLS (sslnegotiation=direct: ClientHello first, ALPN postgresql)", async () => {
+    const t = tlsConnect({ host: '127.0.0.1', port: proxy.port, ca: readFileSync(certs.caCert), servername: 'localhost', ALPNProtocols: ['postgresql'] });
+    await new Promise<void>((resolve, reject) => {
+      t.once('secureConnect', () => resolve());
+      t.once('error', reject);
+    });
+    expect(t.alpnProtocol).toBe('postgresql');
+    t.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
+    let buf = Buffer.alloc(0);
+    await new Promise<void>((resolve) => {
+      t.on('data', (b: Buffer) => {
+        buf = Buffer.concat([buf, b]);
+        if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) resolve();
+      });
+    });
+    t.write(serialize.query("SELECT 'direct tls ok'"));
+    await new Promise<void>((resolve) => t.on('data', () => buf.toString('latin1').includes('direct tls ok') && resolve()));
+    t.end(serialize.end());
   });
 
   it('without a certificate the proxy answers N: require fails cleanly, prefer and disable work', async () => {
