@@ -36,6 +36,7 @@ const program = new Command('pgha-proxy')
   .option('--connect-timeout <ms>', 'connecting to a server (default: the health timeout)')
   .option('--primary-wait <ms>', 'during a failover, new clients wait this long for a primary (default 10000)')
   .option('--max-clients <n>', 'client connections accepted at once (default 10000)')
+  .addOption(new Option('--relay <who>', 'after startup, bytes are moved by the native relay (Rust, default when built) or by Node; TLS sessions always by Node').choices(['native', 'node']))
   .option('--log-level <level>', 'pino level: fatal, error, warn, info, debug (default info or $PGHA_LOG_LEVEL)')
   .addHelpText(
     'after',

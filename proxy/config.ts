@@ -34,6 +34,8 @@ export interface ProxyConfig {
   /** read-only port: standbys further behind than this many bytes of WAL are not used */
   readMaxLagBytes: number;
   logLevel: string;
+  /** who moves a session's bytes after startup: the native relay (default when built) or Node */
+  relay: 'native' | 'node';
 }
 
 /** flags and file keys (same names) */
@@ -64,6 +66,7 @@ export interface ProxyFlags {
   maxClients?: string | number;
   readMaxLag?: string | number;
   logLevel?: string;
+  relay?: string;
 }
 
 export function parseAddress(text: string, what: string): BackendAddress {
@@ -156,5 +159,11 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     maxClients: int(f.maxClients, '--max-clients', 1, 10_000),
     readMaxLagBytes: int(f.readMaxLag, '--read-max-lag', 0, 16 * 1024 * 1024),
     logLevel: f.logLevel ?? env.PGHA_LOG_LEVEL ?? 'info',
+    relay: relayMode(f.relay ?? (env.PGHA_NATIVE === '0' ? 'node' : 'native')),
   };
+}
+
+function relayMode(v: string): 'native' | 'node' {
+  if (v !== 'native' && v !== 'node') throw new ProxyConfigError(`--relay must be native or node, got "${v}"`);
+  return v;
 }

@@ -8,6 +8,7 @@ import { createSecureContext, type SecureContext } from 'node:tls';
 import Fastify, { type FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { serialize } from 'pg-protocol';
+import { nativeProxyRelay, type ProxyRelay } from '../src/native/index.js';
 import { addressText, connectBackend, type BackendAddress } from './backend/connect.js';
 import type { ProxyConfig } from './config.js';
 import { FailoverController } from './failover/failover.js';
@@ -27,7 +28,8 @@ export interface ProxyStatus {
   failoverRunning: boolean;
   health: { intervalMs: number; timeoutMs: number; retries: number; retryDelayMs: number };
   backends: Array<Pick<BackendState, 'name' | 'role' | 'reason' | 'timeline' | 'lsn' | 'receiveLsn' | 'replayLsn' | 'systemId' | 'failures' | 'lastCheck' | 'latencyMs' | 'lastError'> & { sessions: number; agent: string | null }>;
-  clients: { rw: number; ro: number; accepted: { rw: number; ro: number } };
+  clients: { rw: number; ro: number; accepted: { rw: number; ro: number }; nativeRelay: number };
+  relay: 'native' | 'node';
   failovers: FailoverController['history'];
   listen: { rw: string; ro: string | null; admin: string | null };
 }
@@ -41,6 +43,8 @@ export class ProxyServer implements ProxyContext {
   readonly sessions = new Set<ClientSession>();
   readonly accepted = { rw: 0, ro: 0 };
   readonly failover: FailoverController;
+  readonly relay: ProxyRelay | null;
+  readonly nativeSessions = new Map<number, ClientSession>();
   private readonly byBackend = new Map<string, Set<ClientSession>>();
   private servers: Server[] = [];
   private admin: FastifyInstance | null = null;
@@ -73,6 +77,8 @@ export class ProxyServer implements ProxyContext {
       log: this.log.child({ part: 'failover' }),
       migrateSlots: cfg.migrateSlots,
     });
+    this.relay = cfg.relay === 'native' ? nativeProxyRelay((e) => this.nativeSessions.get(e.id)?.onRelayEvent(e)) : null;
+    if (cfg.relay === 'native' && !this.relay) this.log.warn('native relay unavailable (addon not built): relaying in Node');
     this.metrics = proxyMetrics(this);
     this.monitor.onCheck = (name, seconds, ok) => this.metrics.healthLatency.observe({ backend: name, ok: String(ok) }, seconds);
     this.monitor.on('primary', (c: PrimaryChange) => this.onPrimaryChange(c));
@@ -250,8 +256,9 @@ export class ProxyServer implements ProxyContext {
         sessions: this.sessionsOn(b.name),
         agent: this.cfg.agents.get(b.name) ?? null,
       })),
-      clients: { rw, ro, accepted: { ...this.accepted } },
+      clients: { rw, ro, accepted: { ...this.accepted }, nativeRelay: this.nativeSessions.size },
       failovers: this.failover.history,
+      relay: this.relay ? 'native' : 'node',
       listen: {
         rw: this.addresses.rw ? addressText(this.addresses.rw) : addressText(this.cfg.listen),
         ro: this.addresses.ro && addressText(this.addresses.ro),

@@ -2,6 +2,7 @@
 #![deny(clippy::all)]
 
 pub mod crc32c;
+pub mod relay;
 pub mod wal_scan;
 
 use napi::bindgen_prelude::*;
@@ -287,4 +288,75 @@ impl Task for Sha256FileTask {
 #[napi(js_name = "sha256FileAsync")]
 pub fn sha256_file_async(path: String) -> AsyncTask<Sha256FileTask> {
     AsyncTask::new(Sha256FileTask { path })
+}
+
+// ---------------------------------------------------------------- pgha-proxy relay
+
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+
+#[napi(object)]
+pub struct JsRelayEvent {
+    pub id: u32,
+    pub kind: String,
+    pub detail: String,
+    pub sqlstate: Option<String>,
+    pub client_terminated: bool,
+    pub busy: bool,
+}
+
+type RelayCallback = ThreadsafeFunction<JsRelayEvent, (), JsRelayEvent, Status, false, true>;
+
+struct TsfnSink(RelayCallback);
+
+impl relay::EventSink for TsfnSink {
+    fn emit(&self, e: relay::RelayEvent) {
+        self.0.call(
+            JsRelayEvent { id: e.id, kind: e.kind.to_string(), detail: e.detail, sqlstate: e.sqlstate, client_terminated: e.client_terminated, busy: e.busy },
+            ThreadsafeFunctionCallMode::NonBlocking,
+        );
+    }
+}
+
+/// The proxy's native relay: one thread with an epoll loop for every handed-over session.
+#[napi]
+pub struct ProxyRelay {
+    inner: relay::Relay,
+}
+
+#[napi]
+impl ProxyRelay {
+    #[napi(constructor)]
+    pub fn new(on_event: RelayCallback) -> Result<Self> {
+        let inner = relay::Relay::start(Box::new(TsfnSink(on_event))).map_err(|e| Error::from_reason(format!("relay: {e}")))?;
+        Ok(ProxyRelay { inner })
+    }
+
+    /// take over a session (the descriptors are duplicated; the caller keeps its own)
+    #[napi]
+    pub fn add(&self, id: u32, client_fd: i32, backend_fd: i32, max_frontend_length: u32) -> Result<()> {
+        self.inner.add(id, client_fd, backend_fd, max_frontend_length).map_err(|e| Error::from_reason(format!("relay add: {e}")))
+    }
+
+    /// end a session: `toClient` is written only between two server messages, `toBackend` only
+    /// between two client messages; then the relay's descriptors are closed
+    #[napi]
+    pub fn finish(&self, id: u32, to_client: Option<Buffer>, to_backend: Option<Buffer>) -> Result<()> {
+        self.inner
+            .finish(id, to_client.map(|b| b.to_vec()), to_backend.map(|b| b.to_vec()))
+            .map_err(|e| Error::from_reason(format!("relay finish: {e}")))
+    }
+
+    /// transaction status of the last ReadyForQuery (I, T, E)
+    #[napi]
+    pub fn tx_status(&self, id: u32) -> Option<String> {
+        self.inner.tx_status(id).map(|b| (b as char).to_string())
+    }
+
+    /// [bytes from clients, bytes to clients, sessions]
+    #[napi]
+    pub fn counters(&self) -> Vec<f64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.counters;
+        vec![c.bytes_from_clients.load(Relaxed) as f64, c.bytes_to_clients.load(Relaxed) as f64, c.sessions.load(Relaxed) as f64]
+    }
 }

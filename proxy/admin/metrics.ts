@@ -33,8 +33,9 @@ export function proxyMetrics(proxy: ProxyServer): { registry: Registry; healthLa
     labelNames: ['direction'],
     registers: [registry],
     collect() {
-      this.set({ direction: 'client_to_server' }, proxy.stats.bytesFromClients);
-      this.set({ direction: 'server_to_client' }, proxy.stats.bytesToClients);
+      const [fromClients, toClients] = proxy.relay?.counters() ?? [0, 0];
+      this.set({ direction: 'client_to_server' }, proxy.stats.bytesFromClients + fromClients);
+      this.set({ direction: 'server_to_client' }, proxy.stats.bytesToClients + toClients);
     },
   });
   new Gauge({

@@ -15,6 +15,7 @@ import { ProtocolError } from '../protocol/errors.js';
 import { decodeError, errorResponse, SSL_ACCEPTED, SSL_REFUSED, type ErrorFields } from '../protocol/backend-messages.js';
 import { MessageWalker } from '../protocol/message-walker.js';
 import { StartupReader, type StartupPacket } from '../protocol/startup.js';
+import type { RelayEvent } from '../../src/native/index.js';
 import type { ProxyContext } from './context.js';
 
 export type PortKind = 'rw' | 'ro';
@@ -46,6 +47,12 @@ export class ClientSession {
   private cancelId: string | null = null;
   private backendKey: { pid: number; key: Buffer } | null = null;
   private clientMessagesAtReady = 0;
+  /** a ReadyForQuery has been relayed: authentication is over */
+  private readySeen = false;
+  /** the session's bytes are moved by the native relay (native/src/relay.rs) */
+  native = false;
+  /** the native relay has been told to finish this session */
+  private nativeFinished = false;
   private readonly clientWalker: MessageWalker;
   private readonly backendWalker: MessageWalker;
 
@@ -85,7 +92,8 @@ export class ClientSession {
       backend: this.backendName,
       user: this.user,
       database: this.database,
-      txStatus: this.txStatus,
+      txStatus: this.native ? (this.ctx.relay!.txStatus(this.id) ?? this.txStatus) : this.txStatus,
+      relay: this.native ? 'native' : 'node',
       tls: this.tls,
       client: `${this.client.remoteAddress}:${this.client.remotePort}`,
     };
@@ -251,6 +259,7 @@ export class ClientSession {
       }
       stats.bytesToClients += chunk.length;
       if (!c.write(chunk)) this.pauseUntilDrain(b, c);
+      else if (this.readySeen && this.ctx.relay) this.handOver();
     });
     b.on('error', (e) => this.backendGone(e.message));
     b.on('close', () => this.backendGone('connection closed'));
@@ -279,6 +288,7 @@ export class ClientSession {
 
   private onBackendMessage(type: number, body: Buffer): void {
     if (type === BACKEND.readyForQuery) {
+      this.readySeen = true;
       this.txStatus = String.fromCharCode(body[0]) as 'I' | 'T' | 'E';
       this.clientMessagesAtReady = this.clientWalker.messages;
     } else if (type === BACKEND.backendKeyData && body.length >= 8) {
@@ -291,6 +301,74 @@ export class ClientSession {
         if (err.code && SERVER_GOING_AWAY.has(err.code)) this.ctx.monitor.suspect(this.backendName!, `${err.code} ${err.message}`);
       }
     }
+  }
+
+  // ---------------------------------------------------------------- native relay
+
+  /**
+   * Hand the two sockets to the native relay once authentication is over. Only at a quiet point:
+   * both streams between messages, nothing buffered by Node in either direction, plain TCP on both
+   * sides (TLS stays in Node). Node stops reading the sockets but keeps them open; the relay works
+   * on duplicates of the descriptors, so nothing is closed until both sides have let go.
+   */
+  private handOver(): void {
+    const c = this.client;
+    const b = this.backend!;
+    if (this.native || this.phase !== 'relay' || this.tls || 'encrypted' in b) return;
+    if (!this.clientWalker.atBoundary || !this.backendWalker.atBoundary) return;
+    if (c.writableLength > 0 || b.writableLength > 0 || c.readableLength > 0 || b.readableLength > 0) return;
+    type Handle = { fd?: number; readStop?: () => number };
+    const ch = (c as unknown as { _handle?: Handle })._handle;
+    const bh = (b as unknown as { _handle?: Handle })._handle;
+    if (!ch?.readStop || !bh?.readStop || !(ch.fd! >= 0) || !(bh.fd! >= 0)) return;
+    ch.readStop();
+    bh.readStop();
+    c.pause();
+    b.pause();
+    c.removeAllListeners('data');
+    b.removeAllListeners('data');
+    try {
+      this.ctx.relay!.add(this.id, ch.fd!, bh.fd!, PQ_LARGE_MESSAGE_LIMIT);
+    } catch (e) {
+      this.ctx.log.warn({ session: this.id, err: (e as Error).message }, 'native relay refused the session');
+      return this.terminate({ severity: 'FATAL', code: SQLSTATE.connectionFailure, message: `pgha-proxy: ${(e as Error).message}` }, 'native relay refused');
+    }
+    this.native = true;
+    this.ctx.nativeSessions.set(this.id, this);
+  }
+
+  /** what the native relay reports about this session */
+  onRelayEvent(e: RelayEvent): void {
+    if (this.phase === 'closed') return;
+    if (e.kind === 'backend-fatal') {
+      this.backendSentFatal = true;
+      if (e.sqlstate && SERVER_GOING_AWAY.has(e.sqlstate)) this.ctx.monitor.suspect(this.backendName!, `${e.sqlstate} from the server`);
+      return;
+    }
+    this.clientTerminated ||= e.clientTerminated;
+    this.backendSentFatal ||= Boolean(e.sqlstate);
+    switch (e.kind) {
+      case 'client-eof':
+      case 'client-error':
+        if (e.busy && this.backendKey) this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
+        this.finishNative(null, e.clientTerminated ? null : serialize.end());
+        return this.close(e.kind === 'client-eof' ? 'client closed' : `client error: ${e.detail}`);
+      case 'backend-eof':
+      case 'backend-error':
+        return this.backendGone(e.kind === 'backend-eof' ? 'connection closed' : e.detail);
+      case 'client-protocol':
+        this.ctx.stats.protocolErrors++;
+        this.ctx.log.warn({ session: this.id, client: this.client.remoteAddress, err: e.detail }, 'client protocol violation');
+        return this.terminate({ severity: 'FATAL', code: SQLSTATE.protocolViolation, message: `pgha-proxy: client: ${e.detail}` }, 'client protocol violation');
+      default:
+        return this.terminate({ severity: 'FATAL', code: SQLSTATE.protocolViolation, message: `pgha-proxy: backend: ${e.detail}` }, 'backend protocol violation', true);
+    }
+  }
+
+  private finishNative(toClient: Buffer | null, toBackend: Buffer | null): void {
+    if (!this.native || this.nativeFinished) return;
+    this.nativeFinished = true;
+    this.ctx.relay!.finish(this.id, toClient, toBackend);
   }
 
   // ---------------------------------------------------------------- endings
@@ -317,6 +395,12 @@ export class ClientSession {
    */
   terminate(fields: ErrorFields, why: string, quietToClient = false): void {
     if (this.phase === 'closed') return;
+    if (this.native) {
+      // the relay writes the error only between two server messages, Terminate only between two client messages
+      if (!quietToClient) this.ctx.stats.terminated++;
+      this.finishNative(quietToClient ? null : errorResponse(fields), serialize.end());
+      return this.close(why);
+    }
     const b = this.backend;
     if (b) {
       b.removeAllListeners('data');
@@ -360,10 +444,20 @@ export class ClientSession {
     this.phase = 'closed';
     if (this.startupTimer) clearTimeout(this.startupTimer);
     // a client that vanished while its query runs: cancel the query so it does not run on for nobody
-    if (wasRelay && this.backendKey && this.backend && !this.backend.destroyed && this.clientWalker.messages > this.clientMessagesAtReady) {
+    if (wasRelay && !this.native && this.backendKey && this.backend && !this.backend.destroyed && this.clientWalker.messages > this.clientMessagesAtReady) {
       this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
     }
     if (this.cancelId) this.ctx.cancels.remove(this.cancelId);
+    if (this.native) {
+      // only close our descriptors: a shutdown() here would cut the relay's duplicates too
+      this.finishNative(null, null);
+      this.ctx.nativeSessions.delete(this.id);
+      this.backend?.destroy();
+      this.client.destroy();
+      this.ctx.detach(this);
+      this.ctx.log.debug({ session: this.id, backend: this.backendName, why }, 'session closed');
+      return;
+    }
     if (this.backend && !this.backend.destroyed) {
       if (this.clientWalker.atBoundary) this.backend.end(serialize.end());
       else this.backend.destroy();

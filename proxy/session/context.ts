@@ -1,6 +1,7 @@
 /** What a client session needs from the proxy around it. */
 import type { SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
+import type { ProxyRelay } from '../../src/native/index.js';
 import type { ProxyConfig } from '../config.js';
 import type { BackendState, HealthMonitor } from '../health/monitor.js';
 import type { CancelRegistry } from './cancel-registry.js';
@@ -23,6 +24,9 @@ export interface ProxyContext {
   log: Logger;
   secureContext: SecureContext | null;
   stats: ProxyStats;
+  /** the native relay sessions are handed to after startup (null: Node relays everything) */
+  relay: ProxyRelay | null;
+  nativeSessions: Map<number, ClientSession>;
   /** send a CancelRequest to the server that owns this key (unknown keys are ignored, as PostgreSQL does) */
   cancelFor(pid: number, key: Buffer): void;
   /** the backend for a read-only session */

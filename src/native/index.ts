@@ -45,6 +45,32 @@ interface Binding {
   mapWalFileAsync(path: string, length: number): Promise<MappedFile>;
   scanMappedAsync(map: MappedFile, options: JsScanOptions): Promise<JsScanResult>;
   sha256FileAsync(path: string): Promise<string>;
+  ProxyRelay: new (onEvent: (e: RelayEvent) => void) => ProxyRelay;
+}
+
+/** what the proxy's native relay reports about a session it carries */
+export interface RelayEvent {
+  id: number;
+  /** client-eof, client-error, backend-eof, backend-error, client-protocol, backend-protocol, backend-fatal */
+  kind: string;
+  detail: string;
+  sqlstate?: string;
+  clientTerminated: boolean;
+  busy: boolean;
+}
+
+/** pgha-proxy's native relay (native/src/relay.rs): sessions handed over after startup */
+export interface ProxyRelay {
+  add(id: number, clientFd: number, backendFd: number, maxFrontendLength: number): void;
+  finish(id: number, toClient?: Buffer | null, toBackend?: Buffer | null): void;
+  txStatus(id: number): string | null;
+  /** [bytes from clients, bytes to clients, sessions] */
+  counters(): number[];
+}
+
+/** the native relay, or null without the addon (the proxy then relays in TypeScript) */
+export function nativeProxyRelay(onEvent: (e: RelayEvent) => void): ProxyRelay | null {
+  return binding?.ProxyRelay ? new binding.ProxyRelay(onEvent) : null;
 }
 
 function packageRoot(): string {

@@ -85,6 +85,161 @@ afterAll(async () => {
   await cleanupAll();
 });
 
+/** the data path, run through the Node relay (client TLS, TLS to the server) and through the native relay */
+function dataPathTests(p: () => RunningProxy, tag: string, base: number, relay: 'node' | 'native'): void {
+  it('sessions are carried by the expected relay', async () => {
+    await withClient(p(), async (c) => {
+      await c.query('SELECT 1');
+      const sessions = (await (await fetch(`http://127.0.0.1:${p().adminPort}/sessions`)).json()) as Array<{ relay: string; phase: string }>;
+      expect(sessions.filter((s) => s.phase === 'relay').map((s) => s.relay)).toContain(relay);
+    }, relay === 'node' ? { ssl: { rejectUnauthorized: false } } : {});
+  });
+
+    it('node-postgres: simple, extended with parameters, named prepared statements, transaction status', async () => {
+      await withClient(p(), async (c) => {
+        expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+        expect((await c.query('SELECT $1::int + $2::int AS sum, $3::text AS t', [2, 3, 'ü'])).rows).toEqual([{ sum: 5, t: 'ü' }]);
+        for (let i = 0; i < 5; i++) {
+          const r = await c.query({ name: 'ins', text: 'INSERT INTO items VALUES ($1, $2) RETURNING id', values: [base + i, `row ${i}`] });
+          expect(r.rows[0].id).toBe(base + i);
+        }
+        await c.query('BEGIN');
+        await c.query('SELECT 1');
+        const inTx = (await (await fetch(`http://127.0.0.1:${p().adminPort}/sessions`)).json()) as Array<{ txStatus: string; backend: string }>;
+        expect(inTx.some((s) => s.txStatus === 'T' && s.backend === `127.0.0.1:${primary.port}`)).toBe(true);
+        await c.query('SELECT 1/0').catch(() => undefined);
+        const failed = (await (await fetch(`http://127.0.0.1:${p().adminPort}/sessions`)).json()) as Array<{ txStatus: string }>;
+        expect(failed.some((s) => s.txStatus === 'E')).toBe(true);
+        await c.query('ROLLBACK');
+        expect((await c.query('SELECT count(*)::int AS n FROM items WHERE id >= $1 AND id < $1 + 100', [base])).rows[0].n).toBe(5);
+      });
+    });
+
+    it('pgbench -M simple, extended, prepared: every transaction processed, no errors', async () => {
+      const bench = join(primary.clientBinDir, 'pgbench');
+      await run(bench, ['-h', '127.0.0.1', '-p', String(p().port), '-U', 'postgres', '-i', '-s', '1', '-q', 'postgres']);
+      for (const mode of ['simple', 'extended', 'prepared']) {
+        const { stdout } = await run(bench, ['-h', '127.0.0.1', '-p', String(p().port), '-U', 'postgres', '-M', mode, '-c', '4', '-j', '2', '-t', '250', 'postgres']);
+        expect(stdout, mode).toMatch(/number of transactions actually processed: 1000\/1000/);
+        expect(stdout, mode).toMatch(/number of failed transactions: 0 /);
+      }
+      // the history rows the last run wrote through the proxy are on the primary (each run truncates it first)
+      expect(await primary.sql('SELECT count(*) FROM pgbench_history')).toBe('1000');
+    });
+
+    it('COPY in and out through psql: the same bytes both ways', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'pgha-copy-'));
+      const lines = Array.from({ length: 50_000 }, (_, i) => `${i}\tline ${i} ${'x'.repeat(i % 97)}`).join('\n') + '\n';
+      writeFileSync(join(dir, 'in.tsv'), lines);
+      await psql(via(p()), `CREATE TABLE copied_${tag} (id int, body text)`);
+      await psql(via(p()), `\\copy copied_${tag} FROM '${join(dir, 'in.tsv')}'`);
+      await psql(via(p()), `\\copy (SELECT * FROM copied_${tag} ORDER BY id) TO '${join(dir, 'out.tsv')}'`);
+      const md5 = (p: string) => createHash('md5').update(readFileSync(p)).digest('hex');
+      expect(md5(join(dir, 'out.tsv'))).toBe(md5(join(dir, 'in.tsv')));
+      expect(await primary.sql(`SELECT count(*) FROM copied_${tag}`)).toBe('50000');
+    });
+
+    it('LISTEN/NOTIFY across two proxied sessions, with the real sender PID', async () => {
+      const listener = client(p());
+      const sender = client(p());
+      await listener.connect();
+      await sender.connect();
+      try {
+        await listener.query('LISTEN pgha_events');
+        const got = new Promise<pg.Notification>((resolve) => listener.once('notification', resolve));
+        const senderPid = (await sender.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+        await sender.query("NOTIFY pgha_events, 'hello through the proxy'");
+        const n = await got;
+        expect([n.channel, n.payload, n.processId]).toEqual(['pgha_events', 'hello through the proxy', senderPid]);
+      } finally {
+        await listener.end();
+        await sender.end();
+      }
+    });
+
+    it('rows larger than 1 MiB both ways', async () => {
+      await withClient(p(), async (c) => {
+        const big = 'abcdefghij'.repeat(350_000); // 3.5 MB
+        await c.query(`CREATE TABLE big_${tag} (id int, body text)`);
+        await c.query(`INSERT INTO big_${tag} VALUES (1, $1)`, [big]);
+        const r = await c.query(`SELECT body, md5(body) AS m FROM big_${tag} WHERE id = 1`);
+        expect(r.rows[0].body.length).toBe(big.length);
+        expect(r.rows[0].m).toBe(createHash('md5').update(big).digest('hex'));
+      });
+    });
+
+    it('a huge result read slowly by a cursor, and by a client that stops reading: the proxy does not buffer it', async () => {
+      await withClient(p(), async (c) => {
+        await c.query('BEGIN');
+        await c.query("DECLARE cur CURSOR FOR SELECT g, repeat('y', 500) AS pad FROM generate_series(1, 200000) g");
+        let n = 0;
+        let sum = 0;
+        for (;;) {
+          const r = await c.query('FETCH 20000 FROM cur');
+          if (r.rows.length === 0) break;
+          n += r.rows.length;
+          for (const row of r.rows) sum += row.g;
+          await sleep(20);
+        }
+        await c.query('COMMIT');
+        expect([n, sum]).toEqual([200000, (200000 * 200001) / 2]);
+      });
+      // raw client: ask for ~400 MB and stop reading; the proxy must pause the server, not buffer it
+      const before = p().rssKiB();
+      const sock = await rawStartup(p().port);
+      sock.write(serialize.query("SELECT repeat('z', 2000) FROM generate_series(1, 200000)"));
+      let received = 0;
+      sock.on('data', (b) => (received += b.length));
+      await sleep(300);
+      sock.pause();
+      await sleep(2000);
+      const paused = p().rssKiB();
+      const atPause = received;
+      sock.resume();
+      await waitFor(async () => received > 400_000_000, 60_000, 'whole result through');
+      sock.destroy();
+      console.log(`slow reader: proxy RSS ${before} KiB before, ${paused} KiB while the client was paused after ${atPause} bytes`);
+      expect(paused - before).toBeLessThan(64 * 1024);
+    });
+
+    it('a cancel of pg_sleep(30) reaches the right server and ends the query', async () => {
+      const c = client(p());
+      await c.connect();
+      try {
+        const started = Date.now();
+        const q = c.query('SELECT pg_sleep(30)').then(
+          () => null,
+          (e: pg.DatabaseError) => e,
+        );
+        await sleep(500);
+        const key = c as unknown as { processID: number; secretKey: number };
+        const cancel = connect({ host: '127.0.0.1', port: p().port });
+        await new Promise((r) => cancel.once('connect', r));
+        cancel.end(serialize.cancel(key.processID, key.secretKey));
+        const err = await q;
+        expect(err?.code).toBe('57014');
+        expect(Date.now() - started).toBeLessThan(10_000);
+        // the session is still usable
+        expect((await c.query('SELECT 2 AS two')).rows).toEqual([{ two: 2 }]);
+        const m = await p().metrics();
+        expect(m).toMatch(/pgha_proxy_cancel_requests\{result="forwarded"\} [1-9]/);
+      } finally {
+        await c.end();
+      }
+    });
+
+    it('SCRAM-SHA-256 and MD5 authentication pass through; a wrong password is refused by the server', async () => {
+      expect(await psql(via(p(), 'user=scram_user'), 'SELECT current_user', { PGPASSWORD: 'scram-secret' })).toBe('scram_user');
+      expect(await psql(via(p(), 'user=md5_user'), 'SELECT current_user', { PGPASSWORD: 'md5-secret' })).toBe('md5_user');
+      await withClient(p(), async (c) => expect((await c.query('SELECT current_user AS u')).rows[0].u).toBe('scram_user'), { user: 'scram_user', password: 'scram-secret' });
+      expect(psqlFails(via(p(), 'user=scram_user'), 'SELECT 1', { PGPASSWORD: 'wrong' })).toMatch(/password authentication failed for user "scram_user"/);
+      expect(psqlFails(via(p(), 'user=md5_user'), 'SELECT 1', { PGPASSWORD: 'wrong' })).toMatch(/password authentication failed for user "md5_user"/);
+    });
+}
+
+describe('pgha-proxy data path through the Node relay (TLS to the server)', () => dataPathTests(() => proxy, 'node', 1000, 'node'));
+describe('pgha-proxy data path through the native relay', () => dataPathTests(() => plainProxy, 'native', 2000, 'native'));
+
 describe('pgha-proxy with real clients', () => {
   it('finds the primary whatever the backend order, and psql reaches it', async () => {
     const s = await proxy.status();
@@ -94,147 +249,6 @@ describe('pgha-proxy with real clients', () => {
     expect(await psql(via(proxy), "SELECT pg_is_in_recovery(), current_setting('port')")).toBe(`f|${primary.port}`);
     // the server side of the proxy's connection is TLS (--backend-sslmode require)
     expect(await psql(via(proxy), 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')).toBe('t');
-  });
-
-  it('node-postgres: simple, extended with parameters, named prepared statements, transaction status', async () => {
-    await withClient(proxy, async (c) => {
-      expect((await c.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
-      expect((await c.query('SELECT $1::int + $2::int AS sum, $3::text AS t', [2, 3, 'ü'])).rows).toEqual([{ sum: 5, t: 'ü' }]);
-      for (let i = 0; i < 5; i++) {
-        const r = await c.query({ name: 'ins', text: 'INSERT INTO items VALUES ($1, $2) RETURNING id', values: [1000 + i, `row ${i}`] });
-        expect(r.rows[0].id).toBe(1000 + i);
-      }
-      await c.query('BEGIN');
-      await c.query('SELECT 1');
-      const inTx = (await (await fetch(`http://127.0.0.1:${proxy.adminPort}/sessions`)).json()) as Array<{ txStatus: string; backend: string }>;
-      expect(inTx.some((s) => s.txStatus === 'T' && s.backend === `127.0.0.1:${primary.port}`)).toBe(true);
-      await c.query('SELECT 1/0').catch(() => undefined);
-      const failed = (await (await fetch(`http://127.0.0.1:${proxy.adminPort}/sessions`)).json()) as Array<{ txStatus: string }>;
-      expect(failed.some((s) => s.txStatus === 'E')).toBe(true);
-      await c.query('ROLLBACK');
-      expect((await c.query('SELECT count(*)::int AS n FROM items WHERE id >= 1000')).rows[0].n).toBe(5);
-    });
-  });
-
-  it('pgbench -M simple, extended, prepared: every transaction processed, no errors', async () => {
-    const bench = join(primary.clientBinDir, 'pgbench');
-    await run(bench, ['-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'postgres', '-i', '-s', '1', '-q', 'postgres']);
-    for (const mode of ['simple', 'extended', 'prepared']) {
-      const { stdout } = await run(bench, ['-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'postgres', '-M', mode, '-c', '4', '-j', '2', '-t', '250', 'postgres']);
-      expect(stdout, mode).toMatch(/number of transactions actually processed: 1000\/1000/);
-      expect(stdout, mode).toMatch(/number of failed transactions: 0 /);
-    }
-    // the history rows the last run wrote through the proxy are on the primary (each run truncates it first)
-    expect(await primary.sql('SELECT count(*) FROM pgbench_history')).toBe('1000');
-  });
-
-  it('COPY in and out through psql: the same bytes both ways', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pgha-copy-'));
-    const lines = Array.from({ length: 50_000 }, (_, i) => `${i}\tline ${i} ${'x'.repeat(i % 97)}`).join('\n') + '\n';
-    writeFileSync(join(dir, 'in.tsv'), lines);
-    await psql(via(proxy), 'CREATE TABLE copied (id int, body text)');
-    await psql(via(proxy), `\\copy copied FROM '${join(dir, 'in.tsv')}'`);
-    await psql(via(proxy), `\\copy (SELECT * FROM copied ORDER BY id) TO '${join(dir, 'out.tsv')}'`);
-    const md5 = (p: string) => createHash('md5').update(readFileSync(p)).digest('hex');
-    expect(md5(join(dir, 'out.tsv'))).toBe(md5(join(dir, 'in.tsv')));
-    expect(await primary.sql('SELECT count(*) FROM copied')).toBe('50000');
-  });
-
-  it('LISTEN/NOTIFY across two proxied sessions, with the real sender PID', async () => {
-    const listener = client(proxy);
-    const sender = client(proxy);
-    await listener.connect();
-    await sender.connect();
-    try {
-      await listener.query('LISTEN pgha_events');
-      const got = new Promise<pg.Notification>((resolve) => listener.once('notification', resolve));
-      const senderPid = (await sender.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
-      await sender.query("NOTIFY pgha_events, 'hello through the proxy'");
-      const n = await got;
-      expect([n.channel, n.payload, n.processId]).toEqual(['pgha_events', 'hello through the proxy', senderPid]);
-    } finally {
-      await listener.end();
-      await sender.end();
-    }
-  });
-
-  it('rows larger than 1 MiB both ways', async () => {
-    await withClient(proxy, async (c) => {
-      const big = 'abcdefghij'.repeat(350_000); // 3.5 MB
-      await c.query('CREATE TABLE big (id int, body text)');
-      await c.query('INSERT INTO big VALUES (1, $1)', [big]);
-      const r = await c.query('SELECT body, md5(body) AS m FROM big WHERE id = 1');
-      expect(r.rows[0].body.length).toBe(big.length);
-      expect(r.rows[0].m).toBe(createHash('md5').update(big).digest('hex'));
-    });
-  });
-
-  it('a huge result read slowly by a cursor, and by a client that stops reading: the proxy does not buffer it', async () => {
-    await withClient(proxy, async (c) => {
-      await c.query('BEGIN');
-      await c.query("DECLARE cur CURSOR FOR SELECT g, repeat('y', 500) AS pad FROM generate_series(1, 200000) g");
-      let n = 0;
-      let sum = 0;
-      for (;;) {
-        const r = await c.query('FETCH 20000 FROM cur');
-        if (r.rows.length === 0) break;
-        n += r.rows.length;
-        for (const row of r.rows) sum += row.g;
-        await sleep(20);
-      }
-      await c.query('COMMIT');
-      expect([n, sum]).toEqual([200000, (200000 * 200001) / 2]);
-    });
-    // raw client: ask for ~400 MB and stop reading; the proxy must pause the server, not buffer it
-    const before = proxy.rssKiB();
-    const sock = await rawStartup(proxy.port);
-    sock.write(serialize.query("SELECT repeat('z', 2000) FROM generate_series(1, 200000)"));
-    let received = 0;
-    sock.on('data', (b) => (received += b.length));
-    await sleep(300);
-    sock.pause();
-    await sleep(2000);
-    const paused = proxy.rssKiB();
-    const atPause = received;
-    sock.resume();
-    await waitFor(async () => received > 400_000_000, 60_000, 'whole result through');
-    sock.destroy();
-    console.log(`slow reader: proxy RSS ${before} KiB before, ${paused} KiB while the client was paused after ${atPause} bytes`);
-    expect(paused - before).toBeLessThan(64 * 1024);
-  });
-
-  it('a cancel of pg_sleep(30) reaches the right server and ends the query', async () => {
-    const c = client(proxy);
-    await c.connect();
-    try {
-      const started = Date.now();
-      const q = c.query('SELECT pg_sleep(30)').then(
-        () => null,
-        (e: pg.DatabaseError) => e,
-      );
-      await sleep(500);
-      const key = c as unknown as { processID: number; secretKey: number };
-      const cancel = connect({ host: '127.0.0.1', port: proxy.port });
-      await new Promise((r) => cancel.once('connect', r));
-      cancel.end(serialize.cancel(key.processID, key.secretKey));
-      const err = await q;
-      expect(err?.code).toBe('57014');
-      expect(Date.now() - started).toBeLessThan(10_000);
-      // the session is still usable
-      expect((await c.query('SELECT 2 AS two')).rows).toEqual([{ two: 2 }]);
-      const m = await proxy.metrics();
-      expect(m).toMatch(/pgha_proxy_cancel_requests\{result="forwarded"\} [1-9]/);
-    } finally {
-      await c.end();
-    }
-  });
-
-  it('SCRAM-SHA-256 and MD5 authentication pass through; a wrong password is refused by the server', async () => {
-    expect(await psql(via(proxy, 'user=scram_user'), 'SELECT current_user', { PGPASSWORD: 'scram-secret' })).toBe('scram_user');
-    expect(await psql(via(proxy, 'user=md5_user'), 'SELECT current_user', { PGPASSWORD: 'md5-secret' })).toBe('md5_user');
-    await withClient(proxy, async (c) => expect((await c.query('SELECT current_user AS u')).rows[0].u).toBe('scram_user'), { user: 'scram_user', password: 'scram-secret' });
-    expect(psqlFails(via(proxy, 'user=scram_user'), 'SELECT 1', { PGPASSWORD: 'wrong' })).toMatch(/password authentication failed for user "scram_user"/);
-    expect(psqlFails(via(proxy, 'user=md5_user'), 'SELECT 1', { PGPASSWORD: 'wrong' })).toMatch(/password authentication failed for user "md5_user"/);
   });
 
   it('sslmode disable, prefer, require, verify-ca and verify-full with TLS configured', async () => {

@@ -106,7 +106,7 @@ describe('pgha-proxy failover', () => {
     expect(s.backends.find((b) => b.name === name(primary))?.role).toBe('fenced');
     const v = await load.verify(standbys[0]);
     console.log(`async kill -9: first acknowledged commit ${report.firstCommitAfter(killedAt)} ms after the kill; ${report.commits} commits, ${report.errors} client errors; acked rows ${v.ackedRows}, lost ${v.lost} ${JSON.stringify(v.lostIds)}`);
-    expect(v.ackedRows).toBeGreaterThan(300);
+    expect(v.ackedRows).toBeGreaterThan(150);
     expect(report.firstCommitAfter(killedAt)).not.toBeNull();
     // the old primary restarted by someone: it comes back as a primary on timeline 1 and stays fenced
     await primary.start();

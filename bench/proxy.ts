@@ -1,0 +1,194 @@
+/**
+ * pgha-proxy against direct PostgreSQL and PgBouncer (session mode, Debian package) on the same
+ * cluster in one run: pgbench select-only and tpcb-like in -M simple / extended / prepared, pgbench -C
+ * (a new connection per transaction), and RSS at 1000 idle clients.
+ *   npx tsx bench/proxy.ts [seconds per pgbench run=8] [rounds=2]
+ * Rounds interleave the targets; the median TPS of the rounds is reported. Writes bench/results/proxy.json.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { serialize } from 'pg-protocol';
+import { cleanupAll, freePort, PgCluster, sleep, waitFor } from '../test/harness/cluster.js';
+import { PROXY_CLI } from '../test/support/proxy.js';
+
+const secs = Number(process.argv[2] ?? 8);
+const rounds = Number(process.argv[3] ?? 2);
+const here = dirname(fileURLToPath(import.meta.url));
+
+function pgbouncerBin(): string {
+  for (const p of ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer']) if (existsSync(p)) return p;
+  console.error('installing pgbouncer (Debian package)…');
+  const sudo = process.getuid?.() === 0 ? [] : ['sudo'];
+  const apt = (args: string[]) => spawnSync(sudo[0] ?? 'apt-get', [...(sudo.length ? ['apt-get'] : []), ...args], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  if (apt(['install', '-y', '-q', 'pgbouncer']).status !== 0) {
+    apt(['update', '-q']);
+    if (apt(['install', '-y', '-q', 'pgbouncer']).status !== 0) throw new Error('could not install pgbouncer');
+  }
+  return '/usr/sbin/pgbouncer';
+}
+
+const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+
+async function startPgbouncer(pgPort: number): Promise<{ port: number; proc: ChildProcess }> {
+  const bin = pgbouncerBin();
+  const dir = mkdtempSync(join(tmpdir(), 'pgha-bench-pgbouncer-'));
+  const port = await freePort();
+  writeFileSync(join(dir, 'userlist.txt'), '"postgres" ""\n');
+  writeFileSync(
+    join(dir, 'pgbouncer.ini'),
+    `[databases]
+postgres = host=127.0.0.1 port=${pgPort} dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${port}
+unix_socket_dir =
+auth_type = trust
+auth_file = ${join(dir, 'userlist.txt')}
+pool_mode = session
+max_client_conn = 2000
+default_pool_size = 1100
+max_db_connections = 0
+server_tls_sslmode = disable
+ignore_startup_parameters = extra_float_digits
+logfile = ${join(dir, 'pgbouncer.log')}
+pidfile = ${join(dir, 'pgbouncer.pid')}
+`,
+  );
+  // PgBouncer refuses to run as root
+  const asRoot = process.getuid?.() === 0;
+  if (asRoot) {
+    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }));
+    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }));
+    chownSync(dir, uid, gid);
+  }
+  const proc = asRoot ? spawn('runuser', ['-u', 'postgres', '--', bin, join(dir, 'pgbouncer.ini')], { stdio: 'inherit' }) : spawn(bin, [join(dir, 'pgbouncer.ini')], { stdio: 'inherit' });
+  await waitFor(async () => canConnect(port), 15_000, 'pgbouncer listening');
+  return { port, proc };
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function startProxy(pgPort: number): Promise<{ port: number; proc: ChildProcess }> {
+  const port = await freePort();
+  const proc = spawn(process.execPath, [PROXY_CLI, '--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${pgPort}`, '--health-user', 'postgres', '--backend-sslmode', 'disable', '--log-level', 'warn'], { stdio: 'inherit' });
+  await waitFor(async () => canConnect(port), 15_000, 'pgha-proxy listening');
+  await sleep(500);
+  return { port, proc };
+}
+
+/** pid of the pgbouncer process itself (runuser forks it) */
+function pgbouncerPid(proc: ChildProcess): number {
+  const child = spawnSync('pgrep', ['-P', String(proc.pid), 'pgbouncer'], { encoding: 'utf8' }).stdout.trim();
+  return Number(child || proc.pid);
+}
+
+async function idleClients(port: number, n: number): Promise<Socket[]> {
+  const out: Socket[] = [];
+  for (let i = 0; i < n; i += 50) {
+    out.push(
+      ...(await Promise.all(
+        Array.from({ length: Math.min(50, n - i) }, async () => {
+          const s = connect({ host: '127.0.0.1', port });
+          await new Promise((r) => s.once('connect', r));
+          s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
+          let buf = Buffer.alloc(0);
+          await new Promise<void>((resolve, reject) => {
+            s.on('data', (b: Buffer) => {
+              buf = Buffer.concat([buf, b]);
+              if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) resolve();
+            });
+            s.once('error', reject);
+          });
+          // one query each, so a pooler has really given the client a server connection
+          s.write(serialize.query('SELECT 1'));
+          await sleep(5);
+          return s;
+        }),
+      )),
+    );
+  }
+  await sleep(500);
+  return out;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+try {
+  const c = await PgCluster.init({ name: 'bench-proxy', conf: { max_connections: 1200, shared_buffers: '256MB', fsync: 'off', synchronous_commit: 'off' } });
+  await c.start();
+  const pgbench = (port: number, args: string[]) => execFileSync(join(c.clientBinDir, 'pgbench'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', ...args, 'postgres'], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  pgbench(c.port, ['-i', '-s', '10', '-q']);
+  const bouncer = await startPgbouncer(c.port);
+  const proxy = await startProxy(c.port);
+  const targets: Array<[string, number]> = [['direct', c.port], ['pgbouncer', bouncer.port], ['pgha-proxy', proxy.port]];
+  const tps: Record<string, number[]> = {};
+  const cases: Array<[string, string[]]> = [];
+  for (const mode of ['simple', 'extended', 'prepared']) {
+    cases.push([`select-only ${mode}`, ['-S', '-M', mode, '-c', '16', '-j', '2']]);
+    cases.push([`tpcb-like ${mode}`, ['-M', mode, '-c', '16', '-j', '2']]);
+  }
+  cases.push(['select-only simple -C', ['-S', '-M', 'simple', '-C', '-c', '16', '-j', '2']]);
+  for (let r = 0; r < rounds; r++) {
+    for (const [label, args] of cases) {
+      for (const [t, port] of r % 2 ? [...targets].reverse() : targets) {
+        const out = pgbench(port, [...args, '-T', String(secs), '-n']);
+        const v = Number(/tps = ([\d.]+)/.exec(out)?.[1]);
+        const failed = /number of failed transactions: (\d+)/.exec(out)?.[1];
+        if (failed && failed !== '0') console.error(`${t} ${label}: ${failed} failed transactions`);
+        (tps[`${label}|${t}`] ??= []).push(v);
+        console.error(`round ${r + 1} ${label.padEnd(24)} ${t.padEnd(10)} ${v.toFixed(0)} tps`);
+      }
+    }
+  }
+  // RSS with 1000 idle clients
+  const proxyRssStart = rssKiB(proxy.proc.pid!);
+  const bouncerPid = pgbouncerPid(bouncer.proc);
+  const bouncerRssStart = rssKiB(bouncerPid);
+  const viaProxy = await idleClients(proxy.port, 1000);
+  const proxyRss1000 = rssKiB(proxy.proc.pid!);
+  for (const s of viaProxy) s.destroy();
+  await sleep(2000);
+  const viaBouncer = await idleClients(bouncer.port, 1000);
+  const bouncerRss1000 = rssKiB(bouncerPid);
+  for (const s of viaBouncer) s.destroy();
+
+  const rows = cases.map(([label]) => {
+    const d = median(tps[`${label}|direct`]);
+    const b = median(tps[`${label}|pgbouncer`]);
+    const p = median(tps[`${label}|pgha-proxy`]);
+    return { case: label, direct: d, pgbouncer: b, proxy: p, proxyVsDirect: p / d, pgbouncerVsDirect: b / d, proxyVsPgbouncer: p / b };
+  });
+  const result = {
+    date: new Date().toISOString(),
+    command: `npx tsx bench/proxy.ts ${secs} ${rounds}`,
+    machine: `${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores, PostgreSQL ${c.psql('SHOW server_version').trim()}, PgBouncer ${execFileSync(pgbouncerBin(), ['--version'], { encoding: 'utf8' }).split('\n')[0]}`,
+    pgbench: 'scale 10, -c 16 -j 2, TCP 127.0.0.1',
+    rows,
+    rss: { proxyStartKiB: proxyRssStart, proxy1000IdleKiB: proxyRss1000, pgbouncerStartKiB: bouncerRssStart, pgbouncer1000IdleKiB: bouncerRss1000 },
+  };
+  mkdirSync(join(here, 'results'), { recursive: true });
+  writeFileSync(join(here, 'results', 'proxy.json'), JSON.stringify(result, null, 2) + '\n');
+  console.log(`| case (median TPS of ${rounds}) | direct | PgBouncer session | pgha-proxy | proxy/direct | PgBouncer/direct | proxy/PgBouncer |`);
+  console.log('|---|---|---|---|---|---|---|');
+  for (const r of rows) console.log(`| ${r.case} | ${r.direct.toFixed(0)} | ${r.pgbouncer.toFixed(0)} | ${r.proxy.toFixed(0)} | ${r.proxyVsDirect.toFixed(2)} | ${r.pgbouncerVsDirect.toFixed(2)} | ${r.proxyVsPgbouncer.toFixed(2)} |`);
+  console.log(`\nRSS: pgha-proxy ${(proxyRssStart / 1024).toFixed(0)} MiB at start, ${(proxyRss1000 / 1024).toFixed(0)} MiB with 1000 idle clients; PgBouncer ${(bouncerRssStart / 1024).toFixed(1)} MiB, ${(bouncerRss1000 / 1024).toFixed(1)} MiB`);
+  proxy.proc.kill('SIGTERM');
+  bouncer.proc.kill('SIGTERM');
+  process.kill(bouncerPid, 'SIGTERM');
+} finally {
+  await cleanupAll();
+}
+process.exit(0);

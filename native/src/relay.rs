@@ -1,0 +1,550 @@
+//! pgha-proxy's relay: after a session's startup (authentication done, first ReadyForQuery), the
+//! JavaScript side hands the client and server sockets over to one epoll loop here, which moves
+//! bytes between them without JavaScript in the path. Like the TypeScript relay it follows message
+//! boundaries (length words checked on the client side), records each ReadyForQuery's transaction
+//! status, notices FATAL errors from the server, and applies backpressure (a side is not read while
+//! the other side's data is still pending). Session endings are reported as events; the JavaScript
+//! side decides what the client is told and then calls `finish`.
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+const WAKER: Token = Token(usize::MAX);
+const CHUNK: usize = 64 * 1024;
+
+/// What the loop tells the JavaScript side.
+#[derive(Debug, Clone)]
+pub struct RelayEvent {
+    pub id: u32,
+    /// client-eof, client-error, backend-eof, backend-error, client-protocol, backend-protocol,
+    /// backend-fatal (informational: the session goes on until the server closes)
+    pub kind: &'static str,
+    pub detail: String,
+    /// SQLSTATE of a FATAL/PANIC ErrorResponse the server sent, if any
+    pub sqlstate: Option<String>,
+    /// the client sent Terminate
+    pub client_terminated: bool,
+    /// the client sent messages since the last ReadyForQuery (a query is running)
+    pub busy: bool,
+}
+
+pub trait EventSink: Send + 'static {
+    fn emit(&self, e: RelayEvent);
+}
+
+enum Command {
+    Add { id: u32, client: TcpStream, backend: TcpStream, max_frontend: u32, status: Arc<AtomicU8> },
+    Finish { id: u32, to_client: Option<Vec<u8>>, to_backend: Option<Vec<u8>> },
+    Stop,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    pub sessions: AtomicU64,
+}
+
+/// One protocol stream's message boundaries (the Rust twin of proxy/protocol/message-walker.ts).
+pub struct Walker {
+    header: [u8; 5],
+    header_fill: usize,
+    remaining: usize,
+    kind: u8,
+    collect: Option<Vec<u8>>,
+    max_length: u32,
+    collect_types: &'static [u8],
+    pub messages: u64,
+    pub offset: u64,
+}
+
+impl Walker {
+    pub fn new(max_length: u32, collect_types: &'static [u8]) -> Self {
+        Walker { header: [0; 5], header_fill: 0, remaining: 0, kind: 0, collect: None, max_length, collect_types, messages: 0, offset: 0 }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.header_fill == 0 && self.remaining == 0
+    }
+
+    /// walk `data`; `on_message(type, body)` for collected types
+    pub fn feed(&mut self, data: &[u8], on_message: &mut dyn FnMut(u8, &[u8])) -> Result<(), String> {
+        let n = data.len();
+        let mut i = 0;
+        while i < n {
+            if self.remaining > 0 {
+                let take = self.remaining.min(n - i);
+                if let Some(c) = self.collect.as_mut() {
+                    c.extend_from_slice(&data[i..i + take]);
+                }
+                i += take;
+                self.remaining -= take;
+                if self.remaining == 0 {
+                    self.finish(on_message);
+                }
+                continue;
+            }
+            let take = (5 - self.header_fill).min(n - i);
+            self.header[self.header_fill..self.header_fill + take].copy_from_slice(&data[i..i + take]);
+            self.header_fill += take;
+            i += take;
+            if self.header_fill < 5 {
+                break;
+            }
+            self.header_fill = 0;
+            let kind = self.header[0];
+            let length = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+            if length < 4 || length as i64 > self.max_length as i64 {
+                let at = self.offset + i as u64 - 5;
+                return Err(format!(
+                    "invalid message length {} for message type 0x{:02x} at byte {} (expected 4..{})",
+                    length as u32, kind, at, self.max_length
+                ));
+            }
+            self.kind = kind;
+            self.remaining = length as usize - 4;
+            self.collect = if self.collect_types.contains(&kind) && self.remaining <= 64 * 1024 { Some(Vec::with_capacity(self.remaining)) } else { None };
+            if self.remaining == 0 {
+                self.finish(on_message);
+            }
+        }
+        self.offset += n as u64;
+        Ok(())
+    }
+
+    fn finish(&mut self, on_message: &mut dyn FnMut(u8, &[u8])) {
+        self.messages += 1;
+        if let Some(body) = self.collect.take() {
+            on_message(self.kind, &body);
+        }
+    }
+}
+
+/// severity and SQLSTATE of an ErrorResponse body
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    let mut severity = String::new();
+    let mut code = String::new();
+    let mut i = 0;
+    while i < body.len() && body[i] != 0 {
+        let field = body[i];
+        let end = body[i + 1..].iter().position(|&b| b == 0).map(|p| i + 1 + p).unwrap_or(body.len());
+        let value = String::from_utf8_lossy(&body[i + 1..end]).into_owned();
+        match field {
+            b'V' => severity = value,
+            b'S' if severity.is_empty() => severity = value,
+            b'C' => code = value,
+            _ => {}
+        }
+        i = end + 1;
+    }
+    (severity, code)
+}
+
+struct Direction {
+    pending: Vec<u8>,
+    pending_off: usize,
+}
+
+impl Direction {
+    fn has_pending(&self) -> bool {
+        self.pending_off < self.pending.len()
+    }
+}
+
+struct Session {
+    client: TcpStream,
+    backend: TcpStream,
+    c2b: Direction,
+    b2c: Direction,
+    client_walker: Walker,
+    backend_walker: Walker,
+    status: Arc<AtomicU8>,
+    client_terminated: bool,
+    messages_at_ready: u64,
+    backend_fatal: Option<String>,
+    ended: bool,
+}
+
+pub struct Relay {
+    tx: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    pub counters: Arc<Counters>,
+    statuses: Arc<Mutex<HashMap<u32, Arc<AtomicU8>>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(sink: Box<dyn EventSink>) -> std::io::Result<Relay> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let c = counters.clone();
+        let thread = std::thread::Builder::new().name("pgha-relay".into()).spawn(move || run(poll, rx, sink, c))?;
+        Ok(Relay { tx, waker, counters, statuses: Arc::new(Mutex::new(HashMap::new())), thread: Some(thread) })
+    }
+
+    /// take over a session; the descriptors are duplicated, the caller keeps (and later closes) its own
+    pub fn add(&self, id: u32, client_fd: i32, backend_fd: i32, max_frontend: u32) -> std::io::Result<()> {
+        let dup = |fd: i32| -> std::io::Result<TcpStream> {
+            let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if d < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let std = unsafe { std::net::TcpStream::from_raw_fd(d) };
+            std.set_nonblocking(true)?;
+            Ok(TcpStream::from_std(std))
+        };
+        let client = dup(client_fd)?;
+        let backend = dup(backend_fd)?;
+        let status = Arc::new(AtomicU8::new(b'I'));
+        self.statuses.lock().unwrap().insert(id, status.clone());
+        self.send(Command::Add { id, client, backend, max_frontend, status })
+    }
+
+    pub fn finish(&self, id: u32, to_client: Option<Vec<u8>>, to_backend: Option<Vec<u8>>) -> std::io::Result<()> {
+        self.statuses.lock().unwrap().remove(&id);
+        self.send(Command::Finish { id, to_client, to_backend })
+    }
+
+    pub fn tx_status(&self, id: u32) -> Option<u8> {
+        self.statuses.lock().unwrap().get(&id).map(|s| s.load(Ordering::Relaxed))
+    }
+
+    fn send(&self, c: Command) -> std::io::Result<()> {
+        self.tx.send(c).map_err(|_| std::io::Error::other("relay thread is gone"))?;
+        self.waker.wake()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const READY_FOR_QUERY: u8 = b'Z';
+const ERROR_RESPONSE: u8 = b'E';
+const TERMINATE: u8 = b'X';
+
+fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, counters: Arc<Counters>) {
+    let mut events = Events::with_capacity(1024);
+    let mut sessions: HashMap<u32, Session> = HashMap::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                while let Ok(cmd) = rx.try_recv() {
+                    match cmd {
+                        Command::Stop => return,
+                        Command::Add { id, mut client, mut backend, max_frontend, status } => {
+                            // read interest only; write interest is added while data waits for a full socket
+                            let ok = poll.registry().register(&mut client, Token(id as usize * 2), Interest::READABLE).is_ok()
+                                && poll.registry().register(&mut backend, Token(id as usize * 2 + 1), Interest::READABLE).is_ok();
+                            let mut s = Session {
+                                client,
+                                backend,
+                                c2b: Direction { pending: Vec::new(), pending_off: 0 },
+                                b2c: Direction { pending: Vec::new(), pending_off: 0 },
+                                client_walker: Walker::new(max_frontend, &[TERMINATE]),
+                                backend_walker: Walker::new(i32::MAX as u32, &[READY_FOR_QUERY, ERROR_RESPONSE]),
+                                status,
+                                client_terminated: false,
+                                messages_at_ready: 0,
+                                backend_fatal: None,
+                                ended: false,
+                            };
+                            counters.sessions.fetch_add(1, Ordering::Relaxed);
+                            if !ok {
+                                end(&mut poll, id, &mut s, "client-error", "could not register the sockets".into(), &*sink);
+                            }
+                            sessions.insert(id, s);
+                            // bytes may already be waiting in either socket
+                            if let Some(s) = sessions.get_mut(&id) {
+                                pump(&mut poll, id, s, true, &mut buf, &*sink, &counters);
+                                pump(&mut poll, id, s, false, &mut buf, &*sink, &counters);
+                            }
+                        }
+                        Command::Finish { id, to_client, to_backend } => {
+                            if let Some(mut s) = sessions.remove(&id) {
+                                if !s.ended {
+                                    let _ = poll.registry().deregister(&mut s.client);
+                                    let _ = poll.registry().deregister(&mut s.backend);
+                                }
+                                if let Some(bytes) = to_client {
+                                    if s.backend_walker.at_boundary() && flush(&mut s.client, &mut s.b2c) {
+                                        let _ = write_all_now(&mut s.client, &bytes);
+                                    }
+                                }
+                                if let Some(bytes) = to_backend {
+                                    if s.client_walker.at_boundary() && flush(&mut s.backend, &mut s.c2b) {
+                                        let _ = write_all_now(&mut s.backend, &bytes);
+                                    }
+                                }
+                                counters.sessions.fetch_sub(1, Ordering::Relaxed);
+                                // dropping the streams closes our duplicates
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            let t = ev.token().0;
+            let id = (t / 2) as u32;
+            let is_client = t % 2 == 0;
+            let Some(s) = sessions.get_mut(&id) else { continue };
+            if s.ended {
+                continue;
+            }
+            if ev.is_writable() {
+                // the side that became writable drains what was pending for it, then its source is read again
+                let dir = if is_client { &s.b2c } else { &s.c2b };
+                if dir.has_pending() {
+                    pump(&mut poll, id, s, !is_client, &mut buf, &*sink, &counters);
+                    let dir = if is_client { &s.b2c } else { &s.c2b };
+                    if !s.ended && !dir.has_pending() {
+                        let (sock, token) = if is_client { (&mut s.client, Token(id as usize * 2)) } else { (&mut s.backend, Token(id as usize * 2 + 1)) };
+                        let _ = poll.registry().reregister(sock, token, Interest::READABLE);
+                    }
+                }
+            }
+            if !s.ended && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) {
+                pump(&mut poll, id, s, is_client, &mut buf, &*sink, &counters);
+            }
+        }
+    }
+}
+
+/// write what is pending for `dst`; true when nothing is left
+fn flush(dst: &mut TcpStream, d: &mut Direction) -> bool {
+    while d.has_pending() {
+        match dst.write(&d.pending[d.pending_off..]) {
+            Ok(0) => return false,
+            Ok(n) => d.pending_off += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    d.pending.clear();
+    d.pending_off = 0;
+    true
+}
+
+/// a short message at the end of a session: write it if the socket takes it now
+fn write_all_now(dst: &mut TcpStream, bytes: &[u8]) -> bool {
+    let mut off = 0;
+    while off < bytes.len() {
+        match dst.write(&bytes[off..]) {
+            Ok(0) => return false,
+            Ok(n) => off += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn end(poll: &mut Poll, id: u32, s: &mut Session, kind: &'static str, detail: String, sink: &dyn EventSink) {
+    if s.ended {
+        return;
+    }
+    s.ended = true;
+    let _ = poll.registry().deregister(&mut s.client);
+    let _ = poll.registry().deregister(&mut s.backend);
+    sink.emit(RelayEvent {
+        id,
+        kind,
+        detail,
+        sqlstate: s.backend_fatal.clone(),
+        client_terminated: s.client_terminated,
+        busy: s.client_walker.messages > s.messages_at_ready,
+    });
+}
+
+/// move bytes from one side to the other until the source has nothing or the destination is full
+fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut [u8], sink: &dyn EventSink, counters: &Counters) {
+    loop {
+        if s.ended {
+            return;
+        }
+        // what is still pending for the destination goes first
+        let (dst, dir) = if from_client { (&mut s.backend, &mut s.c2b) } else { (&mut s.client, &mut s.b2c) };
+        if dir.has_pending() {
+            match dst.write(&dir.pending[dir.pending_off..]) {
+                Ok(n) => {
+                    dir.pending_off += n;
+                    if dir.has_pending() {
+                        continue;
+                    }
+                    dir.pending.clear();
+                    dir.pending_off = 0;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let kind = if from_client { "backend-error" } else { "client-error" };
+                    return end(poll, id, s, kind, e.to_string(), sink);
+                }
+            }
+        }
+        let src = if from_client { &mut s.client } else { &mut s.backend };
+        let n = match src.read(buf) {
+            Ok(0) => {
+                let kind = if from_client { "client-eof" } else { "backend-eof" };
+                if from_client {
+                    // a Terminate still pending for the server goes out before the session ends
+                    flush(&mut s.backend, &mut s.c2b);
+                }
+                return end(poll, id, s, kind, "connection closed".into(), sink);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let kind = if from_client { "client-error" } else { "backend-error" };
+                return end(poll, id, s, kind, e.to_string(), sink);
+            }
+        };
+        let data = &buf[..n];
+        if from_client {
+            let mut terminated = false;
+            let r = s.client_walker.feed(data, &mut |t, _| {
+                if t == TERMINATE {
+                    terminated = true;
+                }
+            });
+            if terminated {
+                s.client_terminated = true;
+            }
+            if let Err(msg) = r {
+                return end(poll, id, s, "client-protocol", msg, sink);
+            }
+            counters.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            let mut ready: Option<u8> = None;
+            let mut fatal: Option<(String, String)> = None;
+            let r = s.backend_walker.feed(data, &mut |t, body| {
+                if t == READY_FOR_QUERY && !body.is_empty() {
+                    ready = Some(body[0]);
+                } else if t == ERROR_RESPONSE {
+                    let (sev, code) = error_fields(body);
+                    if sev == "FATAL" || sev == "PANIC" {
+                        fatal = Some((sev, code));
+                    }
+                }
+            });
+            if let Some(st) = ready {
+                s.status.store(st, Ordering::Relaxed);
+                s.messages_at_ready = s.client_walker.messages;
+            }
+            if let Some((sev, code)) = fatal {
+                s.backend_fatal = Some(code.clone());
+                sink.emit(RelayEvent { id, kind: "backend-fatal", detail: sev, sqlstate: Some(code), client_terminated: s.client_terminated, busy: false });
+            }
+            if let Err(msg) = r {
+                return end(poll, id, s, "backend-protocol", msg, sink);
+            }
+            counters.bytes_to_clients.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let (dst, dir) = if from_client { (&mut s.backend, &mut s.c2b) } else { (&mut s.client, &mut s.b2c) };
+        let mut off = 0;
+        while off < n {
+            match dst.write(&data[off..]) {
+                Ok(w) => off += w,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let kind = if from_client { "backend-error" } else { "client-error" };
+                    return end(poll, id, s, kind, e.to_string(), sink);
+                }
+            }
+        }
+        if off < n {
+            // the destination is full: keep the rest and stop reading this side until it drains
+            dir.pending.extend_from_slice(&data[off..]);
+            let token = Token(id as usize * 2 + usize::from(from_client));
+            let _ = poll.registry().reregister(dst, token, Interest::READABLE | Interest::WRITABLE);
+            return;
+        }
+        if n < buf.len() {
+            // a short read drained the socket; new data raises a new edge
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![t];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn walker_same_at_every_split() {
+        let mut stream = msg(b'Q', b"SELECT 1\0");
+        stream.extend(msg(b'Z', b"T"));
+        stream.extend(msg(b'E', b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0"));
+        stream.extend(msg(b'X', b""));
+        let whole = {
+            let mut w = Walker::new(1 << 20, &[b'Z', b'E', b'X']);
+            let mut seen = Vec::new();
+            w.feed(&stream, &mut |t, b| seen.push((t, b.to_vec()))).unwrap();
+            assert!(w.at_boundary());
+            assert_eq!(w.messages, 4);
+            seen
+        };
+        for cut in 0..=stream.len() {
+            let mut w = Walker::new(1 << 20, &[b'Z', b'E', b'X']);
+            let mut seen = Vec::new();
+            w.feed(&stream[..cut], &mut |t, b| seen.push((t, b.to_vec()))).unwrap();
+            w.feed(&stream[cut..], &mut |t, b| seen.push((t, b.to_vec()))).unwrap();
+            assert_eq!(seen, whole, "cut at {cut}");
+        }
+        let mut w = Walker::new(1 << 20, &[]);
+        for b in &stream {
+            w.feed(std::slice::from_ref(b), &mut |_, _| {}).unwrap();
+        }
+        assert_eq!((w.messages, w.at_boundary()), (4, true));
+    }
+
+    #[test]
+    fn walker_refuses_bad_lengths() {
+        let mut w = Walker::new(1000, &[]);
+        let e = w.feed(&[b'Q', 0x80, 0, 0, 0], &mut |_, _| {}).unwrap_err();
+        assert_eq!(e, "invalid message length 2147483648 for message type 0x51 at byte 0 (expected 4..1000)");
+        let mut w = Walker::new(1000, &[]);
+        assert!(w.feed(&[b'Q', 0, 0, 0, 3], &mut |_, _| {}).is_err());
+        let mut w = Walker::new(1000, &[]);
+        assert!(w.feed(&[b'Q', 0, 0, 3, 0xe9], &mut |_, _| {}).is_err());
+    }
+
+    #[test]
+    fn error_fields_reads_severity_and_code() {
+        assert_eq!(error_fields(b"SFATAL\0VFATAL\0C57P01\0Mterminating\0\0"), ("FATAL".into(), "57P01".into()));
+        assert_eq!(error_fields(b"SERROR\0C42601\0\0"), ("ERROR".into(), "42601".into()));
+    }
+}
