@@ -31,6 +31,11 @@ function pgbouncerBin(): string {
   return '/usr/sbin/pgbouncer';
 }
 
+/** user + system CPU of a process so far, in ms */
+const cpuMs = (pid: number) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
+};
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
 
 async function startPgbouncer(pgPort: number): Promise<{ port: number; proc: ChildProcess }> {
@@ -65,7 +70,9 @@ pidfile = ${join(dir, 'pgbouncer.pid')}
     const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }));
     chownSync(dir, uid, gid);
   }
-  const proc = asRoot ? spawn('runuser', ['-u', 'postgres', '--', bin, join(dir, 'pgbouncer.ini')], { stdio: 'inherit' }) : spawn(bin, [join(dir, 'pgbouncer.ini')], { stdio: 'inherit' });
+  // PgBouncer does not raise its descriptor limit itself (1024 by default): 1000 clients need ~2000
+  const cmd = asRoot ? `exec runuser -u postgres -- ${bin} ${join(dir, 'pgbouncer.ini')}` : `exec ${bin} ${join(dir, 'pgbouncer.ini')}`;
+  const proc = spawn('sh', ['-c', `ulimit -n $(ulimit -Hn) && ${cmd}`], { stdio: 'ignore' });
   await waitFor(async () => canConnect(port), 15_000, 'pgbouncer listening');
   return { port, proc };
 }
@@ -81,9 +88,9 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
-async function startProxy(pgPort: number): Promise<{ port: number; proc: ChildProcess }> {
+async function startProxy(pgPort: number, relay: 'native' | 'node'): Promise<{ port: number; proc: ChildProcess }> {
   const port = await freePort();
-  const proc = spawn(process.execPath, [PROXY_CLI, '--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${pgPort}`, '--health-user', 'postgres', '--backend-sslmode', 'disable', '--log-level', 'warn'], { stdio: 'inherit' });
+  const proc = spawn(process.execPath, [PROXY_CLI, '--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${pgPort}`, '--health-user', 'postgres', '--backend-sslmode', 'disable', '--relay', relay, '--log-level', 'warn'], { stdio: 'inherit' });
   await waitFor(async () => canConnect(port), 15_000, 'pgha-proxy listening');
   await sleep(500);
   return { port, proc };
@@ -92,7 +99,7 @@ async function startProxy(pgPort: number): Promise<{ port: number; proc: ChildPr
 /** pid of the pgbouncer process itself (runuser forks it) */
 function pgbouncerPid(proc: ChildProcess): number {
   const child = spawnSync('pgrep', ['-P', String(proc.pid), 'pgbouncer'], { encoding: 'utf8' }).stdout.trim();
-  return Number(child || proc.pid);
+  return Number(child.split('\n')[0] || proc.pid);
 }
 
 async function idleClients(port: number, n: number): Promise<Socket[]> {
@@ -106,9 +113,13 @@ async function idleClients(port: number, n: number): Promise<Socket[]> {
           s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
           let buf = Buffer.alloc(0);
           await new Promise<void>((resolve, reject) => {
+            const timer = setTimeout(() => reject(new Error(`client ${out.length + 1} got no ReadyForQuery in 20 s`)), 20_000);
             s.on('data', (b: Buffer) => {
               buf = Buffer.concat([buf, b]);
-              if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) resolve();
+              if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) {
+                clearTimeout(timer);
+                resolve();
+              }
             });
             s.once('error', reject);
           });
@@ -132,9 +143,15 @@ try {
   const pgbench = (port: number, args: string[]) => execFileSync(join(c.clientBinDir, 'pgbench'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', ...args, 'postgres'], { encoding: 'utf8', maxBuffer: 1 << 26 });
   pgbench(c.port, ['-i', '-s', '10', '-q']);
   const bouncer = await startPgbouncer(c.port);
-  const proxy = await startProxy(c.port);
-  const targets: Array<[string, number]> = [['direct', c.port], ['pgbouncer', bouncer.port], ['pgha-proxy', proxy.port]];
+  const proxy = await startProxy(c.port, 'native');
+  // the same proxy with its Node relay only, for the select-only cases: what the Rust relay buys
+  const nodeRelay = await startProxy(c.port, 'node');
+  const targets: Array<[string, number]> = [['direct', c.port], ['pgbouncer', bouncer.port], ['pgha-proxy', proxy.port], ['pgha-proxy node relay', nodeRelay.port]];
   const tps: Record<string, number[]> = {};
+  /** CPU µs per transaction of the proxy process itself (pgha-proxy, PgBouncer) */
+  const cpuPerTx: Record<string, number[]> = {};
+  const bouncerPid0 = pgbouncerPid(bouncer.proc);
+  const pidOf: Record<string, number | null> = { direct: null, pgbouncer: bouncerPid0, 'pgha-proxy': proxy.proc.pid!, 'pgha-proxy node relay': nodeRelay.proc.pid! };
   const cases: Array<[string, string[]]> = [];
   for (const mode of ['simple', 'extended', 'prepared']) {
     cases.push([`select-only ${mode}`, ['-S', '-M', mode, '-c', '16', '-j', '2']]);
@@ -144,8 +161,13 @@ try {
   for (let r = 0; r < rounds; r++) {
     for (const [label, args] of cases) {
       for (const [t, port] of r % 2 ? [...targets].reverse() : targets) {
+        if (t === 'pgha-proxy node relay' && !/^select-only (simple|prepared)$/.test(label)) continue;
+        const pid = pidOf[t];
+        const cpu0 = pid ? cpuMs(pid) : 0;
         const out = pgbench(port, [...args, '-T', String(secs), '-n']);
         const v = Number(/tps = ([\d.]+)/.exec(out)?.[1]);
+        const txs = Number(/actually processed: (\d+)/.exec(out)?.[1]);
+        if (pid && txs > 0) (cpuPerTx[`${label}|${t}`] ??= []).push(((cpuMs(pid) - cpu0) * 1000) / txs);
         const failed = /number of failed transactions: (\d+)/.exec(out)?.[1];
         if (failed && failed !== '0') console.error(`${t} ${label}: ${failed} failed transactions`);
         (tps[`${label}|${t}`] ??= []).push(v);
@@ -155,7 +177,7 @@ try {
   }
   // RSS with 1000 idle clients
   const proxyRssStart = rssKiB(proxy.proc.pid!);
-  const bouncerPid = pgbouncerPid(bouncer.proc);
+  const bouncerPid = bouncerPid0;
   const bouncerRssStart = rssKiB(bouncerPid);
   const viaProxy = await idleClients(proxy.port, 1000);
   const proxyRss1000 = rssKiB(proxy.proc.pid!);
@@ -169,7 +191,10 @@ try {
     const d = median(tps[`${label}|direct`]);
     const b = median(tps[`${label}|pgbouncer`]);
     const p = median(tps[`${label}|pgha-proxy`]);
-    return { case: label, direct: d, pgbouncer: b, proxy: p, proxyVsDirect: p / d, pgbouncerVsDirect: b / d, proxyVsPgbouncer: p / b };
+    const cpu = (t: string) => median(cpuPerTx[`${label}|${t}`] ?? [NaN]);
+    const nodeTps = tps[`${label}|pgha-proxy node relay`];
+    return {
+      nodeRelay: nodeTps ? { tps: median(nodeTps), cpuUsPerTx: cpu('pgha-proxy node relay') } : null, case: label, direct: d, pgbouncer: b, proxy: p, proxyVsDirect: p / d, pgbouncerVsDirect: b / d, proxyVsPgbouncer: p / b, cpuUsPerTx: { pgbouncer: cpu('pgbouncer'), proxy: cpu('pgha-proxy') } };
   });
   const result = {
     date: new Date().toISOString(),
@@ -181,11 +206,13 @@ try {
   };
   mkdirSync(join(here, 'results'), { recursive: true });
   writeFileSync(join(here, 'results', 'proxy.json'), JSON.stringify(result, null, 2) + '\n');
-  console.log(`| case (median TPS of ${rounds}) | direct | PgBouncer session | pgha-proxy | proxy/direct | PgBouncer/direct | proxy/PgBouncer |`);
-  console.log('|---|---|---|---|---|---|---|');
-  for (const r of rows) console.log(`| ${r.case} | ${r.direct.toFixed(0)} | ${r.pgbouncer.toFixed(0)} | ${r.proxy.toFixed(0)} | ${r.proxyVsDirect.toFixed(2)} | ${r.pgbouncerVsDirect.toFixed(2)} | ${r.proxyVsPgbouncer.toFixed(2)} |`);
+  console.log(`| case (median TPS of ${rounds}) | direct | PgBouncer session | pgha-proxy | proxy/direct | PgBouncer/direct | proxy/PgBouncer | CPU µs/tx PgBouncer | CPU µs/tx proxy |`);
+  console.log('|---|---|---|---|---|---|---|---|---|');
+  for (const r of rows) console.log(`| ${r.case} | ${r.direct.toFixed(0)} | ${r.pgbouncer.toFixed(0)} | ${r.proxy.toFixed(0)} | ${r.proxyVsDirect.toFixed(2)} | ${r.pgbouncerVsDirect.toFixed(2)} | ${r.proxyVsPgbouncer.toFixed(2)} | ${r.cpuUsPerTx.pgbouncer.toFixed(1)} | ${r.cpuUsPerTx.proxy.toFixed(1)} |`);
+  for (const r of rows) if (r.nodeRelay) console.log(`${r.case}: pgha-proxy with --relay node ${r.nodeRelay.tps.toFixed(0)} tps, ${r.nodeRelay.cpuUsPerTx.toFixed(1)} CPU µs/tx`);
   console.log(`\nRSS: pgha-proxy ${(proxyRssStart / 1024).toFixed(0)} MiB at start, ${(proxyRss1000 / 1024).toFixed(0)} MiB with 1000 idle clients; PgBouncer ${(bouncerRssStart / 1024).toFixed(1)} MiB, ${(bouncerRss1000 / 1024).toFixed(1)} MiB`);
   proxy.proc.kill('SIGTERM');
+  nodeRelay.proc.kill('SIGTERM');
   bouncer.proc.kill('SIGTERM');
   process.kill(bouncerPid, 'SIGTERM');
 } finally {

@@ -282,7 +282,8 @@ export class ClientSession {
     if (from.isPaused()) return;
     from.pause();
     to.once('drain', () => {
-      if (this.phase === 'relay') from.resume();
+      // never after a hand-over: Node must not read a socket the native relay owns
+      if (this.phase === 'relay' && !this.native) from.resume();
     });
   }
 
@@ -327,6 +328,8 @@ export class ClientSession {
     b.pause();
     c.removeAllListeners('data');
     b.removeAllListeners('data');
+    c.removeAllListeners('drain');
+    b.removeAllListeners('drain');
     try {
       this.ctx.relay!.add(this.id, ch.fd!, bh.fd!, PQ_LARGE_MESSAGE_LIMIT);
     } catch (e) {
