@@ -102,7 +102,7 @@ function pgbouncerPid(proc: ChildProcess): number {
   return Number(child.split('\n')[0] || proc.pid);
 }
 
-async function idleClients(port: number, n: number): Promise<Socket[]> {
+async function idleClients(port: number, n: number, what: string): Promise<Socket[]> {
   const out: Socket[] = [];
   for (let i = 0; i < n; i += 50) {
     out.push(
@@ -113,7 +113,7 @@ async function idleClients(port: number, n: number): Promise<Socket[]> {
           s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
           let buf = Buffer.alloc(0);
           await new Promise<void>((resolve, reject) => {
-            const timer = setTimeout(() => reject(new Error(`client ${out.length + 1} got no ReadyForQuery in 20 s`)), 20_000);
+            const timer = setTimeout(() => reject(new Error(`${what}: a client of batch ${out.length / 50 + 1} got no ReadyForQuery in 20 s`)), 20_000);
             s.on('data', (b: Buffer) => {
               buf = Buffer.concat([buf, b]);
               if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) {
@@ -179,11 +179,12 @@ try {
   const proxyRssStart = rssKiB(proxy.proc.pid!);
   const bouncerPid = bouncerPid0;
   const bouncerRssStart = rssKiB(bouncerPid);
-  const viaProxy = await idleClients(proxy.port, 1000);
+  const viaProxy = await idleClients(proxy.port, 1000, 'pgha-proxy');
   const proxyRss1000 = rssKiB(proxy.proc.pid!);
   for (const s of viaProxy) s.destroy();
-  await sleep(2000);
-  const viaBouncer = await idleClients(bouncer.port, 1000);
+  // the proxy's 1000 server sessions must be gone before PgBouncer opens its own (max_connections)
+  await waitFor(async () => Number(await c.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")) < 20, 60_000, 'server sessions of the proxy phase gone');
+  const viaBouncer = await idleClients(bouncer.port, 1000, 'PgBouncer');
   const bouncerRss1000 = rssKiB(bouncerPid);
   for (const s of viaBouncer) s.destroy();
 

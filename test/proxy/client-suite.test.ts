@@ -31,7 +31,8 @@ describe(`psycopg2 ${PSYCOPG2_VERSION}'s own test suite`, () => {
     const proxied = await runPsycopg2Suite('127.0.0.1', proxy.port);
     const count = (r: typeof direct, o: string) => [...r.results.values()].filter((x) => x === o).length;
     const summary = (r: typeof direct) => `${r.results.size} tests: ${count(r, 'ok')} ok, ${count(r, 'skipped')} skipped, ${count(r, 'FAIL')} failed, ${count(r, 'ERROR')} errors`;
-    console.log(`psycopg2 suite direct: ${summary(direct)}\npsycopg2 suite through pgha-proxy: ${summary(proxied)}`);
+    const notOk = (r: typeof direct) => [...r.results].filter(([, o]) => o === 'FAIL' || o === 'ERROR').map(([t, o]) => `${t} ${o}`);
+    console.log(`psycopg2 suite direct: ${summary(direct)} ${JSON.stringify(notOk(direct))}\npsycopg2 suite through pgha-proxy: ${summary(proxied)} ${JSON.stringify(notOk(proxied))}`);
     expect(direct.results.size).toBeGreaterThan(500);
     const differing = [...new Set([...direct.results.keys(), ...proxied.results.keys()])]
       .filter((t) => direct.results.get(t) !== proxied.results.get(t))
