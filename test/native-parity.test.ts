@@ -14,6 +14,7 @@ import { nativeImplementation, tsImplementation, type Implementation } from '../
 import { STATS_ENTRY_SIZE, STATS_SLOTS, type ScanCarry, type ScanResult } from '../src/native/contract.js';
 import { RMGR_NAMES } from '../src/formats/wal/rmgr.js';
 import { parseWaldumpRecordStats } from './support/oracles.js';
+import { comparable } from './support/scan-compare.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const fixtures = join(root, 'fixtures');
@@ -57,19 +58,6 @@ function sources(): Source[] {
   return out;
 }
 
-function comparable(r: ScanResult) {
-  return {
-    count: r.count,
-    records: r.records.toString('hex'),
-    stats: Buffer.from(r.stats).toString('hex'),
-    end: r.end ? { lsn: r.end.lsn, reason: r.end.reason } : null,
-    reachedEndLsn: r.reachedEndLsn,
-    carry: { ...r.carry, partial: r.carry.partial ? Buffer.from(r.carry.partial).toString('hex') : null },
-    first: r.firstRecordLsn,
-    last: r.lastRecordLsn,
-    lastEnd: r.lastRecordEndLsn,
-  };
-}
 
 /** scan `buf` in chunks of `pages` pages with carry; stops at the first end of WAL */
 function chunked(impl: Implementation, buf: Buffer, lsn: bigint, pages: number, mode: 'records' | 'stats') {

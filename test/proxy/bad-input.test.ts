@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { startProxy, type RunningProxy } from '../support/proxy.js';
 import { makeCerts } from '../support/tls.js';
+import { rawSession } from '../support/raw-client.js';
 
 let primary: PgCluster;
 let proxy: RunningProxy;
@@ -78,23 +79,6 @@ async function stillServing(): Promise<void> {
   expect(s.primary).toBe(`127.0.0.1:${primary.port}`);
 }
 
-async function rawSession(port: number): Promise<Socket> {
-  const s = connect({ host: '127.0.0.1', port });
-  await new Promise((r) => s.once('connect', r));
-  s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
-  let buf = Buffer.alloc(0);
-  await new Promise<void>((resolve) => {
-    const on = (b: Buffer) => {
-      buf = Buffer.concat([buf, b]);
-      if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) {
-        s.off('data', on);
-        resolve();
-      }
-    };
-    s.on('data', on);
-  });
-  return s;
-}
 
 describe('pgha-proxy under bad input', () => {
   it('garbage instead of a startup packet: 08P01 and closed', async () => {

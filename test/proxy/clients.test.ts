@@ -8,7 +8,7 @@
 import { execFile, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, chownSync, copyFileSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
@@ -19,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { startProxy, type RunningProxy } from '../support/proxy.js';
 import { makeCerts, type TestCerts } from '../support/tls.js';
+import { rawSession } from '../support/raw-client.js';
 import { pgha } from '../support/cli.js';
 
 const run = promisify(execFile);
@@ -186,7 +187,7 @@ function dataPathTests(p: () => RunningProxy, tag: string, base: number, relay: 
       });
       // raw client: ask for ~400 MB and stop reading; the proxy must pause the server, not buffer it
       const before = p().rssKiB();
-      const sock = await rawStartup(p().port);
+      const sock = await rawSession(p().port);
       sock.write(serialize.query("SELECT repeat('z', 2000) FROM generate_series(1, 200000)"));
       let received = 0;
       sock.on('data', (b) => (received += b.length));
@@ -319,24 +320,3 @@ describe('pgha-proxy with real clients', () => {
     expect(down.stderr).toMatch(/127\.0\.0\.1:1\/status/);
   });
 });
-
-/** a raw protocol client through startup (trust auth) up to the first ReadyForQuery */
-async function rawStartup(port: number): Promise<Socket> {
-  const s = connect({ host: '127.0.0.1', port });
-  await new Promise((r) => s.once('connect', r));
-  s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
-  let buf = Buffer.alloc(0);
-  await new Promise<void>((resolve, reject) => {
-    const onData = (b: Buffer) => {
-      buf = Buffer.concat([buf, b]);
-      // ReadyForQuery: 'Z' 0 0 0 5 'I'
-      if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) {
-        s.off('data', onData);
-        resolve();
-      }
-    };
-    s.on('data', onData);
-    s.once('error', reject);
-  });
-  return s;
-}

@@ -6,24 +6,12 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { nativeImplementation, nativeStatus, tsImplementation, type Implementation } from '../../src/native/index.js';
-import type { ScanCarry, ScanResult } from '../../src/native/contract.js';
+import type { ScanCarry } from '../../src/native/contract.js';
 import { blockWithImage, mainData, WalBuilder } from '../support/wal-builder.js';
+import { comparable } from '../support/scan-compare.js';
 
 const native = nativeImplementation as Implementation;
 
-function comparable(r: ScanResult) {
-  return {
-    count: r.count,
-    records: r.records.toString('hex'),
-    stats: Buffer.from(r.stats).toString('hex'),
-    end: r.end ? { lsn: r.end.lsn, reason: r.end.reason } : null,
-    reachedEndLsn: r.reachedEndLsn,
-    carry: { ...r.carry, partial: r.carry.partial ? Buffer.from(r.carry.partial).toString('hex') : null },
-    first: r.firstRecordLsn,
-    last: r.lastRecordLsn,
-    lastEnd: r.lastRecordEndLsn,
-  };
-}
 
 function scanBoth(buf: Buffer, bufLsn: bigint, pages: number, mode: 'records' | 'stats' = 'records') {
   const run = (impl: Implementation) => {
