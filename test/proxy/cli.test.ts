@@ -59,6 +59,19 @@ describe('pgha-proxy command line', () => {
     }
   });
 
+  it('the read-only port falls back to the primary when no standby is healthy', async () => {
+    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable'], { read: true });
+    try {
+      const c = new pg.Client({ host: '127.0.0.1', port: p.readPort!, user: 'postgres', database: 'postgres' });
+      await c.connect();
+      expect((await c.query("SELECT pg_is_in_recovery() AS r, current_setting('port') AS port")).rows[0]).toEqual({ r: false, port: String(primary.port) });
+      await c.end();
+      expect((await p.status()).clients.accepted.ro).toBe(1);
+    } finally {
+      await p.stop();
+    }
+  });
+
   it('a port already in use: exit 1 with the reason', async () => {
     const busy = createServer();
     await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
