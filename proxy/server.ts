@@ -104,8 +104,11 @@ export class ProxyServer implements ProxyContext {
 
   async stop(): Promise<void> {
     this.monitor.stop();
-    await Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    // stop accepting, end the sessions (close() only calls back once they are gone), then wait
+    const closed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     for (const s of [...this.sessions]) s.terminate({ severity: 'FATAL', code: SQLSTATE.adminShutdown, message: 'terminating connection because pgha-proxy is shutting down' }, 'proxy stopping');
+    // a client that never closes its side must not hold the shutdown
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
     await this.admin?.close();
   }
 

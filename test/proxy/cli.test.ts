@@ -72,6 +72,19 @@ describe('pgha-proxy command line', () => {
     }
   });
 
+  it('SIGTERM: open sessions get 57P01 "shutting down", the process exits 0', async () => {
+    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable']);
+    const c = new pg.Client({ host: '127.0.0.1', port: p.port, user: 'postgres', database: 'postgres' });
+    const ended = new Promise<Error & { code?: string }>((r) => c.on('error', r));
+    await c.connect();
+    await c.query('SELECT 1');
+    const exited = new Promise<number | null>((r) => p.proc.once('exit', (code) => r(code)));
+    p.proc.kill('SIGTERM');
+    const err = await ended;
+    expect([err.code, err.message]).toEqual(['57P01', 'terminating connection because pgha-proxy is shutting down']);
+    expect(await exited).toBe(0);
+  });
+
   it('a port already in use: exit 1 with the reason', async () => {
     const busy = createServer();
     await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
