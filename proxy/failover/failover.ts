@@ -97,8 +97,10 @@ export class FailoverController {
         log.warn(report.error);
         return report;
       }
+      // candidates: healthy standbys of this cluster that follow the old primary's timeline (a standby
+      // left on an older timeline may show a high LSN of WAL that is not on the current history)
       const standbys = monitor.backends.filter(
-        (b) => b.role === 'standby' && b.failures === 0 && b.systemId === monitor.clusterSystemId,
+        (b) => b.role === 'standby' && b.failures === 0 && b.systemId === monitor.clusterSystemId && (b.timeline ?? 0) >= (old.timeline ?? 0),
       );
       const target = bestStandby(standbys);
       if (!target) {
