@@ -12,7 +12,7 @@ import { nativeProxyRelay, type ProxyRelay } from '../src/native/index.js';
 import { addressText, connectBackend, type BackendAddress } from './backend/connect.js';
 import type { ProxyConfig } from './config.js';
 import { FailoverController } from './failover/failover.js';
-import { HealthMonitor, parseLsn, type BackendState, type PrimaryChange } from './health/monitor.js';
+import { HealthMonitor, lsnOrNull, type BackendState, type PrimaryChange } from './health/monitor.js';
 import { proxyMetrics } from './admin/metrics.js';
 import { errorResponse } from './protocol/backend-messages.js';
 import { SQLSTATE } from './protocol/codes.js';
@@ -178,11 +178,11 @@ export class ProxyServer implements ProxyContext {
 
   pickReader(): BackendState | null {
     const primary = this.monitor.primary;
-    const primaryLsn = parseLsn(primary?.lsn ?? null);
+    const primaryLsn = lsnOrNull(primary?.lsn ?? null);
     const ok = this.monitor.backends.filter((b) => {
       if (b.role !== 'standby' || b.failures > 0) return false;
       if (primaryLsn === null) return true;
-      const replay = parseLsn(b.replayLsn) ?? 0n;
+      const replay = lsnOrNull(b.replayLsn) ?? 0n;
       return primaryLsn - replay <= BigInt(this.cfg.readMaxLagBytes);
     });
     if (ok.length === 0) return primary;

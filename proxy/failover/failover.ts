@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import { AgentClient } from '../../src/ship/client.js';
 import type { BackendTls } from '../backend/connect.js';
 import { healthClient, type HealthCredentials } from '../health/probe.js';
-import { parseLsn, type BackendState, type HealthMonitor } from '../health/monitor.js';
+import { lsnOrNull, type BackendState, type HealthMonitor } from '../health/monitor.js';
 import { retarget } from './conninfo.js';
 
 export interface FailoverOptions {
@@ -51,11 +51,11 @@ async function withClient<T>(b: BackendState, o: FailoverOptions, fn: (c: pg.Cli
 
 /** received LSN first (what promotion will replay), then replayed */
 function bestStandby(standbys: BackendState[]): BackendState | null {
-  const key = (s: BackendState) => parseLsn(s.receiveLsn) ?? parseLsn(s.replayLsn) ?? 0n;
+  const key = (s: BackendState) => lsnOrNull(s.receiveLsn) ?? lsnOrNull(s.replayLsn) ?? 0n;
   const sorted = [...standbys].sort((a, b) => {
     const d = key(b) - key(a);
     if (d !== 0n) return d > 0n ? 1 : -1;
-    const r = (parseLsn(b.replayLsn) ?? 0n) - (parseLsn(a.replayLsn) ?? 0n);
+    const r = (lsnOrNull(b.replayLsn) ?? 0n) - (lsnOrNull(a.replayLsn) ?? 0n);
     return r > 0n ? 1 : r < 0n ? -1 : 0;
   });
   return sorted[0] ?? null;

@@ -11,6 +11,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
+import { parseLsn } from '../../src/formats/lsn.js';
 import { addressText, type BackendAddress, type BackendTls } from '../backend/connect.js';
 import { probe as defaultProbe, type HealthCredentials, type ProbeResult } from './probe.js';
 
@@ -62,11 +63,8 @@ export interface PrimaryChange {
   reason: string;
 }
 
-export const parseLsn = (t: string | null): bigint | null => {
-  if (!t) return null;
-  const [hi, lo] = t.split('/');
-  return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
-};
+/** an LSN as the health check reports it (null when the server has none, e.g. no WAL received yet) */
+export const lsnOrNull = (t: string | null): bigint | null => (t ? parseLsn(t) : null);
 
 export class HealthMonitor extends EventEmitter {
   private readonly nodes: Node[];
@@ -322,8 +320,8 @@ export class HealthMonitor extends EventEmitter {
       return;
     }
     candidates.sort((a, b) => {
-      const la = parseLsn(a.state.lsn) ?? 0n;
-      const lb = parseLsn(b.state.lsn) ?? 0n;
+      const la = lsnOrNull(a.state.lsn) ?? 0n;
+      const lb = lsnOrNull(b.state.lsn) ?? 0n;
       return (b.state.timeline ?? 0) - (a.state.timeline ?? 0) || (lb > la ? 1 : lb < la ? -1 : 0);
     });
     const [winner, ...rest] = candidates;
