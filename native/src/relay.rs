@@ -57,7 +57,9 @@ pub struct Walker {
     header_fill: usize,
     remaining: usize,
     kind: u8,
-    collect: Option<Vec<u8>>,
+    /// body of the wanted message being gathered, reused from one message to the next
+    collect: Vec<u8>,
+    collecting: bool,
     max_length: u32,
     collect_types: &'static [u8],
     pub messages: u64,
@@ -66,7 +68,7 @@ pub struct Walker {
 
 impl Walker {
     pub fn new(max_length: u32, collect_types: &'static [u8]) -> Self {
-        Walker { header: [0; 5], header_fill: 0, remaining: 0, kind: 0, collect: None, max_length, collect_types, messages: 0, offset: 0 }
+        Walker { header: [0; 5], header_fill: 0, remaining: 0, kind: 0, collect: Vec::new(), collecting: false, max_length, collect_types, messages: 0, offset: 0 }
     }
 
     pub fn at_boundary(&self) -> bool {
@@ -80,8 +82,8 @@ impl Walker {
         while i < n {
             if self.remaining > 0 {
                 let take = self.remaining.min(n - i);
-                if let Some(c) = self.collect.as_mut() {
-                    c.extend_from_slice(&data[i..i + take]);
+                if self.collecting {
+                    self.collect.extend_from_slice(&data[i..i + take]);
                 }
                 i += take;
                 self.remaining -= take;
@@ -109,7 +111,8 @@ impl Walker {
             }
             self.kind = kind;
             self.remaining = length as usize - 4;
-            self.collect = if self.collect_types.contains(&kind) && self.remaining <= 64 * 1024 { Some(Vec::with_capacity(self.remaining)) } else { None };
+            self.collecting = self.collect_types.contains(&kind) && self.remaining <= 64 * 1024;
+            self.collect.clear();
             if self.remaining == 0 {
                 self.finish(on_message);
             }
@@ -120,8 +123,9 @@ impl Walker {
 
     fn finish(&mut self, on_message: &mut dyn FnMut(u8, &[u8])) {
         self.messages += 1;
-        if let Some(body) = self.collect.take() {
-            on_message(self.kind, &body);
+        if self.collecting {
+            self.collecting = false;
+            on_message(self.kind, &self.collect);
         }
     }
 }

@@ -1,11 +1,13 @@
 /**
  * Follows message boundaries in a relayed byte stream without copying it: every message is a type
  * byte and an Int32 length that counts itself (the protocol's framing after startup). Only the few
- * small messages the proxy acts on are copied out (ReadyForQuery, BackendKeyData, ErrorResponse…);
+ * small messages the proxy acts on are gathered (ReadyForQuery, BackendKeyData, ErrorResponse…,
+ * into one buffer the walker reuses);
  * everything else is skipped over by length. Safe against a header or body split at any byte.
  */
 import { ProtocolError } from './errors.js';
 
+/** `body` is valid only during the call (the walker reuses its memory): copy what must be kept */
 export type MessageHandler = (type: number, body: Buffer) => void;
 
 export interface WalkerOptions {
@@ -25,7 +27,9 @@ export class MessageWalker {
   private headerFill = 0;
   private remaining = 0;
   private type = 0;
-  private collect: Buffer | null = null;
+  /** bodies of wanted messages are gathered here, reused from one message to the next */
+  private scratch = Buffer.alloc(64);
+  private collecting = false;
   private collectFill = 0;
   /** bytes of the stream walked so far */
   offset = 0;
@@ -45,8 +49,8 @@ export class MessageWalker {
     while (i < n) {
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, n - i);
-        if (this.collect) {
-          chunk.copy(this.collect, this.collectFill, i, i + take);
+        if (this.collecting) {
+          chunk.copy(this.scratch, this.collectFill, i, i + take);
           this.collectFill += take;
         }
         i += take;
@@ -79,9 +83,9 @@ export class MessageWalker {
       }
       this.type = type;
       this.remaining = length - 4;
-      this.collect = null;
-      if (this.opts.wanted(type) && this.remaining <= (this.opts.maxCollect ?? 1 << 20)) {
-        this.collect = Buffer.allocUnsafe(this.remaining);
+      this.collecting = this.opts.wanted(type) && this.remaining <= (this.opts.maxCollect ?? 1 << 20);
+      if (this.collecting) {
+        if (this.scratch.length < this.remaining) this.scratch = Buffer.alloc(Math.max(this.remaining, this.scratch.length * 2));
         this.collectFill = 0;
       }
       if (this.remaining === 0) this.finish();
@@ -91,10 +95,9 @@ export class MessageWalker {
 
   private finish(): void {
     this.messages++;
-    if (this.collect) {
-      const body = this.collect;
-      this.collect = null;
-      this.opts.onMessage(this.type, body);
+    if (this.collecting) {
+      this.collecting = false;
+      this.opts.onMessage(this.type, this.scratch.subarray(0, this.collectFill));
     }
   }
 }
