@@ -13,7 +13,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { serialize } from 'pg-protocol';
 import { cleanupAll, freePort, PgCluster, sleep, waitFor } from '../test/harness/cluster.js';
-import { PROXY_CLI } from '../test/support/proxy.js';
+import { startProxy } from '../test/support/proxy.js';
+import { rawSession } from '../test/support/raw-client.js';
 
 const secs = Number(process.argv[2] ?? 8);
 const rounds = Number(process.argv[3] ?? 2);
@@ -90,14 +91,8 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
-async function startProxy(pgPort: number, relay: 'native' | 'node'): Promise<{ port: number; proc: ChildProcess }> {
-  const port = await freePort();
-  const proc = spawn(process.execPath, [PROXY_CLI, '--listen', `127.0.0.1:${port}`, '--backend', `127.0.0.1:${pgPort}`, '--health-user', 'postgres', '--backend-sslmode', 'disable', '--relay', relay, '--log-level', 'warn'], { stdio: 'inherit' });
-  started.push(proc.pid!);
-  await waitFor(async () => canConnect(port), 15_000, 'pgha-proxy listening');
-  await sleep(500);
-  return { port, proc };
-}
+/** pgha-proxy through the tests' helper (child process, admin port, ready once it routes to the primary) */
+const proxyFor = (pgPort: number, relay: 'native' | 'node') => startProxy([pgPort], ['--backend-sslmode', 'disable', '--relay', relay, '--log-level', 'warn']);
 
 /** pid of the pgbouncer process (sh execs setpriv, which execs pgbouncer: the same pid) */
 function pgbouncerPid(proc: ChildProcess): number {
@@ -111,21 +106,11 @@ async function idleClients(port: number, n: number, what: string): Promise<Socke
     out.push(
       ...(await Promise.all(
         Array.from({ length: Math.min(50, n - i) }, async () => {
-          const s = connect({ host: '127.0.0.1', port });
-          await new Promise((r) => s.once('connect', r));
-          s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
-          let buf = Buffer.alloc(0);
-          await new Promise<void>((resolve, reject) => {
-            const timer = setTimeout(() => reject(new Error(`${what}: a client of batch ${out.length / 50 + 1} got no ReadyForQuery in 20 s`)), 20_000);
-            s.on('data', (b: Buffer) => {
-              buf = Buffer.concat([buf, b]);
-              if (buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49]))) {
-                clearTimeout(timer);
-                resolve();
-              }
-            });
-            s.once('error', reject);
+          let timer: NodeJS.Timeout | undefined;
+          const timeout = new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`${what}: a client of batch ${out.length / 50 + 1} got no ReadyForQuery in 20 s`)), 20_000);
           });
+          const s = await Promise.race([rawSession(port), timeout]).finally(() => clearTimeout(timer));
           // one query each, so a pooler has really given the client a server connection
           s.write(serialize.query('SELECT 1'));
           await sleep(5);
@@ -148,15 +133,15 @@ try {
   const pgbench = (port: number, args: string[]) => execFileSync(join(c.clientBinDir, 'pgbench'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', ...args, 'postgres'], { encoding: 'utf8', maxBuffer: 1 << 26 });
   pgbench(c.port, ['-i', '-s', '10', '-q']);
   const bouncer = await startPgbouncer(c.port);
-  const proxy = await startProxy(c.port, 'native');
+  const proxy = await proxyFor(c.port, 'native');
   // the same proxy with its Node relay only, for the select-only cases: what the Rust relay buys
-  const nodeRelay = await startProxy(c.port, 'node');
+  const nodeRelay = await proxyFor(c.port, 'node');
   const targets: Array<[string, number]> = [['direct', c.port], ['pgbouncer', bouncer.port], ['pgha-proxy', proxy.port], ['pgha-proxy node relay', nodeRelay.port]];
   const tps: Record<string, number[]> = {};
   /** CPU µs per transaction of the proxy process itself (pgha-proxy, PgBouncer) */
   const cpuPerTx: Record<string, number[]> = {};
   const bouncerPid0 = pgbouncerPid(bouncer.proc);
-  const pidOf: Record<string, number | null> = { direct: null, pgbouncer: bouncerPid0, 'pgha-proxy': proxy.proc.pid!, 'pgha-proxy node relay': nodeRelay.proc.pid! };
+  const pidOf: Record<string, number | null> = { direct: null, pgbouncer: bouncerPid0, 'pgha-proxy': proxy.pid, 'pgha-proxy node relay': nodeRelay.pid };
   const cases: Array<[string, string[]]> = [];
   for (const mode of ['simple', 'extended', 'prepared']) {
     cases.push([`select-only ${mode}`, ['-S', '-M', mode, '-c', '16', '-j', '2']]);
@@ -181,7 +166,7 @@ try {
     }
   }
   // RSS with 1000 idle clients (a failure here is reported, the throughput figures stand)
-  const proxyRssStart = rssKiB(proxy.proc.pid!);
+  const proxyRssStart = rssKiB(proxy.pid);
   const bouncerPid = bouncerPid0;
   const bouncerRssStart = rssKiB(bouncerPid);
   let proxyRss1000 = NaN;
@@ -189,7 +174,7 @@ try {
   let idleError: string | null = null;
   try {
     const viaProxy = await idleClients(proxy.port, 1000, 'pgha-proxy');
-    proxyRss1000 = rssKiB(proxy.proc.pid!);
+    proxyRss1000 = rssKiB(proxy.pid);
     for (const s of viaProxy) s.destroy();
     // the proxy's 1000 server sessions must be gone before PgBouncer opens its own (max_connections)
     await waitFor(async () => Number(await c.sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")) < 20, 60_000, 'server sessions of the proxy phase gone');
@@ -225,8 +210,8 @@ try {
   for (const r of rows) console.log(`| ${r.case} | ${r.direct.toFixed(0)} | ${r.pgbouncer.toFixed(0)} | ${r.proxy.toFixed(0)} | ${r.proxyVsDirect.toFixed(2)} | ${r.pgbouncerVsDirect.toFixed(2)} | ${r.proxyVsPgbouncer.toFixed(2)} | ${r.cpuUsPerTx.pgbouncer.toFixed(1)} | ${r.cpuUsPerTx.proxy.toFixed(1)} |`);
   for (const r of rows) if (r.nodeRelay) console.log(`${r.case}: pgha-proxy with --relay node ${r.nodeRelay.tps.toFixed(0)} tps, ${r.nodeRelay.cpuUsPerTx.toFixed(1)} CPU µs/tx`);
   console.log(`\nRSS: pgha-proxy ${(proxyRssStart / 1024).toFixed(0)} MiB at start, ${(proxyRss1000 / 1024).toFixed(0)} MiB with 1000 idle clients; PgBouncer ${(bouncerRssStart / 1024).toFixed(1)} MiB, ${(bouncerRss1000 / 1024).toFixed(1)} MiB`);
-  proxy.proc.kill('SIGTERM');
-  nodeRelay.proc.kill('SIGTERM');
+  await proxy.stop();
+  await nodeRelay.stop();
   bouncer.proc.kill('SIGTERM');
   process.kill(bouncerPid, 'SIGTERM');
 } finally {
