@@ -5,95 +5,52 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ProxyServer } from '../server.js';
 
+type Sample = [labels: Record<string, string>, value: number];
+
 export function proxyMetrics(proxy: ProxyServer): { registry: Registry; healthLatency: Histogram<'backend' | 'ok'>; failovers: Counter<'result'> } {
   const registry = new Registry();
-  new Gauge({
-    name: 'pgha_proxy_client_connections',
-    help: 'client connections open, by port (rw/ro) and phase',
-    labelNames: ['port', 'phase'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const s of proxy.sessions) this.inc({ port: s.kind, phase: s.phase });
-    },
+  /** a gauge read from the proxy's state when Prometheus scrapes */
+  const scraped = (name: string, help: string, labelNames: string[], read: () => Sample[]) =>
+    new Gauge({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [labels, value] of read()) this.set(labels, value);
+      },
+    });
+
+  scraped('pgha_proxy_client_connections', 'client connections open, by port (rw/ro) and phase', ['port', 'phase'], () => {
+    const count = new Map<string, number>();
+    for (const s of proxy.sessions) count.set(`${s.kind} ${s.phase}`, (count.get(`${s.kind} ${s.phase}`) ?? 0) + 1);
+    return [...count].map(([k, v]) => [{ port: k.split(' ')[0], phase: k.split(' ')[1] }, v]);
   });
-  new Gauge({
-    name: 'pgha_proxy_client_connections_accepted',
-    help: 'client connections accepted since start (a counter)',
-    labelNames: ['port'],
-    registers: [registry],
-    collect() {
-      this.set({ port: 'rw' }, proxy.accepted.rw);
-      this.set({ port: 'ro' }, proxy.accepted.ro);
-    },
+  scraped('pgha_proxy_client_connections_accepted', 'client connections accepted since start (a counter)', ['port'], () => [
+    [{ port: 'rw' }, proxy.accepted.rw],
+    [{ port: 'ro' }, proxy.accepted.ro],
+  ]);
+  scraped('pgha_proxy_bytes', 'bytes relayed since start (a counter), by direction', ['direction'], () => {
+    const [fromClients, toClients] = proxy.relay?.counters() ?? [0, 0];
+    return [
+      [{ direction: 'client_to_server' }, proxy.stats.bytesFromClients + fromClients],
+      [{ direction: 'server_to_client' }, proxy.stats.bytesToClients + toClients],
+    ];
   });
-  new Gauge({
-    name: 'pgha_proxy_bytes',
-    help: 'bytes relayed since start (a counter), by direction',
-    labelNames: ['direction'],
-    registers: [registry],
-    collect() {
-      const [fromClients, toClients] = proxy.relay?.counters() ?? [0, 0];
-      this.set({ direction: 'client_to_server' }, proxy.stats.bytesFromClients + fromClients);
-      this.set({ direction: 'server_to_client' }, proxy.stats.bytesToClients + toClients);
-    },
-  });
-  new Gauge({
-    name: 'pgha_proxy_backend_role',
-    help: '1 for the role each backend has now (primary, standby, down, fenced, unknown)',
-    labelNames: ['backend', 'role'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const b of proxy.monitor.backends) {
-        for (const role of ['primary', 'standby', 'down', 'fenced', 'unknown']) this.set({ backend: b.name, role }, b.role === role ? 1 : 0);
-      }
-    },
-  });
-  new Gauge({
-    name: 'pgha_proxy_backend_sessions',
-    help: 'client sessions attached to each backend',
-    labelNames: ['backend'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const b of proxy.monitor.backends) this.set({ backend: b.name }, proxy.sessionsOn(b.name));
-    },
-  });
-  new Gauge({
-    name: 'pgha_proxy_timeline',
-    help: 'newest timeline seen on any backend',
-    registers: [registry],
-    collect() {
-      this.set(proxy.monitor.timeline);
-    },
-  });
-  new Gauge({
-    name: 'pgha_proxy_sessions_terminated',
-    help: 'sessions ended by the proxy with an ErrorResponse (a counter)',
-    registers: [registry],
-    collect() {
-      this.set(proxy.stats.terminated);
-    },
-  });
-  new Gauge({
-    name: 'pgha_proxy_protocol_errors',
-    help: 'clients refused for breaking the protocol or timing out in startup (a counter)',
-    registers: [registry],
-    collect() {
-      this.set(proxy.stats.protocolErrors);
-    },
-  });
-  new Gauge({
-    name: 'pgha_proxy_cancel_requests',
-    help: 'cancel requests, forwarded or with an unknown key (a counter)',
-    labelNames: ['result'],
-    registers: [registry],
-    collect() {
-      this.set({ result: 'forwarded' }, proxy.stats.cancelsForwarded);
-      this.set({ result: 'unknown_key' }, proxy.stats.cancelsUnknown);
-    },
-  });
+  scraped('pgha_proxy_backend_role', '1 for the role each backend has now (primary, standby, down, fenced, unknown)', ['backend', 'role'], () =>
+    proxy.monitor.backends.flatMap((b) => ['primary', 'standby', 'down', 'fenced', 'unknown'].map((role): Sample => [{ backend: b.name, role }, b.role === role ? 1 : 0])),
+  );
+  scraped('pgha_proxy_backend_sessions', 'client sessions attached to each backend', ['backend'], () =>
+    proxy.monitor.backends.map((b): Sample => [{ backend: b.name }, proxy.sessionsOn(b.name)]),
+  );
+  scraped('pgha_proxy_timeline', 'newest timeline seen on any backend', [], () => [[{}, proxy.monitor.timeline]]);
+  scraped('pgha_proxy_sessions_terminated', 'sessions ended by the proxy with an ErrorResponse (a counter)', [], () => [[{}, proxy.stats.terminated]]);
+  scraped('pgha_proxy_protocol_errors', 'clients refused for breaking the protocol or timing out in startup (a counter)', [], () => [[{}, proxy.stats.protocolErrors]]);
+  scraped('pgha_proxy_cancel_requests', 'cancel requests, forwarded or with an unknown key (a counter)', ['result'], () => [
+    [{ result: 'forwarded' }, proxy.stats.cancelsForwarded],
+    [{ result: 'unknown_key' }, proxy.stats.cancelsUnknown],
+  ]);
   const healthLatency = new Histogram({
     name: 'pgha_proxy_health_check_seconds',
     help: 'health check latency by backend and outcome',
