@@ -37,6 +37,11 @@ const program = new Command('pgha-proxy')
   .option('--primary-wait <ms>', 'during a failover, new clients wait this long for a primary (default 10000)')
   .option('--max-clients <n>', 'client connections accepted at once (default 10000)')
   .addOption(new Option('--relay <who>', 'after startup, bytes are moved by the native relay (Rust, default when built) or by Node; TLS sessions always by Node').choices(['native', 'node']))
+  .option('--no-member-slots', 'do not manage a physical replication slot for every member on the primary')
+  .addOption(new Option('--synchronous-mode <mode>', 'manage synchronous_standby_names: off (leave as configured), on (ANY k of the streaming standbys, none: asynchronous), strict (never acknowledge a write held by the primary alone)').choices(['off', 'on', 'strict']))
+  .option('--synchronous-count <k>', 'with --synchronous-mode: commits wait for k standbys (default 1)')
+  .option('--cluster-interval <ms>', 'period of slot and synchronous-standby management (default 2000)')
+  .option('--admin-token <token>', 'bearer token for the admin port\'s actions, POST /switchover and /failover (default $PGHA_ADMIN_TOKEN, else --token); without one they are refused')
   .option('--log-level <level>', 'pino level: fatal, error, warn, info, debug (default info or $PGHA_LOG_LEVEL)')
   .addHelpText(
     'after',
@@ -47,7 +52,9 @@ Examples:
       --agent 10.0.0.1:5432=http://10.0.0.1:8010 --agent 10.0.0.2:5432=http://10.0.0.2:8010 --token $TOKEN
 `,
   )
-  .action(async (flags: ProxyFlags) => {
+  .action(async (flags: ProxyFlags, cmd: Command) => {
+    // a --no-… flag has a default of true: leave the config file's value alone unless it was given
+    if (cmd.getOptionValueSource('memberSlots') === 'default') delete flags.memberSlots;
     let cfg;
     try {
       cfg = loadProxyConfig(flags);

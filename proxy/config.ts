@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { BACKEND_SSL_MODES, addressText, type BackendAddress, type BackendSslMode, type BackendTls } from './backend/connect.js';
 import type { HealthCredentials } from './health/probe.js';
+import type { SynchronousMode } from './cluster/plan.js';
 
 export class ProxyConfigError extends Error {}
 
@@ -36,6 +37,16 @@ export interface ProxyConfig {
   logLevel: string;
   /** who moves a session's bytes after startup: the native relay (default when built) or Node */
   relay: 'native' | 'node';
+  /** keep a physical slot for every member on the primary (and copies on the standbys) */
+  memberSlots: boolean;
+  /** manage synchronous_standby_names on the primary: off (as configured), on, strict */
+  synchronousMode: SynchronousMode;
+  /** ANY k of the streaming standbys when synchronous mode is managed */
+  synchronousCount: number;
+  /** bearer token for the admin port's actions (POST /switchover, /failover); default: --token */
+  adminToken: string | undefined;
+  /** period of the cluster manager (member slots, synchronous standbys) */
+  clusterIntervalMs: number;
 }
 
 /** flags and file keys (same names) */
@@ -67,6 +78,11 @@ export interface ProxyFlags {
   readMaxLag?: string | number;
   logLevel?: string;
   relay?: string;
+  memberSlots?: boolean;
+  synchronousMode?: string;
+  synchronousCount?: string | number;
+  adminToken?: string;
+  clusterInterval?: string | number;
 }
 
 export function parseAddress(text: string, what: string): BackendAddress {
@@ -160,7 +176,17 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     readMaxLagBytes: int(f.readMaxLag, '--read-max-lag', 0, 16 * 1024 * 1024),
     logLevel: f.logLevel ?? env.PGHA_LOG_LEVEL ?? 'info',
     relay: relayMode(f.relay ?? (env.PGHA_NATIVE === '0' ? 'node' : 'native')),
+    memberSlots: f.memberSlots !== false,
+    synchronousMode: synchronousMode(f.synchronousMode ?? 'off'),
+    synchronousCount: int(f.synchronousCount, '--synchronous-count', 1, 1),
+    adminToken: f.adminToken ?? env.PGHA_ADMIN_TOKEN ?? token,
+    clusterIntervalMs: int(f.clusterInterval, '--cluster-interval', 100, 2000),
   };
+}
+
+function synchronousMode(v: string): SynchronousMode {
+  if (v !== 'off' && v !== 'on' && v !== 'strict') throw new ProxyConfigError(`--synchronous-mode must be off, on or strict, got "${v}"`);
+  return v;
 }
 
 function relayMode(v: string): 'native' | 'node' {

@@ -5,14 +5,17 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
-import Fastify, { type FastifyInstance } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { serialize } from 'pg-protocol';
 import { nativeProxyRelay, type ProxyRelay } from '../src/native/index.js';
 import { addressText, connectBackend, type BackendAddress } from './backend/connect.js';
 import type { ProxyConfig } from './config.js';
-import { FailoverController } from './failover/failover.js';
-import { HealthMonitor, lsnOrNull, type BackendState, type PrimaryChange } from './health/monitor.js';
+import { FailoverController, FailoverError, type FailoverReport } from './failover/failover.js';
+import { startAdmin } from './admin/http.js';
+import { ClusterManager } from './cluster/manager.js';
+import { MemberDirectory } from './cluster/members.js';
+import { HealthMonitor, lsnOrNull, type BackendState, type PrimaryChange, type SyncRecord } from './health/monitor.js';
 import { proxyMetrics } from './admin/metrics.js';
 import { errorResponse } from './protocol/backend-messages.js';
 import { SQLSTATE } from './protocol/codes.js';
@@ -27,7 +30,18 @@ export interface ProxyStatus {
   autoFailover: boolean;
   failoverRunning: boolean;
   health: { intervalMs: number; timeoutMs: number; retries: number; retryDelayMs: number };
-  backends: Array<Pick<BackendState, 'name' | 'role' | 'reason' | 'timeline' | 'lsn' | 'receiveLsn' | 'replayLsn' | 'systemId' | 'failures' | 'lastCheck' | 'latencyMs' | 'lastError'> & { sessions: number; agent: string | null }>;
+  backends: Array<
+    Pick<
+      BackendState,
+      | 'name' | 'role' | 'reason' | 'timeline' | 'lsn' | 'receiveLsn' | 'replayLsn' | 'systemId' | 'failures' | 'lastCheck' | 'latencyMs' | 'lastError'
+      | 'streaming' | 'upstream' | 'syncState' | 'lagBytes' | 'lagSeconds' | 'fenced' | 'slot' | 'applicationName'
+    > & { sessions: number; agent: string | null; member: string }
+  >;
+  /** the primary's synchronous standbys at its last answer: who a zero-loss failover may promote */
+  synchronous: { mode: ProxyConfig['synchronousMode']; record: SyncRecord | null };
+  memberSlots: boolean;
+  /** recent slot / synchronous-standby actions of the cluster manager */
+  clusterActions: ClusterManager['recent'];
   clients: { rw: number; ro: number; accepted: { rw: number; ro: number }; nativeRelay: number };
   relay: 'native' | 'node';
   failovers: FailoverController['history'];
@@ -43,6 +57,8 @@ export class ProxyServer implements ProxyContext {
   readonly sessions = new Set<ClientSession>();
   readonly accepted = { rw: 0, ro: 0 };
   readonly failover: FailoverController;
+  readonly members: MemberDirectory;
+  readonly cluster: ClusterManager;
   readonly relay: ProxyRelay | null;
   readonly nativeSessions = new Map<number, ClientSession>();
   private readonly byBackend = new Map<string, Set<ClientSession>>();
@@ -68,14 +84,29 @@ export class ProxyServer implements ProxyContext {
       tls: cfg.backendTls,
       log: this.log.child({ part: 'health' }),
     });
+    this.members = new MemberDirectory(cfg.agents, cfg.token);
     this.failover = new FailoverController({
       monitor: this.monitor,
-      agents: cfg.agents,
+      members: this.members,
       token: cfg.token,
       credentials: cfg.health,
       tls: cfg.backendTls,
       log: this.log.child({ part: 'failover' }),
       migrateSlots: cfg.migrateSlots,
+      memberSlots: cfg.memberSlots,
+      synchronousMode: cfg.synchronousMode,
+      synchronousCount: cfg.synchronousCount,
+    });
+    this.cluster = new ClusterManager({
+      monitor: this.monitor,
+      members: this.members,
+      sql: { credentials: cfg.health, tls: cfg.backendTls, timeoutMs: Math.max(cfg.healthTimeoutMs, 5000) },
+      log: this.log.child({ part: 'cluster' }),
+      intervalMs: cfg.clusterIntervalMs,
+      memberSlots: cfg.memberSlots,
+      synchronousMode: cfg.synchronousMode,
+      synchronousCount: cfg.synchronousCount,
+      busy: () => this.failover.running,
     });
     this.relay = cfg.relay === 'native' ? nativeProxyRelay((e) => this.nativeSessions.get(e.id)?.onRelayEvent(e)) : null;
     if (cfg.relay === 'native' && !this.relay) this.log.warn('native relay unavailable (addon not built): relaying in Node');
@@ -93,6 +124,7 @@ export class ProxyServer implements ProxyContext {
 
   async start(): Promise<void> {
     this.monitor.start();
+    if (this.cfg.memberSlots || this.cfg.synchronousMode !== 'off') this.cluster.start();
     this.addresses.rw = await this.listen(this.cfg.listen, 'rw');
     if (this.cfg.readListen) this.addresses.ro = await this.listen(this.cfg.readListen, 'ro');
     if (this.cfg.admin) this.addresses.admin = await this.startAdmin(this.cfg.admin);
@@ -104,6 +136,7 @@ export class ProxyServer implements ProxyContext {
 
   async stop(): Promise<void> {
     this.monitor.stop();
+    this.cluster.stop();
     // stop accepting, end the sessions (close() only calls back once they are gone), then wait
     const closed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     for (const s of [...this.sessions]) s.terminate({ severity: 'FATAL', code: SQLSTATE.adminShutdown, message: 'terminating connection because pgha-proxy is shutting down' }, 'proxy stopping');
@@ -256,9 +289,21 @@ export class ProxyServer implements ProxyContext {
         lastCheck: b.lastCheck,
         latencyMs: b.latencyMs,
         lastError: b.lastError,
+        streaming: b.streaming,
+        upstream: b.upstream,
+        syncState: b.syncState,
+        lagBytes: b.lagBytes,
+        lagSeconds: b.lagSeconds,
+        fenced: b.fenced,
+        slot: b.slot,
+        applicationName: b.applicationName,
         sessions: this.sessionsOn(b.name),
         agent: this.cfg.agents.get(b.name) ?? null,
+        member: this.members.nameOf(b.name),
       })),
+      synchronous: { mode: this.cfg.synchronousMode, record: this.monitor.syncRecord },
+      memberSlots: this.cfg.memberSlots,
+      clusterActions: this.cluster.recent,
       clients: { rw, ro, accepted: { ...this.accepted }, nativeRelay: this.nativeSessions.size },
       failovers: this.failover.history,
       relay: this.relay ? 'native' : 'node',
@@ -271,18 +316,33 @@ export class ProxyServer implements ProxyContext {
   }
 
   private async startAdmin(addr: BackendAddress): Promise<BackendAddress> {
-    const app = Fastify({ logger: false });
-    app.get('/status', async () => this.status());
-    app.get('/sessions', async () => [...this.sessions].map((s) => s.describe()));
-    app.get('/metrics', async (_req, reply) => {
-      reply.header('content-type', this.metrics.registry.contentType);
-      return this.metrics.registry.metrics();
+    const { app, address } = await startAdmin(addr, {
+      status: () => this.status(),
+      sessions: () => [...this.sessions].map((s) => s.describe()),
+      primaryName: () => this.monitor.primary?.name ?? null,
+      registry: this.metrics.registry,
+      adminToken: this.cfg.adminToken,
+      switchover: (to) => this.switchover(to),
+      failover: (to) => this.manualFailover(to),
     });
-    app.get('/health', async () => ({ ok: true, primary: this.monitor.primary?.name ?? null }));
-    await app.listen({ host: addr.host, port: addr.port });
     this.admin = app;
-    const a = app.server.address();
-    return { host: addr.host, port: typeof a === 'object' && a ? a.port : addr.port };
+    return address;
+  }
+
+  /** a planned switchover (pgha switchover) */
+  async switchover(to: string | undefined): Promise<FailoverReport> {
+    const report = await this.failover.switchover({ to });
+    this.metrics.failovers.inc({ result: report.error ? 'switchover-failed' : 'switchover' });
+    return report;
+  }
+
+  /** an operator's failover to a named standby (pgha failover --to): the primary is gone or must not be waited for */
+  async manualFailover(to: string): Promise<FailoverReport> {
+    const old = this.monitor.primary ?? [...this.monitor.backends].filter((b) => b.role === 'down' || b.role === 'fenced').sort((a, b) => (b.timeline ?? 0) - (a.timeline ?? 0))[0];
+    if (!old) throw new FailoverError('no primary and no failed node to fail over from');
+    const report = await this.failover.run(old, { to, trigger: 'manual' });
+    this.metrics.failovers.inc({ result: report.error ? 'failed' : 'promoted' });
+    return report;
   }
 }
 

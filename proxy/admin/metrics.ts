@@ -44,6 +44,18 @@ export function proxyMetrics(proxy: ProxyServer): { registry: Registry; healthLa
   scraped('pgha_proxy_backend_sessions', 'client sessions attached to each backend', ['backend'], () =>
     proxy.monitor.backends.map((b): Sample => [{ backend: b.name }, proxy.sessionsOn(b.name)]),
   );
+  scraped('pgha_proxy_backend_lag_bytes', 'WAL bytes the primary wrote that a standby has not replayed', ['backend'], () =>
+    proxy.monitor.backends.filter((b) => b.lagBytes !== null).map((b): Sample => [{ backend: b.name }, b.lagBytes!]),
+  );
+  scraped('pgha_proxy_backend_lag_seconds', "seconds since a standby's last replayed commit while it has WAL left to replay (0 when caught up)", ['backend'], () =>
+    proxy.monitor.backends.filter((b) => b.lagSeconds !== null).map((b): Sample => [{ backend: b.name }, b.lagSeconds!]),
+  );
+  scraped('pgha_proxy_backend_streaming', "1 when a standby's WAL receiver streams, 0 when it does not", ['backend'], () =>
+    proxy.monitor.backends.filter((b) => b.streaming !== null).map((b): Sample => [{ backend: b.name }, b.streaming ? 1 : 0]),
+  );
+  scraped('pgha_proxy_backend_synchronous', '1 when a standby is synchronous (sync or quorum) for the primary', ['backend'], () =>
+    proxy.monitor.backends.filter((b) => b.role === 'standby').map((b): Sample => [{ backend: b.name }, b.syncState === 'sync' || b.syncState === 'quorum' ? 1 : 0]),
+  );
   scraped('pgha_proxy_timeline', 'newest timeline seen on any backend', [], () => [[{}, proxy.monitor.timeline]]);
   scraped('pgha_proxy_sessions_terminated', 'sessions ended by the proxy with an ErrorResponse (a counter)', [], () => [[{}, proxy.stats.terminated]]);
   scraped('pgha_proxy_protocol_errors', 'clients refused for breaking the protocol or timing out in startup (a counter)', [], () => [[{}, proxy.stats.protocolErrors]]);

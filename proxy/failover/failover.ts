@@ -1,65 +1,75 @@
 /**
- * Automatic failover, the pgpool-II model: when the primary is down after N failed checks, promote
- * the standby that has received the most WAL, fence the old primary, and point the other standbys at
- * the new one. Promotion and fencing go through the node agents when configured (`pgha agent`),
- * else promotion is `pg_promote()` over SQL; standbys are re-pointed by rewriting only host and port
- * of their primary_conninfo (ALTER SYSTEM + pg_reload_conf(), no restart).
+ * Failover and switchover, the actions. Which standby to promote is decided in candidates.ts; here
+ * it is carried out: fence the old primary in the proxy, give the target a slot for every other
+ * member, re-point the other standbys at it (they cascade from it while it promotes, then follow
+ * its new timeline), promote it through its agent (else pg_promote()), fence the old primary
+ * through its agent. A switchover first holds new transactions, stops the old primary cleanly and
+ * waits until the target has replayed everything, so nothing acknowledged is lost.
  */
-import pg from 'pg';
 import type { Logger } from 'pino';
 import { AgentClient } from '../../src/ship/client.js';
+import { formatLsn, parseLsn } from '../../src/formats/lsn.js';
+import { ensurePhysicalSlot, setAndReload, withServer, type AdminSqlOptions } from '../backend/admin-sql.js';
 import type { BackendTls } from '../backend/connect.js';
-import { healthClient, type HealthCredentials } from '../health/probe.js';
+import { retarget } from '../backend/conninfo.js';
+import type { HealthCredentials } from '../health/probe.js';
 import { lsnOrNull, type BackendState, type HealthMonitor } from '../health/monitor.js';
-import { retarget } from './conninfo.js';
+import type { MemberDirectory } from '../cluster/members.js';
+import { synchronousNames, type SynchronousMode } from '../cluster/plan.js';
+import { chooseCandidate } from './candidates.js';
 
 export interface FailoverOptions {
   monitor: HealthMonitor;
-  /** backend name (host:port) → agent base URL */
-  agents: Map<string, string>;
+  members: MemberDirectory;
   token?: string;
   credentials: HealthCredentials;
   tls: BackendTls;
   log: Logger;
   /** ask the new primary's agent to carry logical slots over from the old primary's agent */
   migrateSlots?: boolean;
+  /** give the target a slot for every member before anyone is pointed at it */
+  memberSlots: boolean;
+  synchronousMode: SynchronousMode;
+  synchronousCount: number;
   promoteTimeoutMs?: number;
 }
 
 export interface FailoverReport {
+  kind: 'failover' | 'switchover';
+  /** automatic (the primary went down) or asked for (pgha failover/switchover) */
+  trigger: 'auto' | 'manual';
   from: string;
   to: string | null;
   startedAt: string;
   promotedAt: string | null;
   ms: number;
   via: 'agent' | 'sql' | null;
-  fenced: 'agent' | 'proxy-only';
+  fenced: 'agent' | 'proxy-only' | 'stopped';
   repointed: string[];
+  /** slots created on the target for the members that will stream from it */
+  slots: string[];
+  /** zero loss was required: only a synchronous standby could be chosen */
+  zeroLoss: boolean;
+  candidates: string[];
+  /** switchover: how long new transactions were held */
+  pauseMs: number | null;
+  /** switchover: transactions the old primary had that the new one lacks (0 when it went right) */
+  lostTransactions: number | null;
+  /** switchover: the old primary streams from the new one */
+  oldPrimaryStreaming: boolean | null;
   error: string | null;
 }
 
-async function withClient<T>(b: BackendState, o: FailoverOptions, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = healthClient(b.address, o.credentials, o.tls, o.promoteTimeoutMs ?? 60_000);
-  c.on('error', () => undefined);
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end().catch(() => undefined);
+export class FailoverError extends Error {
+  constructor(
+    message: string,
+    readonly status = 409,
+  ) {
+    super(message);
   }
 }
 
-/** received LSN first (what promotion will replay), then replayed */
-function bestStandby(standbys: BackendState[]): BackendState | null {
-  const key = (s: BackendState) => lsnOrNull(s.receiveLsn) ?? lsnOrNull(s.replayLsn) ?? 0n;
-  const sorted = [...standbys].sort((a, b) => {
-    const d = key(b) - key(a);
-    if (d !== 0n) return d > 0n ? 1 : -1;
-    const r = (lsnOrNull(b.replayLsn) ?? 0n) - (lsnOrNull(a.replayLsn) ?? 0n);
-    return r > 0n ? 1 : r < 0n ? -1 : 0;
-  });
-  return sorted[0] ?? null;
-}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class FailoverController {
   running = false;
@@ -67,64 +77,84 @@ export class FailoverController {
 
   constructor(private readonly o: FailoverOptions) {}
 
-  private agent(name: string): AgentClient | null {
-    const url = this.o.agents.get(name);
-    return url ? new AgentClient(url, this.o.token ?? '', this.o.promoteTimeoutMs ?? 60_000) : null;
+  private get sql(): AdminSqlOptions {
+    return { credentials: this.o.credentials, tls: this.o.tls, timeoutMs: this.o.promoteTimeoutMs ?? 60_000 };
   }
 
-  async run(old: BackendState): Promise<FailoverReport> {
-    const { monitor, log } = this.o;
-    const started = Date.now();
-    const report: FailoverReport = {
-      from: old.name,
+  private agent(name: string, timeoutMs = this.o.promoteTimeoutMs ?? 60_000): AgentClient | null {
+    const url = this.o.members.agentOf(name);
+    return url ? new AgentClient(url, this.o.token ?? '', timeoutMs) : null;
+  }
+
+  private newReport(kind: FailoverReport['kind'], trigger: FailoverReport['trigger'], from: string): FailoverReport {
+    return {
+      kind,
+      trigger,
+      from,
       to: null,
-      startedAt: new Date(started).toISOString(),
+      startedAt: new Date().toISOString(),
       promotedAt: null,
       ms: 0,
       via: null,
       fenced: 'proxy-only',
       repointed: [],
+      slots: [],
+      zeroLoss: false,
+      candidates: [],
+      pauseMs: null,
+      lostTransactions: null,
+      oldPrimaryStreaming: null,
       error: null,
     };
+  }
+
+  /**
+   * The primary is gone (automatic), or an operator says so (`to` given: promote that standby even
+   * if the old primary still answers — it is fenced through its agent first).
+   */
+  async run(old: BackendState, opts: { to?: string; trigger?: 'auto' | 'manual' } = {}): Promise<FailoverReport> {
+    const { monitor, log } = this.o;
+    const started = Date.now();
+    const report = this.newReport('failover', opts.trigger ?? 'auto', old.name);
+    if (this.running) {
+      report.error = 'a failover or switchover is already running';
+      return report;
+    }
     this.running = true;
     monitor.hold(true);
     try {
-      const others = monitor.backends.filter((b) => b.name !== old.name).map((b) => b.name);
-      await monitor.checkNow(others);
+      await monitor.checkNow(monitor.backends.filter((b) => b.name !== old.name).map((b) => b.name));
       const now = monitor.state(old.name);
-      if (now && now.role === 'primary') {
+      if (now && now.role === 'primary' && report.trigger === 'auto') {
         report.error = `${old.name} answers again: failover abandoned`;
         log.warn(report.error);
         return report;
       }
-      // candidates: healthy standbys of this cluster that follow the old primary's timeline (a standby
-      // left on an older timeline may show a high LSN of WAL that is not on the current history)
-      const standbys = monitor.backends.filter(
-        (b) => b.role === 'standby' && b.failures === 0 && b.systemId === monitor.clusterSystemId && (b.timeline ?? 0) >= (old.timeline ?? 0),
-      );
-      const target = bestStandby(standbys);
-      if (!target) {
-        report.error = 'no healthy standby to promote';
-        log.error({ from: old.name }, report.error);
+      const choice = chooseCandidate(old, monitor.backends, monitor.clusterSystemId, monitor.syncRecord, opts.to);
+      report.zeroLoss = choice.zeroLoss;
+      report.candidates = choice.candidates;
+      if (!choice.target) {
+        report.error = choice.refusal;
+        log.error({ from: old.name, sync: monitor.syncRecord }, report.error ?? 'no target');
         return report;
       }
+      const target = choice.target;
       report.to = target.name;
       // fence in the proxy first: from here on nothing is routed to the old primary
       monitor.fence(old.name, `failed over to ${target.name}`);
-      log.warn({ from: old.name, to: target.name, receiveLsn: target.receiveLsn, replayLsn: target.replayLsn }, 'failover: promoting');
+      if (now && now.role !== 'down' && now.failures === 0) {
+        // an operator's failover while the old primary still answers: it must stop before the promotion
+        report.fenced = await this.fenceOld(old.name, target.name);
+        if (report.fenced !== 'agent') throw new FailoverError(`${old.name} still answers and could not be fenced through its agent: not promoting beside it`);
+      }
+      log.warn({ from: old.name, to: target.name, receiveLsn: target.receiveLsn, replayLsn: target.replayLsn, zeroLoss: report.zeroLoss }, 'failover: promoting');
+      const others = monitor.backends.filter((s) => s.name !== target.name && s.name !== old.name && s.role === 'standby' && s.failures === 0);
+      report.slots = await this.prepareTarget(target, [...others.map((s) => s.name), old.name]);
       // the other standbys are re-pointed at the target while it promotes: they cascade from it until
       // the promotion and then follow its new timeline (recovery_target_timeline = latest)
-      const repointing = this.repoint(target, standbys.filter((s) => s.name !== target.name));
+      const repointing = this.repoint(target, others);
       repointing.catch(() => undefined);
-      const agent = this.agent(target.name);
-      if (agent) {
-        const oldAgent = this.o.agents.get(old.name);
-        await agent.post('node/promote', this.o.migrateSlots && oldAgent ? { migrateSlotsFrom: oldAgent } : {});
-        report.via = 'agent';
-      } else {
-        await withClient(target, this.o, (c) => c.query('SELECT pg_promote(true, $1)', [Math.ceil((this.o.promoteTimeoutMs ?? 60_000) / 1000)]));
-        report.via = 'sql';
-      }
+      report.via = await this.promote(target, old.name);
       report.promotedAt = new Date().toISOString();
       await monitor.checkNow([target.name]);
       monitor.hold(false);
@@ -132,7 +162,8 @@ export class FailoverController {
       log.warn({ from: old.name, to: target.name, ms: report.ms }, 'failover: promoted');
       // after the write path is back: fence the old node through its agent, re-point standbys
       report.repointed = await repointing;
-      report.fenced = await this.fenceOld(old.name, target.name);
+      await this.synchronousAfterPromotion(target, others);
+      if (report.fenced !== 'agent') report.fenced = await this.fenceOld(old.name, target.name);
       return report;
     } catch (e) {
       report.error = (e as Error).message;
@@ -146,14 +177,163 @@ export class FailoverController {
     }
   }
 
+  /**
+   * Planned switchover: hold new transactions, stop the old primary cleanly (its WAL senders send
+   * everything up to the shutdown checkpoint), wait until the target has replayed that, promote it,
+   * re-point the others, and rejoin the old primary as a standby of the new one.
+   */
+  async switchover(opts: { to?: string; timeoutMs?: number } = {}): Promise<FailoverReport> {
+    const { monitor, log } = this.o;
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    const started = Date.now();
+    const old = monitor.primary;
+    const report = this.newReport('switchover', 'manual', old?.name ?? '');
+    if (!old) throw new FailoverError('no primary: nothing to switch over from (use pgha failover --to)');
+    if (this.running) throw new FailoverError('a failover or switchover is already running');
+    const oldAgent = this.agent(old.name, timeoutMs);
+    if (!oldAgent) throw new FailoverError(`${old.name} has no agent: a switchover must stop it cleanly (give --agent ${old.name}=URL)`);
+    this.running = true;
+    let heldAt: number | null = null;
+    try {
+      await monitor.checkNow();
+      const choice = chooseCandidate(old, monitor.backends, monitor.clusterSystemId, null, opts.to);
+      // a switchover waits for the target to replay everything: any streaming standby will do, the
+      // one furthest ahead (or the one asked for) is quickest
+      const streaming = opts.to ? choice.target : (monitor.backends.filter((b) => choice.candidates.includes(b.name) && b.streaming).sort((a, b) => (a.lagBytes ?? 0) - (b.lagBytes ?? 0))[0] ?? null);
+      report.candidates = choice.candidates;
+      if (!streaming) throw new FailoverError(choice.refusal ?? 'no streaming standby to switch over to');
+      if (!streaming.streaming) throw new FailoverError(`${streaming.name} is not streaming: it cannot be sure to receive everything`);
+      const target = streaming;
+      report.to = target.name;
+      report.slots = await this.prepareTarget(target, monitor.backends.filter((b) => b.name !== target.name).map((b) => b.name));
+      // hold: new clients wait for a primary (--primary-wait); sessions on the old primary end when it stops
+      heldAt = Date.now();
+      monitor.hold(true);
+      monitor.fence(old.name, `switchover to ${target.name}`);
+      log.warn({ from: old.name, to: target.name }, 'switchover: stopping the old primary cleanly');
+      await oldAgent.delete('instance/current');
+      report.fenced = 'stopped';
+      // the shutdown checkpoint is the last record the old primary wrote
+      const lsn = await oldAgent.get<Record<string, { chkPoint: string; lastLsn: string }>>('lsn/current');
+      const last = Object.values(lsn)[0];
+      const end = parseLsn(last.lastLsn);
+      await this.waitReplayed(target, end, timeoutMs);
+      const others = monitor.backends.filter((s) => s.name !== target.name && s.name !== old.name && s.role === 'standby' && s.failures === 0);
+      const repointing = this.repoint(target, others);
+      repointing.catch(() => undefined);
+      report.via = await this.promote(target, old.name);
+      report.promotedAt = new Date().toISOString();
+      await monitor.checkNow([target.name]);
+      monitor.hold(false);
+      report.pauseMs = Date.now() - heldAt;
+      report.ms = Date.now() - started;
+      log.warn({ from: old.name, to: target.name, pauseMs: report.pauseMs }, 'switchover: promoted');
+      report.repointed = await repointing;
+      await this.synchronousAfterPromotion(target, others);
+      // the old primary follows the new one: its WAL ends at the shutdown checkpoint, which the new
+      // primary replayed, so the rejoin takes the follow path and throws nothing away
+      const rejoined = await this.rejoinOld(old.name, timeoutMs);
+      report.lostTransactions = rejoined.lost;
+      report.oldPrimaryStreaming = rejoined.streaming;
+      if (!rejoined.streaming) report.error = `the old primary ${old.name} did not come back as a standby: ${rejoined.error ?? 'not streaming'}`;
+      return report;
+    } catch (e) {
+      report.error = (e as Error).message;
+      log.error({ err: report.error }, 'switchover failed');
+      if (heldAt !== null && report.pauseMs === null) report.pauseMs = Date.now() - heldAt;
+      return report;
+    } finally {
+      monitor.hold(false);
+      report.ms ||= Date.now() - started;
+      this.history.push(report);
+      this.running = false;
+    }
+  }
+
+  private async waitReplayed(target: BackendState, end: bigint, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const replayed = await withServer(target.address, this.sql, async (c) => {
+        const { rows } = await c.query<{ r: string | null }>('SELECT pg_last_wal_replay_lsn()::text AS r');
+        return rows[0].r;
+      });
+      if (replayed && parseLsn(replayed) >= end) return;
+      if (Date.now() > deadline) throw new FailoverError(`${target.name} replayed only ${replayed ?? 'nothing'} of the old primary's WAL up to ${formatLsn(end)} within ${timeoutMs} ms`);
+      await sleep(20);
+    }
+  }
+
+  private async promote(target: BackendState, oldName: string): Promise<'agent' | 'sql'> {
+    const agent = this.agent(target.name);
+    if (agent) {
+      const oldAgent = this.o.members.agentOf(oldName);
+      await agent.post('node/promote', this.o.migrateSlots && oldAgent ? { migrateSlotsFrom: oldAgent } : {});
+      return 'agent';
+    }
+    await withServer(target.address, this.sql, (c) => c.query('SELECT pg_promote(true, $1)', [Math.ceil((this.o.promoteTimeoutMs ?? 60_000) / 1000)]));
+    return 'sql';
+  }
+
+  /** slots for the members that will stream from the target, made before anyone is pointed at it */
+  private async prepareTarget(target: BackendState, members: string[]): Promise<string[]> {
+    if (!this.o.memberSlots) return [];
+    const made: string[] = [];
+    try {
+      await withServer(target.address, this.sql, async (c) => {
+        for (const m of members) {
+          const slot = this.o.members.slotOf(m);
+          await ensurePhysicalSlot(c, slot);
+          made.push(slot);
+        }
+      });
+    } catch (e) {
+      this.o.log.error({ backend: target.name, err: (e as Error).message }, 'could not create member slots on the new primary');
+    }
+    return made;
+  }
+
+  /** with pgha managing synchronous_standby_names, the new primary waits only for standbys it has */
+  private async synchronousAfterPromotion(target: BackendState, standbys: BackendState[]): Promise<void> {
+    if (this.o.synchronousMode === 'off') return;
+    const apps = standbys.map((s) => s.applicationName).filter((a): a is string => a !== null);
+    const value = synchronousNames(apps, this.o.synchronousMode, this.o.synchronousCount);
+    try {
+      await withServer(target.address, this.sql, (c) => setAndReload(c, 'synchronous_standby_names', value));
+    } catch (e) {
+      this.o.log.error({ backend: target.name, err: (e as Error).message }, 'could not set synchronous_standby_names on the new primary');
+    }
+  }
+
+  private async rejoinOld(name: string, timeoutMs: number): Promise<{ streaming: boolean; lost: number | null; error: string | null }> {
+    const agent = this.agent(name, timeoutMs);
+    if (!agent) return { streaming: false, lost: null, error: 'no agent' };
+    let lost: number | null = null;
+    let error: string | null = null;
+    try {
+      const r = await agent.post<{ rejoin?: { lostTransactions?: { count: number }; streaming?: boolean } }>('instance/slave', {});
+      lost = r.rejoin?.lostTransactions?.count ?? 0;
+    } catch (e) {
+      // the agent's own automatic rejoin may have started first: wait for the node to stream instead
+      error = (e as Error).message;
+    }
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      await this.o.monitor.checkNow([name]);
+      const s = this.o.monitor.state(name);
+      if (s?.role === 'standby' && s.streaming) return { streaming: true, lost: lost ?? 0, error: null };
+      await sleep(200);
+    }
+    return { streaming: false, lost, error };
+  }
+
   async fenceOld(name: string, to: string): Promise<'agent' | 'proxy-only'> {
-    const agent = this.agent(name);
+    const agent = this.agent(name, 30_000);
     if (!agent) {
       this.o.log.warn({ backend: name }, 'no agent for the old primary: fenced in the proxy only');
       return 'proxy-only';
     }
     try {
-      await new AgentClient(agent.baseUrl, this.o.token ?? '', 15_000).post('node/fence', { reason: `pgha-proxy failed over to ${to}` });
+      await agent.post('node/fence', { reason: `pgha-proxy failed over to ${to}` });
       this.o.log.warn({ backend: name }, 'old primary fenced through its agent');
       return 'agent';
     } catch (e) {
@@ -162,16 +342,17 @@ export class FailoverController {
     }
   }
 
-  /** point standbys at the new primary: only host and port of primary_conninfo change */
+  /** point standbys at the new primary (only host and port of primary_conninfo change) and at their slot there */
   async repoint(primary: BackendState, standbys: BackendState[]): Promise<string[]> {
     const done: string[] = [];
     await Promise.all(
       standbys.map(async (s) => {
         try {
-          await withClient(s, this.o, async (c) => {
+          await withServer(s.address, this.sql, async (c) => {
             const { rows } = await c.query<{ setting: string }>("SELECT setting FROM pg_settings WHERE name = 'primary_conninfo'");
             const next = retarget(rows[0]?.setting ?? '', primary.address.host, primary.address.port);
             await c.query(`ALTER SYSTEM SET primary_conninfo = ${c.escapeLiteral(next)}`);
+            if (this.o.memberSlots) await c.query(`ALTER SYSTEM SET primary_slot_name = ${c.escapeLiteral(this.o.members.slotOf(s.name))}`);
             await c.query('SELECT pg_reload_conf()');
           });
           done.push(s.name);
@@ -184,3 +365,5 @@ export class FailoverController {
     return done;
   }
 }
+
+export { lsnOrNull };

@@ -33,6 +33,34 @@ export interface BackendState {
   lastCheck: string | null;
   latencyMs: number | null;
   lastError: string | null;
+  /** standby: its WAL receiver is streaming */
+  streaming: boolean | null;
+  /** standby: host:port its WAL receiver streams from */
+  upstream: string | null;
+  /** standby: as the primary's pg_stat_replication says (sync, quorum, potential, async), null when not connected */
+  syncState: 'sync' | 'quorum' | 'potential' | 'async' | null;
+  /** standby: WAL bytes the primary has written that it has not replayed */
+  lagBytes: number | null;
+  /** standby: seconds since its last replayed commit while it has WAL left to replay, else 0 */
+  lagSeconds: number | null;
+  /** fenced by the proxy, an operator or the split-brain guard */
+  fenced: boolean;
+  /** standby: the physical replication slot it streams through (primary_slot_name) */
+  slot: string | null;
+  /** standby: the application_name its WAL receiver uses (what synchronous_standby_names matches) */
+  applicationName: string | null;
+}
+
+/** who acknowledged commits on the primary at its last answer: what a zero-loss failover must respect */
+export interface SyncRecord {
+  /** FIRST (priority: every sync standby has every acknowledged commit) or ANY (quorum of k) */
+  method: 'priority' | 'quorum';
+  /** quorum: commits wait for k of the members */
+  k: number;
+  /** backend names of the standbys that were sync/quorum */
+  members: string[];
+  synchronousStandbyNames: string;
+  at: string;
 }
 
 export interface MonitorOptions {
@@ -55,6 +83,8 @@ interface Node {
   timer: NodeJS.Timeout | null;
   /** last successful probe */
   last: ProbeResult | null;
+  /** the newest timeline this node was seen on (a standby whose receiver stopped keeps it) */
+  knownTimeline: number;
 }
 
 export interface PrimaryChange {
@@ -74,6 +104,10 @@ export class HealthMonitor extends EventEmitter {
   private stopped = false;
   /** set while a failover runs: elect() does not pick a primary by itself meanwhile */
   private holdElection = false;
+  /** the primary's synchronous standbys at its last answer (null: asynchronous) */
+  private sync: SyncRecord | null = null;
+  /** standbys that left the synchronous set, until the others have flushed past this LSN */
+  private readonly retiring = new Map<string, bigint>();
   /** completes when every node has been checked once */
   readonly firstRound: Promise<void>;
   private firstRoundDone!: () => void;
@@ -99,12 +133,21 @@ export class HealthMonitor extends EventEmitter {
         lastCheck: null,
         latencyMs: null,
         lastError: null,
+        streaming: null,
+        upstream: null,
+        syncState: null,
+        lagBytes: null,
+        lagSeconds: null,
+        fenced: false,
+        slot: null,
+        applicationName: null,
       },
       fenced: false,
       inFlight: false,
       again: false,
       timer: null,
       last: null,
+      knownTimeline: 0,
     }));
     this.unchecked = new Set(this.nodes.map((n) => n.state.name));
     this.firstRound = new Promise((r) => (this.firstRoundDone = r));
@@ -133,6 +176,16 @@ export class HealthMonitor extends EventEmitter {
 
   get clusterSystemId(): string | null {
     return this.systemId;
+  }
+
+  /** the primary's synchronous standbys as last seen (null when replication was asynchronous) */
+  get syncRecord(): SyncRecord | null {
+    return this.sync;
+  }
+
+  /** the last successful probe of a backend (replication rows, slots, settings) */
+  probeOf(name: string): ProbeResult | null {
+    return this.nodes.find((n) => n.state.name === name)?.last ?? null;
   }
 
   state(name: string): BackendState | undefined {
@@ -214,10 +267,14 @@ export class HealthMonitor extends EventEmitter {
     try {
       const r = await (this.opts.probe ?? defaultProbe)(n.state.address, this.opts.credentials, this.opts.tls, this.opts.timeoutMs);
       ok = true;
+      if (n.last && n.last.systemId !== r.systemId) n.knownTimeline = 0;
       n.last = r;
+      // a standby's timeline is what its receiver gets; when the receiver is gone (its upstream died)
+      // it stays on the newest timeline it was seen on, at least pg_control's
+      n.knownTimeline = Math.max(r.inRecovery ? n.knownTimeline : 0, r.timeline ?? 0, r.inRecovery ? r.controlTimeline : 0);
       Object.assign(n.state, {
         inRecovery: r.inRecovery,
-        timeline: r.timeline,
+        timeline: n.knownTimeline || null,
         lsn: r.lsn,
         receiveLsn: r.receiveLsn,
         replayLsn: r.replayLsn,
@@ -271,10 +328,17 @@ export class HealthMonitor extends EventEmitter {
       return;
     }
     s.reason = null;
+    s.fenced = false;
     s.role = s.inRecovery ? 'standby' : 'primary';
   }
 
   private elect(): void {
+    this.electPrimary();
+    this.derive();
+    this.emit('change');
+  }
+
+  private electPrimary(): void {
     const live = this.nodes.filter((n) => n.last && n.state.failures === 0);
     if (!this.systemId) {
       const first = live.find((n) => !n.state.inRecovery) ?? live[0];
@@ -311,12 +375,10 @@ export class HealthMonitor extends EventEmitter {
           this.opts.log.error({ backend: n.state.name }, n.state.reason);
         }
       }
-      this.emit('change');
       return;
     }
     if (current) this.setPrimary(null, `${current.state.name} is ${current.state.role}${current.state.reason ? `: ${current.state.reason}` : ''}`);
     if (this.holdElection || candidates.length === 0) {
-      this.emit('change');
       return;
     }
     candidates.sort((a, b) => {
@@ -332,13 +394,71 @@ export class HealthMonitor extends EventEmitter {
       this.opts.log.error({ backend: n.state.name }, n.state.reason);
     }
     this.setPrimary(winner.state, current ? 'new primary elected' : 'primary found');
-    this.emit('change');
+  }
+
+  /** what the standbys look like from the primary: streaming, sync state, lag; who acknowledged commits */
+  private derive(): void {
+    const primary = this.primary;
+    const pr = primary ? this.nodes.find((n) => n.state.name === primary.name)?.last ?? null : null;
+    const primaryLsn = lsnOrNull(primary?.lsn ?? null);
+    for (const n of this.nodes) {
+      const s = n.state;
+      s.fenced = n.fenced;
+      const r = n.last;
+      if (!r || !r.inRecovery || s.failures > 0) {
+        s.streaming = r && !r.inRecovery && s.failures === 0 ? null : s.role === 'down' || s.role === 'fenced' ? false : s.streaming;
+        if (!r?.inRecovery) Object.assign(s, { upstream: null, syncState: null, lagBytes: null, lagSeconds: null, slot: null, applicationName: null });
+        continue;
+      }
+      s.streaming = r.receiverStatus === 'streaming';
+      s.upstream = r.receiverSender;
+      s.slot = r.primarySlotName;
+      s.applicationName = r.applicationName;
+      s.lagSeconds = r.replayDelaySeconds;
+      const replay = lsnOrNull(r.replayLsn);
+      s.lagBytes = primaryLsn !== null && replay !== null ? Number(primaryLsn > replay ? primaryLsn - replay : 0n) : null;
+      const rows = pr?.replication.filter((x) => x.app === r.applicationName) ?? [];
+      const state = rows.length === 1 && s.streaming ? rows[0].syncState : null;
+      s.syncState = state === 'sync' || state === 'quorum' || state === 'potential' || state === 'async' ? state : null;
+    }
+    if (pr && primary) {
+      const syncRows = pr.replication.filter((x) => x.syncState === 'sync' || x.syncState === 'quorum');
+      const apps = new Set(syncRows.map((x) => x.app));
+      const current = this.nodes.filter((n) => n.state.streaming && n.state.applicationName !== null && apps.has(n.state.applicationName)).map((n) => n.state.name);
+      // a standby that stops acknowledging may hold commits the others have not flushed yet: it stays
+      // in the record until every remaining member has flushed past the primary's position when it left
+      for (const name of this.sync?.members ?? []) {
+        if (!current.includes(name) && !this.retiring.has(name) && primaryLsn !== null) this.retiring.set(name, primaryLsn);
+      }
+      const flushed = syncRows.map((x) => lsnOrNull(x.flushLsn) ?? 0n);
+      const minFlushed = flushed.length ? flushed.reduce((a, b) => (a < b ? a : b)) : null;
+      for (const [name, until] of this.retiring) {
+        if (current.includes(name) || (minFlushed !== null && minFlushed >= until)) this.retiring.delete(name);
+      }
+      const members = [...current, ...[...this.retiring.keys()].filter((x) => !current.includes(x))];
+      if (members.length === 0) this.sync = null;
+      else {
+        const any = /^\s*ANY\s+(\d+)\s*\(/i.exec(pr.synchronousStandbyNames);
+        this.sync = {
+          method: syncRows.some((x) => x.syncState === 'quorum') || any ? 'quorum' : 'priority',
+          k: any ? Number(any[1]) : 1,
+          members,
+          synchronousStandbyNames: pr.synchronousStandbyNames,
+          at: new Date().toISOString(),
+        };
+      }
+    }
   }
 
   private setPrimary(to: BackendState | null, reason: string): void {
     const from = this.primary;
     if ((from?.name ?? null) === (to?.name ?? null)) return;
     this.primaryName = to?.name ?? null;
+    // the synchronous record belongs to one primary: kept while there is none (a failover needs it)
+    if (to) {
+      this.sync = null;
+      this.retiring.clear();
+    }
     this.opts.log.warn({ from: from?.name ?? null, to: to?.name ?? null, timeline: to?.timeline ?? null, reason }, to ? 'routing writes to a new primary' : 'no primary');
     this.emit('primary', { from, to, reason } satisfies PrimaryChange);
   }

@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { describeError, EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, printJson } from './output.js';
+import { registerClusterCommands } from './commands/cluster.js';
 
 function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
@@ -27,6 +28,9 @@ function build(setExit: (c: number) => void): Command {
     .option('--pg-host <host>', 'address peers use to reach this PostgreSQL (env PGHA_PG_HOST)')
     .option('--pg-bin <dir>', 'PostgreSQL bin directory (env PGHA_PG_BIN)')
     .option('--repl-user <user>', 'database user for replication and SQL (env PGHA_REPL_USER)')
+    .option('--no-auto-rejoin', 'do not rejoin this node by itself when it is fenced or stopped and a primary is found (env PGHA_AUTO_REJOIN=0)')
+    .option('--auto-rejoin-reclone', 'let the automatic rejoin re-clone (data directory moved aside) when no rewind is possible (env PGHA_AUTO_REJOIN_RECLONE=1)')
+    .option('--proxy <url>', 'a pgha-proxy admin base URL, asked (GET /status) for the primary before the peers (repeatable; env PGHA_PROXIES="url,url")', collect)
     .action(async (flags) => {
       const { loadAgentConfig } = await import('../agent/config.js');
       const { buildAgent } = await import('../agent/server.js');
@@ -86,37 +90,7 @@ function build(setExit: (c: number) => void): Command {
         throw e;
       }
     });
-  program
-    .command('status')
-    .description('the cluster as a pgha-proxy sees it: each backend\'s role, timeline and LSN, the primary, failovers')
-    .requiredOption('--proxy <url>', 'admin address of the proxy (its --admin), e.g. http://127.0.0.1:8008')
-    .option('--json', 'print the proxy\'s /status JSON')
-    .addHelpText('after', '\nExit codes: 0 a primary is routed, 1 no primary, 2 the proxy could not be asked.')
-    .action(async (o) => {
-      const url = `${/^https?:\/\//.test(o.proxy) ? o.proxy : `http://${o.proxy}`}`.replace(/\/+$/, '');
-      let res: Response;
-      try {
-        res = await fetch(`${url}/status`, { signal: AbortSignal.timeout(10_000) });
-      } catch (e) {
-        throw new Error(`${url}/status: ${(e as Error).message}`);
-      }
-      if (!res.ok) throw new Error(`${url}/status: HTTP ${res.status}`);
-      const s = (await res.json()) as import('../../proxy/server.js').ProxyStatus;
-      if (o.json) printJson(s);
-      else {
-        const { table } = await import('./output.js');
-        process.stdout.write(`primary: ${s.primary ?? 'NONE'}   timeline: ${s.timeline}   system: ${s.systemId ?? '-'}   auto-failover: ${s.autoFailover ? 'on' : 'off'}${s.failoverRunning ? '   FAILOVER RUNNING' : ''}\n`);
-        process.stdout.write(`clients: ${s.clients.rw} read-write, ${s.clients.ro} read-only\n\n`);
-        process.stdout.write(
-          table(
-            s.backends.map((b) => [b.name, b.role, b.timeline ?? '-', b.lsn ?? '-', b.sessions, b.latencyMs === null ? '-' : `${b.latencyMs} ms`, b.reason ?? b.lastError ?? '']),
-            ['backend', 'role', 'timeline', 'lsn', 'sessions', 'check', 'note'],
-          ),
-        );
-        for (const f of s.failovers) process.stdout.write(`failover ${f.startedAt}: ${f.from} -> ${f.to ?? '-'} in ${f.ms} ms via ${f.via ?? '-'}, fenced ${f.fenced}${f.error ? `, ERROR ${f.error}` : ''}\n`);
-      }
-      setExit(s.primary ? EXIT_OK : EXIT_NEGATIVE);
-    });
+  registerClusterCommands(program, setExit);
   const slots = program.command('slots').description('logical replication slots across a promote: list, sync copies to a standby, migrate to a new primary');
   slots
     .command('list')

@@ -10,7 +10,7 @@ import { MessageWalker } from '../../proxy/protocol/message-walker.js';
 import { StartupReader, type StartupPacket } from '../../proxy/protocol/startup.js';
 import { ProtocolError } from '../../proxy/protocol/errors.js';
 import { decodeError, errorResponse } from '../../proxy/protocol/backend-messages.js';
-import { parseConninfo, retarget } from '../../proxy/failover/conninfo.js';
+import { parseConninfo, retarget } from '../../proxy/backend/conninfo.js';
 
 /** split `buf` at the given cut points */
 function chunks(buf: Buffer, cuts: number[]): Buffer[] {
