@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { processAlive } from '../../src/pg/instance.js';
+import { NET_RANGE, type NetHost } from './netns.js';
 
 export { processAlive };
 
@@ -27,6 +28,11 @@ export interface ClusterOptions {
   fsync?: boolean;
   /** extra library dir for embedded builds */
   libDir?: string;
+  /**
+   * run the server inside this network namespace (test/harness/netns.ts): pg_ctl/postgres via
+   * `ip netns exec`, listening on the namespace's address (and its own loopback), which clients use
+   */
+  netHost?: NetHost;
 }
 
 const registry = new Set<PgCluster>();
@@ -92,9 +98,12 @@ export class PgCluster {
   private readonly user = serverUser();
   private readonly libDir?: string;
   private stoppedPids: number[] = [];
+  /** the network namespace the server runs in (none: the root namespace, on 127.0.0.1) */
+  readonly netHost?: NetHost;
 
-  private constructor(name: string, root: string, binDir: string, clientBinDir: string, libDir?: string) {
+  private constructor(name: string, root: string, binDir: string, clientBinDir: string, libDir?: string, netHost?: NetHost) {
     this.name = name;
+    this.netHost = netHost;
     this.root = root;
     this.dataDir = join(root, 'data');
     this.socketDir = root;
@@ -109,13 +118,23 @@ export class PgCluster {
     return join(this.dataDir, 'pg_wal');
   }
 
+  /** the TCP address clients use: the net host's address, else 127.0.0.1 */
+  get host(): string {
+    return this.netHost?.ip ?? '127.0.0.1';
+  }
+
+  /** listen_addresses: inside a net host also its own loopback (the agent's local SQL uses 127.0.0.1) */
+  private get listenAddresses(): string {
+    return this.netHost ? `${this.netHost.ip},127.0.0.1` : '127.0.0.1';
+  }
+
   get connectionString(): string {
-    return `postgresql://${this.user?.name ?? process.env.USER ?? 'postgres'}@127.0.0.1:${this.port}/postgres`;
+    return `postgresql://${this.user?.name ?? process.env.USER ?? 'postgres'}@${this.host}:${this.port}/postgres`;
   }
 
   /** libpq keyword/value connection info (for primary_conninfo, psql -d) */
   get conninfo(): string {
-    return `host=127.0.0.1 port=${this.port} user=${this.user?.name ?? process.env.USER ?? 'postgres'} dbname=postgres`;
+    return `host=${this.host} port=${this.port} user=${this.user?.name ?? process.env.USER ?? 'postgres'} dbname=postgres`;
   }
 
   private static makeRoot(name: string): string {
@@ -129,7 +148,7 @@ export class PgCluster {
   static async init(opts: ClusterOptions = {}): Promise<PgCluster> {
     const name = opts.name ?? 'pg';
     const binDir = opts.binDir ?? pg15BinDir();
-    const c = new PgCluster(name, PgCluster.makeRoot(name), binDir, opts.clientBinDir ?? pg15BinDir(), opts.libDir);
+    const c = new PgCluster(name, PgCluster.makeRoot(name), binDir, opts.clientBinDir ?? pg15BinDir(), opts.libDir, opts.netHost);
     const args = ['-D', c.dataDir, '-A', 'trust', '-U', c.user?.name ?? process.env.USER ?? 'postgres', '--no-sync', '-E', 'UTF8', '--locale=C'];
     if (opts.walSegSizeMB) args.push(`--wal-segsize=${opts.walSegSizeMB}`);
     if (opts.dataChecksums) args.push('--data-checksums');
@@ -137,7 +156,7 @@ export class PgCluster {
     c.port = await freePort();
     c.writeConf({
       port: c.port,
-      listen_addresses: '127.0.0.1',
+      listen_addresses: c.listenAddresses,
       unix_socket_directories: c.socketDir,
       wal_level: 'logical',
       max_wal_senders: 10,
@@ -151,7 +170,8 @@ export class PgCluster {
     });
     writeFileSync(
       join(c.dataDir, 'pg_hba.conf'),
-      'local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n',
+      'local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n' +
+        `host all all ${NET_RANGE} trust\nhost replication all ${NET_RANGE} trust\n`,
     );
     return c;
   }
@@ -172,8 +192,10 @@ export class PgCluster {
     return env;
   }
 
-  private spawn(bin: string, args: string[], input?: string): SpawnSyncReturns<string> {
-    const [cmd, argv] = this.user ? ['runuser', ['-u', this.user.name, '--', bin, ...args]] : [bin, args];
+  /** `netHost`: run inside that network namespace (server tools: this cluster's, while it exists) */
+  private spawn(bin: string, args: string[], input?: string, netHost?: NetHost): SpawnSyncReturns<string> {
+    let [cmd, argv] = this.user ? ['runuser', ['-u', this.user.name, '--', bin, ...args]] : [bin, args];
+    if (netHost && !netHost.destroyed) [cmd, ...argv] = netHost.exec([cmd, ...argv]);
     return spawnSync(cmd, argv, { encoding: 'utf8', env: this.env(), cwd: this.root, input, maxBuffer: 1 << 28 });
   }
 
@@ -186,7 +208,7 @@ export class PgCluster {
 
   /** a server-side binary (initdb, pg_ctl, postgres) of this cluster's version */
   runServerTool(tool: string, args: string[]): string {
-    return this.check(tool, args, this.spawn(join(this.binDir, tool), args));
+    return this.check(tool, args, this.spawn(join(this.binDir, tool), args, undefined, this.netHost));
   }
 
   /** a client tool (pg_waldump, pg_controldata, psql, pg_basebackup, pg_rewind, pgbench…), as the server user */
@@ -211,7 +233,7 @@ export class PgCluster {
 
   async start(): Promise<void> {
     for (let attempt = 0; ; attempt++) {
-      const r = this.spawn(join(this.binDir, 'pg_ctl'), ['-D', this.dataDir, '-l', join(this.root, 'server.log'), '-w', '-t', '60', 'start']);
+      const r = this.spawn(join(this.binDir, 'pg_ctl'), ['-D', this.dataDir, '-l', join(this.root, 'server.log'), '-w', '-t', '60', 'start'], undefined, this.netHost);
       if (r.status === 0) return;
       const log = existsSync(join(this.root, 'server.log')) ? readFileSync(join(this.root, 'server.log'), 'utf8') : '';
       if (attempt < 3 && /could not bind|Address already in use/.test(log)) {
@@ -272,7 +294,7 @@ export class PgCluster {
   }
 
   async client<T>(fn: (c: pg.Client) => Promise<T>, database = 'postgres'): Promise<T> {
-    const c = new pg.Client({ host: '127.0.0.1', port: this.port, user: this.user?.name ?? process.env.USER ?? 'postgres', database });
+    const c = new pg.Client({ host: this.host, port: this.port, user: this.user?.name ?? process.env.USER ?? 'postgres', database });
     await c.connect();
     try {
       return await fn(c);
@@ -314,15 +336,29 @@ export class PgCluster {
     return this.run('pgbench', ['-h', this.socketDir, '-p', String(this.port), ...args, 'postgres']).stdout;
   }
 
-  /** a streaming standby made by pg_basebackup -R, started and connected */
-  async createStandby(opts: { name?: string; slot?: string; conf?: Record<string, string | number | boolean> } = {}): Promise<PgCluster> {
+  /**
+   * a streaming standby made by pg_basebackup -R, started and connected; with `netHost` it runs in
+   * that network namespace (pg_basebackup too, so primary_conninfo is what works from there — the
+   * primary must then be in a net host itself: 127.0.0.1 of the root namespace is not reachable)
+   */
+  async createStandby(opts: { name?: string; slot?: string; conf?: Record<string, string | number | boolean>; netHost?: NetHost } = {}): Promise<PgCluster> {
     const name = opts.name ?? `${this.name}-standby`;
-    const s = new PgCluster(name, PgCluster.makeRoot(name), this.binDir, this.clientBinDir, this.libDir);
-    const args = ['-D', s.dataDir, '-h', '127.0.0.1', '-p', String(this.port), '-U', this.user?.name ?? process.env.USER ?? 'postgres', '-R', '-X', 'stream', '-c', 'fast', '--no-sync'];
+    if (opts.netHost && !this.netHost) {
+      throw new ToolError(`standby ${name} in net host ${opts.netHost.ns} cannot reach primary ${this.name} on 127.0.0.1: put the primary in a net host too`);
+    }
+    const s = new PgCluster(name, PgCluster.makeRoot(name), this.binDir, this.clientBinDir, this.libDir, opts.netHost);
+    const args = ['-D', s.dataDir, '-h', this.host, '-p', String(this.port), '-U', this.user?.name ?? process.env.USER ?? 'postgres', '-R', '-X', 'stream', '-c', 'fast', '--no-sync'];
     if (opts.slot) args.push('-S', opts.slot, '-C');
-    this.run('pg_basebackup', args);
+    if (opts.netHost) {
+      const dir = existsSync(join(this.binDir, 'pg_basebackup')) ? this.binDir : this.clientBinDir;
+      this.check('pg_basebackup', args, this.spawn(join(dir, 'pg_basebackup'), args, undefined, opts.netHost));
+    } else {
+      this.run('pg_basebackup', args);
+    }
     s.port = await freePort();
-    s.writeConf({ port: s.port, unix_socket_directories: s.socketDir, ...(opts.conf ?? {}) });
+    // the primary's listen_addresses came with the copy: a standby elsewhere listens on its own
+    const listen: Record<string, string> = opts.netHost || this.netHost ? { listen_addresses: s.listenAddresses } : {};
+    s.writeConf({ port: s.port, unix_socket_directories: s.socketDir, ...listen, ...(opts.conf ?? {}) });
     await s.start();
     await waitFor(async () => (await s.sql('SELECT status FROM pg_stat_wal_receiver')) === 'streaming', 60_000, `${name} streaming`);
     return s;
