@@ -1,7 +1,8 @@
 /**
  * Agent configuration: a JSON file, then environment variables, then command-line flags (later wins).
  * Environment: PGHA_NODE_NAME, PGHA_LISTEN (host:port), PGDATA, PGHA_TOKEN, PGHA_PEERS
- * ("name=url,name=url"), PGHA_PG_PORT, PGHA_PG_BIN, PGHA_REPL_USER.
+ * ("name=url,name=url"), PGHA_PG_PORT, PGHA_PG_BIN, PGHA_REPL_USER, PGHA_AUTO_REJOIN (0 turns the
+ * automatic rejoin off), PGHA_AUTO_REJOIN_RECLONE, PGHA_PROXIES ("url,url").
  */
 import { readFileSync } from 'node:fs';
 
@@ -17,6 +18,14 @@ export interface AgentConfig {
   replUser?: string;
   /** address other nodes use to reach this PostgreSQL (default: the agent's listen host) */
   pgHost: string;
+  /** the automatic rejoin loop (default on; false turns it off) */
+  autoRejoin?: boolean;
+  /** may the automatic rejoin re-clone (move the data directory aside)? default no */
+  autoRejoinReclone?: boolean;
+  /** how often the automatic rejoin looks (ms, default 2000) */
+  autoRejoinIntervalMs?: number;
+  /** pgha-proxy admin base URLs, asked (GET /status) for the primary before the peers */
+  proxies?: string[];
 }
 
 export class ConfigError extends Error {}
@@ -50,10 +59,36 @@ export interface AgentFlags {
   pgBin?: string;
   replUser?: string;
   pgHost?: string;
+  /** commander's --no-auto-rejoin: false when given (it can only turn the loop off) */
+  autoRejoin?: boolean;
+  autoRejoinReclone?: boolean;
+  proxy?: string[];
+}
+
+function parseBool(text: string, what: string): boolean {
+  if (/^(1|true|on|yes)$/i.test(text.trim())) return true;
+  if (/^(0|false|off|no)$/i.test(text.trim())) return false;
+  throw new ConfigError(`${what}="${text}": expected 1/0, true/false, on/off or yes/no`);
+}
+
+function parseProxies(list: string[]): string[] {
+  return list
+    .flatMap((x) => x.split(','))
+    .map((x) => x.trim())
+    .filter(Boolean)
+    .map((u) => {
+      const url = /^https?:\/\//.test(u) ? u : `http://${u}`;
+      try {
+        new URL(url);
+      } catch {
+        throw new ConfigError(`proxy "${u}" is not a URL`);
+      }
+      return url.replace(/\/+$/, '');
+    });
 }
 
 export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): AgentConfig {
-  let file: Partial<AgentConfig> & { listen?: string; peers?: Record<string, string> } = {};
+  let file: Partial<AgentConfig> & { listen?: string; peers?: Record<string, string>; proxies?: string[] } = {};
   if (flags.config) {
     try {
       file = JSON.parse(readFileSync(flags.config, 'utf8'));
@@ -75,6 +110,13 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
     pgBin: flags.pgBin ?? env.PGHA_PG_BIN ?? file.pgBin ?? '/usr/lib/postgresql/15/bin',
     replUser: flags.replUser ?? env.PGHA_REPL_USER ?? file.replUser,
     pgHost: flags.pgHost ?? env.PGHA_PG_HOST ?? file.pgHost ?? (host === '0.0.0.0' ? '127.0.0.1' : host),
+    autoRejoin:
+      flags.autoRejoin === false ? false : env.PGHA_AUTO_REJOIN !== undefined && env.PGHA_AUTO_REJOIN !== '' ? parseBool(env.PGHA_AUTO_REJOIN, 'PGHA_AUTO_REJOIN') : file.autoRejoin !== false,
+    autoRejoinReclone:
+      flags.autoRejoinReclone === true ||
+      (env.PGHA_AUTO_REJOIN_RECLONE !== undefined && env.PGHA_AUTO_REJOIN_RECLONE !== '' ? parseBool(env.PGHA_AUTO_REJOIN_RECLONE, 'PGHA_AUTO_REJOIN_RECLONE') : file.autoRejoinReclone === true),
+    autoRejoinIntervalMs: Math.max(200, Number(file.autoRejoinIntervalMs ?? 2000) || 2000),
+    proxies: parseProxies(flags.proxy ?? (env.PGHA_PROXIES ? [env.PGHA_PROXIES] : (file.proxies ?? []))),
   };
   if (!cfg.name) throw new ConfigError('node name missing (--name, PGHA_NODE_NAME or "name" in the config file)');
   if (!cfg.pgdata) throw new ConfigError('data directory missing (--pgdata, PGDATA or "pgdata")');

@@ -1,17 +1,22 @@
 /**
  * `pgha agent`: a small authenticated HTTP service beside one PostgreSQL data directory (fastify).
  * Every route but GET /health needs `Authorization: Bearer <token>`. Routes live in routes/*.ts.
+ * Life-cycle actions that take long run as jobs (jobs.ts); the automatic rejoin loop
+ * (auto-rejoin.ts) runs beside the routes unless turned off.
  */
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Registry, collectDefaultMetrics, Counter, Gauge } from 'prom-client';
 import { PgInstance } from '../pg/instance.js';
 import { ShipError } from '../ship/files.js';
+import { AutoRejoinLoop } from './auto-rejoin.js';
 import type { AgentConfig } from './config.js';
+import { Jobs } from './jobs.js';
 import { registerInstanceRoutes } from './routes/instance.js';
 import { registerLsnRoutes } from './routes/lsn.js';
 import { registerWalRoutes } from './routes/wal.js';
 import { registerSlotRoutes } from './routes/slots.js';
+import { registerJobRoutes } from './routes/jobs.js';
 
 export interface AgentContext {
   cfg: AgentConfig;
@@ -22,7 +27,16 @@ export interface AgentContext {
     bytesSent: Counter<string>;
     bytesReceived: Counter<string>;
     up: Gauge<string>;
+    rejoins: Counter<'result'>;
   };
+  /** life-cycle jobs: one at a time */
+  jobs: Jobs;
+  lifecycle: {
+    /** stopped through DELETE instance/current: the automatic rejoin leaves the node stopped */
+    stoppedOnRequest: boolean;
+  };
+  /** the automatic rejoin loop, null when turned off */
+  autoRejoin: AutoRejoinLoop | null;
 }
 
 function tokenMatches(header: string | undefined, token: string): boolean {
@@ -45,8 +59,24 @@ export function buildAgent(cfg: AgentConfig, opts: { logger?: boolean | object }
       bytesSent: new Counter({ name: 'pgha_agent_wal_bytes_sent_total', help: 'WAL/history bytes served', registers: [registry] }),
       bytesReceived: new Counter({ name: 'pgha_agent_wal_bytes_received_total', help: 'WAL/history bytes received and verified', registers: [registry] }),
       up: new Gauge({ name: 'pgha_agent_postgres_up', help: '1 when the PostgreSQL server is running', registers: [registry] }),
+      rejoins: new Counter({ name: 'pgha_agent_rejoins_total', help: 'rejoins run by this agent (POST instance/slave and automatic), by result', labelNames: ['result'], registers: [registry] }),
     },
+    jobs: new Jobs(),
+    lifecycle: { stoppedOnRequest: false },
+    autoRejoin: null,
   };
+  if (cfg.autoRejoin !== false) {
+    const loop = new AutoRejoinLoop(ctx, app.log.child({ component: 'auto-rejoin' }), { intervalMs: cfg.autoRejoinIntervalMs });
+    ctx.autoRejoin = loop;
+    app.addHook('onReady', async () => loop.start());
+  }
+  app.addHook('onClose', async () => {
+    await ctx.autoRejoin?.stop();
+    // a job still running (a rejoin) is given a while to end; the process may exit after this
+    await ctx.jobs.settle(60_000);
+  });
+  new Gauge({ name: 'pgha_agent_auto_rejoin', help: '1 when the automatic rejoin is on', registers: [registry], collect() { this.set(ctx.autoRejoin ? 1 : 0); } });
+  new Gauge({ name: 'pgha_agent_job_running', help: '1 while a life-cycle job runs', registers: [registry], collect() { this.set(ctx.jobs.busy() ? 1 : 0); } });
   // WAL uploads are streamed to disk, never buffered: hand the raw request stream to the route
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
 
@@ -69,7 +99,11 @@ export function buildAgent(cfg: AgentConfig, opts: { logger?: boolean | object }
     return reply.code(status).send({ error: status >= 500 ? 'INTERNAL' : 'BAD_REQUEST', message: (err as Error).message });
   });
 
-  app.get('/health', async () => ({ ok: true, name: cfg.name }));
+  // unauthenticated and cheap: it must answer while a job runs (nothing here waits on PostgreSQL)
+  app.get('/health', async () => {
+    const j = ctx.jobs.latest();
+    return { ok: true, name: cfg.name, job: j && { id: j.id, kind: j.kind, state: j.state }, autoRejoin: ctx.autoRejoin !== null };
+  });
   app.get('/metrics', async (_req, reply) => {
     ctx.metrics.up.set(ctx.pg.isRunning() ? 1 : 0);
     reply.header('content-type', registry.contentType);
@@ -79,5 +113,6 @@ export function buildAgent(cfg: AgentConfig, opts: { logger?: boolean | object }
   registerLsnRoutes(app, ctx);
   registerWalRoutes(app, ctx);
   registerSlotRoutes(app, ctx);
+  registerJobRoutes(app, ctx);
   return { app, ctx };
 }

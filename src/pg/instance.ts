@@ -2,8 +2,8 @@
  * One PostgreSQL instance as the agent and rejoin see it: its data directory, how to run its
  * tools as the data directory's owner, whether it runs, and SQL against it.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 
@@ -27,6 +27,23 @@ export interface InstanceOptions {
   user?: string;
 }
 
+/** what a finished tool run gives back (the fields of spawnSync's answer that callers use) */
+export interface ToolResult {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** set when the run was ended by its timeout */
+  timedOut: boolean;
+}
+
+export interface RunOptions {
+  allowFailure?: boolean;
+  /** added to the scrubbed environment */
+  env?: Record<string, string>;
+  timeoutMs?: number;
+}
+
 /**
  * Is the process alive? A zombie (exited, not yet reaped by whatever init the machine has) counts
  * as dead.
@@ -45,11 +62,54 @@ export function processAlive(pid: number): boolean {
   }
 }
 
+/** the direct children of a process (from /proc; empty where /proc is not there) */
+export function childPids(pid: number): number[] {
+  const out: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[1]) === pid) out.push(Number(e));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+/**
+ * The environment PostgreSQL's tools get: nothing of the agent's own (its token, PGHA_* settings,
+ * PGDATA, PG* connection defaults) — pg_ctl's postmaster would inherit all of it.
+ */
+export function toolEnvironment(extra: Record<string, string> = {}): Record<string, string> {
+  const env: Record<string, string> = { PATH: process.env.PATH || '/usr/local/bin:/usr/bin:/bin', LANG: 'C', LC_ALL: 'C' };
+  if (process.env.HOME) env.HOME = process.env.HOME;
+  return { ...env, ...extra };
+}
+
+const owners = new Map<number, string>();
+
+/** the data directory's owner; the name is looked up once per uid (one `id` run) */
 function ownerOf(path: string): { uid: number; name: string } {
   const uid = statSync(path).uid;
-  const name = execFileSync('id', ['-nu', String(uid)], { encoding: 'utf8' }).trim();
+  let name = owners.get(uid);
+  if (name === undefined) {
+    name = execFileSync('id', ['-nu', String(uid)], { encoding: 'utf8', env: toolEnvironment() }).trim();
+    owners.set(uid, name);
+  }
   return { uid, name };
 }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export type StopHow = 'fast' | 'immediate' | 'killed' | 'not running';
 
 export class PgInstance {
   readonly pgdata: string;
@@ -66,17 +126,67 @@ export class PgInstance {
     this.user = opts.user ?? this.owner.name;
   }
 
-  /** run a PostgreSQL tool as the data directory's owner (PostgreSQL refuses to run as root) */
-  run(tool: string, args: string[], opts: { allowFailure?: boolean; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}) {
+  /**
+   * Run a PostgreSQL tool as the data directory's owner (PostgreSQL refuses to run as root), without
+   * blocking the event loop, in a scrubbed environment. Rejects with PgToolError on a non-zero exit
+   * (unless allowFailure) or when the timeout ended it.
+   */
+  run(tool: string, args: string[], opts: RunOptions = {}): Promise<ToolResult> {
     const bin = join(this.binDir, tool);
     const asOwner = process.getuid?.() === 0 && this.owner.uid !== 0;
     const [cmd, argv] = asOwner ? ['runuser', ['-u', this.owner.name, '--', bin, ...args]] : [bin, args];
-    const r = spawnSync(cmd, argv, { encoding: 'utf8', env: { ...process.env, LANG: 'C', LC_ALL: 'C', ...opts.env }, timeout: opts.timeoutMs, maxBuffer: 1 << 26 });
-    if (r.status !== 0 && !opts.allowFailure) {
-      const stderr = (r.stderr || r.stdout || String(r.error ?? '')).trim();
-      throw new PgToolError(tool, stderr, `${tool} failed (exit ${r.status ?? r.signal}): ${stderr.split('\n').slice(-3).join(' | ')}`);
-    }
-    return r;
+    return new Promise((resolve, reject) => {
+      const child = spawn(cmd, argv, { env: toolEnvironment(opts.env), stdio: ['ignore', 'pipe', 'pipe'] });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      let size = 0;
+      const keep = (into: Buffer[]) => (d: Buffer) => {
+        size += d.length;
+        if (size <= 1 << 26) into.push(d);
+      };
+      child.stdout.on('data', keep(out));
+      child.stderr.on('data', keep(err));
+      let timedOut = false;
+      let killTimer: NodeJS.Timeout | undefined;
+      const timer = opts.timeoutMs
+        ? setTimeout(() => {
+            timedOut = true;
+            // runuser passes SIGTERM on to the tool; SIGKILL if it does not go
+            child.kill('SIGTERM');
+            killTimer = setTimeout(() => child.kill('SIGKILL'), 5000);
+          }, opts.timeoutMs)
+        : undefined;
+      let spawnError: Error | null = null;
+      let settled = false;
+      const finish = (status: number | null, signal: NodeJS.Signals | null) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        clearTimeout(killTimer);
+        const r: ToolResult = { status, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), timedOut };
+        if (r.status !== 0 && !opts.allowFailure) {
+          const stderr = (r.stderr || r.stdout || String(spawnError ?? '')).trim() || (timedOut ? `timed out after ${opts.timeoutMs} ms` : '');
+          reject(new PgToolError(tool, stderr, `${tool} failed (exit ${r.status ?? r.signal ?? 'none'}${timedOut ? ', timed out' : ''}): ${stderr.split('\n').slice(-3).join(' | ')}`));
+        } else resolve(r);
+      };
+      child.on('error', (e) => {
+        spawnError = e;
+        finish(null, null);
+      });
+      // a tool that leaves a process behind holding its pipes (a server started without a log
+      // file) must not keep the caller waiting: give the pipes a moment after the exit, then go
+      child.on('exit', (code, signal) => {
+        const t = setTimeout(() => {
+          child.stdout.destroy();
+          child.stderr.destroy();
+          finish(code, signal);
+        }, 500);
+        child.once('close', () => {
+          clearTimeout(t);
+          finish(code, signal);
+        });
+      });
+    });
   }
 
   get port(): number {
@@ -107,17 +217,45 @@ export class PgInstance {
     return pid !== null && processAlive(pid);
   }
 
-  start(logFile = join(this.pgdata, 'pgha-server.log')): void {
-    this.run('pg_ctl', ['-D', this.pgdata, '-l', logFile, '-w', '-t', '120', 'start']);
+  async start(logFile = join(this.pgdata, 'pgha-server.log')): Promise<void> {
+    await this.run('pg_ctl', ['-D', this.pgdata, '-l', logFile, '-w', '-t', '120', 'start']);
   }
 
   /** fast, then immediate after the timeout */
-  stop(timeoutSeconds = 60): 'fast' | 'immediate' | 'not running' {
+  async stop(timeoutSeconds = 60): Promise<'fast' | 'immediate' | 'not running'> {
     if (!this.isRunning()) return 'not running';
-    const r = this.run('pg_ctl', ['-D', this.pgdata, '-m', 'fast', '-w', '-t', String(timeoutSeconds), 'stop'], { allowFailure: true });
+    const r = await this.run('pg_ctl', ['-D', this.pgdata, '-m', 'fast', '-w', '-t', String(timeoutSeconds), 'stop'], { allowFailure: true });
     if (r.status === 0) return 'fast';
-    this.run('pg_ctl', ['-D', this.pgdata, '-m', 'immediate', '-w', '-t', String(timeoutSeconds), 'stop']);
+    await this.run('pg_ctl', ['-D', this.pgdata, '-m', 'immediate', '-w', '-t', String(timeoutSeconds), 'stop']);
     return 'immediate';
+  }
+
+  /**
+   * Stop whatever it takes, in bounded time (a fence): fast, then immediate, each with a short
+   * timeout, then SIGKILL of the postmaster and its children (a postmaster paused by SIGSTOP
+   * answers neither; its backends must not carry on writing once it is gone).
+   */
+  async stopOrKill(fastSeconds = 5, immediateSeconds = 5): Promise<StopHow> {
+    if (!this.isRunning()) return 'not running';
+    const fast = await this.run('pg_ctl', ['-D', this.pgdata, '-m', 'fast', '-w', '-t', String(fastSeconds), 'stop'], { allowFailure: true, timeoutMs: (fastSeconds + 5) * 1000 });
+    if (fast.status === 0 || !this.isRunning()) return 'fast';
+    const imm = await this.run('pg_ctl', ['-D', this.pgdata, '-m', 'immediate', '-w', '-t', String(immediateSeconds), 'stop'], { allowFailure: true, timeoutMs: (immediateSeconds + 5) * 1000 });
+    if (imm.status === 0 || !this.isRunning()) return 'immediate';
+    const pid = this.postmasterPid;
+    if (pid === null || !processAlive(pid)) return 'immediate';
+    // children first (after the postmaster's death they would be handed to init)
+    const children = childPids(pid);
+    for (const p of [pid, ...children]) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline && (processAlive(pid) || children.some(processAlive))) await sleep(20);
+    if (processAlive(pid)) throw new PgToolError('kill', '', `postmaster ${pid} is still alive after SIGKILL`);
+    return 'killed';
   }
 
   async query<R extends Record<string, unknown>>(sql: string, params: unknown[] = []): Promise<R[]> {
@@ -132,7 +270,7 @@ export class PgInstance {
 
   /** promote and wait until it accepts writes */
   async promote(timeoutMs = 60_000): Promise<void> {
-    this.run('pg_ctl', ['-D', this.pgdata, '-w', '-t', String(Math.ceil(timeoutMs / 1000)), 'promote']);
+    await this.run('pg_ctl', ['-D', this.pgdata, '-w', '-t', String(Math.ceil(timeoutMs / 1000)), 'promote']);
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       const [r] = await this.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r');

@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, wr
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import pg from 'pg';
+import { clearFence } from '../datadir/fence.js';
 import { nodeLsn, walDir } from '../datadir/node-state.js';
 import { formatLsn, historyFileName, segmentOf, walFileName, type Lsn } from '../formats/lsn.js';
 import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
@@ -88,6 +89,16 @@ function writeStandbyConfig(pgdata: string, sys: SourceSystem, appName: string, 
   for (const f of [auto, join(pgdata, 'standby.signal')]) ownLikeDirectory(f, pgdata);
 }
 
+async function sourceHasSlot(sys: SourceSystem, slot: string): Promise<boolean> {
+  const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres', connectionTimeoutMillis: 10_000 });
+  await c.connect();
+  try {
+    return (await c.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot])).rowCount! > 0;
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
 async function waitStreaming(local: PgInstance, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
@@ -160,6 +171,10 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   };
   const pgwal = walDir(opts.pgdata);
   const appName = basename(opts.pgdata);
+  // once the node streams from the source it follows the new primary: it is no longer fenced
+  const unfence = () => {
+    if (clearFence(opts.pgdata)) log(`rejoin: fence marker removed from ${opts.pgdata}`);
+  };
 
   // history files the node will need to follow the source's timeline
   const fetchHistories = async () => {
@@ -206,16 +221,18 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     log(`rejoin: data directory moved aside to ${aside}; cloning from ${sys.name}`);
     const cloner = new PgInstance({ pgdata: aside, binDir: opts.binDir });
     const args = ['-D', opts.pgdata, '-d', conninfo(sys, appName), '-R', '-X', 'stream', '-c', 'fast'];
-    if (opts.slot) args.push('-S', opts.slot, '-C');
-    cloner.run('pg_basebackup', args);
+    // the slot is created by pg_basebackup unless it is there already (the agent makes it first)
+    if (opts.slot) args.push('-S', opts.slot, ...((await sourceHasSlot(sys, opts.slot)) ? [] : ['-C']));
+    await cloner.run('pg_basebackup', args);
     // the clone carries the source's configuration: this node keeps its own (port, hba, settings)
     for (const f of NODE_CONFIG_FILES.filter((f) => f !== 'postgresql.auto.conf')) {
       if (existsSync(join(aside, f))) writeFileSync(join(opts.pgdata, f), readFileSync(join(aside, f)));
     }
     writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
     const clone = new PgInstance({ pgdata: opts.pgdata, binDir: opts.binDir });
-    clone.start();
+    await clone.start();
     result.streaming = await waitStreaming(clone, timeoutMs);
+    if (result.streaming) unfence();
     return result;
   };
 
@@ -225,8 +242,9 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     await fetchHistories();
     if (opts.dryRun) return result;
     writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
-    local.start();
+    await local.start();
     result.streaming = await waitStreaming(local, timeoutMs);
+    if (result.streaming) unfence();
     return result;
   }
 
@@ -299,20 +317,25 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   // here instead, in single-user mode, keeping all WAL, then run pg_rewind without that step.
   if (control.state !== 'shut down' && control.state !== 'shut down in recovery') {
     log(`rejoin: ${opts.pgdata} was not shut down cleanly (${control.state}): crash recovery in single-user mode, keeping its WAL`);
-    local.run('postgres', ['--single', '-F', '-c', 'wal_keep_size=1TB', '-c', 'archive_mode=off', '-D', opts.pgdata, 'template1'], { timeoutMs });
+    // a fenced node has standby.signal, and a single-user server refuses standby mode ("standby
+    // mode is not supported by single-user servers"): this is crash recovery only; the standby
+    // configuration is written again after pg_rewind
+    for (const f of ['standby.signal', 'recovery.signal']) rmSync(join(opts.pgdata, f), { force: true });
+    await local.run('postgres', ['--single', '-F', '-c', 'wal_keep_size=1TB', '-c', 'archive_mode=off', '-D', opts.pgdata, 'template1'], { timeoutMs });
   }
   // pg_rewind copies every non-relation file from the source, configuration included (the node
   // would come up with the source's port and settings): keep this node's own and put them back
   const savedConfig = new Map(NODE_CONFIG_FILES.filter((f) => existsSync(join(opts.pgdata, f))).map((f) => [f, readFileSync(join(opts.pgdata, f))]));
   try {
-    local.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--no-ensure-shutdown', '--progress'], { timeoutMs });
+    await local.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--no-ensure-shutdown', '--progress'], { timeoutMs });
   } catch (e) {
     if (e instanceof PgToolError) return reclone(`pg_rewind failed: ${e.stderr.split('\n').filter(Boolean).slice(-2).join(' | ')}`);
     throw e;
   }
   for (const [f, bytes] of savedConfig) writeFileSync(join(opts.pgdata, f), bytes);
   writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
-  local.start();
+  await local.start();
   result.streaming = await waitStreaming(local, timeoutMs);
+  if (result.streaming) unfence();
   return result;
 }

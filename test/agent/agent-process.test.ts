@@ -33,7 +33,8 @@ describe('pgha agent process', () => {
     child.on('exit', (code) => (exited = code ?? -1));
     try {
       await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/health`)).ok, 20_000, 'agent listening');
-      expect(await (await fetch(`http://127.0.0.1:${port}/health`)).json()).toEqual({ ok: true, name: 'from-env' });
+      // no job yet; the automatic rejoin is on by default
+      expect(await (await fetch(`http://127.0.0.1:${port}/health`)).json()).toEqual({ ok: true, name: 'from-env', job: null, autoRejoin: true });
       expect((await fetch(`http://127.0.0.1:${port}/api/pg/v1/instance/current`)).status).toBe(401);
       const r = await fetch(`http://127.0.0.1:${port}/api/pg/v1/instance/current`, { headers: { authorization: `Bearer ${TOKEN}` } });
       expect(await r.json()).toEqual({ 'from-env': 'single' });

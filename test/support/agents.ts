@@ -15,12 +15,41 @@ import { PGHA } from './cli.js';
 
 const running: FastifyInstance[] = [];
 
-export async function startAgent(name: string, c: PgCluster, token: string, peers: Record<string, string> = {}): Promise<string> {
+export interface AgentOptions {
+  /** the automatic rejoin loop: off unless asked for here, so tests drive the life cycle themselves */
+  autoRejoin?: boolean;
+  autoRejoinReclone?: boolean;
+  /** how often the automatic rejoin looks (ms) */
+  autoRejoinIntervalMs?: number;
+  /** pgha-proxy admin URLs the agent asks for the primary */
+  proxies?: string[];
+  /** listen on this port (default: a free one chosen by the system) */
+  port?: number;
+  /** fastify logger setting (default: none) */
+  logger?: boolean | object;
+}
+
+export async function startAgent(name: string, c: PgCluster, token: string, peers: Record<string, string> = {}, opts: AgentOptions = {}): Promise<string> {
   const { app } = buildAgent(
-    { name, host: '127.0.0.1', port: 0, pgdata: c.dataDir, token, peers, pgBin: c.binDir, pgPort: c.port, pgHost: '127.0.0.1', replUser: 'postgres' },
-    { logger: false },
+    {
+      name,
+      host: '127.0.0.1',
+      port: opts.port ?? 0,
+      pgdata: c.dataDir,
+      token,
+      peers,
+      pgBin: c.binDir,
+      pgPort: c.port,
+      pgHost: '127.0.0.1',
+      replUser: 'postgres',
+      autoRejoin: opts.autoRejoin ?? false,
+      autoRejoinReclone: opts.autoRejoinReclone,
+      autoRejoinIntervalMs: opts.autoRejoinIntervalMs,
+      proxies: opts.proxies,
+    },
+    { logger: opts.logger ?? false },
   );
-  await app.listen({ host: '127.0.0.1', port: 0 });
+  await app.listen({ host: '127.0.0.1', port: opts.port ?? 0 });
   running.push(app);
   const addr = app.server.address();
   return `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;

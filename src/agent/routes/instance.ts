@@ -1,16 +1,20 @@
-/** instance/*, node/promote, in_recovery: state and life cycle of this node's PostgreSQL. */
-import { existsSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+/**
+ * instance/*, node/promote, node/fence, in_recovery: state and life cycle of this node's PostgreSQL.
+ * A rejoin (instance/slave) and a start as primary (instance/master) run as jobs (one at a time,
+ * 409 BUSY otherwise); with ?async=1 they answer 202 {"job": id} at once, else with the result.
+ */
+import { existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { fenceText, isFenced, writeFence } from '../../datadir/fence.js';
 import { AgentClient } from '../../ship/client.js';
-import { ownLikeDirectory, ShipError } from '../../ship/files.js';
-import { rejoin } from '../../rejoin/execute.js';
+import { ShipError } from '../../ship/files.js';
+import { rejoin, RejoinRefused } from '../../rejoin/execute.js';
 import { migrateSlots } from '../../slots/migrate.js';
 import { nodeState } from '../node-state.js';
 import type { AgentContext } from '../server.js';
 
-/** written into the data directory by node/fence; removed by a successful rejoin */
-export const FENCE_MARKER = 'pgha.fenced';
+export { FENCE_MARKER } from '../../datadir/fence.js';
 
 /** the peer (or this node) that is currently a primary */
 export async function findPrimary(ctx: AgentContext): Promise<{ name: string; url: string } | null> {
@@ -25,9 +29,27 @@ export async function findPrimary(ctx: AgentContext): Promise<{ name: string; ur
   return null;
 }
 
+const wantsAsync = (req: FastifyRequest) => {
+  const q = (req.query ?? {}) as { async?: string };
+  return q.async === '1' || q.async === 'true';
+};
+
 export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext): void {
-  const { cfg, pg } = ctx;
+  const { cfg, pg, jobs } = ctx;
   const current = async () => ({ [cfg.name]: await nodeState(pg) });
+
+  /** run fn as a job: 202 {job} at once with ?async=1, else the job's result (or its error) */
+  const asJob = async <T>(req: FastifyRequest, reply: FastifyReply, kind: string, fn: (log: (m: string) => void) => Promise<T>) => {
+    const { id, done } = jobs.start(kind, async (log) => {
+      const both = (m: string) => {
+        log(m);
+        req.log.info({ job: kind }, m);
+      };
+      return fn(both);
+    }, `${req.method} ${req.url}`);
+    if (wantsAsync(req)) return reply.code(202).send({ job: id });
+    return done;
+  };
 
   app.get('/api/pg/v1/instance/current', current);
 
@@ -46,57 +68,82 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
   });
 
   const refuseIfFenced = () => {
-    const marker = join(cfg.pgdata, FENCE_MARKER);
-    if (existsSync(marker)) {
-      throw new ShipError(`this node is fenced (${readFileSync(marker, 'utf8').trim()}): rejoin it (pgha rejoin / POST instance/slave) first`, 409, 'FENCED');
+    if (isFenced(cfg.pgdata)) {
+      throw new ShipError(`this node is fenced (${fenceText(cfg.pgdata)}): rejoin it (pgha rejoin / POST instance/slave) first`, 409, 'FENCED');
     }
   };
 
   app.post('/api/pg/v1/instance/current', async () => {
+    jobs.assertIdle('POST instance/current');
     refuseIfFenced();
-    if (!pg.isRunning()) pg.start();
+    ctx.lifecycle.stoppedOnRequest = false;
+    if (!pg.isRunning()) await pg.start();
     return current();
   });
 
-  app.post('/api/pg/v1/instance/master', async () => {
+  app.post('/api/pg/v1/instance/master', async (req, reply) => {
+    jobs.assertIdle('POST instance/master');
     refuseIfFenced();
-    if (pg.isRunning()) {
-      const [r] = await pg.query<{ rec: boolean }>('SELECT pg_is_in_recovery() AS rec');
-      if (r.rec) await pg.promote();
-    } else {
-      for (const f of ['standby.signal', 'recovery.signal']) if (existsSync(join(pg.pgdata, f))) unlinkSync(join(pg.pgdata, f));
-      pg.start();
-    }
-    return current();
+    ctx.lifecycle.stoppedOnRequest = false;
+    return asJob(req, reply, 'master', async (log) => {
+      // checked again inside the job: a fence may have come in between
+      refuseIfFenced();
+      if (pg.isRunning()) {
+        const [r] = await pg.query<{ rec: boolean }>('SELECT pg_is_in_recovery() AS rec');
+        if (r.rec) {
+          log('promoting the running standby');
+          await pg.promote();
+        }
+      } else {
+        for (const f of ['standby.signal', 'recovery.signal']) if (existsSync(join(pg.pgdata, f))) unlinkSync(join(pg.pgdata, f));
+        log('starting as a primary');
+        await pg.start();
+      }
+      return current();
+    });
   });
 
-  app.post('/api/pg/v1/instance/slave', async (req) => {
+  app.post('/api/pg/v1/instance/slave', async (req, reply) => {
+    jobs.assertIdle('POST instance/slave');
     const primary = await findPrimary(ctx);
     if (!primary) throw new ShipError('no peer is a primary: cannot start as a standby', 409, 'NO_PRIMARY');
     const body = (req.body ?? {}) as { allowReclone?: boolean };
-    if (pg.isRunning()) pg.stop();
-    const result = await rejoin({
-      pgdata: cfg.pgdata,
-      source: primary.url,
-      token: cfg.token,
-      binDir: cfg.pgBin,
-      peers: Object.values(cfg.peers).filter((u) => u !== primary.url),
-      allowReclone: body.allowReclone === true,
-      log: (msg) => req.log.info(msg),
+    ctx.lifecycle.stoppedOnRequest = false;
+    return asJob(req, reply, 'rejoin', async (log) => {
+      log(`rejoin as a standby of ${primary.name} (${primary.url})`);
+      if (pg.isRunning()) log(`stopped PostgreSQL (${await pg.stop()})`);
+      try {
+        const result = await rejoin({
+          pgdata: cfg.pgdata,
+          source: primary.url,
+          token: cfg.token,
+          binDir: cfg.pgBin,
+          peers: Object.values(cfg.peers).filter((u) => u !== primary.url),
+          allowReclone: body.allowReclone === true,
+          log,
+        });
+        // rejoin() removed the fence marker once the node streams
+        ctx.metrics.rejoins.inc({ result: result.streaming ? 'succeeded' : 'failed' });
+        return { ...(await current()), rejoin: result };
+      } catch (e) {
+        ctx.metrics.rejoins.inc({ result: e instanceof RejoinRefused ? 'refused' : 'failed' });
+        throw e;
+      }
     });
-    // a rejoined node follows the new primary: it is no longer fenced
-    rmSync(join(cfg.pgdata, FENCE_MARKER), { force: true });
-    return { ...(await current()), rejoin: result };
   });
 
   app.delete('/api/pg/v1/instance/current', async () => {
-    const how = pg.stop();
+    jobs.assertIdle('DELETE instance/current');
+    // the automatic rejoin leaves a node stopped on request alone (until POST instance/*)
+    ctx.lifecycle.stoppedOnRequest = true;
+    const how = await pg.stop();
     return { ...(await current()), stopped: how };
   });
 
   // a failover path promotes through here; with {"migrateSlotsFrom": URL|DIR} the logical slots
   // are brought live right after (the old primary's files if readable, else the synced copies)
   app.post('/api/pg/v1/node/promote', async (req) => {
+    jobs.assertIdle('POST node/promote');
     if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
     await pg.promote();
     const from = (req.body as { migrateSlotsFrom?: string } | undefined)?.migrateSlotsFrom;
@@ -109,14 +156,15 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
 
   // fencing (a failover path calls this on the old primary): stop PostgreSQL and leave it unable to
   // come back as a primary by itself: standby.signal makes a restart come up in recovery, and
-  // FENCE_MARKER makes this agent refuse instance/master and instance/current until a rejoin
+  // FENCE_MARKER makes this agent refuse instance/master and instance/current until a rejoin.
+  // Never refused (not even while a job runs) and bounded in time: the files first, then a fast
+  // stop (5 s), an immediate one (5 s), then SIGKILL (a primary paused by SIGSTOP answers neither)
   app.post('/api/pg/v1/node/fence', async (req) => {
     const reason = String((req.body as { reason?: string } | undefined)?.reason ?? 'fenced');
-    writeFileSync(join(cfg.pgdata, 'standby.signal'), '');
-    writeFileSync(join(cfg.pgdata, FENCE_MARKER), JSON.stringify({ at: new Date().toISOString(), reason }) + '\n');
-    for (const f of ['standby.signal', FENCE_MARKER]) ownLikeDirectory(join(cfg.pgdata, f), cfg.pgdata);
-    const stopped = pg.stop();
-    req.log.warn({ reason, stopped }, 'node fenced');
+    writeFence(cfg.pgdata, reason);
+    const t0 = Date.now();
+    const stopped = await pg.stopOrKill(5, 5);
+    req.log.warn({ reason, stopped, ms: Date.now() - t0 }, 'node fenced');
     return { ...(await current()), fenced: true, stopped, reason };
   });
 

@@ -1,6 +1,7 @@
 /** lsn/*, validLsn: where this node is, and whether another node's end point is on its history. */
 import type { FastifyInstance } from 'fastify';
 import { validLsnAnswer, parseTli } from '../../cli/commands/validlsn.js';
+import { isFenced } from '../../datadir/fence.js';
 import { readControl, readNodeHistory } from '../../datadir/node-state.js';
 import { LsnFormatError } from '../../formats/errors.js';
 import { UsageError } from '../../cli/output.js';
@@ -24,6 +25,7 @@ export function registerLsnRoutes(app: FastifyInstance, ctx: AgentContext): void
       pgPort: pg.port,
       pgUser: pg.user,
       running: pg.isRunning(),
+      fenced: isFenced(cfg.pgdata),
     };
   });
   app.get('/api/pg/v1/lsn/current', async () => ({ [cfg.name]: await liveLsn(pg) }));

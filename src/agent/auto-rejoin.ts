@@ -1,0 +1,304 @@
+/**
+ * The agent's closed loop: every few seconds (never overlapping, never while a job runs) look at
+ * this node and at who is primary, decide — a pure function, decideAutoRejoin — and, when the node
+ * should follow the primary, rejoin it as a job: stop it if it runs, make sure its physical slot
+ * `pgha_<name>` exists on the primary, and run the same rejoin as `pgha rejoin`.
+ *
+ * Rules: rejoin when (a) the node is fenced and a primary other than this node is found; (b) the node
+ * runs as a primary while another node is primary on a newer timeline (an old primary restarted by
+ * hand); (c) the node is stopped, not fenced, not stopped on request, and a primary other than this
+ * node is found on a timeline at least its own. Never start a node as a primary; with no primary
+ * found do nothing.
+ */
+import type { FastifyBaseLogger } from 'fastify';
+import pg from 'pg';
+import { isFenced } from '../datadir/fence.js';
+import { readNodeHistory } from '../datadir/node-state.js';
+import { rejoin, RejoinRefused } from '../rejoin/execute.js';
+import { AgentClient } from '../ship/client.js';
+import { nodeState } from './node-state.js';
+import type { AgentContext } from './server.js';
+
+export interface FoundPrimary {
+  name: string;
+  /** its agent */
+  url: string;
+  timeline: number;
+  /** how it was found */
+  via: 'proxy' | 'peers';
+}
+
+export interface AutoRejoinInputs {
+  running: boolean;
+  /** null when not running (or not known) */
+  inRecovery: boolean | null;
+  fenced: boolean;
+  /** this node's timeline (from its files) */
+  timeline: number;
+  primary: FoundPrimary | null;
+  /** the primary found is this very node */
+  primaryIsSelf: boolean;
+  /** stopped through the agent (DELETE instance/current): left alone until started again */
+  stoppedOnRequest?: boolean;
+}
+
+export interface AutoRejoinDecision {
+  action: 'none' | 'rejoin';
+  reason: string;
+}
+
+/** what to do, from data only */
+export function decideAutoRejoin(i: AutoRejoinInputs): AutoRejoinDecision {
+  const p = i.primary;
+  if (p && i.primaryIsSelf) return { action: 'none', reason: 'this node is the primary' };
+  const other = p && !i.primaryIsSelf ? p : null;
+  if (i.fenced) {
+    if (other) return { action: 'rejoin', reason: `fenced, and ${other.name} is the primary (timeline ${other.timeline}): rejoin it as a standby` };
+    return { action: 'none', reason: i.running ? 'fenced, no primary found: waiting for one' : 'fenced and stopped, no primary found: stays stopped' };
+  }
+  if (i.running && i.inRecovery === false) {
+    if (other && other.timeline > i.timeline) {
+      return { action: 'rejoin', reason: `running as a primary on timeline ${i.timeline} while ${other.name} is the primary on timeline ${other.timeline}: stop and rejoin it` };
+    }
+    if (other) return { action: 'none', reason: `running as a primary; ${other.name} is also a primary, on timeline ${other.timeline} (not newer than ${i.timeline}): not acting` };
+    return { action: 'none', reason: 'running as a primary' };
+  }
+  if (i.running) return { action: 'none', reason: i.inRecovery ? 'running in recovery' : 'running, state not known' };
+  if (i.stoppedOnRequest) return { action: 'none', reason: 'stopped on request (DELETE instance/current): left stopped' };
+  if (!other) return { action: 'none', reason: 'stopped, no primary found: stays stopped' };
+  if (other.timeline < i.timeline) {
+    return { action: 'none', reason: `stopped; ${other.name} is a primary on timeline ${other.timeline}, older than this node's ${i.timeline}: not following it` };
+  }
+  return { action: 'rejoin', reason: `stopped and not fenced, and ${other.name} is the primary (timeline ${other.timeline}): rejoin it as a standby` };
+}
+
+/** the physical slot this node streams through: pgha_<name>, [a-z0-9_], at most 63 characters */
+export function slotNameFor(node: string): string {
+  return `pgha_${node.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`.slice(0, 63);
+}
+
+interface PeerSystem {
+  name: string;
+  timeline: number;
+  pgHost: string;
+  pgPort: number;
+  pgUser: string;
+  fenced?: boolean;
+}
+
+interface ProxyStatusView {
+  primary: string | null;
+  backends: Array<{ name: string; agent: string | null; timeline: number | null; fenced?: boolean }>;
+}
+
+const proxyBase = (u: string) => (/^https?:\/\//.test(u) ? u : `http://${u}`).replace(/\/+$/, '');
+
+/**
+ * Who is primary: each configured proxy's GET /status (its primary's agent), else the peers' agents
+ * (a peer answering master/single that is not fenced; the highest timeline wins).
+ */
+export async function findPrimaryForRejoin(ctx: AgentContext, timeoutMs = 3000): Promise<FoundPrimary | null> {
+  const { cfg } = ctx;
+  for (const proxy of cfg.proxies ?? []) {
+    try {
+      const res = await fetch(`${proxyBase(proxy)}/status`, { signal: AbortSignal.timeout(timeoutMs) });
+      if (!res.ok) continue;
+      const s = (await res.json()) as ProxyStatusView;
+      if (!s.primary) continue;
+      const b = s.backends.find((x) => x.name === s.primary);
+      if (!b?.agent || b.fenced) continue;
+      const sys = await new AgentClient(b.agent, cfg.token, timeoutMs).get<PeerSystem>('system');
+      if (sys.fenced) continue;
+      return { name: sys.name, url: b.agent.replace(/\/+$/, ''), timeline: b.timeline ?? sys.timeline, via: 'proxy' };
+    } catch {
+      // this proxy does not answer: the next one, then the peers
+    }
+  }
+  const found = await Promise.all(
+    Object.entries(cfg.peers).map(async ([name, url]): Promise<FoundPrimary | null> => {
+      try {
+        const client = new AgentClient(url, cfg.token, timeoutMs);
+        const s = await client.get<Record<string, string>>('instance/current');
+        const state = s[name] ?? Object.values(s)[0];
+        if (state !== 'master' && state !== 'single') return null;
+        const sys = await client.get<PeerSystem>('system');
+        if (sys.fenced) return null;
+        return { name: sys.name ?? name, url, timeline: sys.timeline, via: 'peers' };
+      } catch {
+        return null;
+      }
+    }),
+  );
+  let best: FoundPrimary | null = null;
+  for (const f of found) if (f && (!best || f.timeline > best.timeline)) best = f;
+  return best;
+}
+
+/** create the physical slot on the source primary unless it is there */
+export async function ensurePhysicalSlot(sys: PeerSystem, slot: string): Promise<'created' | 'exists'> {
+  const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres', connectionTimeoutMillis: 10_000 });
+  await c.connect();
+  try {
+    const have = await c.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot]);
+    if (have.rowCount) return 'exists';
+    try {
+      await c.query('SELECT pg_create_physical_replication_slot($1, true)', [slot]);
+    } catch (e) {
+      if ((e as { code?: string }).code === '42710') return 'exists'; // made meanwhile
+      throw e;
+    }
+    return 'created';
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
+export interface AutoRejoinOptions {
+  intervalMs?: number;
+  /** longest pause after failed attempts (the pause doubles from intervalMs) */
+  maxBackoffMs?: number;
+}
+
+/** the loop: started on the agent's ready, stopped on close */
+export class AutoRejoinLoop {
+  private timer: NodeJS.Timeout | null = null;
+  private ticking: Promise<void> | null = null;
+  private stopped = true;
+  private lastDecision = '';
+  private failures = 0;
+  private notBefore = 0;
+  readonly intervalMs: number;
+  private readonly maxBackoffMs: number;
+
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly log: FastifyBaseLogger,
+    opts: AutoRejoinOptions = {},
+  ) {
+    this.intervalMs = opts.intervalMs ?? 2000;
+    this.maxBackoffMs = opts.maxBackoffMs ?? 60_000;
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.log.info({ intervalMs: this.intervalMs, reclone: this.ctx.cfg.autoRejoinReclone === true, proxies: this.ctx.cfg.proxies ?? [] }, 'automatic rejoin on');
+    this.schedule();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    await this.ticking;
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.ticking = this.tick()
+        .catch((e) => this.log.warn({ err: (e as Error).message }, 'automatic rejoin: check failed'))
+        .finally(() => {
+          this.ticking = null;
+          this.schedule();
+        });
+    }, this.intervalMs);
+    this.timer.unref?.();
+  }
+
+  /** gather the inputs of the decision */
+  async inputs(): Promise<AutoRejoinInputs | null> {
+    const { cfg, pg: inst } = this.ctx;
+    const running = inst.isRunning();
+    let inRecovery: boolean | null = null;
+    if (running) {
+      try {
+        const [r] = await inst.query<{ rec: boolean }>('SELECT pg_is_in_recovery() AS rec');
+        inRecovery = r.rec;
+      } catch {
+        return null; // starting up or shutting down: look again next time
+      }
+    }
+    let timeline = 0;
+    try {
+      timeline = readNodeHistory(cfg.pgdata).timeline;
+    } catch {
+      // no readable pg_control/history: 0 (any primary is newer)
+    }
+    const primary = await findPrimaryForRejoin(this.ctx);
+    return {
+      running,
+      inRecovery,
+      fenced: isFenced(cfg.pgdata),
+      timeline,
+      primary,
+      primaryIsSelf: primary !== null && primary.name === cfg.name,
+      stoppedOnRequest: this.ctx.lifecycle.stoppedOnRequest,
+    };
+  }
+
+  async tick(): Promise<void> {
+    if (this.stopped || this.ctx.jobs.busy()) return;
+    const i = await this.inputs();
+    if (!i || this.stopped || this.ctx.jobs.busy()) return;
+    const d = decideAutoRejoin(i);
+    const key = `${d.action}: ${d.reason}`;
+    if (key !== this.lastDecision) {
+      this.lastDecision = key;
+      const fields = { action: d.action, reason: d.reason, primary: i.primary?.name ?? null, via: i.primary?.via ?? null, fenced: i.fenced, running: i.running, timeline: i.timeline };
+      if (d.action === 'rejoin') this.log.warn(fields, 'automatic rejoin: decision changed');
+      else this.log.info(fields, 'automatic rejoin: decision changed');
+    }
+    if (d.action !== 'rejoin' || !i.primary) return;
+    if (Date.now() < this.notBefore) return;
+    this.run(i.primary, d.reason);
+  }
+
+  private run(primary: FoundPrimary, reason: string): void {
+    const { cfg, pg: inst, jobs, metrics } = this.ctx;
+    const slot = slotNameFor(cfg.name);
+    const { done } = jobs.start('auto-rejoin', async (log) => {
+      const both = (m: string) => {
+        log(m);
+        this.log.info({ job: 'auto-rejoin' }, m);
+      };
+      both(`automatic rejoin: ${reason}`);
+      if (inst.isRunning()) {
+        const how = await inst.stop();
+        both(`stopped PostgreSQL (${how})`);
+      }
+      const source = new AgentClient(primary.url, cfg.token, 10_000);
+      const sys = await source.get<PeerSystem>('system');
+      const made = await ensurePhysicalSlot(sys, slot);
+      both(`replication slot ${slot} on ${sys.name}: ${made}`);
+      const r = await rejoin({
+        pgdata: cfg.pgdata,
+        source: primary.url,
+        token: cfg.token,
+        binDir: cfg.pgBin,
+        peers: Object.values(cfg.peers).filter((u) => u.replace(/\/+$/, '') !== primary.url),
+        allowReclone: cfg.autoRejoinReclone === true,
+        slot,
+        log: both,
+      });
+      if (!r.streaming) throw new Error(`rejoin (${r.path}) done, but the node does not stream from ${sys.name} yet`);
+      return { [cfg.name]: await nodeState(inst), primary: primary.name, via: primary.via, slot, reason, rejoin: r };
+    });
+    done.then(
+      (r) => {
+        this.failures = 0;
+        this.notBefore = 0;
+        metrics.rejoins.inc({ result: 'succeeded' });
+        this.log.warn({ primary: primary.name, path: r.rejoin.path, lostTransactions: r.rejoin.lostTransactions.count }, 'automatic rejoin: node streams from the primary');
+      },
+      (e: unknown) => {
+        this.failures++;
+        const pause = Math.min(this.maxBackoffMs, this.intervalMs * 2 ** Math.min(this.failures, 10));
+        this.notBefore = Date.now() + pause;
+        metrics.rejoins.inc({ result: e instanceof RejoinRefused ? 'refused' : 'failed' });
+        this.log.error({ primary: primary.name, err: (e as Error).message, retryInMs: pause }, 'automatic rejoin failed');
+      },
+    );
+  }
+}
