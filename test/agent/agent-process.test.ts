@@ -53,4 +53,41 @@ describe('pgha agent process', () => {
     expect(listen.status).toBe(2);
     expect(listen.stderr.trim()).toMatch(/^pgha: error: listen address "nowhere" must be HOST:PORT$/);
   });
+
+  it('turns the automatic rejoin off with --no-auto-rejoin (and the environment), and reads its settings', async () => {
+    const port = await freePort();
+    const child = spawn(process.execPath, [PGHA, 'agent', '--pgdata', c.dataDir, '--name', 'n', '--listen', `127.0.0.1:${port}`, '--pg-port', String(c.port), '--no-auto-rejoin'], {
+      env: { ...process.env, PGHA_TOKEN: TOKEN, PGHA_LOG_LEVEL: 'warn', PGHA_AUTO_REJOIN: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let exited: number | null = null;
+    child.on('exit', (code) => (exited = code ?? -1));
+    try {
+      await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/health`)).ok, 20_000, 'agent listening');
+      expect(await (await fetch(`http://127.0.0.1:${port}/health`)).json()).toEqual({ ok: true, name: 'n', job: null, autoRejoin: false });
+      const jobs = await fetch(`http://127.0.0.1:${port}/api/pg/v1/jobs`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      expect(await jobs.json()).toEqual({ jobs: [] });
+    } finally {
+      child.kill('SIGTERM');
+      await waitFor(async () => exited !== null, 10_000, 'agent exit');
+    }
+
+    const { loadAgentConfig } = await import('../../src/agent/config.js');
+    const base = { pgdata: c.dataDir, name: 'n', token: TOKEN };
+    const config = join(dir, 'auto.json');
+    writeFileSync(config, JSON.stringify({ autoRejoin: false, autoRejoinReclone: true, proxies: ['http://p1:8008/'] }));
+    expect(loadAgentConfig(base, {})).toMatchObject({ autoRejoin: true, autoRejoinReclone: false, proxies: [], autoRejoinIntervalMs: 2000 });
+    expect(loadAgentConfig({ ...base, config }, {})).toMatchObject({ autoRejoin: false, autoRejoinReclone: true, proxies: ['http://p1:8008'] });
+    expect(loadAgentConfig({ ...base, config }, { PGHA_AUTO_REJOIN: '1', PGHA_AUTO_REJOIN_RECLONE: 'off', PGHA_PROXIES: 'p2:1,http://p3:2' })).toMatchObject({
+      autoRejoin: true,
+      autoRejoinReclone: false,
+      proxies: ['http://p2:1', 'http://p3:2'],
+    });
+    expect(loadAgentConfig({ ...base, autoRejoin: false, autoRejoinReclone: true, proxy: ['127.0.0.1:9'] }, { PGHA_AUTO_REJOIN: 'yes' })).toMatchObject({
+      autoRejoin: false,
+      autoRejoinReclone: true,
+      proxies: ['http://127.0.0.1:9'],
+    });
+    expect(() => loadAgentConfig(base, { PGHA_AUTO_REJOIN: 'maybe' })).toThrow(/PGHA_AUTO_REJOIN="maybe"/);
+  });
 });

@@ -7,9 +7,11 @@
  * itself, as a pure function.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { decideAutoRejoin, slotNameFor, type AutoRejoinInputs } from '../../src/agent/auto-rejoin.js';
+import { decideAutoRejoin, findPrimaryForRejoin, slotNameFor, type AutoRejoinInputs } from '../../src/agent/auto-rejoin.js';
+import type { AgentContext } from '../../src/agent/server.js';
 import { Jobs } from '../../src/agent/jobs.js';
 import { FENCE_MARKER } from '../../src/datadir/fence.js';
 import { childPids, processAlive } from '../../src/pg/instance.js';
@@ -304,5 +306,37 @@ describe('automatic rejoin decision (pure)', () => {
     expect(jobs.list()).toHaveLength(20);
     expect(jobs.list()[0].kind).toBe('n24');
     expect(jobs.latest()?.kind).toBe('n24');
+  });
+
+  it('finds the primary through a proxy first, else the unfenced peer primary on the highest timeline', async () => {
+    const servers: Server[] = [];
+    // a fake endpoint: GET path -> JSON (a proxy's /status, an agent's instance/current and system)
+    const fake = async (routes: Record<string, unknown>): Promise<string> => {
+      const srv = createServer((req, res) => {
+        const body = routes[req.url ?? ''];
+        res.writeHead(body === undefined ? 404 : 200, { 'content-type': 'application/json' }).end(JSON.stringify(body ?? { error: 'NOT_FOUND' }));
+      });
+      servers.push(srv);
+      await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+      const a = srv.address();
+      return `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
+    };
+    try {
+      const sys = (name: string, timeline: number, fenced = false) => ({ name, timeline, fenced, pgHost: '127.0.0.1', pgPort: 1, pgUser: 'postgres' });
+      const agentC = await fake({ '/api/pg/v1/system': sys('c', 4), '/api/pg/v1/instance/current': { c: 'master' } });
+      const proxy = await fake({ '/status': { primary: '10.0.0.3:5432', backends: [{ name: '10.0.0.2:5432', agent: null, timeline: 3 }, { name: '10.0.0.3:5432', agent: agentC, timeline: 4 }] } });
+      const noPrimary = await fake({ '/status': { primary: null, backends: [] } });
+      const peerOld = await fake({ '/api/pg/v1/system': sys('old', 2), '/api/pg/v1/instance/current': { old: 'single' } });
+      const peerNew = await fake({ '/api/pg/v1/system': sys('new', 3), '/api/pg/v1/instance/current': { new: 'master' } });
+      const peerFenced = await fake({ '/api/pg/v1/system': sys('fen', 9, true), '/api/pg/v1/instance/current': { fen: 'single' } });
+      const peerStandby = await fake({ '/api/pg/v1/system': sys('sb', 9), '/api/pg/v1/instance/current': { sb: 'slave' } });
+      const ctx = (proxies: string[], peers: Record<string, string>) => ({ cfg: { name: 'a', token: TOKEN, proxies, peers } }) as unknown as AgentContext;
+      const peers = { old: peerOld, new: peerNew, fen: peerFenced, sb: peerStandby };
+      expect(await findPrimaryForRejoin(ctx([noPrimary, 'http://127.0.0.1:1', proxy], peers), 1000)).toEqual({ name: 'c', url: agentC, timeline: 4, via: 'proxy' });
+      expect(await findPrimaryForRejoin(ctx([noPrimary], peers), 1000)).toEqual({ name: 'new', url: peerNew, timeline: 3, via: 'peers' });
+      expect(await findPrimaryForRejoin(ctx([], { fen: peerFenced, sb: peerStandby, gone: 'http://127.0.0.1:1' }), 1000)).toBeNull();
+    } finally {
+      for (const srv of servers) srv.close();
+    }
   });
 });
