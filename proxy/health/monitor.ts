@@ -85,6 +85,8 @@ interface Node {
   last: ProbeResult | null;
   /** the newest timeline this node was seen on (a standby whose receiver stopped keeps it) */
   knownTimeline: number;
+  /** when a fenced node was last reported answering as a primary */
+  fencedPrimarySeenAt: number;
 }
 
 export interface PrimaryChange {
@@ -148,6 +150,7 @@ export class HealthMonitor extends EventEmitter {
       timer: null,
       last: null,
       knownTimeline: 0,
+      fencedPrimarySeenAt: 0,
     }));
     this.unchecked = new Set(this.nodes.map((n) => n.state.name));
     this.firstRound = new Promise((r) => (this.firstRoundDone = r));
@@ -296,7 +299,7 @@ export class HealthMonitor extends EventEmitter {
       this.onCheck(n.state.name, seconds, ok);
     }
     this.classify(n, ok);
-    this.elect();
+    this.elect(ok ? n : null);
     if (this.unchecked.delete(n.state.name) && this.unchecked.size === 0) this.firstRoundDone();
     this.emit(`checked:${n.state.name}`);
     if (n.again) {
@@ -325,6 +328,13 @@ export class HealthMonitor extends EventEmitter {
     }
     if (n.fenced) {
       s.role = 'fenced';
+      // a fenced node of this cluster answering as a primary (its agent could not be reached when it
+      // was fenced, e.g. it was cut off the network): say so again, every few seconds, until it stops
+      if (!s.inRecovery && s.systemId === this.systemId && Date.now() - n.fencedPrimarySeenAt > 3000) {
+        n.fencedPrimarySeenAt = Date.now();
+        this.opts.log.warn({ backend: s.name, timeline: s.timeline }, 'fenced node answers as a primary');
+        this.emit('fenced', s);
+      }
       return;
     }
     s.reason = null;
@@ -332,9 +342,9 @@ export class HealthMonitor extends EventEmitter {
     s.role = s.inRecovery ? 'standby' : 'primary';
   }
 
-  private elect(): void {
+  private elect(checked: Node | null = null): void {
     this.electPrimary();
-    this.derive();
+    this.derive(checked);
     this.emit('change');
   }
 
@@ -397,7 +407,7 @@ export class HealthMonitor extends EventEmitter {
   }
 
   /** what the standbys look like from the primary: streaming, sync state, lag; who acknowledged commits */
-  private derive(): void {
+  private derive(checked: Node | null): void {
     const primary = this.primary;
     const pr = primary ? this.nodes.find((n) => n.state.name === primary.name)?.last ?? null : null;
     const primaryLsn = lsnOrNull(primary?.lsn ?? null);
@@ -421,10 +431,12 @@ export class HealthMonitor extends EventEmitter {
       const state = rows.length === 1 && s.streaming ? rows[0].syncState : null;
       s.syncState = state === 'sync' || state === 'quorum' || state === 'potential' || state === 'async' ? state : null;
     }
-    if (pr && primary) {
+    // the record changes only on a fresh answer of the primary itself: once it stops answering, the
+    // last record is what a failover must respect
+    if (pr && primary && checked?.state.name === primary.name) {
       const syncRows = pr.replication.filter((x) => x.syncState === 'sync' || x.syncState === 'quorum');
       const apps = new Set(syncRows.map((x) => x.app));
-      const current = this.nodes.filter((n) => n.state.streaming && n.state.applicationName !== null && apps.has(n.state.applicationName)).map((n) => n.state.name);
+      const current = this.nodes.filter((n) => n.state.name !== primary.name && n.state.applicationName !== null && apps.has(n.state.applicationName)).map((n) => n.state.name);
       // a standby that stops acknowledging may hold commits the others have not flushed yet: it stays
       // in the record until every remaining member has flushed past the primary's position when it left
       for (const name of this.sync?.members ?? []) {

@@ -274,6 +274,7 @@ export class AutoRejoinLoop {
       both(`replication slot ${slot} on ${sys.name}: ${made}`);
       const r = await rejoin({
         pgdata: cfg.pgdata,
+        applicationName: cfg.name,
         source: primary.url,
         token: cfg.token,
         binDir: cfg.pgBin,

@@ -33,6 +33,8 @@ export interface RejoinOptions {
   peers?: string[];
   allowReclone?: boolean;
   dryRun?: boolean;
+  /** application_name of the standby's WAL receiver (default: the data directory's name) */
+  applicationName?: string;
   /** replication slot on the source to use (created by pg_basebackup on re-clone) */
   slot?: string;
   timeoutMs?: number;
@@ -170,7 +172,8 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     streaming: false,
   };
   const pgwal = walDir(opts.pgdata);
-  const appName = basename(opts.pgdata);
+  // the name synchronous_standby_names matches: the node's own (agents pass theirs), else its directory's
+  const appName = opts.applicationName ?? basename(opts.pgdata);
   // once the node streams from the source it follows the new primary: it is no longer fenced
   const unfence = () => {
     if (clearFence(opts.pgdata)) log(`rejoin: fence marker removed from ${opts.pgdata}`);

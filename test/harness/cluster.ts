@@ -252,8 +252,12 @@ export class PgCluster {
     if (pid) this.stoppedPids.push(pid);
   }
 
-  /** kill -9 the postmaster (children exit when they notice it is gone) */
-  async kill9(): Promise<void> {
+  /**
+   * kill -9 the postmaster (children exit when they notice it is gone). By default this waits
+   * until no process holds the data directory; `waitOrphans: false` returns once the postmaster is
+   * dead (an agent beside the node may be restarting it already).
+   */
+  async kill9(opts: { waitOrphans?: boolean } = {}): Promise<void> {
     const pid = this.pid;
     if (pid === null) return;
     try {
@@ -275,7 +279,7 @@ export class PgCluster {
     }
     // backends and auxiliary processes of the killed postmaster go away on their own, but wait
     // until none holds the data directory so a restart is not refused
-    await this.waitForOrphans();
+    if (opts.waitOrphans !== false) await this.waitForOrphans();
   }
 
   private async waitForOrphans(): Promise<void> {

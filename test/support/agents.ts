@@ -12,7 +12,6 @@ import { freePort, type PgCluster } from '../harness/cluster.js';
 import type { NetHost } from '../harness/netns.js';
 import { PGHA } from './cli.js';
 
-
 const running: FastifyInstance[] = [];
 
 export interface AgentOptions {
@@ -78,6 +77,8 @@ export interface AgentProcessOptions {
   netHost?: NetHost;
   /** more `pgha agent` arguments */
   extraArgs?: string[];
+  /** listen on this port (default: a free one), so peers can be told the URL before it starts */
+  port?: number;
 }
 
 const processes = new Set<{ pid: number; exited: () => boolean; stop: () => Promise<void> }>();
@@ -111,7 +112,7 @@ export async function startAgentProcess(
 ): Promise<AgentProcess> {
   installExitHook();
   const ip = opts.netHost?.ip ?? '127.0.0.1';
-  const port = await freePort(); // free in the root namespace is free in a fresh namespace too
+  const port = opts.port ?? (await freePort()); // free in the root namespace is free in a fresh namespace too
   const url = `http://${ip}:${port}`;
   const dir = mkdtempSync(join(tmpdir(), `pgha-agent-${name}-`));
   const logFile = join(dir, 'agent.log');

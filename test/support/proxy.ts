@@ -25,6 +25,7 @@ export interface RunningProxy {
   pid: number;
   logFile: string;
   proc: ChildProcess;
+  admin: string;
   status(): Promise<ProxyStatus>;
   metrics(): Promise<string>;
   log(): string;
@@ -32,18 +33,19 @@ export interface RunningProxy {
   stop(): Promise<void>;
 }
 
-export async function startProxy(backends: number[], extra: string[] = [], opts: { read?: boolean } = {}): Promise<RunningProxy> {
+/** backends: ports on 127.0.0.1, or HOST:PORT */
+export async function startProxy(backends: Array<number | string>, extra: string[] = [], opts: { read?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<RunningProxy> {
   const port = await freePort();
   const adminPort = await freePort();
   const readPort = opts.read ? await freePort() : null;
   const dir = mkdtempSync(join(tmpdir(), 'pgha-proxy-'));
   const logFile = join(dir, 'proxy.log');
   const args = [PROXY_CLI, '--listen', `127.0.0.1:${port}`, '--admin', `127.0.0.1:${adminPort}`, '--health-user', 'postgres'];
-  for (const b of backends) args.push('--backend', `127.0.0.1:${b}`);
+  for (const b of backends) args.push('--backend', typeof b === 'number' ? `127.0.0.1:${b}` : b);
   if (readPort) args.push('--read-listen', `127.0.0.1:${readPort}`);
   args.push(...extra);
   const fd = openSync(logFile, 'a');
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', fd, fd] });
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', fd, fd], env: { ...process.env, ...(opts.env ?? {}) } });
   running.add(proc);
   let exited: number | null = null;
   proc.once('exit', (code) => {
@@ -71,6 +73,7 @@ export async function startProxy(backends: number[], extra: string[] = [], opts:
     pid: proc.pid!,
     logFile,
     proc,
+    admin,
     status: async () => (await (await fetch(`${admin}/status`)).json()) as ProxyStatus,
     metrics: async () => (await fetch(`${admin}/metrics`)).text(),
     log: () => readFileSync(logFile, 'utf8'),

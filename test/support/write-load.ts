@@ -8,6 +8,14 @@ import pg from 'pg';
 import { sleep } from '../harness/cluster.js';
 
 export const LEDGER_DDL = 'CREATE TABLE IF NOT EXISTS ledger (id bigint PRIMARY KEY, v int NOT NULL, worker int NOT NULL)';
+/** the chaos loop's counter: one row, incremented in the same transaction as every insert */
+export const COUNTER_DDL = 'CREATE TABLE IF NOT EXISTS counter (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO counter VALUES (1, 0) ON CONFLICT DO NOTHING';
+
+/** one acknowledged commit: when, and which server (port) acknowledged it */
+export interface Ack {
+  at: number;
+  port: number;
+}
 
 export interface LoadReport {
   commits: number;
@@ -34,12 +42,20 @@ export class WriteLoad {
   private readonly acked = new Map<number, number>(); // id -> v acknowledged
   private readonly ackedDeleted = new Set<number>();
   private readonly commitTimes: number[] = [];
+  /** every acknowledged commit with the server port that acknowledged it */
+  readonly acks: Ack[] = [];
   private errors = 0;
   private readonly errorKinds: Record<string, number> = {};
 
   constructor(
     private readonly port: number,
-    private readonly opts: { workers?: number; txPerSecond?: number; host?: string } = {},
+    private readonly opts: {
+      workers?: number;
+      txPerSecond?: number;
+      host?: string;
+      /** insert + counter increment in one transaction, no deletes (counter = rows at the end) */
+      counter?: boolean;
+    } = {},
   ) {}
 
   start(): void {
@@ -76,6 +92,7 @@ export class WriteLoad {
   private async worker(w: number, periodMs: number): Promise<void> {
     let client: pg.Client | null = null;
     let seq = 0;
+    let port = 0;
     const mine: number[] = [];
     while (this.running) {
       const t0 = Date.now();
@@ -84,17 +101,21 @@ export class WriteLoad {
           client = new pg.Client({ host: this.opts.host ?? '127.0.0.1', port: this.port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 15_000, query_timeout: 15_000 });
           client.on('error', () => undefined);
           await client.connect();
+          port = Number((await client.query("SELECT current_setting('port') AS p")).rows[0].p);
         }
         const id = w * 1_000_000_000 + ++seq;
-        const victim = mine.length > 5 && seq % 4 === 0 ? mine.shift()! : null;
+        const victim = !this.opts.counter && mine.length > 5 && seq % 4 === 0 ? mine.shift()! : null;
         await client.query('BEGIN');
         await client.query('INSERT INTO ledger (id, v, worker) VALUES ($1, 0, $2)', [id, w]);
         await client.query('UPDATE ledger SET v = v + 1 WHERE id = $1', [id]);
-        await client.query('SELECT count(*) FROM ledger WHERE worker = $1', [w]);
+        if (this.opts.counter) await client.query('UPDATE counter SET n = n + 1 WHERE id = 1');
+        else await client.query('SELECT count(*) FROM ledger WHERE worker = $1', [w]);
         if (victim !== null) await client.query('DELETE FROM ledger WHERE id = $1', [victim]);
         await client.query('COMMIT');
         // acknowledged
-        this.commitTimes.push(Date.now());
+        const at = Date.now();
+        this.commitTimes.push(at);
+        this.acks.push({ at, port });
         this.acked.set(id, 1);
         mine.push(id);
         if (victim !== null) {

@@ -115,6 +115,7 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
       try {
         const result = await rejoin({
           pgdata: cfg.pgdata,
+          applicationName: cfg.name,
           source: primary.url,
           token: cfg.token,
           binDir: cfg.pgBin,

@@ -1,0 +1,211 @@
+/**
+ * A whole HA cluster for the scenario and chaos tests: N PostgreSQL 15 nodes (a primary and
+ * pg_basebackup standbys, optionally each in its own network namespace), a `pgha agent` process
+ * beside each (peers of each other, automatic rejoin on), and one pgha-proxy with automatic
+ * failover in front. Helpers read the cluster the way an operator would (the proxy's /status, the
+ * nodes' own SQL) and check the invariants every fault test asserts.
+ */
+import { execFileSync } from 'node:child_process';
+import pg from 'pg';
+import { freePort, PgCluster, sleep, waitFor } from '../harness/cluster.js';
+import { createNetHost, type NetHost } from '../harness/netns.js';
+import { startAgentProcess, type AgentProcess } from './agents.js';
+import { startProxy, type RunningProxy } from './proxy.js';
+import { COUNTER_DDL, LEDGER_DDL, type WriteLoad } from './write-load.js';
+import type { ProxyStatus } from '../../proxy/server.js';
+
+export const HA_TOKEN = 'ha-cluster-test-token-0123456789';
+
+export interface HaNode {
+  name: string;
+  pg: PgCluster;
+  net: NetHost | null;
+  agent: AgentProcess;
+  agentUrl: string;
+  /** host:port as the proxy names it */
+  address: string;
+}
+
+export interface HaClusterOptions {
+  name: string;
+  nodes?: number;
+  /** synchronous replication: `ANY 1 (*)` in every node's postgresql.conf */
+  sync?: boolean;
+  /** every node in its own network namespace (for network cuts) */
+  netns?: boolean;
+  proxyArgs?: string[];
+  agentArgs?: string[];
+  health?: string[];
+}
+
+export const FAST_HEALTH = ['--health-interval', '200', '--health-timeout', '1000', '--health-retries', '3', '--health-retry-delay', '100'];
+
+export class HaCluster {
+  private constructor(
+    readonly nodes: HaNode[],
+    readonly proxy: RunningProxy,
+  ) {}
+
+  static async start(o: HaClusterOptions): Promise<HaCluster> {
+    const n = o.nodes ?? 3;
+    const nets: Array<NetHost | null> = [];
+    for (let i = 0; i < n; i++) nets.push(o.netns ? await createNetHost(`${o.name}-n${i + 1}`) : null);
+    const conf = { wal_retrieve_retry_interval: '200ms', wal_receiver_timeout: '3s', wal_sender_timeout: '3s', max_wal_size: '256MB', wal_keep_size: '128MB' };
+    const primary = await PgCluster.init({ name: `${o.name}-n1`, netHost: nets[0] ?? undefined, conf: { ...conf, cluster_name: 'n1' } });
+    await primary.start();
+    await primary.sql(LEDGER_DDL);
+    primary.psql(COUNTER_DDL);
+    const pgs = [primary];
+    for (let i = 1; i < n; i++) {
+      pgs.push(await primary.createStandby({ name: `${o.name}-n${i + 1}`, netHost: nets[i] ?? undefined, conf: { cluster_name: `n${i + 1}` } }));
+    }
+    if (o.sync) {
+      // in every node's own configuration, as an operator (or a base backup of it) would have it
+      for (const c of pgs) {
+        c.writeConf({ synchronous_standby_names: 'ANY 1 (*)' });
+        await c.sql('SELECT pg_reload_conf()');
+      }
+      await waitFor(async () => Number(await primary.sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'")) === n - 1, 30_000, 'quorum standbys');
+    }
+    // agents know each other before they start: ports chosen first
+    const ports = await Promise.all(pgs.map(() => freePort()));
+    const urls = pgs.map((c, i) => `http://${c.host}:${ports[i]}`);
+    const agents: AgentProcess[] = [];
+    for (let i = 0; i < n; i++) {
+      const peers = Object.fromEntries(urls.map((u, j) => [`n${j + 1}`, u]).filter((_, j) => j !== i));
+      agents.push(await startAgentProcess(`n${i + 1}`, pgs[i], HA_TOKEN, peers, { netHost: nets[i] ?? undefined, port: ports[i], extraArgs: o.agentArgs }));
+    }
+    const nodes: HaNode[] = pgs.map((c, i) => ({ name: `n${i + 1}`, pg: c, net: nets[i], agent: agents[i], agentUrl: urls[i], address: `${c.host}:${c.port}` }));
+    const proxy = await startProxy(
+      nodes.map((x) => x.address),
+      [...(o.health ?? FAST_HEALTH), '--auto-failover', ...nodes.flatMap((x) => ['--agent', `${x.address}=${x.agentUrl}`]), ...(o.proxyArgs ?? [])],
+      { env: { PGHA_TOKEN: HA_TOKEN } },
+    );
+    return new HaCluster(nodes, proxy);
+  }
+
+  node(address: string): HaNode {
+    const x = this.nodes.find((n) => n.address === address);
+    if (!x) throw new Error(`no node ${address}`);
+    return x;
+  }
+
+  async status(): Promise<ProxyStatus> {
+    return this.proxy.status();
+  }
+
+  async primary(): Promise<HaNode> {
+    const s = await this.status();
+    if (!s.primary) throw new Error('the proxy has no primary');
+    return this.node(s.primary);
+  }
+
+  /** the SQL truth: which nodes answer as primaries (asked directly, not through the proxy) */
+  async primariesBySql(): Promise<string[]> {
+    const out: string[] = [];
+    for (const n of this.nodes) {
+      if (n.net?.isCut) continue;
+      try {
+        const rec = await withTimeout(n.pg.sql('SELECT pg_is_in_recovery()'), 3000);
+        if (rec === 'false') out.push(n.address);
+      } catch {
+        // not running
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Back to full redundancy: one primary, every other node a standby streaming from it on its
+   * timeline (as the proxy sees it and as the primary's pg_stat_replication says), nothing fenced.
+   */
+  async waitHealthy(timeoutMs: number, what = 'every node back to streaming'): Promise<ProxyStatus> {
+    let last: ProxyStatus | null = null;
+    let why = '';
+    const started = Date.now();
+    await waitFor(
+      async () => {
+        const s = (last = await this.status());
+        why = await this.notHealthy(s);
+        if (why && process.env.PGHA_DEBUG_CHAOS && Date.now() - started > 5000) console.log(`not healthy yet: ${why}`);
+        return why === '';
+      },
+      timeoutMs,
+      what,
+    ).catch((e) => {
+      throw new Error(`${(e as Error).message}: ${why}\nproxy status: ${JSON.stringify(last?.backends.map((b) => ({ name: b.name, role: b.role, tl: b.timeline, streaming: b.streaming, upstream: b.upstream, fenced: b.fenced, reason: b.reason, err: b.lastError })))}\nagents:\n${this.nodes.map((n) => `--- ${n.name}\n${n.agent.log().split('\n').slice(-15).join('\n')}`).join('\n')}`);
+    });
+    return last!;
+  }
+
+  /** why the cluster is not back to full redundancy ('' when it is) */
+  private async notHealthy(s: ProxyStatus): Promise<string> {
+    if (!s.primary) return 'no primary';
+    if (s.failoverRunning) return 'failover running';
+    for (const b of s.backends) {
+      if (b.name === s.primary) continue;
+      if (b.role !== 'standby') return `${b.name} is ${b.role} (${b.reason ?? b.lastError ?? ''})`;
+      if (!b.streaming) return `${b.name} does not stream`;
+      if (b.fenced) return `${b.name} is fenced`;
+      if (b.upstream !== s.primary) return `${b.name} streams from ${b.upstream}, not ${s.primary}`;
+      if (b.timeline !== s.timeline) return `${b.name} is on timeline ${b.timeline}, the primary on ${s.timeline}`;
+    }
+    const p = this.node(s.primary);
+    const streaming = Number(await p.pg.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"));
+    return streaming === this.nodes.length - 1 ? '' : `${streaming} standbys streaming in the primary's pg_stat_replication`;
+  }
+
+  /** every acknowledged write of `load` on every node, and the counter equal to the rows */
+  async verifyEverywhere(load: WriteLoad): Promise<{ ackedRows: number; perNode: Array<{ node: string; lost: number; rows: number; counter: number }> }> {
+    const s = await this.status();
+    const p = this.node(s.primary!);
+    const target = await p.pg.sql('SELECT pg_current_wal_lsn()');
+    const perNode: Array<{ node: string; lost: number; rows: number; counter: number }> = [];
+    let acked = 0;
+    for (const n of this.nodes) {
+      if (n !== p) await waitFor(async () => (await n.pg.sql(`SELECT pg_last_wal_replay_lsn() >= '${target}'::pg_lsn`)) === 'true', 60_000, `${n.name} replay to ${target}`);
+      const v = await load.verify(n.pg);
+      acked = v.ackedRows;
+      const [r] = await n.pg.rows<{ rows: string; counter: string }>('SELECT (SELECT count(*) FROM ledger)::text AS rows, (SELECT n FROM counter WHERE id = 1)::text AS counter');
+      perNode.push({ node: n.name, lost: v.lost, rows: Number(r.rows), counter: Number(r.counter) });
+    }
+    return { ackedRows: acked, perNode };
+  }
+
+  async stop(): Promise<void> {
+    await this.proxy.stop().catch(() => undefined);
+    for (const n of this.nodes) await n.agent.stop().catch(() => undefined);
+    for (const n of this.nodes) {
+      if (n.net?.isCut) await n.net.heal().catch(() => undefined);
+    }
+    for (const n of this.nodes) await n.pg.cleanup().catch(() => undefined);
+    for (const n of this.nodes) await n.net?.destroy().catch(() => undefined);
+  }
+}
+
+export function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref())]);
+}
+
+/** all processes of a node's PostgreSQL: the postmaster and its children */
+export function serverPids(c: PgCluster): number[] {
+  const pid = c.pid;
+  if (!pid) return [];
+  let children: number[] = [];
+  try {
+    children = execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').filter(Boolean).map(Number);
+  } catch {
+    // none
+  }
+  return [pid, ...children];
+}
+
+/** a client connected straight to a node (not through the proxy) */
+export async function direct(n: HaNode): Promise<pg.Client> {
+  const c = new pg.Client({ host: n.pg.host, port: n.pg.port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 3000 });
+  c.on('error', () => undefined);
+  await c.connect();
+  return c;
+}
+
+export { sleep };
