@@ -66,6 +66,8 @@ export class ProxyServer implements ProxyContext {
   private admin: FastifyInstance | null = null;
   private readonly metrics: ReturnType<typeof proxyMetrics>;
   private readerTurn = 0;
+  /** the last automatic failover that promoted no one, and which standbys answered then */
+  private failedAttempt: { from: string; standbys: string } | null = null;
   readonly addresses: { rw: BackendAddress | null; ro: BackendAddress | null; admin: BackendAddress | null } = { rw: null, ro: null, admin: null };
 
   constructor(
@@ -113,7 +115,10 @@ export class ProxyServer implements ProxyContext {
     this.metrics = proxyMetrics(this);
     this.monitor.onCheck = (name, seconds, ok) => this.metrics.healthLatency.observe({ backend: name, ok: String(ok) }, seconds);
     this.monitor.on('primary', (c: PrimaryChange) => this.onPrimaryChange(c));
-    this.monitor.on('change', () => this.endSessionsOnLostBackends());
+    this.monitor.on('change', () => {
+      this.endSessionsOnLostBackends();
+      this.retryFailover();
+    });
     this.monitor.on('down', (s: BackendState) => void this.onDown(s));
     // a primary left behind on an older timeline (someone promoted a standby by hand): fence it
     // through its agent too, so it cannot take writes from clients that bypass the proxy
@@ -228,6 +233,7 @@ export class ProxyServer implements ProxyContext {
   // ---------------------------------------------------------------- following the primary
 
   private onPrimaryChange(c: PrimaryChange): void {
+    if (c.to) this.failedAttempt = null;
     if (c.from && c.to) this.metrics.failovers.inc({ result: 'followed' });
     if (c.from) this.endSessions(c.from.name, 'rw', c.to ? `the primary moved from ${c.from.name} to ${c.to.name}` : `the primary ${c.from.name} is unavailable (${c.reason})`);
   }
@@ -258,8 +264,33 @@ export class ProxyServer implements ProxyContext {
     if (!this.cfg.autoFailover || this.failover.running) return;
     // only the primary's loss triggers a failover ('down' is emitted before the election drops it)
     if (this.monitor.primary?.name !== s.name) return;
+    await this.runFailover(s);
+  }
+
+  private async runFailover(s: BackendState): Promise<void> {
+    this.failedAttempt = null;
     const report = await this.failover.run(s);
     this.metrics.failovers.inc({ result: report.error ? 'failed' : 'promoted' });
+    if (report.error && !report.promotedAt) this.failedAttempt = { from: s.name, standbys: this.healthyStandbys() };
+  }
+
+  private healthyStandbys(): string {
+    return this.monitor.backends.filter((b) => b.role === 'standby' && b.failures === 0).map((b) => b.name).sort().join(',');
+  }
+
+  /**
+   * An automatic failover that found no standby it could promote is tried again when the standbys
+   * that answer change (one came back), as long as the old primary is still gone and nobody else
+   * promoted a node.
+   */
+  private retryFailover(): void {
+    const f = this.failedAttempt;
+    if (!f || !this.cfg.autoFailover || this.failover.running || this.monitor.primary) return;
+    const old = this.monitor.state(f.from);
+    if (!old || (old.role !== 'down' && old.role !== 'fenced')) return;
+    if (this.healthyStandbys() === f.standbys) return;
+    this.log.warn({ from: f.from, standbys: this.healthyStandbys() }, 'standbys changed since the failed failover: trying again');
+    void this.runFailover(old);
   }
 
   // ---------------------------------------------------------------- admin

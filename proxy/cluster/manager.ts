@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { lsnOrNull, type HealthMonitor } from '../health/monitor.js';
 import { ensurePhysicalSlot, setAndReload, withServer, type AdminSqlOptions } from '../backend/admin-sql.js';
 import { formatLsn } from '../../src/formats/lsn.js';
+import { parseConninfo, retarget } from '../backend/conninfo.js';
 import type { MemberDirectory } from './members.js';
 import { planCluster, type ClusterAction, type MemberView, type PlanOptions } from './plan.js';
 
@@ -64,6 +65,7 @@ export class ClusterManager {
         upstream: b.upstream,
         streaming: b.streaming === true,
         primarySlotName: p?.primarySlotName ?? null,
+        conninfoTarget: conninfoTarget(p?.primaryConninfo ?? null),
         applicationName: b.applicationName,
         replayLsn: lsnOrNull(b.replayLsn),
         slots: p?.slots ?? [],
@@ -94,7 +96,7 @@ export class ClusterManager {
   private async apply(a: ClusterAction): Promise<void> {
     const b = this.o.monitor.state(a.on);
     if (!b) return;
-    const detail = a.kind === 'set-synchronous-standby-names' ? a.value : a.kind === 'advance-slot' ? `${a.slot} to ${formatLsn(a.to)}` : a.slot;
+    const detail = a.kind === 'set-synchronous-standby-names' ? a.value : a.kind === 'advance-slot' ? `${a.slot} to ${formatLsn(a.to)}` : a.kind === 'repoint' ? a.to : a.slot;
     const result: ActionResult = { action: a.kind, on: a.on, detail, error: null, at: new Date().toISOString() };
     try {
       await withServer(b.address, this.o.sql, async (c) => {
@@ -115,6 +117,13 @@ export class ClusterManager {
               await ensurePhysicalSlot(c, a.slot);
             }
             break;
+          case 'repoint': {
+            const to = this.o.monitor.state(a.to);
+            if (!to) break;
+            const { rows } = await c.query<{ setting: string }>("SELECT setting FROM pg_settings WHERE name = 'primary_conninfo'");
+            await setAndReload(c, 'primary_conninfo', retarget(rows[0]?.setting ?? '', to.address.host, to.address.port));
+            break;
+          }
           case 'set-primary-slot':
             await setAndReload(c, 'primary_slot_name', a.slot);
             break;
@@ -132,5 +141,21 @@ export class ClusterManager {
       this.recent.push(result);
       if (this.recent.length > 50) this.recent.shift();
     }
+  }
+}
+
+/** host:port a primary_conninfo points at (keyword form or URI), null when it names none */
+export function conninfoTarget(conninfo: string | null): string | null {
+  if (!conninfo) return null;
+  try {
+    if (/^postgres(ql)?:\/\//.test(conninfo)) {
+      const u = new URL(conninfo);
+      return `${u.hostname.replace(/^\[|\]$/g, '')}:${u.port || '5432'}`;
+    }
+    const pairs = new Map(parseConninfo(conninfo));
+    const host = pairs.get('host') ?? pairs.get('hostaddr');
+    return host ? `${host}:${pairs.get('port') || '5432'}` : null;
+  } catch {
+    return null;
   }
 }

@@ -22,6 +22,8 @@ export interface MemberView {
   streaming: boolean;
   /** standby: its primary_slot_name */
   primarySlotName: string | null;
+  /** standby: host:port its primary_conninfo names (null: none, or unparsable) */
+  conninfoTarget: string | null;
   applicationName: string | null;
   replayLsn: bigint | null;
   /** physical slots on this node */
@@ -34,6 +36,7 @@ export type ClusterAction =
   | { kind: 'drop-slot'; on: string; slot: string; why: string }
   | { kind: 'advance-slot'; on: string; slot: string; to: bigint; why: string }
   | { kind: 'set-primary-slot'; on: string; slot: string; why: string }
+  | { kind: 'repoint'; on: string; to: string; why: string }
   | { kind: 'set-synchronous-standby-names'; on: string; value: string; why: string };
 
 export interface PlanOptions {
@@ -59,6 +62,13 @@ export function planCluster(members: MemberView[], opts: PlanOptions): ClusterAc
   const primary = primaries[0];
   const expected = new Map(members.map((m) => [m.name, m.slot]));
   const streamingFromPrimary = members.filter((m) => m.role === 'standby' && m.healthy && m.streaming && m.upstream === primary.name);
+
+  // every standby follows the primary itself: one that was stopped during a failover (and so not
+  // re-pointed), or points at a node that is no longer the primary, is pointed at it
+  for (const m of members) {
+    if (m.role !== 'standby' || !m.healthy || m.upstream === primary.name || m.conninfoTarget === primary.name) continue;
+    actions.push({ kind: 'repoint', on: m.name, to: primary.name, why: `it follows ${m.upstream ?? m.conninfoTarget ?? 'nothing'}, not the primary` });
+  }
 
   if (opts.memberSlots) {
     // the primary keeps a slot for every other member, down ones included (their WAL is kept until

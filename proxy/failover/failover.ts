@@ -73,6 +73,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class FailoverController {
   running = false;
+  /** every failover and switchover, the running one included (its report fills in as it goes) */
   readonly history: FailoverReport[] = [];
 
   constructor(private readonly o: FailoverOptions) {}
@@ -121,6 +122,7 @@ export class FailoverController {
       return report;
     }
     this.running = true;
+    this.history.push(report);
     monitor.hold(true);
     try {
       await monitor.checkNow(monitor.backends.filter((b) => b.name !== old.name).map((b) => b.name));
@@ -172,7 +174,6 @@ export class FailoverController {
     } finally {
       monitor.hold(false);
       report.ms ||= Date.now() - started;
-      this.history.push(report);
       this.running = false;
     }
   }
@@ -193,6 +194,7 @@ export class FailoverController {
     const oldAgent = this.agent(old.name, timeoutMs);
     if (!oldAgent) throw new FailoverError(`${old.name} has no agent: a switchover must stop it cleanly (give --agent ${old.name}=URL)`);
     this.running = true;
+    this.history.push(report);
     let heldAt: number | null = null;
     try {
       await monitor.checkNow();
@@ -245,7 +247,6 @@ export class FailoverController {
     } finally {
       monitor.hold(false);
       report.ms ||= Date.now() - started;
-      this.history.push(report);
       this.running = false;
     }
   }

@@ -8,6 +8,7 @@ import { chooseCandidate, rankStandbys } from '../../proxy/failover/candidates.j
 import type { BackendState, SyncRecord } from '../../proxy/health/monitor.js';
 import { memberSlotName } from '../../proxy/cluster/members.js';
 import { planCluster, synchronousNames, type MemberView } from '../../proxy/cluster/plan.js';
+import { conninfoTarget } from '../../proxy/cluster/manager.js';
 
 function node(name: string, over: Partial<BackendState> = {}): BackendState {
   return {
@@ -109,6 +110,7 @@ function member(name: string, over: Partial<MemberView> = {}): MemberView {
     upstream: 'p:1',
     streaming: true,
     primarySlotName: null,
+    conninfoTarget: 'p:1',
     applicationName: name.replace(':', ''),
     replayLsn: 0x5000000n,
     slots: [],
@@ -119,6 +121,15 @@ function member(name: string, over: Partial<MemberView> = {}): MemberView {
 
 describe('cluster plan', () => {
   const OPTS = { memberSlots: true, synchronousMode: 'off' as const, synchronousCount: 1 };
+
+  it('reads where a primary_conninfo points', () => {
+    expect(conninfoTarget("host=10.0.0.1 port=5433 user=rep application_name='n2'")).toBe('10.0.0.1:5433');
+    expect(conninfoTarget('user=rep host=db1')).toBe('db1:5432');
+    expect(conninfoTarget('postgresql://rep@[::1]:6000/postgres')).toBe('::1:6000');
+    expect(conninfoTarget('')).toBeNull();
+    expect(conninfoTarget('user=rep')).toBeNull();
+    expect(conninfoTarget("host='unterminated")).toBeNull();
+  });
 
   it('slot names are what PostgreSQL accepts', () => {
     expect(memberSlotName('n1')).toBe('pgha_n1');
@@ -180,6 +191,18 @@ describe('cluster plan', () => {
     const plan = planCluster([p, a, b], { memberSlots: false, synchronousMode: 'on', synchronousCount: 1 });
     expect(plan).toEqual([expect.objectContaining({ kind: 'set-synchronous-standby-names', on: 'p:1', value: 'ANY 1 ("a2")' })]);
     expect(planCluster([{ ...p, synchronousStandbyNames: 'ANY 1 ("a2")' }, a, b], { memberSlots: false, synchronousMode: 'on', synchronousCount: 1 })).toEqual([]);
+  });
+
+  it('points a standby that follows another node (stopped during a failover) at the primary', () => {
+    const p = member('p:1', { role: 'primary', upstream: null, conninfoTarget: null });
+    const stale = member('a:2', { upstream: null, streaming: false, conninfoTarget: 'old:9' });
+    const cascading = member('b:3', { upstream: 'a:2', conninfoTarget: 'a:2' });
+    const waiting = member('c:4', { upstream: null, streaming: false, conninfoTarget: 'p:1' });
+    const plan = planCluster([p, stale, cascading, waiting], { memberSlots: false, synchronousMode: 'off', synchronousCount: 1 });
+    expect(plan).toEqual([
+      expect.objectContaining({ kind: 'repoint', on: 'a:2', to: 'p:1' }),
+      expect.objectContaining({ kind: 'repoint', on: 'b:3', to: 'p:1' }),
+    ]);
   });
 
   it('does nothing without exactly one healthy primary', () => {
