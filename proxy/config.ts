@@ -28,6 +28,8 @@ export interface ProxyConfig {
   tls: { cert: Buffer; key: Buffer } | null;
   backendTls: BackendTls;
   startupTimeoutMs: number;
+  /** authentication (startup packet to the first ReadyForQuery) must end within this */
+  authTimeoutMs: number;
   connectTimeoutMs: number;
   /** how long a new client waits for a primary during a failover before it is refused */
   primaryWaitMs: number;
@@ -72,6 +74,7 @@ export interface ProxyFlags {
   backendSslmode?: string;
   backendSslrootcert?: string;
   startupTimeout?: string | number;
+  authTimeout?: string | number;
   connectTimeout?: string | number;
   primaryWait?: string | number;
   maxClients?: string | number;
@@ -170,6 +173,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     tls,
     backendTls: { mode, ca },
     startupTimeoutMs: int(f.startupTimeout, '--startup-timeout', 1, 10_000),
+    authTimeoutMs: int(f.authTimeout, '--auth-timeout', 1, 15_000),
     connectTimeoutMs: int(f.connectTimeout, '--connect-timeout', 1, healthTimeoutMs),
     primaryWaitMs: int(f.primaryWait, '--primary-wait', 0, 10_000),
     maxClients: int(f.maxClients, '--max-clients', 1, 10_000),

@@ -23,6 +23,13 @@ import { CancelRegistry } from './session/cancel-registry.js';
 import { ClientSession, type PortKind } from './session/client-session.js';
 import type { ProxyContext, ProxyStats } from './session/context.js';
 
+/**
+ * Connections the proxy leaves free on every server below its client slots (max_connections −
+ * superuser_reserved_connections): for an agent, an operator's psql, monitoring. Health checks run
+ * as a superuser and use the reserved slots; WAL senders have their own (max_wal_senders).
+ */
+const SERVER_HEADROOM = 2;
+
 export interface ProxyStatus {
   primary: string | null;
   timeline: number;
@@ -35,7 +42,7 @@ export interface ProxyStatus {
       BackendState,
       | 'name' | 'role' | 'reason' | 'timeline' | 'lsn' | 'receiveLsn' | 'replayLsn' | 'systemId' | 'failures' | 'lastCheck' | 'latencyMs' | 'lastError'
       | 'streaming' | 'upstream' | 'syncState' | 'lagBytes' | 'lagSeconds' | 'fenced' | 'slot' | 'applicationName'
-    > & { sessions: number; agent: string | null; member: string }
+    > & { sessions: number; capacity: number | null; agent: string | null; member: string }
   >;
   /** the primary's synchronous standbys at its last answer: who a zero-loss failover may promote */
   synchronous: { mode: ProxyConfig['synchronousMode']; record: SyncRecord | null };
@@ -62,6 +69,8 @@ export class ProxyServer implements ProxyContext {
   readonly relay: ProxyRelay | null;
   readonly nativeSessions = new Map<number, ClientSession>();
   private readonly byBackend = new Map<string, Set<ClientSession>>();
+  /** places held by sessions still connecting, per backend */
+  private readonly pending = new Map<string, number>();
   private servers: Server[] = [];
   private admin: FastifyInstance | null = null;
   private readonly metrics: ReturnType<typeof proxyMetrics>;
@@ -179,7 +188,27 @@ export class ProxyServer implements ProxyContext {
 
   // ---------------------------------------------------------------- ProxyContext
 
+  reserve(name: string): boolean {
+    const cap = this.capacity(name);
+    const pending = this.pending.get(name) ?? 0;
+    if (this.sessionsOn(name) + pending >= cap) return false;
+    this.pending.set(name, pending + 1);
+    return true;
+  }
+
+  release(name: string): void {
+    const pending = this.pending.get(name) ?? 0;
+    if (pending > 0) this.pending.set(name, pending - 1);
+  }
+
+  /** client sessions a backend can take: what its server leaves to ordinary clients, minus headroom */
+  capacity(name: string): number {
+    const slots = this.monitor.probeOf(name)?.clientSlots;
+    return slots === undefined ? Infinity : Math.max(1, slots - SERVER_HEADROOM);
+  }
+
   attach(s: ClientSession): void {
+    this.release(s.backendName!);
     let set = this.byBackend.get(s.backendName!);
     if (!set) this.byBackend.set(s.backendName!, (set = new Set()));
     set.add(s);
@@ -329,6 +358,7 @@ export class ProxyServer implements ProxyContext {
         slot: b.slot,
         applicationName: b.applicationName,
         sessions: this.sessionsOn(b.name),
+        capacity: Number.isFinite(this.capacity(b.name)) ? this.capacity(b.name) : null,
         agent: this.cfg.agents.get(b.name) ?? null,
         member: this.members.nameOf(b.name),
       })),

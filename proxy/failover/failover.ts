@@ -132,6 +132,16 @@ export class FailoverController {
         log.warn(report.error);
         return report;
       }
+      // what the proxy cannot see may be the network between them: ask the node's own agent whether
+      // its server answers (pg_isready's sense); an agent that cannot be reached confirms nothing
+      if (report.trigger === 'auto') {
+        const alive = await this.askAlive(old.name);
+        if (alive?.answers) {
+          report.error = `${old.name}'s agent says its server answers (${alive.detail ?? 'connected'}): failover abandoned`;
+          log.warn(report.error);
+          return report;
+        }
+      }
       const choice = chooseCandidate(old, monitor.backends, monitor.clusterSystemId, monitor.syncRecord, opts.to);
       report.zeroLoss = choice.zeroLoss;
       report.candidates = choice.candidates;
@@ -325,6 +335,16 @@ export class FailoverController {
       await sleep(200);
     }
     return { streaming: false, lost, error };
+  }
+
+  private async askAlive(name: string): Promise<{ running: boolean; answers: boolean; detail: string | null } | null> {
+    const agent = this.agent(name, 4000);
+    if (!agent) return null;
+    try {
+      return await agent.get('alive');
+    } catch {
+      return null;
+    }
   }
 
   async fenceOld(name: string, to: string): Promise<'agent' | 'proxy-only'> {

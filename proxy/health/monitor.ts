@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { parseLsn } from '../../src/formats/lsn.js';
 import { addressText, type BackendAddress, type BackendTls } from '../backend/connect.js';
-import { probe as defaultProbe, type HealthCredentials, type ProbeResult } from './probe.js';
+import { probe as defaultProbe, ServerAnsweredError, type HealthCredentials, type ProbeResult } from './probe.js';
 
 export type Role = 'primary' | 'standby' | 'down' | 'fenced' | 'unknown';
 
@@ -267,6 +267,7 @@ export class HealthMonitor extends EventEmitter {
     }
     const started = process.hrtime.bigint();
     let ok = false;
+    let answered = false;
     try {
       const r = await (this.opts.probe ?? defaultProbe)(n.state.address, this.opts.credentials, this.opts.tls, this.opts.timeoutMs);
       ok = true;
@@ -286,10 +287,19 @@ export class HealthMonitor extends EventEmitter {
         lastError: null,
       });
     } catch (e) {
-      n.state.failures++;
-      n.state.lastError = (e as Error).message;
-      if (n.state.failures === 1 || n.state.failures === this.opts.retries) {
-        this.opts.log.warn({ backend: n.state.name, failures: n.state.failures, err: n.state.lastError }, 'health check failed');
+      if (e instanceof ServerAnsweredError) {
+        // alive but refusing this check (e.g. 53300 too many clients): not a step toward a failover
+        if (n.state.lastError !== e.message) this.opts.log.warn({ backend: n.state.name, err: e.message }, 'health check refused by a server that answers: alive');
+        ok = true;
+        answered = true;
+        n.state.lastError = e.message;
+        n.state.failures = 0;
+      } else {
+        n.state.failures++;
+        n.state.lastError = (e as Error).message;
+        if (n.state.failures === 1 || n.state.failures === this.opts.retries) {
+          this.opts.log.warn({ backend: n.state.name, failures: n.state.failures, err: n.state.lastError }, 'health check failed');
+        }
       }
     } finally {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -298,8 +308,11 @@ export class HealthMonitor extends EventEmitter {
       n.inFlight = false;
       this.onCheck(n.state.name, seconds, ok);
     }
-    this.classify(n, ok);
-    this.elect(ok ? n : null);
+    // a server that answered with an error keeps the role its last full answer gave it
+    if (!answered || n.last) {
+      this.classify(n, ok);
+      this.elect(ok && !answered ? n : null);
+    }
     if (this.unchecked.delete(n.state.name) && this.unchecked.size === 0) this.firstRoundDone();
     this.emit(`checked:${n.state.name}`);
     if (n.again) {

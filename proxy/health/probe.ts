@@ -59,6 +59,34 @@ export interface ProbeResult {
   replication: ReplicationRow[];
   /** physical replication slots on this node */
   slots: SlotRow[];
+  /** max_connections − superuser_reserved_connections: the slots ordinary clients can take */
+  clientSlots: number;
+}
+
+/**
+ * The server answered with an error (too many clients, authentication, no such database…): it is
+ * alive. Only a failure that means the server is gone (refused, reset, timeout, 57P0x shutting down
+ * or crashed) may count toward a failover.
+ */
+export class ServerAnsweredError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** a server going away answers 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now */
+const GONE_SQLSTATE = /^57P0[123]$/;
+
+export function answeredError(e: unknown): ServerAnsweredError | null {
+  const code = (e as { code?: unknown }).code;
+  const severity = (e as { severity?: unknown }).severity;
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && typeof severity === 'string' && !GONE_SQLSTATE.test(code)) {
+    return new ServerAnsweredError(code, `${(e as Error).message} (SQLSTATE ${code})`);
+  }
+  return null;
 }
 
 // one round trip; pg_walfile_name() names the insert timeline of a primary (pg_control's checkpoint
@@ -86,7 +114,8 @@ const HEALTH_SQL = `SELECT pg_is_in_recovery() AS rec,
           'flushLsn', flush_lsn::text, 'replayLsn', replay_lsn::text,
           'replayLagSeconds', extract(epoch FROM replay_lag)::float8)), '[]') FROM pg_stat_replication) AS repl,
   (SELECT coalesce(json_agg(json_build_object('name', slot_name, 'active', active, 'restartLsn', restart_lsn::text)), '[]')
-     FROM pg_replication_slots WHERE slot_type = 'physical') AS slots
+     FROM pg_replication_slots WHERE slot_type = 'physical') AS slots,
+  current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int AS client_slots
   FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true`;
 
 interface Row {
@@ -108,6 +137,7 @@ interface Row {
   sync_names: string | null;
   repl: ReplicationRow[];
   slots: SlotRow[];
+  client_slots: number;
 }
 
 /** the application_name a standby's WAL receiver connects with (walreceiver.c's rule) */
@@ -160,9 +190,15 @@ export async function probe(addr: BackendAddress, creds: HealthCredentials, tls:
   try {
     return await probeOnce(addr, creds, tls, timeoutMs);
   } catch (e) {
+    const answered = answeredError(e);
+    if (answered) throw answered;
     if (tls.mode !== 'prefer' || (e as Error).message !== NO_SSL) throw e;
     refusesSsl.add(`${addr.host}:${addr.port}`);
-    return probeOnce(addr, creds, tls, timeoutMs);
+    try {
+      return await probeOnce(addr, creds, tls, timeoutMs);
+    } catch (e2) {
+      throw answeredError(e2) ?? e2;
+    }
   }
 }
 
@@ -200,6 +236,7 @@ async function probeOnce(addr: BackendAddress, creds: HealthCredentials, tls: Ba
       synchronousStandbyNames: r.sync_names ?? '',
       replication: r.repl ?? [],
       slots: r.slots ?? [],
+      clientSlots: r.client_slots,
     };
   } finally {
     clearTimeout(timer);

@@ -49,6 +49,7 @@ export class ClientSession {
   private clientMessagesAtReady = 0;
   /** a ReadyForQuery has been relayed: authentication is over */
   private readySeen = false;
+  private authTimer: NodeJS.Timeout | null = null;
   /** the session's bytes are moved by the native relay (native/src/relay.rs) */
   native = false;
   /** the native relay has been told to finish this session */
@@ -218,9 +219,20 @@ export class ClientSession {
           detail: `waited ${cfg.primaryWaitMs} ms; backends: ${monitor.backends.map((b) => `${b.name} ${b.role}`).join(', ')}`,
         });
       }
+      if (!this.ctx.reserve(target.name)) {
+        // as the server itself would say once full, before it is: the proxy never exhausts a server
+        // (its health checks and agent must still get in)
+        return this.refuse({
+          severity: 'FATAL',
+          code: SQLSTATE.tooManyConnections,
+          message: 'sorry, too many clients already',
+          detail: `pgha-proxy: ${target.name} already has ${this.ctx.sessionsOn(target.name)} client sessions, all its max_connections − superuser_reserved_connections leave to clients but a little headroom`,
+        });
+      }
       try {
         const b = await connectBackend(target.address, cfg.backendTls, cfg.connectTimeoutMs);
         if (this.phase !== 'connecting') {
+          this.ctx.release(target.name);
           b.destroy();
           return;
         }
@@ -229,6 +241,7 @@ export class ClientSession {
         this.backendAddress = target.address;
         break;
       } catch (e) {
+        this.ctx.release(target.name);
         lastError = (e as Error).message;
         monitor.suspect(target.name, lastError);
         if (Date.now() >= deadline || this.kind === 'ro') {
@@ -247,6 +260,15 @@ export class ClientSession {
     const b = this.backend!;
     const stats = this.ctx.stats;
     this.phase = 'relay';
+    // a client that starts authenticating and stops answering holds a server connection: as the
+    // server's authentication_timeout does, drop it (PostgreSQL closes without a reply too)
+    this.authTimer = setTimeout(() => {
+      if (this.readySeen || this.phase !== 'relay') return;
+      this.ctx.log.info({ session: this.id, backend: this.backendName, user: this.user }, 'authentication not finished in time: closed');
+      this.backend?.destroy();
+      this.client.destroy();
+      this.close('authentication timeout');
+    }, this.ctx.cfg.authTimeoutMs);
     b.write(startup);
     if (rest.length > 0) this.fromClient(rest);
     c.on('data', (chunk: Buffer) => this.fromClient(chunk));
@@ -290,6 +312,8 @@ export class ClientSession {
   private onBackendMessage(type: number, body: Buffer): void {
     if (type === BACKEND.readyForQuery) {
       this.readySeen = true;
+      if (this.authTimer) clearTimeout(this.authTimer);
+      this.authTimer = null;
       this.txStatus = String.fromCharCode(body[0]) as 'I' | 'T' | 'E';
       this.clientMessagesAtReady = this.clientWalker.messages;
     } else if (type === BACKEND.backendKeyData && body.length >= 8) {
@@ -446,6 +470,7 @@ export class ClientSession {
     const wasRelay = this.phase === 'relay';
     this.phase = 'closed';
     if (this.startupTimer) clearTimeout(this.startupTimer);
+    if (this.authTimer) clearTimeout(this.authTimer);
     // a client that vanished while its query runs: cancel the query so it does not run on for nobody
     if (wasRelay && !this.native && this.backendKey && this.backend && !this.backend.destroyed && this.clientWalker.messages > this.clientMessagesAtReady) {
       this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);

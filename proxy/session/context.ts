@@ -31,6 +31,15 @@ export interface ProxyContext {
   cancelFor(pid: number, key: Buffer): void;
   /** the backend for a read-only session */
   pickReader(): BackendState | null;
+  /**
+   * hold a place for one more session on this backend, within what the server leaves to ordinary
+   * clients (max_connections − superuser_reserved_connections, minus a little headroom); false: full
+   */
+  reserve(name: string): boolean;
+  /** give back a place held by reserve() for a session that did not attach */
+  release(name: string): void;
+  /** a session that reserved a place is connected to its backend */
   attach(s: ClientSession): void;
+  sessionsOn(name: string): number;
   detach(s: ClientSession): void;
 }

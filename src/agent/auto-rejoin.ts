@@ -137,6 +137,8 @@ export async function findPrimaryForRejoin(ctx: AgentContext, timeoutMs = 3000):
 /** create the physical slot on the source primary unless it is there */
 export async function ensurePhysicalSlot(sys: PeerSystem, slot: string): Promise<'created' | 'exists'> {
   const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres', connectionTimeoutMillis: 10_000 });
+  // a server that dies mid-query makes the client emit 'error': never let that end the process
+  c.on('error', () => undefined);
   await c.connect();
   try {
     const have = await c.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot]);

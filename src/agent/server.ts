@@ -16,6 +16,7 @@ import { registerInstanceRoutes } from './routes/instance.js';
 import { registerLsnRoutes } from './routes/lsn.js';
 import { registerWalRoutes } from './routes/wal.js';
 import { registerSlotRoutes } from './routes/slots.js';
+import { registerAliveRoutes } from './routes/alive.js';
 import { registerJobRoutes } from './routes/jobs.js';
 
 export interface AgentContext {
@@ -113,6 +114,7 @@ export function buildAgent(cfg: AgentConfig, opts: { logger?: boolean | object }
   registerLsnRoutes(app, ctx);
   registerWalRoutes(app, ctx);
   registerSlotRoutes(app, ctx);
+  registerAliveRoutes(app, ctx);
   registerJobRoutes(app, ctx);
   return { app, ctx };
 }

@@ -260,6 +260,8 @@ export class PgInstance {
 
   async query<R extends Record<string, unknown>>(sql: string, params: unknown[] = []): Promise<R[]> {
     const c = new pg.Client({ host: '127.0.0.1', port: this.port, user: this.user, database: 'postgres', connectionTimeoutMillis: 5000 });
+    // a server that dies mid-query makes the client emit 'error': never let that end the process
+    c.on('error', () => undefined);
     await c.connect();
     try {
       return (await c.query(sql, params)).rows as R[];

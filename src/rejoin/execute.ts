@@ -93,6 +93,8 @@ function writeStandbyConfig(pgdata: string, sys: SourceSystem, appName: string, 
 
 async function sourceHasSlot(sys: SourceSystem, slot: string): Promise<boolean> {
   const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres', connectionTimeoutMillis: 10_000 });
+  // a server that dies mid-query makes the client emit 'error': never let that end the process
+  c.on('error', () => undefined);
   await c.connect();
   try {
     return (await c.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot])).rowCount! > 0;
@@ -309,6 +311,8 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
 
   // a freshly promoted source must have checkpointed onto its new timeline before pg_rewind reads it
   const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres' });
+  // a server that dies mid-query makes the client emit 'error': never let that end the process
+  c.on('error', () => undefined);
   await c.connect();
   try {
     await c.query('CHECKPOINT');

@@ -36,6 +36,8 @@ export interface SlotsListing {
 
 export async function withSql<T>(sys: NodeSystem, fn: (c: pg.Client) => Promise<T>): Promise<T> {
   const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres', connectionTimeoutMillis: 5000 });
+  // a server that dies mid-query makes the client emit 'error': never let that end the process
+  c.on('error', () => undefined);
   await c.connect();
   try {
     return await fn(c);
