@@ -285,14 +285,20 @@ export class FailoverController {
     return 'sql';
   }
 
-  /** slots for the members that will stream from the target, made before anyone is pointed at it */
+  /**
+   * slots for the members that will stream from the target, made before anyone is pointed at it:
+   * each member's `pgha_<name>`, or without member slots the primary_slot_name a standby already
+   * uses (set by hand or by `pgha slots sync`), so a re-pointed standby never loops on a missing slot
+   */
   private async prepareTarget(target: BackendState, members: string[]): Promise<string[]> {
-    if (!this.o.memberSlots) return [];
+    const slots = members
+      .map((m) => (this.o.memberSlots ? this.o.members.slotOf(m) : this.o.monitor.state(m)?.slot ?? null))
+      .filter((x): x is string => x !== null);
+    if (slots.length === 0) return [];
     const made: string[] = [];
     try {
       await withServer(target.address, this.sql, async (c) => {
-        for (const m of members) {
-          const slot = this.o.members.slotOf(m);
+        for (const slot of slots) {
           await ensurePhysicalSlot(c, slot);
           made.push(slot);
         }

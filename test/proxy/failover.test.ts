@@ -175,4 +175,30 @@ describe('pgha-proxy failover', () => {
     const v = await load.verify(primary);
     expect(v.lost).toBe(0);
   });
+
+  it('without member slots, a re-pointed standby finds the slot it already streams through on the new primary', async () => {
+    const primary = await PgCluster.init({ name: 'fo-slots' });
+    await primary.start();
+    await primary.sql(LEDGER_DDL);
+    // as `pgha slots sync` or an operator leaves them: each standby streams through a physical slot
+    const s1 = await primary.createStandby({ name: 'fo-slots-s1', slot: 'pgha_s1', conf: { wal_retrieve_retry_interval: '200ms' } });
+    const s2 = await primary.createStandby({ name: 'fo-slots-s2', slot: 'pgha_s2', conf: { wal_retrieve_retry_interval: '200ms' } });
+    proxy = await startProxy([primary.port, s1.port, s2.port], [...FAST_HEALTH, '--auto-failover', '--no-member-slots']);
+    await primary.waitForReplay(s1);
+    await primary.waitForReplay(s2);
+    await primary.kill9();
+    await waitFor(async () => {
+      const st = await proxy!.status();
+      return st.primary !== null && st.primary !== name(primary) && !st.failoverRunning;
+    }, 30_000, 'failover');
+    const st = await proxy.status();
+    const winner = [s1, s2].find((c) => name(c) === st.primary)!;
+    const other = winner === s1 ? s2 : s1;
+    const otherSlot = other === s1 ? 'pgha_s1' : 'pgha_s2';
+    expect(st.failovers[0]).toMatchObject({ error: null, slots: [otherSlot], repointed: [name(other)] });
+    expect(st.memberSlots).toBe(false);
+    await waitFor(async () => (await other.sql('SELECT status FROM pg_stat_wal_receiver')) === 'streaming', 30_000, 'the other standby streams from the new primary');
+    expect(await winner.sql(`SELECT active FROM pg_replication_slots WHERE slot_name = '${otherSlot}'`)).toBe('true');
+    expect(await other.sql('SHOW primary_slot_name')).toBe(otherSlot);
+  });
 });
