@@ -209,3 +209,75 @@ export async function direct(n: HaNode): Promise<pg.Client> {
 }
 
 export { sleep };
+
+/**
+ * Restart a node's agent process (stopped by hand, e.g. while an operator works on the node) on
+ * the same port with the same peers, so the proxy and the other agents reach it at the same URL.
+ */
+export async function restartAgent(ha: HaCluster, node: HaNode, extraArgs?: string[]): Promise<AgentProcess> {
+  await node.agent.stop().catch(() => undefined);
+  const peers = Object.fromEntries(ha.nodes.filter((n) => n !== node).map((n) => [n.name, n.agentUrl]));
+  node.agent = await startAgentProcess(node.name, node.pg, HA_TOKEN, peers, { netHost: node.net ?? undefined, port: Number(new URL(node.agentUrl).port), extraArgs });
+  return node.agent;
+}
+
+/** one look at a node: its role in the proxy's /status and its own pg_is_in_recovery() (null: no answer) */
+export interface NodeObservation {
+  /** when the look started (ms) */
+  at: number;
+  role: string | null;
+  inRecovery: 'true' | 'false' | null;
+}
+
+export interface NodeWatch {
+  /** every look so far, oldest first (grows while the watch runs) */
+  readonly observations: NodeObservation[];
+  stop(): Promise<NodeObservation[]>;
+}
+
+/** pg_is_in_recovery() asked on a fresh connection, null when the node does not answer within ~1 s */
+export async function askInRecovery(n: HaNode): Promise<'true' | 'false' | null> {
+  const c = new pg.Client({ connectionString: n.pg.connectionString, connectionTimeoutMillis: 1000, query_timeout: 1000 });
+  c.on('error', () => undefined);
+  try {
+    await withTimeout(c.connect(), 1500);
+    const { rows } = await withTimeout(c.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r'), 1500);
+    return rows[0].r ? 'true' : 'false';
+  } catch {
+    return null;
+  } finally {
+    c.end().catch(() => undefined);
+  }
+}
+
+/**
+ * Watch a node (an old primary after a failover) every `periodMs` until stop(): what the proxy says
+ * it is and whether it answers as a primary itself — the split-brain questions, asked while it is
+ * fenced and rejoining rather than only at the end.
+ */
+export function watchNode(ha: HaCluster, node: HaNode, periodMs = 100): NodeWatch {
+  const observations: NodeObservation[] = [];
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const at = Date.now();
+      const [role, inRecovery] = await Promise.all([
+        withTimeout(ha.status(), 2000).then(
+          (s) => s.backends.find((b) => b.name === node.address)?.role ?? null,
+          () => null,
+        ),
+        askInRecovery(node),
+      ]);
+      observations.push({ at, role, inRecovery });
+      await sleep(periodMs);
+    }
+  })();
+  return {
+    observations,
+    stop: async () => {
+      running = false;
+      await loop;
+      return observations;
+    },
+  };
+}
