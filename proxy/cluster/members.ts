@@ -4,16 +4,9 @@
  * node it follows (`pgha_<name>`, the name `pgha slots sync` and the agents' automatic rejoin use).
  */
 import { AgentClient } from '../../src/ship/client.js';
+import { memberSlotName } from '../../src/slots/member-slot.js';
 
-export const MEMBER_SLOT_PREFIX = 'pgha_';
-
-/** a replication slot name: lower-case letters, digits and underscores, at most 63 bytes */
-export function memberSlotName(member: string): string {
-  const clean = member.toLowerCase().replace(/[^a-z0-9_]/g, '_');
-  return (MEMBER_SLOT_PREFIX + clean).slice(0, 63);
-}
-
-export const isMemberSlot = (slot: string): boolean => slot.startsWith(MEMBER_SLOT_PREFIX);
+export { isMemberSlot, memberSlotName, MEMBER_SLOT_PREFIX } from '../../src/slots/member-slot.js';
 
 /** backend (host:port) → agent URL, and the agents' node names, learnt once each */
 export class MemberDirectory {

@@ -16,6 +16,7 @@ import { isFenced } from '../datadir/fence.js';
 import { readNodeHistory } from '../datadir/node-state.js';
 import { rejoin, RejoinRefused } from '../rejoin/execute.js';
 import { AgentClient } from '../ship/client.js';
+import { memberSlotName } from '../slots/member-slot.js';
 import { nodeState } from './node-state.js';
 import type { AgentContext } from './server.js';
 
@@ -72,10 +73,8 @@ export function decideAutoRejoin(i: AutoRejoinInputs): AutoRejoinDecision {
   return { action: 'rejoin', reason: `stopped and not fenced, and ${other.name} is the primary (timeline ${other.timeline}): rejoin it as a standby` };
 }
 
-/** the physical slot this node streams through: pgha_<name>, [a-z0-9_], at most 63 characters */
-export function slotNameFor(node: string): string {
-  return `pgha_${node.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`.slice(0, 63);
-}
+/** the physical slot this node streams through (the proxy's member slot of the same name) */
+export const slotNameFor = memberSlotName;
 
 interface PeerSystem {
   name: string;

@@ -111,6 +111,21 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export type StopHow = 'fast' | 'immediate' | 'killed' | 'not running';
 
+/**
+ * A setting as the data directory's own configuration files give it (postgresql.auto.conf wins over
+ * postgresql.conf, the last line over earlier ones; included files are not followed), or null.
+ */
+export function configuredSetting(pgdata: string, name: string): string | null {
+  const re = new RegExp(`^\\s*${name}\\s*=\\s*(?:'((?:[^']|'')*)'|([^\\s#]+))`, 'gm');
+  for (const f of ['postgresql.auto.conf', 'postgresql.conf']) {
+    const path = join(pgdata, f);
+    if (!existsSync(path)) continue;
+    const m = [...readFileSync(path, 'utf8').matchAll(re)].pop();
+    if (m) return m[1] !== undefined ? m[1].replace(/''/g, "'") : m[2];
+  }
+  return null;
+}
+
 export class PgInstance {
   readonly pgdata: string;
   readonly binDir: string;
@@ -196,13 +211,8 @@ export class PgInstance {
       const port = Number(readFileSync(pidFile, 'utf8').split('\n')[3]);
       if (port > 0) return port;
     }
-    for (const f of ['postgresql.auto.conf', 'postgresql.conf']) {
-      const path = join(this.pgdata, f);
-      if (!existsSync(path)) continue;
-      const m = [...readFileSync(path, 'utf8').matchAll(/^\s*port\s*=\s*'?(\d+)'?/gm)].pop();
-      if (m) return Number(m[1]);
-    }
-    return 5432;
+    const port = configuredSetting(this.pgdata, 'port');
+    return port && /^\d+$/.test(port) ? Number(port) : 5432;
   }
 
   get postmasterPid(): number | null {

@@ -14,7 +14,7 @@ import { formatLsn, historyFileName, segmentOf, walFileName, type Lsn } from '..
 import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
 import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
 import { RECORD_ENTRY_SIZE } from '../native/contract.js';
-import { PgInstance, PgToolError } from '../pg/instance.js';
+import { configuredSetting, PgInstance, PgToolError } from '../pg/instance.js';
 import { AgentClient } from '../ship/client.js';
 import { ownLikeDirectory } from '../ship/files.js';
 import { walImplementation } from '../wal/implementation.js';
@@ -174,8 +174,9 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     streaming: false,
   };
   const pgwal = walDir(opts.pgdata);
-  // the name synchronous_standby_names matches: the node's own (agents pass theirs), else its directory's
-  const appName = opts.applicationName ?? basename(opts.pgdata);
+  // the name synchronous_standby_names matches: the node's own (agents pass theirs), else its
+  // cluster_name (what its WAL receiver would use anyway), else its directory's
+  const appName = opts.applicationName ?? (configuredSetting(opts.pgdata, 'cluster_name') || basename(opts.pgdata));
   // once the node streams from the source it follows the new primary: it is no longer fenced
   const unfence = () => {
     if (clearFence(opts.pgdata)) log(`rejoin: fence marker removed from ${opts.pgdata}`);

@@ -6,6 +6,7 @@
  * are current) with a standby restart — PostgreSQL 15 reads slot files only at start-up; existing
  * copies are moved forward with pg_replication_slot_advance, never past the standby's replay point.
  */
+import { memberSlotName } from './member-slot.js';
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { parseLsn, formatLsn } from '../formats/lsn.js';
@@ -79,7 +80,7 @@ export async function syncOnce(fromUrl: string, toUrl: string, token: string, lo
   const to = new AgentClient(toUrl, token);
   const [psys, ssys] = await Promise.all([from.get<NodeSystem>('system'), to.get<NodeSystem>('system')]);
   if (psys.systemId !== ssys.systemId) throw new Error(`${fromUrl} and ${toUrl} are different clusters (system ids ${psys.systemId} and ${ssys.systemId})`);
-  const physical = `pgha_${ssys.name.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`.slice(0, 63);
+  const physical = memberSlotName(ssys.name);
 
   // protection: a physical slot for the standby on the primary, used by the standby, with feedback
   await withSql(psys, async (c) => {
