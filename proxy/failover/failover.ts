@@ -344,7 +344,8 @@ export class FailoverController {
   }
 
   private async askAlive(name: string): Promise<{ running: boolean; answers: boolean; detail: string | null } | null> {
-    const agent = this.agent(name, 4000);
+    // the agent waits up to 1.5 s for its server; a node cut off the network costs this much more
+    const agent = this.agent(name, 2500);
     if (!agent) return null;
     try {
       return await agent.get('alive');

@@ -15,7 +15,7 @@ export interface AliveAnswer {
   detail: string | null;
 }
 
-export async function checkAlive(ctx: AgentContext, timeoutMs = 2000): Promise<AliveAnswer> {
+export async function checkAlive(ctx: AgentContext, timeoutMs = 1500): Promise<AliveAnswer> {
   const running = ctx.pg.isRunning();
   if (!running) return { running, answers: false, detail: 'postmaster not running' };
   const c = new pg.Client({ host: '127.0.0.1', port: ctx.pg.port, user: ctx.pg.user, database: 'postgres', connectionTimeoutMillis: timeoutMs, application_name: 'pgha agent alive check' });
