@@ -2,7 +2,7 @@
  * pgha-proxy configuration: a JSON file (--config) overlaid by command-line flags. Every value is
  * checked here so a bad one is one clear line before anything listens.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { BACKEND_SSL_MODES, addressText, type BackendAddress, type BackendSslMode, type BackendTls } from './backend/connect.js';
 import type { HealthCredentials } from './health/probe.js';
 import type { SynchronousMode } from './cluster/plan.js';
@@ -49,6 +49,19 @@ export interface ProxyConfig {
   adminToken: string | undefined;
   /** period of the cluster manager (member slots, synchronous standbys) */
   clusterIntervalMs: number;
+  /** things worth a warning at start-up (secrets in files others may read) */
+  warnings: string[];
+}
+
+/** a file holding a secret that its group or others may read */
+export function looseModeWarning(path: string, what: string): string | null {
+  try {
+    const mode = statSync(path).mode & 0o777;
+    if (mode & 0o077) return `${what} ${path} is readable by others (mode ${mode.toString(8).padStart(4, '0')}): chmod 600 it`;
+  } catch {
+    // unreadable files are reported where they are read
+  }
+  return null;
 }
 
 /** flags and file keys (same names) */
@@ -185,6 +198,10 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     synchronousCount: int(f.synchronousCount, '--synchronous-count', 1, 1),
     adminToken: f.adminToken ?? env.PGHA_ADMIN_TOKEN ?? token,
     clusterIntervalMs: int(f.clusterInterval, '--cluster-interval', 100, 2000),
+    warnings: [
+      f.tlsKey ? looseModeWarning(f.tlsKey, '--tls-key') : null,
+      flags.config && (fromFile.token || fromFile.adminToken || fromFile.healthPassword) ? looseModeWarning(flags.config, 'config file with a secret') : null,
+    ].filter((w): w is string => w !== null),
   };
 }
 

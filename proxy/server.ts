@@ -137,6 +137,7 @@ export class ProxyServer implements ProxyContext {
   }
 
   async start(): Promise<void> {
+    for (const w of this.cfg.warnings) this.log.warn(w);
     this.monitor.start();
     if (this.cfg.memberSlots || this.cfg.synchronousMode !== 'off') this.cluster.start();
     this.addresses.rw = await this.listen(this.cfg.listen, 'rw');

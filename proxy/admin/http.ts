@@ -28,7 +28,13 @@ function tokenMatches(header: string | undefined, token: string): boolean {
 export async function startAdmin(addr: BackendAddress, s: AdminSurface): Promise<{ app: FastifyInstance; address: BackendAddress }> {
   const app = Fastify({ logger: false });
   app.get('/status', async () => s.status());
-  app.get('/sessions', async () => s.sessions());
+  // who is connected (users, databases, client addresses): only with the admin token when there is one
+  app.get('/sessions', async (req, reply) => {
+    if (s.adminToken && !tokenMatches(req.headers.authorization, s.adminToken)) {
+      return reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'UNAUTHORIZED', message: 'GET /sessions needs the admin bearer token' });
+    }
+    return s.sessions();
+  });
   app.get('/metrics', async (_req, reply) => {
     reply.header('content-type', s.registry.contentType);
     return s.registry.metrics();

@@ -4,7 +4,7 @@
  * PostgreSQL's "too many clients".
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -111,6 +111,30 @@ describe('pgha-proxy command line', () => {
       for (const c of clients) await c.end();
     } finally {
       await p.stop();
+    }
+  });
+
+  it('a config file holding a token that others may read is used, with a warning; /sessions then needs the token', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-proxy-cli-'));
+    const cfgFile = join(dir, 'proxy.json');
+    writeFileSync(cfgFile, JSON.stringify({ token: 'config-file-token-0123456789' }), { mode: 0o644 });
+    const p = await startProxy([primary.port], ['--config', cfgFile]);
+    try {
+      expect(p.log()).toMatch(/config file with a secret .*proxy\.json is readable by others \(mode 0644\): chmod 600 it/);
+      expect((await fetch(`http://127.0.0.1:${p.adminPort}/sessions`)).status).toBe(401);
+      const ok = await fetch(`http://127.0.0.1:${p.adminPort}/sessions`, { headers: { authorization: 'Bearer config-file-token-0123456789' } });
+      expect(ok.status).toBe(200);
+      expect(await ok.json()).toEqual([]);
+      expect((await fetch(`http://127.0.0.1:${p.adminPort}/status`)).status).toBe(200);
+    } finally {
+      await p.stop();
+    }
+    chmodSync(cfgFile, 0o600);
+    const quiet = await startProxy([primary.port], ['--config', cfgFile]);
+    try {
+      expect(quiet.log()).not.toMatch(/readable by others/);
+    } finally {
+      await quiet.stop();
     }
   });
 });
