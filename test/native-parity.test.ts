@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { nativeImplementation, tsImplementation, type Implementation } from '../src/native/index.js';
-import { STATS_ENTRY_SIZE, STATS_SLOTS, type ScanCarry, type ScanResult } from '../src/native/contract.js';
+import { STATS_ENTRY_SIZE, STATS_SLOTS, type ScanCarry, type ScanResult } from '../src/formats/wal/contract.js';
 import { RMGR_NAMES } from '../src/formats/wal/rmgr.js';
 import { parseWaldumpRecordStats } from './support/oracles.js';
 import { comparable } from './support/scan-compare.js';

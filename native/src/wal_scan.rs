@@ -1,5 +1,5 @@
 //! Whole-buffer WAL scanner: the native twin of src/formats/wal/scan.ts (contract in
-//! src/native/contract.ts). Mirrors PostgreSQL's xlogreader.c reading forward: page headers are
+//! src/formats/wal/contract.ts). Mirrors PostgreSQL's xlogreader.c reading forward: page headers are
 //! validated before use, a record length is trusted only after the header checks, continuation
 //! pages must carry XLP_FIRST_IS_CONTRECORD with an exact xlp_rem_len, then CRC, then the fragment
 //! layout (DecodeXLogRecord). The first failed check is the end of valid WAL, never a panic.

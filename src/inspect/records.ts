@@ -2,7 +2,7 @@ import { formatLsnPadded, formatLsn, type Lsn } from '../formats/lsn.js';
 import { FORK_NAMES } from '../formats/wal/constants.js';
 import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
 import { recordTypeName, rmgrName } from '../formats/wal/rmgr.js';
-import { RECORD_ENTRY_SIZE } from '../native/contract.js';
+import { RECORD_ENTRY_SIZE } from '../formats/wal/contract.js';
 import { recordBytes } from '../wal/record-bytes.js';
 import type { SegmentVisit } from '../wal/stream.js';
 

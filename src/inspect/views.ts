@@ -8,7 +8,7 @@ import { formatLsn, walFileNameForLsn } from '../formats/lsn.js';
 import type { SlotState } from '../formats/replslot.js';
 import type { TimelineHistory } from '../formats/timeline-history.js';
 import { RMGR_NAMES, recordTypeName, rmgrName, statsRecordId } from '../formats/wal/rmgr.js';
-import { STATS_SLOTS } from '../native/contract.js';
+import { STATS_SLOTS } from '../formats/wal/contract.js';
 import type { StreamScanSummary } from '../wal/stream.js';
 
 export interface RmgrStats {

@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32c as tsCrc32c } from '../formats/crc32c.js';
 import { scanWal as tsScanWal } from '../formats/wal/scan.js';
-import { endReasonFromCode, type ScanCarry, type ScanOptions, type ScanResult } from './contract.js';
+import { endReasonFromCode, type ScanCarry, type ScanOptions, type ScanResult } from '../formats/wal/contract.js';
 
 /** The shape the generated binding (native/binding.d.ts) exports. */
 /** the binding's carry: the contract's, with `partial` as an optional Buffer */

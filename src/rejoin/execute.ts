@@ -13,7 +13,7 @@ import { nodeLsn, walDir } from '../datadir/node-state.js';
 import { formatLsn, historyFileName, segmentOf, walFileName, type Lsn } from '../formats/lsn.js';
 import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
 import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
-import { RECORD_ENTRY_SIZE } from '../native/contract.js';
+import { RECORD_ENTRY_SIZE } from '../formats/wal/contract.js';
 import { configuredSetting, PgInstance, PgToolError } from '../pg/instance.js';
 import { AgentClient } from '../ship/client.js';
 import { ownLikeDirectory } from '../ship/files.js';

@@ -3,7 +3,7 @@
  * the fork point (so it is not on the new primary and a rewind or re-clone throws it away), with its
  * commit time and the relations its records touched. Decoded from the old node's own WAL.
  */
-import { RECORD_ENTRY_SIZE } from '../native/contract.js';
+import { RECORD_ENTRY_SIZE } from '../formats/wal/contract.js';
 import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
 import { formatLsn, segmentOf, type Lsn } from '../formats/lsn.js';
 import { majorFromPageMagic } from '../formats/versions.js';

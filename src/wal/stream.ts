@@ -17,7 +17,7 @@ import {
   type ScanCarry,
   type ScanOptions,
   type ScanResult,
-} from '../native/contract.js';
+} from '../formats/wal/contract.js';
 import type { MappedFile } from '../native/index.js';
 import type { SegmentFile } from './segments.js';
 

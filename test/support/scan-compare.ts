@@ -1,5 +1,5 @@
 /** A scan result in a form `toEqual` compares byte for byte (hex buffers, plain end and carry). */
-import type { ScanResult } from '../../src/native/contract.js';
+import type { ScanResult } from '../../src/formats/wal/contract.js';
 
 export function comparable(r: ScanResult) {
   return {

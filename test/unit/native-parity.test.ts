@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { nativeImplementation, nativeStatus, tsImplementation, type Implementation } from '../../src/native/index.js';
-import type { ScanCarry } from '../../src/native/contract.js';
+import type { ScanCarry } from '../../src/formats/wal/contract.js';
 import { blockWithImage, mainData, WalBuilder } from '../support/wal-builder.js';
 import { comparable } from '../support/scan-compare.js';
 

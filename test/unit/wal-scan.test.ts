@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { crc32c } from '../../src/formats/crc32c.js';
 import { scanWal } from '../../src/formats/wal/scan.js';
-import { RECORD_ENTRY_SIZE, type ScanCarry, type ScanResult } from '../../src/native/contract.js';
+import { RECORD_ENTRY_SIZE, type ScanCarry, type ScanResult } from '../../src/formats/wal/contract.js';
 import { blockWithImage, mainData, WalBuilder } from '../support/wal-builder.js';
 
 const SEG = 1 << 20;

@@ -1,5 +1,5 @@
 /**
- * The pure TypeScript twin of the native whole-buffer WAL scanner (contract: src/native/contract.ts).
+ * The pure TypeScript twin of the native whole-buffer WAL scanner (contract: ./contract.ts).
  *
  * Mirrors PostgreSQL 15's xlogreader.c reading forward: every page header is validated before any
  * of its bytes are used (XLogReaderValidatePageHeader), a record length is trusted only after the
@@ -18,7 +18,7 @@ import {
   type ScanCarry,
   type ScanOptions,
   type ScanResult,
-} from '../../native/contract.js';
+} from './contract.js';
 import {
   MAX_RECORD_LENGTH,
   RM_MAX_BUILTIN_ID,
