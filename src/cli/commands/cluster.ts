@@ -22,7 +22,10 @@ async function askProxy<T>(url: string, path: string, init: RequestInit = {}, ti
   try {
     res = await fetch(`${url}${path}`, { ...init, signal: AbortSignal.timeout(timeoutMs) });
   } catch (e) {
-    throw new Error(`${url}${path}: ${(e as Error).message}`);
+    // fetch's own message is only "fetch failed": say what failed underneath
+    const cause = (e as { cause?: { code?: string; message?: string } }).cause;
+    const why = cause?.code ?? cause?.message ?? (e as Error).message;
+    throw new Error(`cannot reach the pgha-proxy admin port at ${url}${path}: ${(e as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : why}`);
   }
   const text = await res.text();
   let body: T;
@@ -74,14 +77,30 @@ export function registerClusterCommands(program: Command, setExit: (c: number) =
     .description("the cluster as a pgha-proxy sees it: each backend's role, timeline, replication, lag, slot and fencing; failovers")
     .requiredOption('--proxy <url>', 'admin address of the proxy (its --admin), e.g. http://127.0.0.1:8008')
     .option('--json', "print the proxy's /status JSON")
+    .option('--watch [seconds]', 'print it again every N seconds (default 2) until interrupted')
     .addHelpText('after', '\nExit codes: 0 a primary is routed, 1 no primary, 2 the proxy could not be asked.')
     .action(async (o) => {
       const url = proxyUrl(o.proxy);
-      const { status, body } = await askProxy<ProxyStatus>(url, '/status');
-      if (status !== 200) throw new Error(`${url}/status: HTTP ${status}`);
-      if (o.json) printJson(body);
-      else printStatus(body);
-      setExit(body.primary ? EXIT_OK : EXIT_NEGATIVE);
+      const once = async (): Promise<boolean> => {
+        const { status, body } = await askProxy<ProxyStatus>(url, '/status');
+        if (status !== 200) throw new Error(`${url}/status: HTTP ${status}`);
+        if (o.json) printJson(body);
+        else printStatus(body);
+        return body.primary !== null;
+      };
+      if (o.watch === undefined) return setExit((await once()) ? EXIT_OK : EXIT_NEGATIVE);
+      const seconds = o.watch === true ? 2 : Number(o.watch);
+      if (!(seconds > 0)) throw new Error(`--watch: "${o.watch}" is not a number of seconds`);
+      for (;;) {
+        if (!o.json && process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H');
+        if (!o.json) process.stdout.write(`${new Date().toISOString()}  (every ${seconds} s, Ctrl-C to stop)\n`);
+        try {
+          await once();
+        } catch (e) {
+          process.stdout.write(`${(e as Error).message}\n`);
+        }
+        await new Promise((r) => setTimeout(r, seconds * 1000));
+      }
     });
 
   const act = async (o: { proxy: string; to?: string; json?: boolean; tokenFile?: string; timeout: string }, path: '/switchover' | '/failover') => {
