@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { describeError, EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, printJson } from './output.js';
 import { registerClusterCommands } from './commands/cluster.js';
+import { registerDemoCommand } from './commands/demo.js';
 
 function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
@@ -91,6 +92,7 @@ function build(setExit: (c: number) => void): Command {
       }
     });
   registerClusterCommands(program, setExit);
+  registerDemoCommand(program, setExit);
   const slots = program.command('slots').description('logical replication slots across a promote: list, sync copies to a standby, migrate to a new primary');
   slots
     .command('list')
