@@ -5,6 +5,8 @@
  * automatic rejoin off), PGHA_AUTO_REJOIN_RECLONE, PGHA_PROXIES ("url,url").
  */
 import { readFileSync } from 'node:fs';
+import { FormatError } from '../formats/errors.js';
+import { readTokenFile, warnIfExposed, warnOnStderr, type Warn } from '../ship/token.js';
 
 export interface AgentConfig {
   name: string;
@@ -54,6 +56,8 @@ export interface AgentFlags {
   listen?: string;
   name?: string;
   token?: string;
+  /** a file holding the token (wins over --token, PGHA_TOKEN and the config file's) */
+  tokenFile?: string;
   peer?: string[];
   pgPort?: string;
   pgBin?: string;
@@ -87,9 +91,10 @@ function parseProxies(list: string[]): string[] {
     });
 }
 
-export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): AgentConfig {
+export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env, warn: Warn = warnOnStderr): AgentConfig {
   let file: Partial<AgentConfig> & { listen?: string; peers?: Record<string, string>; proxies?: string[] } = {};
   if (flags.config) {
+    warnIfExposed(flags.config, 'config file', warn);
     try {
       file = JSON.parse(readFileSync(flags.config, 'utf8'));
     } catch (e) {
@@ -98,13 +103,22 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
   }
   const listen = flags.listen ?? env.PGHA_LISTEN ?? file.listen ?? `${file.host ?? '127.0.0.1'}:${file.port ?? 8079}`;
   const { host, port } = parseListen(listen);
+  let tokenFromFile: string | undefined;
+  if (flags.tokenFile) {
+    try {
+      tokenFromFile = readTokenFile(flags.tokenFile, warn);
+    } catch (e) {
+      const msg = e instanceof FormatError ? e.describe() : (e as Error).message;
+      throw new ConfigError(msg.includes(flags.tokenFile) ? msg : `${flags.tokenFile}: ${msg}`);
+    }
+  }
   const peers = { ...(file.peers ?? {}), ...(env.PGHA_PEERS ? parsePeers(env.PGHA_PEERS) : {}), ...(flags.peer ? parsePeers(flags.peer.join(',')) : {}) };
   const cfg: AgentConfig = {
     name: flags.name ?? env.PGHA_NODE_NAME ?? file.name ?? '',
     host,
     port,
     pgdata: flags.pgdata ?? env.PGDATA ?? file.pgdata ?? '',
-    token: flags.token ?? env.PGHA_TOKEN ?? file.token ?? '',
+    token: tokenFromFile ?? flags.token ?? env.PGHA_TOKEN ?? file.token ?? '',
     peers,
     pgPort: Number(flags.pgPort ?? env.PGHA_PG_PORT ?? file.pgPort ?? 0) || undefined,
     pgBin: flags.pgBin ?? env.PGHA_PG_BIN ?? file.pgBin ?? '/usr/lib/postgresql/15/bin',
@@ -120,6 +134,6 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
   };
   if (!cfg.name) throw new ConfigError('node name missing (--name, PGHA_NODE_NAME or "name" in the config file)');
   if (!cfg.pgdata) throw new ConfigError('data directory missing (--pgdata, PGDATA or "pgdata")');
-  if (cfg.token.length < 16) throw new ConfigError('token missing or shorter than 16 characters (--token, PGHA_TOKEN or "token")');
+  if (cfg.token.length < 16) throw new ConfigError('token missing or shorter than 16 characters (--token-file, --token, PGHA_TOKEN or "token")');
   return cfg;
 }

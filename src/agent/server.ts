@@ -5,16 +5,19 @@
  * (auto-rejoin.ts) runs beside the routes unless turned off.
  */
 import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Registry, collectDefaultMetrics, Counter, Gauge } from 'prom-client';
 import { PgInstance } from '../pg/instance.js';
-import { ShipError } from '../ship/files.js';
+import { removeStaleTempFiles, ShipError } from '../ship/files.js';
+import { walDir } from '../datadir/node-state.js';
+import { FormatError } from '../formats/errors.js';
 import { AutoRejoinLoop } from './auto-rejoin.js';
 import type { AgentConfig } from './config.js';
 import { Jobs } from './jobs.js';
 import { registerInstanceRoutes } from './routes/instance.js';
 import { registerLsnRoutes } from './routes/lsn.js';
-import { registerWalRoutes } from './routes/wal.js';
+import { DEFAULT_UPLOAD_TIMEOUTS, registerWalRoutes, type UploadTimeouts } from './routes/wal.js';
 import { registerSlotRoutes } from './routes/slots.js';
 import { registerAliveRoutes } from './routes/alive.js';
 import { registerJobRoutes } from './routes/jobs.js';
@@ -40,6 +43,28 @@ export interface AgentContext {
   autoRejoin: AutoRejoinLoop | null;
 }
 
+/** after an early answer to an unfinished request body: drop what still comes for so long / so much */
+const LINGER_MS = 2_000;
+const LINGER_BYTES = 8 << 20;
+
+function lingerThenClose(req: IncomingMessage, res: ServerResponse): void {
+  const socket = req.socket;
+  res.once('finish', () => {
+    if (req.complete || socket.destroyed) return;
+    const from = socket.bytesRead;
+    const t0 = Date.now();
+    req.resume();
+    const timer = setInterval(() => {
+      if (req.complete || socket.destroyed) clearInterval(timer);
+      else if (Date.now() - t0 > LINGER_MS || socket.bytesRead - from > LINGER_BYTES) {
+        clearInterval(timer);
+        socket.destroy();
+      }
+    }, 25);
+    timer.unref();
+  });
+}
+
 function tokenMatches(header: string | undefined, token: string): boolean {
   if (!header?.startsWith('Bearer ')) return false;
   const a = Buffer.from(header.slice(7));
@@ -47,8 +72,26 @@ function tokenMatches(header: string | undefined, token: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-export function buildAgent(cfg: AgentConfig, opts: { logger?: boolean | object } = {}): { app: FastifyInstance; ctx: AgentContext } {
-  const app = Fastify({ logger: opts.logger ?? { level: process.env.PGHA_LOG_LEVEL ?? 'info' }, bodyLimit: 1 << 20 });
+export interface BuildOptions {
+  logger?: boolean | object;
+  /** WAL uploads: the whole body within deadlineMs (120 s), no pause longer than idleMs (30 s) */
+  uploadTimeouts?: Partial<UploadTimeouts>;
+}
+
+export function buildAgent(cfg: AgentConfig, opts: BuildOptions = {}): { app: FastifyInstance; ctx: AgentContext } {
+  const uploadTimeouts: UploadTimeouts = { ...DEFAULT_UPLOAD_TIMEOUTS, ...opts.uploadTimeouts };
+  const app = Fastify({
+    logger: opts.logger ?? { level: process.env.PGHA_LOG_LEVEL ?? 'info' },
+    bodyLimit: 1 << 20,
+    // a request (headers and body) must have arrived within 120 s, its headers within 30 s; answers
+    // may take longer (a rejoin run synchronously), so there is no socket inactivity timeout — an
+    // upload's pauses are bounded by the WAL route itself
+    requestTimeout: Math.max(uploadTimeouts.deadlineMs, DEFAULT_UPLOAD_TIMEOUTS.deadlineMs),
+    http: { headersTimeout: 30_000, connectionsCheckingInterval: 5_000 },
+  });
+  // temp files of uploads and downloads an agent killed mid-transfer left behind
+  const stale = removeStaleTempFiles(walDir(cfg.pgdata));
+  if (stale.length) app.log.warn({ files: stale }, 'removed temp files of interrupted transfers from pg_wal');
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const ctx: AgentContext = {
@@ -91,9 +134,18 @@ export function buildAgent(cfg: AgentConfig, opts: { logger?: boolean | object }
     ctx.metrics.requests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });
   app.setErrorHandler((err, req, reply) => {
+    // a body not read to its end (refused before or while it arrived) is not stored: the answer
+    // goes out, the rest is read and dropped for a moment so the sender sees the answer rather than
+    // a reset; a body still arriving after that (2 s, 8 MiB) has its connection closed
+    if (!req.raw.complete) lingerThenClose(req.raw, reply.raw);
     if (err instanceof ShipError) {
       req.log.warn({ err: err.message, code: err.code }, 'request refused');
       return reply.code(err.status).send({ error: err.code, message: err.message });
+    }
+    if (err instanceof FormatError) {
+      // a file of this node that cannot be read as what it must be: name it, with the offset
+      req.log.warn({ err: err.describe() }, 'bad file');
+      return reply.code(422).send({ error: 'BAD_FILE', message: err.describe() });
     }
     const status = (err as { statusCode?: number }).statusCode ?? 500;
     req.log.error({ err }, 'request failed');
@@ -112,7 +164,7 @@ export function buildAgent(cfg: AgentConfig, opts: { logger?: boolean | object }
   });
   registerInstanceRoutes(app, ctx);
   registerLsnRoutes(app, ctx);
-  registerWalRoutes(app, ctx);
+  registerWalRoutes(app, ctx, uploadTimeouts);
   registerSlotRoutes(app, ctx);
   registerAliveRoutes(app, ctx);
   registerJobRoutes(app, ctx);

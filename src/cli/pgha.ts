@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { describeError, EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, printJson } from './output.js';
 import { registerClusterCommands } from './commands/cluster.js';
+import { resolveToken, TOKEN_HELP } from '../ship/token.js';
 import { registerDemoCommand } from './commands/demo.js';
 
 function collect(value: string, previous: string[] = []): string[] {
@@ -23,7 +24,8 @@ function build(setExit: (c: number) => void): Command {
     .option('--pgdata <dir>', 'data directory (env PGDATA)')
     .option('--listen <host:port>', 'listen address (env PGHA_LISTEN, default 127.0.0.1:8079)')
     .option('--name <name>', 'this node\'s name (env PGHA_NODE_NAME)')
-    .option('--token <token>', 'shared bearer token, at least 16 characters (env PGHA_TOKEN)')
+    .option('--token <token>', 'shared bearer token, at least 16 characters (env PGHA_TOKEN; visible in ps: prefer --token-file)')
+    .option('--token-file <file>', 'file holding the token (wins over --token, PGHA_TOKEN and the config file; mode 600)')
     .option('--peer <name=url>', 'another node\'s agent (repeatable; env PGHA_PEERS="a=url,b=url")', collect)
     .option('--pg-port <n>', 'PostgreSQL port (env PGHA_PG_PORT; default from postgresql.conf)')
     .option('--pg-host <host>', 'address peers use to reach this PostgreSQL (env PGHA_PG_HOST)')
@@ -52,7 +54,9 @@ function build(setExit: (c: number) => void): Command {
     .description('rejoin a stopped node to the source\'s timeline: follow, pg_rewind, or (with --allow-reclone) re-clone')
     .requiredOption('--pgdata <dir>', 'the stopped node\'s data directory')
     .requiredOption('--source <url>', 'agent URL of the new primary')
-    .requiredOption('--token <token>', 'bearer token of the agents')
+    .option('--token-file <file>', 'file holding the agents\' bearer token (first choice; mode 600)')
+    .option('--token <token>', 'bearer token of the agents, when neither --token-file nor $PGHA_TOKEN gives one (visible in ps)')
+    .addHelpText('after', `\n${TOKEN_HELP}`)
     .option('--peer <url>', 'another agent that may still have old WAL (repeatable)', collect)
     .option('--pg-bin <dir>', 'PostgreSQL bin directory', '/usr/lib/postgresql/15/bin')
     .option('--slot <name>', 'replication slot on the source')
@@ -61,11 +65,12 @@ function build(setExit: (c: number) => void): Command {
     .option('--json', 'print {"path","reason","lostTransactions":{"count","report"},"fetched",…}')
     .action(async (o) => {
       const { rejoin, RejoinRefused } = await import('../rejoin/execute.js');
+      const token = resolveToken(o);
       try {
         const r = await rejoin({
           pgdata: o.pgdata,
           source: o.source,
-          token: o.token,
+          token,
           binDir: o.pgBin,
           peers: o.peer,
           slot: o.slot,
@@ -99,12 +104,14 @@ function build(setExit: (c: number) => void): Command {
     .description('every slot: state-file fields beside pg_replication_slots when the server is up')
     .option('--pgdata <dir>', 'a data directory')
     .option('--agent <url>', 'an agent')
-    .option('--token <token>', 'bearer token (with --agent)')
+    .option('--token-file <file>', 'file holding the bearer token (with --agent; first choice)')
+    .option('--token <token>', 'bearer token (with --agent), when neither --token-file nor $PGHA_TOKEN gives one (visible in ps)')
+    .addHelpText('after', `\n${TOKEN_HELP}`)
     .option('--pg-bin <dir>', 'PostgreSQL bin directory', '/usr/lib/postgresql/15/bin')
     .option('--json', 'print JSON')
     .action(async (o) => {
       const { listSlots } = await import('../slots/list.js');
-      const listing = await listSlots(o);
+      const listing = await listSlots(o.agent ? { ...o, token: resolveToken(o) } : o);
       if (o.json) printJson(listing);
       else {
         const { table } = await import('./output.js');
@@ -122,14 +129,17 @@ function build(setExit: (c: number) => void): Command {
     .description("copy the primary's logical slots to a standby and keep the copies moving")
     .requiredOption('--from <url>', "the primary's agent")
     .requiredOption('--to <url>', "the standby's agent")
-    .requiredOption('--token <token>', 'bearer token')
+    .option('--token-file <file>', 'file holding the bearer token (first choice; mode 600)')
+    .option('--token <token>', 'bearer token, when neither --token-file nor $PGHA_TOKEN gives one (visible in ps)')
+    .addHelpText('after', `\n${TOKEN_HELP}`)
     .option('--interval <ms>', 'how often to refresh the copies', '5000')
     .option('--once', 'one pass, then exit')
     .option('--json', 'print each pass as JSON')
     .action(async (o) => {
       const { syncOnce } = await import('../slots/sync.js');
+      const token = resolveToken(o);
       const pass = async () => {
-        const r = await syncOnce(o.from, o.to, o.token, o.json ? undefined : (m) => process.stderr.write(m + '\n'));
+        const r = await syncOnce(o.from, o.to, token, o.json ? undefined : (m) => process.stderr.write(m + '\n'));
         if (o.json) printJson(r);
         else for (const x of r.slots) process.stdout.write(`${x.name}: primary ${x.primaryConfirmedFlush}, copy ${x.copyConfirmedFlush ?? '-'} (${x.lagBytes ?? '?'} bytes behind)${x.installed ? ', installed' : ''}\n`);
       };
@@ -150,14 +160,16 @@ function build(setExit: (c: number) => void): Command {
     .description('bring the logical slots live on the new primary after a promote')
     .requiredOption('--from <url|dir>', "the old primary's agent or data directory")
     .requiredOption('--to <url>', "the new primary's agent")
-    .requiredOption('--token <token>', 'bearer token')
+    .option('--token-file <file>', 'file holding the bearer token (first choice; mode 600)')
+    .option('--token <token>', 'bearer token, when neither --token-file nor $PGHA_TOKEN gives one (visible in ps)')
+    .addHelpText('after', `\n${TOKEN_HELP}`)
     .option('--replace', 'replace an unrelated slot of the same name on the target')
     .option('--dry-run', 'check and plan, change nothing')
     .option('--json', 'print JSON')
     .action(async (o) => {
       const { migrateSlots, allLive, SlotMigrationRefused } = await import('../slots/migrate.js');
       try {
-        const r = await migrateSlots({ from: o.from, to: o.to, token: o.token, replace: o.replace === true, dryRun: o.dryRun === true, log: o.json ? undefined : (m) => process.stderr.write(m + '\n') });
+        const r = await migrateSlots({ from: o.from, to: o.to, token: resolveToken(o), replace: o.replace === true, dryRun: o.dryRun === true, log: o.json ? undefined : (m) => process.stderr.write(m + '\n') });
         if (o.json) printJson(r);
         else for (const x of r.slots) process.stdout.write(`${x.name}: ${x.action} from the ${x.source}; live: ${x.live ? `restart ${x.live.restartLsn}, confirmed ${x.live.confirmedFlush}, ${x.live.walStatus}` : 'no'}\n`);
         setExit(r.dryRun || allLive(r) ? EXIT_OK : EXIT_ERROR);

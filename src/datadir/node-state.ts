@@ -3,12 +3,14 @@
  * the newest timeline history in pg_wal, and the end of valid WAL found by scanning pg_wal from the
  * latest checkpoint's REDO segment. This is `pgwal lsn` and, later, the agent's view of a stopped node.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseControlFile, type ControlFile } from '../formats/control.js';
-import { formatLsn, parseWalFileName, segmentOf, walFileNameForLsn, type Lsn } from '../formats/lsn.js';
+import { formatLsn, historyFileName, parseWalFileName, segmentOf, walFileNameForLsn, type Lsn } from '../formats/lsn.js';
 import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
 import { listSegmentFiles, selectSegments } from '../wal/segments.js';
+import { FormatError } from '../formats/errors.js';
+import { readControlBytes, readHistoryBytes } from '../wal/bounded-read.js';
 import { scanWalStream, type ScanImplementation, type StreamScanSummary } from '../wal/stream.js';
 
 export function controlFilePath(pgdata: string): string {
@@ -21,7 +23,7 @@ export function walDir(pgdata: string): string {
 
 export function readControl(pgdata: string): ControlFile {
   const path = controlFilePath(pgdata);
-  return parseControlFile(readFileSync(path), { file: path });
+  return parseControlFile(readControlBytes(path), { file: path });
 }
 
 /**
@@ -29,8 +31,17 @@ export function readControl(pgdata: string): ControlFile {
  * (a promoted node writes the new timeline's first segment at once; a standby streams it), and at
  * least pg_control's; a history file alone does not count: a stopped old primary may have been given
  * the new primary's history file without ever being on that timeline.
+ *
+ * A history file of a timeline above pg_control's that cannot be read as one (not a regular file,
+ * too large, not a history of that timeline) is passed over — pg_control does not refer to it — and
+ * reported through `onSkip`; the next lower candidate is taken. pg_control's own timeline's history
+ * must be good: its FormatError (file, offset) is thrown.
  */
-export function readNodeHistory(pgdata: string, control: ControlFile = readControl(pgdata)): TimelineHistory {
+export function readNodeHistory(
+  pgdata: string,
+  control: ControlFile = readControl(pgdata),
+  opts: { onSkip?: (file: string, error: FormatError) => void } = {},
+): TimelineHistory {
   const dir = walDir(pgdata);
   const segmentTlis = new Set<number>();
   const historyTlis = new Set<number>();
@@ -39,11 +50,20 @@ export function readNodeHistory(pgdata: string, control: ControlFile = readContr
     if (info?.kind === 'history') historyTlis.add(info.tli);
     else if (info?.kind === 'segment' || info?.kind === 'partial') segmentTlis.add(info.tli);
   }
-  let tli = control.checkpoint.thisTimeLineID;
-  for (const t of segmentTlis) if (t > tli && historyTlis.has(t)) tli = t;
-  if (tli <= 1) return { timeline: tli, entries: [] };
-  const path = join(dir, `${tli.toString(16).toUpperCase().padStart(8, '0')}.history`);
-  return parseHistory(readFileSync(path), tli, path);
+  const own = control.checkpoint.thisTimeLineID;
+  const candidates = [...segmentTlis].filter((t) => t > own && historyTlis.has(t)).sort((a, b) => b - a);
+  for (const tli of candidates) {
+    const path = join(dir, historyFileName(tli));
+    try {
+      return parseHistory(readHistoryBytes(path), tli, path);
+    } catch (e) {
+      if (!(e instanceof FormatError)) throw e;
+      opts.onSkip?.(path, e.withFile(path));
+    }
+  }
+  if (own <= 1) return { timeline: own, entries: [] };
+  const path = join(dir, historyFileName(own));
+  return parseHistory(readHistoryBytes(path), own, path);
 }
 
 export interface NodeLsn {

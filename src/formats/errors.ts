@@ -78,3 +78,20 @@ export class LsnFormatError extends FormatError {
     super('lsn', message, details);
   }
 }
+
+/**
+ * The path is not a regular file (a FIFO, a device such as /dev/zero, a socket…): pgha reads
+ * PostgreSQL's own files only, and such a path could block or never end.
+ */
+export class NotRegularFileError extends FormatError {
+  constructor(file: string) {
+    super('file', 'not a regular file', { file });
+  }
+}
+
+/** A file larger than its format allows: refused before it is read. */
+export class FileTooLargeError extends FormatError {
+  constructor(kind: FormatKind, what: string, details: { file: string; max: number; size: number }) {
+    super(kind, `${what} too large`, { file: details.file, offset: details.max, expected: `at most ${details.max} bytes`, got: `${details.size} bytes` });
+  }
+}

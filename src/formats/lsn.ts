@@ -14,6 +14,14 @@ export function parseLsn(text: string): Lsn {
   return (BigInt('0x' + m[1]) << 32n) | BigInt('0x' + m[2]);
 }
 
+/** A timeline ID written in decimal (1 … 2^32−1), as the REST routes and `pgwal validlsn` take it. */
+export function parseTimelineId(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 0xffffffff) {
+    throw new LsnFormatError(`invalid timeline ID "${text}": expected a decimal number from 1 to 4294967295`, { expected: 'a decimal number from 1 to 4294967295', got: text });
+  }
+  return Number(text);
+}
+
 /** Format as PostgreSQL's SQL `pg_lsn` output: `%X/%X` (no padding). */
 export function formatLsn(lsn: Lsn): string {
   if (lsn < 0n || lsn > U64_MAX) throw new RangeError(`LSN out of range: ${lsn}`);

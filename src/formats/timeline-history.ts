@@ -5,7 +5,7 @@
  * strictly increasing and below the file's own TLI. Anything else is a HistoryFormatError.
  */
 import { HistoryFormatError } from './errors.js';
-import { formatLsn, type Lsn } from './lsn.js';
+import { formatLsn, parseLsn, type Lsn } from './lsn.js';
 
 export interface HistoryEntry {
   /** the timeline that was in use up to the switchpoint */
@@ -165,6 +165,18 @@ export function validLsn(history: TimelineHistory, tli: number, lsn: Lsn): Valid
     switchesAfter,
     switchpoint,
     reason: switchpoint === null ? `timeline ${tli} is this server's current timeline` : `timeline ${tli} switched at ${formatLsn(switchpoint)} on this history`,
+  };
+}
+
+/**
+ * The validLsn answer as the REST design spells it (`GET validLsn/:tli/:lsn`, `pgwal validlsn --json`):
+ * `{"code":0,"msg":"Valid lsn","cnt":N}` or code 1 / "Invalid lsn"; `answer` has the reason.
+ */
+export function validLsnAnswer(history: TimelineHistory, tli: number, lsnText: string) {
+  const answer = validLsn(history, tli, parseLsn(lsnText));
+  return {
+    json: { code: answer.valid ? 0 : 1, msg: answer.valid ? 'Valid lsn' : 'Invalid lsn', cnt: answer.switchesAfter },
+    answer,
   };
 }
 

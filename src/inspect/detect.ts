@@ -2,9 +2,9 @@
  * Decide what a path is by its content (not its name): a WAL segment, a directory of segments, a
  * data directory, a timeline history file, a replication slot state file or pg_control.
  */
-import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, constants, existsSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { FormatError } from '../formats/errors.js';
+import { FormatError, NotRegularFileError } from '../formats/errors.js';
 import { crc32c } from '../formats/crc32c.js';
 import { CONTROL_CRC_OFFSET, PG_CONTROL_FILE_SIZE } from '../formats/control.js';
 import { SLOT_MAGIC } from '../formats/replslot.js';
@@ -26,10 +26,13 @@ export function detect(path: string): Detected {
     if (existsSync(join(path, 'global', 'pg_control')) && existsSync(join(path, 'pg_wal'))) return { kind: 'datadir', path, size: 0 };
     return { kind: 'wal-dir', path, size: 0 };
   }
-  if (!st.isFile()) throw new FormatError('file', 'not a regular file or directory', { file: path });
+  // a FIFO or a device (/dev/zero) could block or never end: regular files only, checked again on
+  // the descriptor (opened non-blocking, so a FIFO swapped in meanwhile cannot hang the open)
+  if (!st.isFile()) throw new NotRegularFileError(path);
   const head = Buffer.alloc(Math.min(PROBE, st.size));
-  const fd = openSync(path, 'r');
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   try {
+    if (!fstatSync(fd).isFile()) throw new NotRegularFileError(path);
     readSync(fd, head, 0, head.length, 0);
   } finally {
     closeSync(fd);

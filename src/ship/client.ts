@@ -100,6 +100,11 @@ export class AgentClient {
     }
     const length = res.headers['content-length'];
     const size = expect?.size ?? (length !== undefined ? Number(length) : undefined);
-    return receiveFile(dir, name, res, { sha256, size });
+    try {
+      return await receiveFile(dir, name, res, { sha256, size });
+    } catch (e) {
+      res.destroy();
+      throw e;
+    }
   }
 }

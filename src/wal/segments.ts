@@ -3,10 +3,11 @@
  * segment number the file of the newest timeline on the target timeline's history whose start is
  * at or before that segment (XLogFileReadAnyTLI's rule), and stop at the first gap.
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { historyFileName, parseWalFileName, segmentOf } from '../formats/lsn.js';
 import { parseHistory, timelineSpans, type TimelineHistory } from '../formats/timeline-history.js';
+import { readHistoryBytes } from './bounded-read.js';
 
 export interface SegmentFile {
   path: string;
@@ -39,12 +40,12 @@ export function listSegmentFiles(dir: string, segmentSize: number): SegmentFile[
   return out.sort((a, b) => (a.segno === b.segno ? a.tli - b.tli : a.segno < b.segno ? -1 : 1));
 }
 
-/** Read `dir/%08X.history` when it exists. */
+/** Read `dir/%08X.history` when it exists (a regular file of at most 1 MiB, else a FormatError). */
 export function readHistoryFor(dir: string, tli: number): TimelineHistory | undefined {
   if (tli <= 1) return undefined;
   const path = join(dir, historyFileName(tli));
   try {
-    return parseHistory(readFileSync(path), tli, path);
+    return parseHistory(readHistoryBytes(path), tli, path);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;

@@ -80,8 +80,16 @@ describe('agent: security and WAL file shipping', () => {
 
   it('refuses bad names, wrong checksums and interrupted uploads, leaving nothing behind', async () => {
     const walDir = p.walDir;
+    // a real, complete segment before the server's position, taken out of pg_wal: what a node may
+    // legitimately be sent back (uploads are checked against what their name says: test/agent/uploads.test.ts)
+    await p.switchWal();
+    await p.sql('INSERT INTO t VALUES (1001)');
+    const current = (await p.sql('SELECT pg_walfile_name(pg_current_wal_lsn())'))!;
+    const name = readdirSync(walDir).filter((n) => /^[0-9A-F]{24}$/.test(n) && n < current).sort()[0];
+    expect(name, 'an old segment').toBeDefined();
+    const data = readFileSync(join(walDir, name));
+    renameSync(join(walDir, name), join(p.ownedDir('aside'), name));
     const before = readdirSync(walDir).sort();
-    const data = Buffer.alloc(1 << 20, 7);
     const sha = createHash('sha256').update(data).digest('hex');
     const put = (name: string, body: Buffer, checksum: string) =>
       api(url, `walFile/${name}`, { method: 'PUT', body: new Uint8Array(body), headers: { 'content-type': 'application/octet-stream', 'x-checksum': `sha256:${checksum}` } });
@@ -89,21 +97,21 @@ describe('agent: security and WAL file shipping', () => {
       const r = await put(bad, data, sha);
       expect([400, 404], bad).toContain(r.status);
     }
-    const wrong = await put('0000000100000000000000AA', data, 'f'.repeat(64));
+    const wrong = await put(name, data, 'f'.repeat(64));
     expect(wrong.status).toBe(422);
-    expect((await api(url, 'walFile/0000000100000000000000AA', { method: 'PUT', body: new Uint8Array(data), headers: { 'content-type': 'application/octet-stream' } })).status).toBe(400);
-    // an interrupted upload: announce 1 MiB, send half, then drop the connection
+    expect((await api(url, `walFile/${name}`, { method: 'PUT', body: new Uint8Array(data), headers: { 'content-type': 'application/octet-stream' } })).status).toBe(400);
+    // an interrupted upload: announce the whole segment, send half, then drop the connection
     await new Promise<void>((resolve) => {
-      const u = new URL(`${url}/api/pg/v1/walFile/0000000100000000000000AB`);
+      const u = new URL(`${url}/api/pg/v1/walFile/${name}`);
       const req = request({ host: u.hostname, port: u.port, path: u.pathname, method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/octet-stream', 'content-length': String(data.length), 'x-checksum': `sha256:${sha}` } });
       req.on('error', () => resolve());
       req.write(data.subarray(0, data.length / 2), () => setTimeout(() => (req.destroy(), setTimeout(resolve, 300)), 100));
     });
     expect(readdirSync(walDir).sort()).toEqual(before);
-    // two concurrent uploads of one file end with one correct file
-    const [a, b] = await Promise.all([put('0000000100000000000000AC', data, sha), put('0000000100000000000000AC', data, sha)]);
-    expect([a.status, b.status]).toEqual([201, 201]);
-    const got = readFileSync(join(walDir, '0000000100000000000000AC'));
+    // two concurrent uploads of one file end with one correct file: one creates it, the other finds it there
+    const [a, b] = await Promise.all([put(name, data, sha), put(name, data, sha)]);
+    expect([a.status, b.status].sort()).toEqual([200, 201]);
+    const got = readFileSync(join(walDir, name));
     expect(createHash('sha256').update(got).digest('hex')).toBe(sha);
     expect(readdirSync(walDir).filter((n) => n.startsWith('.pgha-tmp'))).toEqual([]);
   });

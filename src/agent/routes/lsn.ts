@@ -1,10 +1,10 @@
 /** lsn/*, validLsn: where this node is, and whether another node's end point is on its history. */
 import type { FastifyInstance } from 'fastify';
-import { validLsnAnswer, parseTli } from '../../cli/commands/validlsn.js';
 import { isFenced } from '../../datadir/fence.js';
 import { readControl, readNodeHistory } from '../../datadir/node-state.js';
-import { LsnFormatError } from '../../formats/errors.js';
-import { UsageError } from '../../cli/output.js';
+import { parseTimelineId } from '../../formats/lsn.js';
+import { validLsnAnswer } from '../../formats/timeline-history.js';
+import { FormatError, LsnFormatError } from '../../formats/errors.js';
 import { AgentClient } from '../../ship/client.js';
 import { ShipError } from '../../ship/files.js';
 import { liveLsn } from '../node-state.js';
@@ -12,6 +12,9 @@ import type { AgentContext } from '../server.js';
 
 export function registerLsnRoutes(app: FastifyInstance, ctx: AgentContext): void {
   const { cfg, pg } = ctx;
+  // a history file pg_control does not refer to that cannot be read is passed over (and logged); a
+  // bad one that it refers to is a FormatError: 422 with the file and offset (server.ts)
+  const onSkip = (file: string, e: FormatError) => app.log.warn({ file, err: e.describe() }, 'history file passed over: not readable as one');
   // who this node is: what a rejoining node needs to check lineage and to connect for replication
   app.get('/api/pg/v1/system', async () => {
     const c = readControl(cfg.pgdata);
@@ -20,7 +23,7 @@ export function registerLsnRoutes(app: FastifyInstance, ctx: AgentContext): void
       systemId: c.systemId.toString(),
       pgVersion: c.pgVersion,
       walSegmentSize: c.walSegmentSize,
-      timeline: readNodeHistory(cfg.pgdata, c).timeline,
+      timeline: readNodeHistory(cfg.pgdata, c, { onSkip }).timeline,
       pgHost: cfg.pgHost,
       pgPort: pg.port,
       pgUser: pg.user,
@@ -46,9 +49,9 @@ export function registerLsnRoutes(app: FastifyInstance, ctx: AgentContext): void
   // be written 0-39000028 / 0%2F39000028
   const validLsnRoute = async (tliText: string, lsnText: string) => {
     try {
-      return validLsnAnswer(readNodeHistory(cfg.pgdata), parseTli(tliText), lsnText.replace('-', '/')).json;
+      return validLsnAnswer(readNodeHistory(cfg.pgdata, undefined, { onSkip }), parseTimelineId(tliText), lsnText.replace('-', '/')).json;
     } catch (e) {
-      if (e instanceof LsnFormatError || e instanceof UsageError) throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
+      if (e instanceof LsnFormatError) throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
       throw e;
     }
   };

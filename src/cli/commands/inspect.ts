@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
+import { readControlBytes, readHistoryBytes, readSlotStateBytes } from '../../wal/bounded-read.js';
 import { majorFromPageMagic as majorOf } from '../../formats/versions.js';
 import { basename, join } from 'node:path';
 import { parseControlFile } from '../../formats/control.js';
@@ -37,18 +38,18 @@ async function inspectOne(path: string, opts: InspectOptions): Promise<unknown> 
   const d = detect(path);
   switch (d.kind) {
     case 'slot': {
-      const view = slotView(path, parseSlotState(readFileSync(path), { file: path }));
+      const view = slotView(path, parseSlotState(readSlotStateBytes(path), { file: path }));
       if (!opts.json) process.stdout.write(`${path}: replication slot state (PostgreSQL ${view.possibleVersions.join('/')} layout)\n` + keyValues(view));
       return view;
     }
     case 'control': {
-      const view = controlView(path, parseControlFile(readFileSync(path), { file: path }));
+      const view = controlView(path, parseControlFile(readControlBytes(path), { file: path }));
       if (!opts.json) process.stdout.write(`${path}: pg_control (PostgreSQL ${view.pgVersion})\n` + keyValues(view));
       return view;
     }
     case 'history': {
       const info = parseWalFileName(basename(path));
-      const view = historyView(path, parseHistory(readFileSync(path), info?.kind === 'history' ? info.tli : undefined, path));
+      const view = historyView(path, parseHistory(readHistoryBytes(path), info?.kind === 'history' ? info.tli : undefined, path));
       if (!opts.json) {
         process.stdout.write(`${path}: timeline history of timeline ${view.timeline}\n`);
         process.stdout.write(
@@ -83,9 +84,17 @@ async function inspectWal(path: string, single: boolean, opts: InspectOptions): 
     // identity from the content: the long header's pageaddr and TLI, not the file name
     files = [{ path, name: basename(path), tli: h.tli, segno: segmentOf(h.pageaddr, segmentSize), size: statSync(path).size, partial: path.endsWith('.partial') }];
   } else {
+    // the first segment file that is a regular file (a FIFO named like a segment would block the probe)
     const first = readdirSync(path)
       .filter((n) => /^[0-9A-F]{24}(\.partial)?$/.test(n))
-      .sort()[0];
+      .sort()
+      .find((n) => {
+        try {
+          return statSync(join(path, n)).isFile();
+        } catch {
+          return false;
+        }
+      });
     if (!first) throw new WalFormatError('no WAL segment files in directory', { file: path, expected: 'files named like 000000010000000000000001' });
     segmentSize = probeSegmentHeader(join(path, first)).segmentSize;
     const timeline = opts.timeline !== undefined ? Number(opts.timeline) : undefined;

@@ -1,13 +1,18 @@
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { FormatError } from '../../formats/errors.js';
+import { FormatError, NotRegularFileError } from '../../formats/errors.js';
+import { readSlotStateBytes } from '../../wal/bounded-read.js';
 import { parseSlotState } from '../../formats/replslot.js';
 import { slotView } from '../../inspect/views.js';
 import { describeError, EXIT_NEGATIVE, EXIT_OK, keyValues, printJson, table } from '../output.js';
 
 /** A slot state file, or every `pg_replslot/<slot>/state` of a data directory. */
 export function slotFiles(path: string): string[] {
-  if (!statSync(path).isDirectory()) return [path];
+  const st = statSync(path);
+  if (!st.isDirectory()) {
+    if (!st.isFile()) throw new NotRegularFileError(path);
+    return [path];
+  }
   const dir = existsSync(join(path, 'pg_replslot')) ? join(path, 'pg_replslot') : path;
   return readdirSync(dir)
     .filter((n) => !n.endsWith('.tmp') && statSync(join(dir, n)).isDirectory())
@@ -21,7 +26,7 @@ export function slotCommand(action: 'show' | 'verify', path: string, opts: { jso
   let bad = 0;
   for (const file of files) {
     try {
-      const s = parseSlotState(readFileSync(file), { file, allowBadChecksum: true });
+      const s = parseSlotState(readSlotStateBytes(file), { file, allowBadChecksum: true });
       const v: Record<string, unknown> = { ...slotView(file, s), valid: s.checksumValid };
       if (!s.checksumValid) {
         bad++;
@@ -29,7 +34,8 @@ export function slotCommand(action: 'show' | 'verify', path: string, opts: { jso
       }
       views.push(v);
     } catch (e) {
-      if (!(e instanceof FormatError) && (e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      // a FIFO or a device in place of a state file is an error (exit 2), not a bad slot file
+      if (e instanceof NotRegularFileError || (!(e instanceof FormatError) && (e as NodeJS.ErrnoException).code !== 'ENOENT')) throw e;
       bad++;
       views.push({ kind: 'slot', path: file, valid: false, checksumValid: false, error: describeError(e) });
     }

@@ -1,9 +1,9 @@
-import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { parseLsn } from '../../formats/lsn.js';
-import { parseHistory, validLsn, type TimelineHistory } from '../../formats/timeline-history.js';
+import { parseTimelineId } from '../../formats/lsn.js';
+import { parseHistory, validLsnAnswer, type TimelineHistory } from '../../formats/timeline-history.js';
 import { parseWalFileName } from '../../formats/lsn.js';
 import { readNodeHistory } from '../../datadir/node-state.js';
+import { readHistoryBytes } from '../../wal/bounded-read.js';
 import { EXIT_NEGATIVE, EXIT_OK, printJson, UsageError } from '../output.js';
 
 export interface ValidLsnOptions {
@@ -12,20 +12,15 @@ export interface ValidLsnOptions {
   json?: boolean;
 }
 
-/** The answer object, shared with the agent's GET validLsn/:tli/:lsn. */
-export function validLsnAnswer(history: TimelineHistory, tli: number, lsnText: string) {
-  const answer = validLsn(history, tli, parseLsn(lsnText));
-  return {
-    json: { code: answer.valid ? 0 : 1, msg: answer.valid ? 'Valid lsn' : 'Invalid lsn', cnt: answer.switchesAfter },
-    answer,
-  };
-}
+/** The answer object, shared with the agent's GET validLsn/:tli/:lsn (it lives with the parser). */
+export { validLsnAnswer };
 
 export function parseTli(text: string): number {
-  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 0xffffffff) {
-    throw new UsageError(`invalid timeline ID "${text}": expected a decimal number from 1 to 4294967295`);
+  try {
+    return parseTimelineId(text);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
   }
-  return Number(text);
 }
 
 export function validLsnCommand(tliText: string, lsnText: string, opts: ValidLsnOptions): number {
@@ -36,7 +31,7 @@ export function validLsnCommand(tliText: string, lsnText: string, opts: ValidLsn
   else {
     const file = opts.history!;
     const info = parseWalFileName(basename(file));
-    history = parseHistory(readFileSync(file), info?.kind === 'history' ? info.tli : undefined, file);
+    history = parseHistory(readHistoryBytes(file), info?.kind === 'history' ? info.tli : undefined, file);
   }
   const { json, answer } = validLsnAnswer(history, tli, lsnText);
   if (opts.json) printJson(json);

@@ -1,0 +1,202 @@
+/**
+ * A pgha-proxy's part in a cluster shared through etcd: it campaigns for leadership (election.ts),
+ * follows the recorded primary (watched), knows the registered members, and — as leader only —
+ * writes the primary: the first one (create-only) and every change as a compare-and-swap guarded by
+ * its own leader key, with the history entry in the same transaction. Before a promotion it waits
+ * until the old primary's agent no longer holds the primary lease (it released it, or the lease
+ * expired: the node fenced itself or can take no writes that count).
+ */
+import { EventEmitter } from 'node:events';
+import { LeaderElection } from './election.js';
+import { recordNames, type HistoryRecord, type LeaderRecord, type MemberRecord, type PrimaryLeaseRecord, type PrimaryRecord, type SyncRecordView } from './keys.js';
+import { LeaseKeeper } from './lease.js';
+import { ClusterStore, processId, type Unwatch } from './store.js';
+
+export type DcsLog = (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
+
+export interface CoordinatorOptions {
+  endpoints: string[];
+  cluster: string;
+  ttlSeconds: number;
+  /** default: host name and pid */
+  id?: string;
+  /** this proxy's admin URL (for the leader record) */
+  admin: string | null;
+  log?: DcsLog;
+}
+
+/** a decision refused by etcd (another decider acted, or this one is no longer the leader) */
+export class DcsRefused extends Error {}
+
+export interface CoordinatorStatus {
+  endpoints: string[];
+  cluster: string;
+  ttlSeconds: number;
+  /** etcd answered within the TTL */
+  healthy: boolean;
+  lastError: string | null;
+  primary: PrimaryRecord | null;
+  primaryLease: PrimaryLeaseRecord | null;
+  members: MemberRecord[];
+}
+
+export class Coordinator extends EventEmitter {
+  readonly store: ClusterStore;
+  readonly lease: LeaseKeeper;
+  readonly election: LeaderElection;
+  readonly id: string;
+  /** the recorded primary (null: none recorded yet) */
+  primary: PrimaryRecord | null = null;
+  primaryRaw: string | null = null;
+  /** the primary key was read at least once */
+  primaryKnown = false;
+  members: MemberRecord[] = [];
+  primaryLease: PrimaryLeaseRecord | null = null;
+  private unwatch: Unwatch[] = [];
+  private lastSync = '';
+
+  constructor(readonly o: CoordinatorOptions) {
+    super();
+    this.id = o.id ?? processId();
+    this.store = new ClusterStore({ endpoints: o.endpoints, cluster: o.cluster, callTimeoutMs: Math.min(2000, o.ttlSeconds * 400) });
+    this.lease = new LeaseKeeper(this.store, { ttlSeconds: o.ttlSeconds, log: o.log });
+    this.election = new LeaderElection(this.store, this.lease, { id: this.id, admin: o.admin, log: o.log });
+    this.election.on('leader', (on: boolean) => this.emit('leader', on));
+  }
+
+  get isLeader(): boolean {
+    return this.election.isLeader;
+  }
+
+  get leader(): LeaderRecord | null {
+    return this.election.leader;
+  }
+
+  /** start campaigning and watching; keeps trying in the background when etcd does not answer yet */
+  async start(): Promise<void> {
+    await this.election.start();
+    await this.watchAll();
+  }
+
+  private async watchAll(): Promise<void> {
+    const keys = this.store.keys;
+    const tryWatch = async (): Promise<boolean> => {
+      try {
+        this.unwatch.push(
+          await this.store.watch<PrimaryRecord>(keys.primary, (v) => {
+            const changed = v.raw !== this.primaryRaw || !this.primaryKnown;
+            this.primary = v.value;
+            this.primaryRaw = v.raw;
+            this.primaryKnown = true;
+            if (changed) this.emit('primary', v.value);
+          }),
+        );
+        this.unwatch.push(await this.store.watch(keys.members, () => void this.refreshMembers(), { prefix: true }));
+        this.unwatch.push(
+          await this.store.watch<PrimaryLeaseRecord>(keys.primaryLease, (v) => {
+            this.primaryLease = v.value;
+          }),
+        );
+        return true;
+      } catch (e) {
+        this.store.noteError(e);
+        for (const u of this.unwatch.splice(0)) await u();
+        return false;
+      }
+    };
+    if (await tryWatch()) return;
+    // etcd not reachable at start: keep trying
+    const retry = async () => {
+      while (!(await tryWatch())) await new Promise((r) => setTimeout(r, 500));
+    };
+    void retry();
+  }
+
+  private async refreshMembers(): Promise<void> {
+    try {
+      this.members = await this.store.members();
+    } catch {
+      // next change
+    }
+  }
+
+  /** the member registered with this PostgreSQL address */
+  memberByPg(addr: string): MemberRecord | null {
+    return this.members.find((m) => m.pg === addr) ?? null;
+  }
+
+  private guardOrThrow(): { key: string; raw: string } {
+    const g = this.election.guard();
+    if (!g) throw new DcsRefused('this pgha-proxy is not the leader');
+    return g;
+  }
+
+  /** the leader records the first primary (nothing recorded yet); false when one was recorded meanwhile */
+  async bootstrap(to: Pick<PrimaryRecord, 'backend' | 'member' | 'timeline'>): Promise<boolean> {
+    const next: PrimaryRecord = { ...to, since: new Date().toISOString(), by: this.id };
+    const r = await this.store.swapPrimary(null, next, { kind: 'bootstrap', trigger: null, from: null }, this.guardOrThrow());
+    if (r.ok) this.o.log?.('warn', 'recorded the primary on etcd', { primary: to.backend, member: to.member });
+    return r.ok;
+  }
+
+  /**
+   * The decision, before any promotion: etcd's primary becomes `to` if it still is `from` (or
+   * nothing, or already `to` — a retry), guarded by this proxy's leadership. Throws DcsRefused.
+   */
+  async claim(kind: HistoryRecord['kind'], trigger: HistoryRecord['trigger'], from: string, to: Pick<PrimaryRecord, 'backend' | 'member' | 'timeline'>): Promise<PrimaryRecord> {
+    const guard = this.guardOrThrow();
+    const cur = await this.store.primary();
+    if (cur.value?.backend === to.backend) return cur.value;
+    if (cur.value && cur.value.backend !== from) throw new DcsRefused(`etcd records ${cur.value.backend} as the primary, not ${from}: not promoting ${to.backend}`);
+    const next: PrimaryRecord = { ...to, since: new Date().toISOString(), by: this.id };
+    const r = await this.store.swapPrimary(cur.raw, next, { kind, trigger, from: cur.value }, guard);
+    if (!r.ok) throw new DcsRefused(`etcd refused the change of primary to ${to.backend}: ${r.reason}`);
+    this.o.log?.('warn', 'etcd: primary changed', { from, to: to.backend, history: r.history, kind });
+    return next;
+  }
+
+  /**
+   * Wait until the old primary's agent holds the primary lease no more (released after it saw the
+   * change, or expired: it could not renew, so it fenced itself). True when released in time.
+   */
+  async waitReleased(old: { pg: string; member: string | null }, timeoutMs: number): Promise<{ released: boolean; waitedMs: number; held: boolean }> {
+    const t0 = Date.now();
+    const now = await this.store.primaryLease();
+    if (!now.value || !recordNames(now.value, old)) return { released: true, waitedMs: 0, held: false };
+    this.o.log?.('warn', 'waiting for the old primary to give up its primary lease (released by its agent, or expired)', { member: now.value.member, pg: now.value.pg });
+    const released = await this.store.waitFor<PrimaryLeaseRecord>(this.store.keys.primaryLease, (v) => !v || !recordNames(v, old), timeoutMs);
+    return { released, waitedMs: Date.now() - t0, held: true };
+  }
+
+  /** the leader publishes the synchronous record (written only when it changed) */
+  async publishSync(rec: SyncRecordView | null): Promise<void> {
+    if (!this.isLeader) return;
+    const text = JSON.stringify(rec ? { ...rec, at: undefined } : null);
+    if (text === this.lastSync) return;
+    this.lastSync = text;
+    await this.store.putSync(rec).catch((e) => {
+      this.lastSync = '';
+      this.store.noteError(e);
+    });
+  }
+
+  status(): CoordinatorStatus {
+    return {
+      endpoints: this.store.endpoints,
+      cluster: this.store.cluster,
+      ttlSeconds: this.o.ttlSeconds,
+      healthy: this.store.healthy(this.o.ttlSeconds * 1000),
+      lastError: this.store.health.lastError,
+      primary: this.primary,
+      primaryLease: this.primaryLease,
+      members: this.members,
+    };
+  }
+
+  async stop(): Promise<void> {
+    await this.election.stop();
+    for (const u of this.unwatch.splice(0)) await u();
+    await this.lease.stop(true);
+    await this.store.close();
+  }
+}
