@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ownLikeDirectory } from '../ship/files.js';
+import { ownLikeDirectory } from './ownership.js';
 
 /** written into the data directory by node/fence; removed by a successful rejoin */
 export const FENCE_MARKER = 'pgha.fenced';

@@ -6,7 +6,6 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import {
-  chownSync,
   closeSync,
   constants,
   fstatSync,
@@ -398,9 +397,4 @@ function ownFdLikeDirectory(fd: number, dir: string): void {
   fchownSync(fd, st.uid, st.gid);
 }
 
-/** files written as root into a data directory must belong to its owner, or the server cannot read them */
-export function ownLikeDirectory(path: string, dir: string): void {
-  if (process.getuid?.() !== 0) return;
-  const st = statSync(dir);
-  chownSync(path, st.uid, st.gid);
-}
+export { ownLikeDirectory } from '../datadir/ownership.js';
