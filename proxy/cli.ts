@@ -43,6 +43,9 @@ const program = new Command('pgha-proxy')
   .option('--synchronous-count <k>', 'with --synchronous-mode: commits wait for k standbys (default 1)')
   .option('--cluster-interval <ms>', 'period of slot and synchronous-standby management (default 2000)')
   .option('--admin-token <token>', 'bearer token for the admin port\'s actions, POST /switchover and /failover (default $PGHA_ADMIN_TOKEN, else --token); without one they are refused')
+  .option('--etcd <urls>', 'etcd endpoints (URL[,URL…]): share cluster state with other proxies and the agents; one leader decides (failover, switchover, cluster management), every proxy routes to the primary recorded there')
+  .option('--cluster <name>', "with --etcd: the cluster's name there (keys under /pgha/NAME/)")
+  .option('--etcd-ttl <seconds>', "with --etcd: the leader's lease; a follower takes over within it when the leader is gone (default 5)")
   .option('--log-level <level>', 'pino level: fatal, error, warn, info, debug (default info or $PGHA_LOG_LEVEL)')
   .addHelpText(
     'after',
@@ -51,6 +54,7 @@ Examples:
   pgha-proxy --listen 127.0.0.1:6432 --backend 10.0.0.1:5432 --backend 10.0.0.2:5432 --admin 127.0.0.1:8008
   pgha-proxy --config /etc/pgha/proxy.json --auto-failover \\
       --agent 10.0.0.1:5432=http://10.0.0.1:8010 --agent 10.0.0.2:5432=http://10.0.0.2:8010 --token $TOKEN
+  pgha-proxy --config /etc/pgha/proxy.json --auto-failover --etcd http://10.0.0.9:2379 --cluster main
 `,
   )
   .action(async (flags: ProxyFlags, cmd: Command) => {

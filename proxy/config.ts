@@ -6,6 +6,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { BACKEND_SSL_MODES, addressText, type BackendAddress, type BackendSslMode, type BackendTls } from './backend/connect.js';
 import type { HealthCredentials } from './health/probe.js';
 import type { SynchronousMode } from './cluster/plan.js';
+import { checkClusterName, checkTtl, parseEndpoints } from '../src/dcs/keys.js';
 
 export class ProxyConfigError extends Error {}
 
@@ -51,6 +52,8 @@ export interface ProxyConfig {
   clusterIntervalMs: number;
   /** things worth a warning at start-up (secrets in files others may read) */
   warnings: string[];
+  /** several proxies, one decision: cluster state and leadership on etcd (null: this proxy decides alone) */
+  etcd: { endpoints: string[]; cluster: string; ttlSeconds: number } | null;
 }
 
 /** a file holding a secret that its group or others may read */
@@ -99,6 +102,9 @@ export interface ProxyFlags {
   synchronousCount?: string | number;
   adminToken?: string;
   clusterInterval?: string | number;
+  etcd?: string | string[];
+  cluster?: string;
+  etcdTtl?: string | number;
 }
 
 export function parseAddress(text: string, what: string): BackendAddress {
@@ -165,6 +171,16 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
   if ((mode === 'verify-ca' || mode === 'verify-full') && !ca) throw new ProxyConfigError(`--backend-sslmode ${mode} needs --backend-sslrootcert FILE`);
 
   const healthTimeoutMs = int(f.healthTimeout, '--health-timeout', 1, 2000);
+  let etcd: ProxyConfig['etcd'] = null;
+  const etcdGiven = f.etcd !== undefined && f.etcd !== '' && !(Array.isArray(f.etcd) && f.etcd.length === 0);
+  if (etcdGiven) {
+    if (!f.cluster) throw new ProxyConfigError('--etcd needs --cluster NAME (the cluster\'s name on etcd: /pgha/NAME/)');
+    try {
+      etcd = { endpoints: parseEndpoints(f.etcd!), cluster: checkClusterName(String(f.cluster)), ttlSeconds: checkTtl(f.etcdTtl ?? 5) };
+    } catch (e) {
+      throw new ProxyConfigError((e as Error).message);
+    }
+  } else if (f.cluster !== undefined || f.etcdTtl !== undefined) throw new ProxyConfigError('--cluster and --etcd-ttl need --etcd URL[,URL…]');
   return {
     listen: parseAddress(f.listen, '--listen'),
     readListen: f.readListen ? parseAddress(f.readListen, '--read-listen') : null,
@@ -202,6 +218,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
       f.tlsKey ? looseModeWarning(f.tlsKey, '--tls-key') : null,
       flags.config && (fromFile.token || fromFile.adminToken || fromFile.healthPassword) ? looseModeWarning(flags.config, 'config file with a secret') : null,
     ].filter((w): w is string => w !== null),
+    etcd,
   };
 }
 

@@ -4,6 +4,7 @@
  * primary moved, a node went down or was fenced) they are ended at once with a proper ErrorResponse.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { hostname } from 'node:os';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
@@ -22,6 +23,8 @@ import { SQLSTATE } from './protocol/codes.js';
 import { CancelRegistry } from './session/cancel-registry.js';
 import { ClientSession, type PortKind } from './session/client-session.js';
 import type { ProxyContext, ProxyStats } from './session/context.js';
+import { Coordinator, type CoordinatorStatus } from '../src/dcs/coordinator.js';
+import type { LeaderRecord } from '../src/dcs/keys.js';
 
 /**
  * Connections the proxy leaves free on every server below its client slots (max_connections −
@@ -53,6 +56,10 @@ export interface ProxyStatus {
   relay: 'native' | 'node';
   failovers: FailoverController['history'];
   listen: { rw: string; ro: string | null; admin: string | null };
+  /** with --etcd: this proxy's id, whether it leads, and the leader as etcd names it (null without --etcd) */
+  leader: { id: string; isLeader: boolean; leader: LeaderRecord | null } | null;
+  /** with --etcd: endpoints, whether etcd answers, the recorded primary, the members (null without --etcd) */
+  etcd: CoordinatorStatus | null;
 }
 
 export class ProxyServer implements ProxyContext {
@@ -77,6 +84,9 @@ export class ProxyServer implements ProxyContext {
   private readerTurn = 0;
   /** the last automatic failover that promoted no one, and which standbys answered then */
   private failedAttempt: { from: string; standbys: string } | null = null;
+  /** with --etcd: leadership, the recorded primary, members (started once the admin port is bound) */
+  dcs: Coordinator | null = null;
+  private recordingFirst = false;
   readonly addresses: { rw: BackendAddress | null; ro: BackendAddress | null; admin: BackendAddress | null } = { rw: null, ro: null, admin: null };
 
   constructor(
@@ -94,6 +104,7 @@ export class ProxyServer implements ProxyContext {
       credentials: cfg.health,
       tls: cfg.backendTls,
       log: this.log.child({ part: 'health' }),
+      recorded: cfg.etcd !== null,
     });
     this.members = new MemberDirectory(cfg.agents, cfg.token);
     this.failover = new FailoverController({
@@ -107,6 +118,7 @@ export class ProxyServer implements ProxyContext {
       memberSlots: cfg.memberSlots,
       synchronousMode: cfg.synchronousMode,
       synchronousCount: cfg.synchronousCount,
+      coordinate: cfg.etcd ? { claim: (kind, trigger, from, to) => this.claim(kind, trigger, from, to), released: (from) => this.released(from) } : undefined,
     });
     this.cluster = new ClusterManager({
       monitor: this.monitor,
@@ -117,7 +129,8 @@ export class ProxyServer implements ProxyContext {
       memberSlots: cfg.memberSlots,
       synchronousMode: cfg.synchronousMode,
       synchronousCount: cfg.synchronousCount,
-      busy: () => this.failover.running,
+      // with etcd only the leader manages the cluster
+      busy: () => this.failover.running || !this.isDecider(),
     });
     this.relay = cfg.relay === 'native' ? nativeProxyRelay((e) => this.nativeSessions.get(e.id)?.onRelayEvent(e)) : null;
     if (cfg.relay === 'native' && !this.relay) this.log.warn('native relay unavailable (addon not built): relaying in Node');
@@ -127,12 +140,14 @@ export class ProxyServer implements ProxyContext {
     this.monitor.on('change', () => {
       this.endSessionsOnLostBackends();
       this.retryFailover();
+      this.publishSync();
     });
+    this.monitor.on('unrecorded', (s: BackendState) => void this.recordFirstPrimary(s));
     this.monitor.on('down', (s: BackendState) => void this.onDown(s));
     // a primary left behind on an older timeline (someone promoted a standby by hand): fence it
     // through its agent too, so it cannot take writes from clients that bypass the proxy
     this.monitor.on('fenced', (s: BackendState) => {
-      if (!this.failover.running) void this.failover.fenceOld(s.name, this.monitor.primary?.name ?? 'the newest timeline');
+      if (!this.failover.running && this.isDecider()) void this.failover.fenceOld(s.name, this.monitor.primary?.name ?? 'the newest timeline');
     });
   }
 
@@ -143,6 +158,7 @@ export class ProxyServer implements ProxyContext {
     this.addresses.rw = await this.listen(this.cfg.listen, 'rw');
     if (this.cfg.readListen) this.addresses.ro = await this.listen(this.cfg.readListen, 'ro');
     if (this.cfg.admin) this.addresses.admin = await this.startAdmin(this.cfg.admin);
+    if (this.cfg.etcd) await this.startDcs();
     this.log.info(
       { listen: addressText(this.addresses.rw), read: this.addresses.ro && addressText(this.addresses.ro), admin: this.addresses.admin && addressText(this.addresses.admin), backends: this.cfg.backends.map(addressText), autoFailover: this.cfg.autoFailover, tls: Boolean(this.secureContext) },
       'pgha-proxy listening',
@@ -152,6 +168,8 @@ export class ProxyServer implements ProxyContext {
   async stop(): Promise<void> {
     this.monitor.stop();
     this.cluster.stop();
+    // resign: another proxy leads at once instead of after the TTL
+    await this.dcs?.stop().catch((e) => this.log.warn({ err: (e as Error).message }, 'etcd: could not resign'));
     // stop accepting, end the sessions (close() only calls back once they are gone), then wait
     const closed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     for (const s of [...this.sessions]) s.terminate({ severity: 'FATAL', code: SQLSTATE.adminShutdown, message: 'terminating connection because pgha-proxy is shutting down' }, 'proxy stopping');
@@ -291,7 +309,7 @@ export class ProxyServer implements ProxyContext {
   }
 
   private async onDown(s: BackendState): Promise<void> {
-    if (!this.cfg.autoFailover || this.failover.running) return;
+    if (!this.cfg.autoFailover || this.failover.running || !this.isDecider()) return;
     // only the primary's loss triggers a failover ('down' is emitted before the election drops it)
     if (this.monitor.primary?.name !== s.name) return;
     await this.runFailover(s);
@@ -315,12 +333,103 @@ export class ProxyServer implements ProxyContext {
    */
   private retryFailover(): void {
     const f = this.failedAttempt;
-    if (!f || !this.cfg.autoFailover || this.failover.running || this.monitor.primary) return;
+    if (!f || !this.cfg.autoFailover || this.failover.running || this.monitor.primary || !this.isDecider()) return;
     const old = this.monitor.state(f.from);
     if (!old || (old.role !== 'down' && old.role !== 'fenced')) return;
     if (this.healthyStandbys() === f.standbys) return;
     this.log.warn({ from: f.from, standbys: this.healthyStandbys() }, 'standbys changed since the failed failover: trying again');
     void this.runFailover(old);
+  }
+
+  // ---------------------------------------------------------------- several proxies: etcd
+
+  /** without etcd this proxy decides alone; with it, only while it is the leader */
+  isDecider(): boolean {
+    return this.cfg.etcd === null || (this.dcs?.isLeader ?? false);
+  }
+
+  private async startDcs(): Promise<void> {
+    const e = this.cfg.etcd!;
+    const a = this.addresses.admin;
+    const admin = a ? `http://${a.host === '0.0.0.0' || a.host === '::' ? hostname() : a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}` : null;
+    const log = this.log.child({ part: 'etcd' });
+    const dcs = new Coordinator({ endpoints: e.endpoints, cluster: e.cluster, ttlSeconds: e.ttlSeconds, admin, log: (level, msg, fields) => log[level](fields ?? {}, msg) });
+    this.dcs = dcs;
+    dcs.on('primary', (rec: { backend: string } | null) => this.monitor.setRecorded(rec?.backend ?? null));
+    dcs.on('leader', (on: boolean) => {
+      if (on) void this.onLeadership().catch((err) => log.error({ err: (err as Error).message }, 'taking over as leader failed'));
+    });
+    await dcs.start();
+  }
+
+  /** the agent's node name of a backend: registered on etcd, else learnt from its agent, else null */
+  private memberName(backend: string): string | null {
+    const m = this.dcs?.memberByPg(backend)?.name;
+    if (m) return m;
+    const n = this.members.nameOf(backend);
+    return n === backend.replace(/[^A-Za-z0-9]/g, '_') ? null : n;
+  }
+
+  /** nothing recorded yet: the leader records the primary its health checks found */
+  private async recordFirstPrimary(s: BackendState): Promise<void> {
+    const dcs = this.dcs;
+    if (!dcs || !dcs.isLeader || !dcs.primaryKnown || dcs.primary || this.recordingFirst) return;
+    this.recordingFirst = true;
+    try {
+      await dcs.bootstrap({ backend: s.name, member: this.memberName(s.name), timeline: s.timeline });
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'etcd: could not record the first primary');
+    } finally {
+      this.recordingFirst = false;
+    }
+  }
+
+  /** just elected: take over what the previous leader may have left (the recorded primary down) */
+  private async onLeadership(): Promise<void> {
+    const dcs = this.dcs!;
+    try {
+      const sync = await dcs.store.sync();
+      if (sync && sync.primary === this.monitor.recorded) this.monitor.adoptSyncRecord({ method: sync.method, k: sync.k, members: sync.members, synchronousStandbyNames: sync.synchronousStandbyNames, at: sync.at });
+    } catch {
+      // this proxy's own record will do
+    }
+    await this.monitor.checkNow();
+    if (!this.isDecider() || !this.cfg.autoFailover || this.failover.running || this.monitor.primary) return;
+    const recorded = this.monitor.recorded ? this.monitor.state(this.monitor.recorded) : null;
+    if (recorded?.role === 'down') {
+      this.log.warn({ primary: recorded.name }, 'new leader: the recorded primary is down: failing over');
+      await this.runFailover(recorded);
+    }
+  }
+
+  private publishSync(): void {
+    const p = this.monitor.primary;
+    const r = this.monitor.syncRecord;
+    if (!this.dcs?.isLeader || !p) return;
+    void this.dcs.publishSync(r ? { primary: p.name, method: r.method, k: r.k, members: r.members, synchronousStandbyNames: r.synchronousStandbyNames, at: r.at } : null);
+  }
+
+  private async claim(kind: 'failover' | 'switchover', trigger: 'auto' | 'manual', from: BackendState, to: BackendState): Promise<void> {
+    if (!this.dcs) throw new FailoverError('etcd is not connected yet: not deciding');
+    try {
+      await this.dcs.claim(kind, trigger, from.name, { backend: to.name, member: this.memberName(to.name), timeline: to.timeline });
+    } catch (e) {
+      throw new FailoverError((e as Error).message);
+    }
+  }
+
+  private async released(from: BackendState): Promise<void> {
+    const e = this.cfg.etcd!;
+    // the old agent releases at once when it can; cut off, its lease expires within the TTL; a fence
+    // that stops a server in bounded time (≤ ~10 s) is waited for too
+    const r = await this.dcs!.waitReleased({ pg: from.name, member: this.memberName(from.name) }, e.ttlSeconds * 2000 + 15_000);
+    if (!r.released) throw new FailoverError(`${from.name} still holds its primary lease on etcd after ${r.waitedMs} ms: not promoting beside it`);
+    if (r.held) this.log.warn({ from: from.name, waitedMs: r.waitedMs }, 'the old primary no longer holds its primary lease');
+  }
+
+  private notLeader(): FailoverError {
+    const l = this.dcs?.leader;
+    return new FailoverError(l ? `this pgha-proxy is not the leader: ask the leader ${l.id}${l.admin ? ` at ${l.admin}` : ''}` : 'this pgha-proxy is not the leader, and no leader is known right now: try again in a few seconds', 409);
   }
 
   // ---------------------------------------------------------------- admin
@@ -374,6 +483,8 @@ export class ProxyServer implements ProxyContext {
         ro: this.addresses.ro && addressText(this.addresses.ro),
         admin: this.addresses.admin && addressText(this.addresses.admin),
       },
+      leader: this.dcs ? { id: this.dcs.id, isLeader: this.dcs.isLeader, leader: this.dcs.leader } : null,
+      etcd: this.dcs ? this.dcs.status() : null,
     };
   }
 
@@ -393,6 +504,7 @@ export class ProxyServer implements ProxyContext {
 
   /** a planned switchover (pgha switchover) */
   async switchover(to: string | undefined): Promise<FailoverReport> {
+    if (!this.isDecider()) throw this.notLeader();
     const report = await this.failover.switchover({ to });
     this.metrics.failovers.inc({ result: report.error ? 'switchover-failed' : 'switchover' });
     return report;
@@ -400,6 +512,7 @@ export class ProxyServer implements ProxyContext {
 
   /** an operator's failover to a named standby (pgha failover --to): the primary is gone or must not be waited for */
   async manualFailover(to: string): Promise<FailoverReport> {
+    if (!this.isDecider()) throw this.notLeader();
     const old = this.monitor.primary ?? [...this.monitor.backends].filter((b) => b.role === 'down' || b.role === 'fenced').sort((a, b) => (b.timeline ?? 0) - (a.timeline ?? 0))[0];
     if (!old) throw new FailoverError('no primary and no failed node to fail over from');
     const report = await this.failover.run(old, { to, trigger: 'manual' });

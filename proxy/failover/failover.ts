@@ -32,6 +32,15 @@ export interface FailoverOptions {
   synchronousMode: SynchronousMode;
   synchronousCount: number;
   promoteTimeoutMs?: number;
+  /**
+   * Several proxies sharing etcd: `claim` records the target as the primary (a compare-and-swap:
+   * throws when another decider acted or this proxy no longer leads) before anything is promoted,
+   * `released` waits until the old primary no longer holds its primary lease.
+   */
+  coordinate?: {
+    claim(kind: 'failover' | 'switchover', trigger: 'auto' | 'manual', from: BackendState, to: BackendState): Promise<void>;
+    released(from: BackendState): Promise<void>;
+  };
 }
 
 export interface FailoverReport {
@@ -152,6 +161,8 @@ export class FailoverController {
       }
       const target = choice.target;
       report.to = target.name;
+      // the decision is recorded (etcd) before anything changes: a second decider cannot also win
+      await this.o.coordinate?.claim('failover', report.trigger, old, target);
       // fence in the proxy first: from here on nothing is routed to the old primary
       monitor.fence(old.name, `failed over to ${target.name}`);
       if (now && now.role !== 'down' && now.failures === 0) {
@@ -166,6 +177,8 @@ export class FailoverController {
       // the promotion and then follow its new timeline (recovery_target_timeline = latest)
       const repointing = this.repoint(target, others);
       repointing.catch(() => undefined);
+      // never two primaries: the old one fenced itself or gave up its primary lease first
+      await this.o.coordinate?.released(old);
       report.via = await this.promote(target, old.name);
       report.promotedAt = new Date().toISOString();
       await monitor.checkNow([target.name]);
@@ -230,6 +243,10 @@ export class FailoverController {
       const last = Object.values(lsn)[0];
       const end = parseLsn(last.lastLsn);
       await this.waitReplayed(target, end, timeoutMs);
+      if (this.o.coordinate) {
+        await this.o.coordinate.claim('switchover', 'manual', old, target);
+        await this.o.coordinate.released(old);
+      }
       const others = monitor.backends.filter((s) => s.name !== target.name && s.name !== old.name && s.role === 'standby' && s.failures === 0);
       const repointing = this.repoint(target, others);
       repointing.catch(() => undefined);

@@ -8,6 +8,11 @@
  * Split-brain guard: the cluster is the system identifier of the first primary seen; a node with
  * another one is fenced, and so is a node that answers as a primary on a timeline older than the
  * newest timeline seen on any node. Fenced stays fenced until the node shows up in recovery.
+ *
+ * With a recorded primary (`recorded`: several proxies sharing etcd) the monitor never elects a
+ * primary from health checks: it routes to the node etcd names, once that node answers as a
+ * primary, and to nothing else (setRecorded); while nothing is recorded it proposes the node it
+ * would have elected ('unrecorded') for the leader to record.
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
@@ -73,6 +78,8 @@ export interface MonitorOptions {
   tls: BackendTls;
   log: Logger;
   probe?: typeof defaultProbe;
+  /** route only to the primary recorded on etcd (setRecorded) */
+  recorded?: boolean;
 }
 
 interface Node {
@@ -116,6 +123,8 @@ export class HealthMonitor extends EventEmitter {
   private unchecked: Set<string>;
   /** observer for health-check latency (metrics) */
   onCheck: (name: string, seconds: number, ok: boolean) => void = () => undefined;
+  /** with `recorded`: the backend etcd names as the primary (null: none recorded yet) */
+  private recordedPrimary: string | null = null;
 
   constructor(private readonly opts: MonitorOptions) {
     super();
@@ -225,6 +234,23 @@ export class HealthMonitor extends EventEmitter {
       };
       this.on('primary', onPrimary);
     });
+  }
+
+  /** the primary recorded on etcd changed (only with the `recorded` option) */
+  setRecorded(name: string | null): void {
+    if (!this.opts.recorded || name === this.recordedPrimary) return;
+    this.recordedPrimary = name;
+    if (name && !this.nodes.some((n) => n.state.name === name)) this.opts.log.error({ recorded: name, backends: this.nodes.map((n) => n.state.name) }, 'etcd records a primary that is not one of this proxy\'s backends');
+    this.elect();
+  }
+
+  get recorded(): string | null {
+    return this.recordedPrimary;
+  }
+
+  /** a synchronous record kept elsewhere (etcd) for the current primary, adopted when this monitor has none */
+  adoptSyncRecord(r: SyncRecord): void {
+    if (!this.sync && r.members.length) this.sync = r;
   }
 
   /** failover control: while held, no primary is elected from health checks alone */
@@ -389,6 +415,10 @@ export class HealthMonitor extends EventEmitter {
     }
     const candidates = claims.filter((n) => n.state.role === 'primary');
     const current = this.nodes.find((n) => n.state.name === this.primaryName);
+    if (this.opts.recorded) {
+      this.electRecorded(candidates, current ?? null);
+      return;
+    }
     if (current && current.state.role === 'primary') {
       for (const n of candidates) {
         if (n !== current) {
@@ -417,6 +447,31 @@ export class HealthMonitor extends EventEmitter {
       this.opts.log.error({ backend: n.state.name }, n.state.reason);
     }
     this.setPrimary(winner.state, current ? 'new primary elected' : 'primary found');
+  }
+
+  /**
+   * Routing by etcd's record: the recorded node once it answers as a primary, nothing else. Other
+   * nodes answering as primaries are shown fenced (not sticky: the record may name them next) and
+   * are never routed to; with nothing recorded the node the health checks would elect is proposed.
+   */
+  private electRecorded(candidates: Node[], current: Node | null): void {
+    const recorded = this.recordedPrimary === null ? null : (this.nodes.find((n) => n.state.name === this.recordedPrimary) ?? null);
+    for (const n of candidates) {
+      if (n === recorded) continue;
+      n.state.role = recorded ? 'fenced' : 'unknown';
+      n.state.reason = recorded ? `answers as a primary, but etcd records ${recorded.state.name} as the primary` : 'answers as a primary; no primary recorded on etcd yet';
+    }
+    if (current && current !== recorded) this.setPrimary(null, recorded ? `etcd records ${recorded.state.name} as the primary` : 'no primary recorded on etcd');
+    else if (current && current.state.role !== 'primary') this.setPrimary(null, `${current.state.name} is ${current.state.role}${current.state.reason ? `: ${current.state.reason}` : ''}`);
+    if (recorded && recorded.state.role === 'primary' && this.primaryName !== recorded.state.name) this.setPrimary(recorded.state, 'recorded on etcd');
+    if (this.recordedPrimary === null && candidates.length > 0 && !this.holdElection) {
+      const [winner] = [...candidates].sort((a, b) => {
+        const la = lsnOrNull(a.state.lsn) ?? 0n;
+        const lb = lsnOrNull(b.state.lsn) ?? 0n;
+        return (b.state.timeline ?? 0) - (a.state.timeline ?? 0) || (lb > la ? 1 : lb < la ? -1 : 0);
+      });
+      this.emit('unrecorded', winner.state);
+    }
   }
 
   /** what the standbys look like from the primary: streaming, sync state, lag; who acknowledged commits */

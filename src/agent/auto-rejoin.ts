@@ -26,7 +26,7 @@ export interface FoundPrimary {
   url: string;
   timeline: number;
   /** how it was found */
-  via: 'proxy' | 'peers';
+  via: 'etcd' | 'proxy' | 'peers';
 }
 
 export interface AutoRejoinInputs {
@@ -93,11 +93,31 @@ interface ProxyStatusView {
 const proxyBase = (u: string) => (/^https?:\/\//.test(u) ? u : `http://${u}`).replace(/\/+$/, '');
 
 /**
- * Who is primary: each configured proxy's GET /status (its primary's agent), else the peers' agents
- * (a peer answering master/single that is not fenced; the highest timeline wins).
+ * Who is primary: with --etcd the primary recorded there (the decider's word; its agent from the
+ * member entry, else the peer of that name), else each configured proxy's GET /status (its
+ * primary's agent), else the peers' agents (a peer answering master/single that is not fenced; the
+ * highest timeline wins).
  */
 export async function findPrimaryForRejoin(ctx: AgentContext, timeoutMs = 3000): Promise<FoundPrimary | null> {
   const { cfg } = ctx;
+  const recorded = ctx.dcs?.primary;
+  if (ctx.dcs && recorded) {
+    // etcd's record is the one word on who is primary: nothing else is followed while there is one
+    if (!recorded.member || recorded.member === cfg.name) return null;
+    try {
+      const url = (await ctx.dcs.memberOf(recorded.member))?.agent ?? cfg.peers[recorded.member] ?? null;
+      if (!url) return null;
+      const agent = new AgentClient(url, cfg.token, timeoutMs);
+      const sys = await agent.get<PeerSystem>('system');
+      // promoted already (a standby named there a moment before its promotion is not followed yet)
+      const state = await agent.get<Record<string, string>>('instance/current');
+      const s = state[sys.name] ?? Object.values(state)[0];
+      if (sys.fenced || (s !== 'master' && s !== 'single')) return null;
+      return { name: sys.name, url: url.replace(/\/+$/, ''), timeline: sys.timeline, via: 'etcd' };
+    } catch {
+      return null;
+    }
+  }
   for (const proxy of cfg.proxies ?? []) {
     try {
       const res = await fetch(`${proxyBase(proxy)}/status`, { signal: AbortSignal.timeout(timeoutMs) });

@@ -2,11 +2,13 @@
  * Agent configuration: a JSON file, then environment variables, then command-line flags (later wins).
  * Environment: PGHA_NODE_NAME, PGHA_LISTEN (host:port), PGDATA, PGHA_TOKEN, PGHA_PEERS
  * ("name=url,name=url"), PGHA_PG_PORT, PGHA_PG_BIN, PGHA_REPL_USER, PGHA_AUTO_REJOIN (0 turns the
- * automatic rejoin off), PGHA_AUTO_REJOIN_RECLONE, PGHA_PROXIES ("url,url").
+ * automatic rejoin off), PGHA_AUTO_REJOIN_RECLONE, PGHA_PROXIES ("url,url"), PGHA_ETCD ("url,url"),
+ * PGHA_CLUSTER, PGHA_ETCD_TTL.
  */
 import { readFileSync } from 'node:fs';
 import { FormatError } from '../formats/errors.js';
 import { readTokenFile, warnIfExposed, warnOnStderr, type Warn } from '../ship/token.js';
+import { checkClusterName, checkTtl, DcsConfigError, parseEndpoints } from '../dcs/keys.js';
 
 export interface AgentConfig {
   name: string;
@@ -28,6 +30,12 @@ export interface AgentConfig {
   autoRejoinIntervalMs?: number;
   /** pgha-proxy admin base URLs, asked (GET /status) for the primary before the peers */
   proxies?: string[];
+  /** etcd endpoints: register this node, hold the primary lease, fence itself when cut off */
+  etcd?: string[];
+  /** the cluster's name on etcd (/pgha/<cluster>/) */
+  cluster?: string;
+  /** seconds of the agent's etcd lease (default 5) */
+  etcdTtl?: number;
 }
 
 export class ConfigError extends Error {}
@@ -67,6 +75,9 @@ export interface AgentFlags {
   autoRejoin?: boolean;
   autoRejoinReclone?: boolean;
   proxy?: string[];
+  etcd?: string;
+  cluster?: string;
+  etcdTtl?: string;
 }
 
 function parseBool(text: string, what: string): boolean {
@@ -92,7 +103,7 @@ function parseProxies(list: string[]): string[] {
 }
 
 export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env, warn: Warn = warnOnStderr): AgentConfig {
-  let file: Partial<AgentConfig> & { listen?: string; peers?: Record<string, string>; proxies?: string[] } = {};
+  let file: Partial<Omit<AgentConfig, 'etcd'>> & { listen?: string; peers?: Record<string, string>; proxies?: string[]; etcd?: string | string[] } = {};
   if (flags.config) {
     warnIfExposed(flags.config, 'config file', warn);
     try {
@@ -132,6 +143,18 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
     autoRejoinIntervalMs: Math.max(200, Number(file.autoRejoinIntervalMs ?? 2000) || 2000),
     proxies: parseProxies(flags.proxy ?? (env.PGHA_PROXIES ? [env.PGHA_PROXIES] : (file.proxies ?? []))),
   };
+  const etcd = flags.etcd ?? env.PGHA_ETCD ?? file.etcd;
+  if (etcd !== undefined && etcd !== '' && !(Array.isArray(etcd) && etcd.length === 0)) {
+    try {
+      cfg.etcd = parseEndpoints(etcd);
+      cfg.cluster = checkClusterName(String(flags.cluster ?? env.PGHA_CLUSTER ?? file.cluster ?? ''));
+      cfg.etcdTtl = checkTtl(flags.etcdTtl ?? env.PGHA_ETCD_TTL ?? file.etcdTtl ?? 5);
+    } catch (e) {
+      throw new ConfigError(e instanceof DcsConfigError && /cluster name ""/.test(e.message) ? '--etcd needs --cluster NAME (or PGHA_CLUSTER, or "cluster" in the config file)' : (e as Error).message);
+    }
+  } else if (flags.cluster ?? env.PGHA_CLUSTER ?? file.cluster) {
+    throw new ConfigError('--cluster needs --etcd URL[,URL…] (or PGHA_ETCD, or "etcd" in the config file)');
+  }
   if (!cfg.name) throw new ConfigError('node name missing (--name, PGHA_NODE_NAME or "name" in the config file)');
   if (!cfg.pgdata) throw new ConfigError('data directory missing (--pgdata, PGDATA or "pgdata")');
   if (cfg.token.length < 16) throw new ConfigError('token missing or shorter than 16 characters (--token-file, --token, PGHA_TOKEN or "token")');

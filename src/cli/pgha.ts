@@ -34,6 +34,9 @@ function build(setExit: (c: number) => void): Command {
     .option('--no-auto-rejoin', 'do not rejoin this node by itself when it is fenced or stopped and a primary is found (env PGHA_AUTO_REJOIN=0)')
     .option('--auto-rejoin-reclone', 'let the automatic rejoin re-clone (data directory moved aside) when no rewind is possible (env PGHA_AUTO_REJOIN_RECLONE=1)')
     .option('--proxy <url>', 'a pgha-proxy admin base URL, asked (GET /status) for the primary before the peers (repeatable; env PGHA_PROXIES="url,url")', collect)
+    .option('--etcd <urls>', 'etcd endpoints URL[,URL…] (env PGHA_ETCD): register this node, hold the primary lease while it is the recorded primary, fence it when cut off from etcd')
+    .option('--cluster <name>', "with --etcd: the cluster's name there, as the proxies' --cluster (env PGHA_CLUSTER)")
+    .option('--etcd-ttl <seconds>', 'with --etcd: the agent\'s lease; a primary that cannot renew it fences itself before it expires (env PGHA_ETCD_TTL, default 5)')
     .action(async (flags) => {
       const { loadAgentConfig } = await import('../agent/config.js');
       const { buildAgent } = await import('../agent/server.js');

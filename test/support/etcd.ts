@@ -43,10 +43,10 @@ export function etcdBinary(): string {
   throw new Error('etcd not found: install it (Debian: apt-get install etcd-server; .ci/run does)');
 }
 
-/** start one etcd member; `listen` adds addresses besides 127.0.0.1 (same port) */
-export async function startEtcd(opts: { listen?: string[]; name?: string } = {}): Promise<EtcdServer> {
+/** start one etcd member; `listen` adds addresses besides 127.0.0.1 (same port); `port`: its client port (default a free one) */
+export async function startEtcd(opts: { listen?: string[]; name?: string; port?: number } = {}): Promise<EtcdServer> {
   const bin = etcdBinary();
-  const port = await freePort();
+  const port = opts.port ?? (await freePort());
   const peerPort = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'pgha-etcd-'));
   const logFile = join(dir, 'etcd.log');

@@ -36,20 +36,46 @@ export interface HaClusterOptions {
   proxyArgs?: string[];
   agentArgs?: string[];
   health?: string[];
+  /** how many pgha-proxy processes, all with the same arguments (default 1; more need --etcd in proxyArgs) */
+  proxies?: number;
+  /** called once the net hosts exist, before any agent starts (e.g. to start etcd listening on their gateways) */
+  beforeAgents?: (nets: Array<NetHost | null>) => Promise<void>;
+  /** more `pgha agent` arguments for node i (after agentArgs), e.g. an etcd URL reachable from its net host */
+  agentArgsFor?: (i: number, net: NetHost | null) => string[];
 }
 
 export const FAST_HEALTH = ['--health-interval', '200', '--health-timeout', '1000', '--health-retries', '3', '--health-retry-delay', '100'];
 
 export class HaCluster {
+  /** the proxies (the first one is `proxy`); a test that kills one removes it here */
+  readonly proxies: RunningProxy[];
+
   private constructor(
     readonly nodes: HaNode[],
-    readonly proxy: RunningProxy,
-  ) {}
+    proxies: RunningProxy[],
+    /** backends and arguments every proxy of this cluster is started with */
+    private readonly proxyLaunch: { backends: string[]; args: string[] },
+  ) {
+    this.proxies = proxies;
+  }
+
+  /** the proxy the helpers ask (the first of `proxies`) */
+  get proxy(): RunningProxy {
+    return this.proxies[0];
+  }
+
+  /** one more pgha-proxy with the same arguments as the others */
+  async addProxy(): Promise<RunningProxy> {
+    const p = await startProxy(this.proxyLaunch.backends, this.proxyLaunch.args, { env: { PGHA_TOKEN: HA_TOKEN } });
+    this.proxies.push(p);
+    return p;
+  }
 
   static async start(o: HaClusterOptions): Promise<HaCluster> {
     const n = o.nodes ?? 3;
     const nets: Array<NetHost | null> = [];
     for (let i = 0; i < n; i++) nets.push(o.netns ? await createNetHost(`${o.name}-n${i + 1}`) : null);
+    await o.beforeAgents?.(nets);
     const conf = { wal_retrieve_retry_interval: '200ms', wal_receiver_timeout: '3s', wal_sender_timeout: '3s', max_wal_size: '256MB', wal_keep_size: '128MB' };
     const primary = await PgCluster.init({ name: `${o.name}-n1`, netHost: nets[0] ?? undefined, conf: { ...conf, cluster_name: 'n1' } });
     await primary.start();
@@ -73,15 +99,16 @@ export class HaCluster {
     const agents: AgentProcess[] = [];
     for (let i = 0; i < n; i++) {
       const peers = Object.fromEntries(urls.map((u, j) => [`n${j + 1}`, u]).filter((_, j) => j !== i));
-      agents.push(await startAgentProcess(`n${i + 1}`, pgs[i], HA_TOKEN, peers, { netHost: nets[i] ?? undefined, port: ports[i], extraArgs: o.agentArgs }));
+      agents.push(await startAgentProcess(`n${i + 1}`, pgs[i], HA_TOKEN, peers, { netHost: nets[i] ?? undefined, port: ports[i], extraArgs: [...(o.agentArgs ?? []), ...(o.agentArgsFor?.(i, nets[i]) ?? [])] }));
     }
     const nodes: HaNode[] = pgs.map((c, i) => ({ name: `n${i + 1}`, pg: c, net: nets[i], agent: agents[i], agentUrl: urls[i], address: `${c.host}:${c.port}` }));
-    const proxy = await startProxy(
-      nodes.map((x) => x.address),
-      [...(o.health ?? FAST_HEALTH), '--auto-failover', ...nodes.flatMap((x) => ['--agent', `${x.address}=${x.agentUrl}`]), ...(o.proxyArgs ?? [])],
-      { env: { PGHA_TOKEN: HA_TOKEN } },
-    );
-    return new HaCluster(nodes, proxy);
+    const launch = {
+      backends: nodes.map((x) => x.address),
+      args: [...(o.health ?? FAST_HEALTH), '--auto-failover', ...nodes.flatMap((x) => ['--agent', `${x.address}=${x.agentUrl}`]), ...(o.proxyArgs ?? [])],
+    };
+    // several proxies start together: each waits until it routes to a primary (recorded by the leader)
+    const proxies = await Promise.all(Array.from({ length: o.proxies ?? 1 }, () => startProxy(launch.backends, launch.args, { env: { PGHA_TOKEN: HA_TOKEN } })));
+    return new HaCluster(nodes, proxies, launch);
   }
 
   node(address: string): HaNode {
@@ -173,7 +200,7 @@ export class HaCluster {
   }
 
   async stop(): Promise<void> {
-    await this.proxy.stop().catch(() => undefined);
+    for (const p of this.proxies) await p.stop().catch(() => undefined);
     for (const n of this.nodes) await n.agent.stop().catch(() => undefined);
     for (const n of this.nodes) {
       if (n.net?.isCut) await n.net.heal().catch(() => undefined);

@@ -57,6 +57,8 @@ export class WriteLoad {
       host?: string;
       /** insert + counter increment in one transaction, no deletes (counter = rows at the end) */
       counter?: boolean;
+      /** number of the first worker (row ids are worker × 10⁹ + n): several loads on one table need distinct ranges */
+      firstWorker?: number;
     } = {},
   ) {}
 
@@ -64,7 +66,8 @@ export class WriteLoad {
     this.running = true;
     const n = this.opts.workers ?? 2;
     const period = (1000 * n) / (this.opts.txPerSecond ?? 100);
-    for (let w = 0; w < n; w++) this.workers.push(this.worker(w, period));
+    const first = this.opts.firstWorker ?? 0;
+    for (let w = first; w < first + n; w++) this.workers.push(this.worker(w, period));
   }
 
   async stop(): Promise<LoadReport> {

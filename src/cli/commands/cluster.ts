@@ -43,8 +43,16 @@ export function printStatus(s: ProxyStatus): void {
   process.stdout.write(`primary: ${s.primary ?? 'NONE'}   timeline: ${s.timeline}   system: ${s.systemId ?? '-'}   auto-failover: ${s.autoFailover ? 'on' : 'off'}${s.failoverRunning ? '   FAILOVER RUNNING' : ''}\n`);
   const sync = s.synchronous?.record;
   process.stdout.write(
-    `clients: ${s.clients.rw} read-write, ${s.clients.ro} read-only   synchronous: ${sync ? `${sync.method} ${sync.k} of ${sync.members.join(', ')}` : 'none'}${s.synchronous?.mode && s.synchronous.mode !== 'off' ? ` (managed: ${s.synchronous.mode})` : ''}\n\n`,
+    `clients: ${s.clients.rw} read-write, ${s.clients.ro} read-only   synchronous: ${sync ? `${sync.method} ${sync.k} of ${sync.members.join(', ')}` : 'none'}${s.synchronous?.mode && s.synchronous.mode !== 'off' ? ` (managed: ${s.synchronous.mode})` : ''}\n`,
   );
+  // several proxies on etcd: who decides
+  if (s.leader && s.etcd) {
+    const l = s.leader.leader;
+    process.stdout.write(
+      `leader: ${l ? `${l.id}${l.admin ? ` (${l.admin})` : ''}` : 'NONE'}   this proxy: ${s.leader.id} (${s.leader.isLeader ? 'leader' : 'follower'})   etcd: ${s.etcd.endpoints.join(',')} cluster ${s.etcd.cluster} ${s.etcd.healthy ? 'healthy' : `UNREACHABLE${s.etcd.lastError ? ` (${s.etcd.lastError})` : ''}`}   recorded primary: ${s.etcd.primary?.backend ?? 'none'}\n`,
+    );
+  }
+  process.stdout.write('\n');
   process.stdout.write(
     table(
       s.backends.map((b) => [

@@ -1,0 +1,271 @@
+/**
+ * Two or more proxies, one decision (the seeds' scenarios 12–22: two PGPOOL-II instances in front
+ * of one cluster — watchdog, one of them deciding, the other following; a pgpool down; the primary
+ * lost or cut off while both run). Here: 3 PostgreSQL 15 nodes, each in its own network namespace
+ * with a `pgha agent --etcd` beside it, synchronous replication (`ANY 1 (*)`), two pgha-proxy
+ * processes with --auto-failover and --etcd on the same cluster name, a throwaway etcd on the root
+ * side (listening on 127.0.0.1 for the proxies and on each net host's gateway for the agents), and
+ * writers through each proxy.
+ *
+ *  (a) kill -9 of the primary: exactly one failover in etcd's history, made by the leader; both
+ *      proxies route to the new primary;
+ *  (b) kill -9 of the leader proxy: the other leads within the TTL (+ slack) and handles the next
+ *      primary failure itself;
+ *  (c) the primary cut off the network: its agent cannot renew its lease and fences the node (the
+ *      postmaster is gone within about the TTL), the leader promotes another node only after the
+ *      primary lease expired on etcd, and nothing is acknowledged by the old primary after that.
+ *
+ * After each step the old primary is back as a streaming standby (its agent's automatic rejoin,
+ * following the primary etcd records); at the end every write acknowledged through either proxy is
+ * on every node and the counter equals the rows.
+ */
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ClusterStore } from '../../src/dcs/store.js';
+import type { PrimaryLeaseRecord } from '../../src/dcs/keys.js';
+import { cleanupAll, freePort, processAlive, sleep, waitFor } from '../harness/cluster.js';
+import { destroyAllNetHosts } from '../harness/netns.js';
+import { stopAgentProcesses } from '../support/agents.js';
+import { startEtcd, type EtcdServer } from '../support/etcd.js';
+import { HaCluster, type HaNode } from '../support/ha-cluster.js';
+import type { RunningProxy } from '../support/proxy.js';
+import { WriteLoad } from '../support/write-load.js';
+
+const TTL = 5;
+const CLUSTER = 'two-proxies';
+
+let etcd: EtcdServer | null = null;
+let ha: HaCluster | null = null;
+let store: ClusterStore | null = null;
+
+afterAll(async () => {
+  await store?.close();
+  await ha?.stop();
+  await stopAgentProcesses();
+  await cleanupAll();
+  await destroyAllNetHosts();
+  await etcd?.stop();
+}, 120_000);
+
+/** which server a connection through this proxy reaches: host:port */
+async function routedTo(p: RunningProxy): Promise<string> {
+  const c = new pg.Client({ host: '127.0.0.1', port: p.port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 10_000 });
+  c.on('error', () => undefined);
+  await c.connect();
+  try {
+    const { rows } = await c.query<{ a: string; p: string }>("SELECT host(inet_server_addr()) AS a, current_setting('port') AS p");
+    return `${rows[0].a}:${rows[0].p}`;
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
+async function leaderOf(proxies: RunningProxy[]): Promise<{ leader: RunningProxy; others: RunningProxy[] }> {
+  let leader: RunningProxy | null = null;
+  await waitFor(
+    async () => {
+      const st = await Promise.all(proxies.map((p) => p.status()));
+      const leading = proxies.filter((_, i) => st[i].leader?.isLeader);
+      const ids = new Set(st.map((s) => s.leader?.leader?.id));
+      leader = leading.length === 1 && ids.size === 1 ? leading[0] : null;
+      return leader !== null;
+    },
+    30_000,
+    'exactly one leader, known to every proxy',
+  );
+  return { leader: leader!, others: proxies.filter((p) => p !== leader) };
+}
+
+/** every proxy routes to the same new primary (other than `old`), and connections through each reach it */
+async function allRouteTo(proxies: RunningProxy[], old: HaNode, what: string): Promise<string> {
+  let primary = '';
+  await waitFor(
+    async () => {
+      const st = await Promise.all(proxies.map((p) => p.status()));
+      const ps = new Set(st.map((s) => s.primary));
+      primary = st[0].primary ?? '';
+      return ps.size === 1 && primary !== '' && primary !== old.address && st.every((s) => !s.failoverRunning);
+    },
+    60_000,
+    what,
+  );
+  for (const p of proxies) expect(await routedTo(p), `a connection through the proxy on ${p.port}`).toBe(primary);
+  return primary;
+}
+
+/** the commits a node acknowledged after `since` */
+const acksBy = (loads: WriteLoad[], n: HaNode, since: number) => loads.flatMap((l) => l.acks.filter((a) => a.port === n.pg.port && a.at > since));
+
+describe('two proxies on etcd: one decision, self-fencing on partition', () => {
+  it('(a) kill -9 of the primary, (b) kill -9 of the leader proxy, (c) the primary cut off the network', async () => {
+    const t00 = Date.now();
+    const etcdPort = await freePort();
+    const etcdUrl = `http://127.0.0.1:${etcdPort}`;
+    ha = await HaCluster.start({
+      name: '2px',
+      nodes: 3,
+      sync: true,
+      netns: true,
+      proxies: 2,
+      beforeAgents: async (nets) => {
+        etcd = await startEtcd({ port: etcdPort, listen: nets.map((n) => n!.hostIp) });
+      },
+      agentArgsFor: (_i, net) => ['--etcd', `http://${net!.hostIp}:${etcdPort}`, '--cluster', CLUSTER, '--etcd-ttl', String(TTL)],
+      proxyArgs: ['--etcd', etcdUrl, '--cluster', CLUSTER, '--etcd-ttl', String(TTL)],
+    });
+    store = new ClusterStore({ endpoints: [etcdUrl], cluster: CLUSTER });
+    await ha.waitHealthy(60_000, 'initial cluster');
+    console.log(`cluster up (3 nodes, 3 agents, 2 proxies, etcd) in ${Date.now() - t00} ms`);
+
+    // -- bootstrap: one leader; the primary recorded once; both route to it; agents registered
+    let { leader, others } = await leaderOf(ha.proxies);
+    const first = await ha.primary();
+    expect((await store.primary()).value).toMatchObject({ backend: first.address, member: first.name });
+    expect((await store.history()).map((h) => h.kind)).toEqual(['bootstrap']);
+    expect((await store.members()).map((m) => m.name).sort()).toEqual(['n1', 'n2', 'n3']);
+    await waitFor(async () => (await store!.primaryLease()).value?.member === first.name, 10_000, 'the primary holds the primary lease');
+    for (const p of ha.proxies) expect(await routedTo(p)).toBe(first.address);
+    // a switchover asked of the follower is refused with the leader's address
+    const refused = await fetch(`${others[0].admin}/switchover`, { method: 'POST', headers: { authorization: `Bearer ${'ha-cluster-test-token-0123456789'}`, 'content-type': 'application/json' }, body: '{}' });
+    expect(refused.status).toBe(409);
+    expect(((await refused.json()) as { message: string }).message).toContain(leader.admin);
+
+    const loads = new Map<RunningProxy, WriteLoad>();
+    const startLoad = (p: RunningProxy) => {
+      // each proxy's writers on their own rows (worker numbers apart), all on the one counter
+      const l = new WriteLoad(p.port, { workers: 2, txPerSecond: 50, counter: true, firstWorker: 2 * loads.size });
+      l.start();
+      loads.set(p, l);
+    };
+    for (const p of ha.proxies) startLoad(p);
+    const allLoads = () => [...loads.values()];
+    await sleep(1500);
+
+    // ---------------------------------------------------------------- (a) kill -9 of the primary
+    {
+      const old = await ha.primary();
+      const historyBefore = (await store.history()).length;
+      const failoversBefore = await Promise.all(ha.proxies.map(async (p) => (await p.status()).failovers.length));
+      const t0 = Date.now();
+      await old.pg.kill9({ waitOrphans: false });
+      const now = await allRouteTo(ha.proxies, old, '(a) both proxies on the new primary');
+      const ms = Date.now() - t0;
+      const history = await store.history();
+      expect(history.length, '(a) exactly one failover in etcd').toBe(historyBefore + 1);
+      const h = history.at(-1)!;
+      const leaderId = (await leader.status()).leader!.id;
+      expect(h).toMatchObject({ kind: 'failover', trigger: 'auto', from: { backend: old.address }, to: { backend: now }, by: leaderId });
+      // only the leader acted
+      const reports = await Promise.all(ha.proxies.map(async (p, i) => (await p.status()).failovers.slice(failoversBefore[i])));
+      expect(reports[ha.proxies.indexOf(leader)]).toHaveLength(1);
+      expect(reports[ha.proxies.indexOf(leader)][0]).toMatchObject({ from: old.address, to: now, error: null, zeroLoss: true });
+      for (const o of others) expect(reports[ha.proxies.indexOf(o)]).toEqual([]);
+      expect(await ha.primariesBySql()).toEqual([now]);
+      const promotedAt = Date.parse(reports[ha.proxies.indexOf(leader)][0].promotedAt!);
+      expect(acksBy(allLoads(), old, promotedAt), '(a) acknowledged by the old primary after the promotion').toEqual([]);
+      const s = await ha.waitHealthy(120_000, '(a) old primary back as a standby');
+      console.log(`(a) kill -9 ${old.name}: both proxies on ${ha.node(now).name} after ${ms} ms (failover ${reports[ha.proxies.indexOf(leader)][0].ms} ms); all streaming again after ${Date.now() - t0} ms; timeline ${s.timeline}`);
+    }
+
+    // ---------------------------------------------------------------- (b) kill -9 of the leader proxy
+    {
+      const survivor = others[0];
+      // its writers stop first (their acknowledged writes are checked at the end)
+      await loads.get(leader)!.stop();
+      const t0 = Date.now();
+      process.kill(leader.pid, 'SIGKILL');
+      ha.proxies.splice(ha.proxies.indexOf(leader), 1);
+      await waitFor(async () => (await survivor.status()).leader?.isLeader === true, TTL * 1000 + 5000, '(b) the other proxy leads');
+      const takeover = Date.now() - t0;
+      console.log(`(b) kill -9 of the leader proxy: the other leads after ${takeover} ms (TTL ${TTL} s)`);
+      expect(takeover).toBeLessThan(TTL * 1000 + 2500);
+      // a second proxy again, following the new leader
+      const fresh = await ha.addProxy();
+      startLoad(fresh);
+      ({ leader, others } = await leaderOf(ha.proxies));
+      expect(leader).toBe(survivor);
+      await sleep(1000);
+      // the next primary failure is handled by the new leader
+      const old = await ha.primary();
+      const historyBefore = (await store.history()).length;
+      const before = (await survivor.status()).failovers.length;
+      const t1 = Date.now();
+      await old.pg.kill9({ waitOrphans: false });
+      const now = await allRouteTo(ha.proxies, old, '(b) both proxies on the new primary');
+      const routedMs = Date.now() - t1;
+      const history = await store.history();
+      expect(history.length).toBe(historyBefore + 1);
+      expect(history.at(-1)).toMatchObject({ kind: 'failover', from: { backend: old.address }, to: { backend: now }, by: (await survivor.status()).leader!.id });
+      const rep = (await survivor.status()).failovers.slice(before);
+      expect(rep).toHaveLength(1);
+      expect(rep[0]).toMatchObject({ from: old.address, to: now, error: null });
+      expect((await fresh.status()).failovers).toEqual([]);
+      expect(acksBy(allLoads(), old, Date.parse(rep[0].promotedAt!))).toEqual([]);
+      await ha.waitHealthy(120_000, '(b) old primary back as a standby');
+      console.log(`(b) then kill -9 of ${old.name}: failover by the new leader (${rep[0].ms} ms), both proxies on ${ha.node(now).name} after ${routedMs} ms, all streaming again after ${Date.now() - t1} ms`);
+    }
+
+    // ---------------------------------------------------------------- (c) the primary cut off the network
+    {
+      const old = await ha.primary();
+      const pid = old.pg.pid!;
+      expect(pid).toBeGreaterThan(0);
+      await waitFor(async () => (await store!.primaryLease()).value?.member === old.name, 10_000, '(c) the primary holds the primary lease');
+      const before = (await leader.status()).failovers.length;
+      let leaseGoneAt = 0;
+      const leaseWatch = store.waitFor<PrimaryLeaseRecord>(store.keys.primaryLease, (v) => {
+        if (v?.member === old.name) return false;
+        leaseGoneAt = Date.now();
+        return true;
+      }, 60_000);
+      let postmasterGoneAt = 0;
+      const t0 = Date.now();
+      await old.net!.cut();
+      const pm = (async () => {
+        while (processAlive(pid) && Date.now() - t0 < 60_000) await sleep(25);
+        postmasterGoneAt = Date.now();
+      })();
+      let now = '';
+      try {
+        now = await allRouteTo(ha.proxies, old, '(c) both proxies on a new primary');
+        await pm;
+        expect(await leaseWatch).toBe(true);
+      } finally {
+        await sleep(500);
+        await old.net!.heal();
+      }
+      const rep = (await leader.status()).failovers.slice(before);
+      expect(rep).toHaveLength(1);
+      expect(rep[0]).toMatchObject({ from: old.address, to: now, error: null });
+      const promotedAt = Date.parse(rep[0].promotedAt!);
+      console.log(
+        `(c) cut ${old.name}: postmaster gone after ${postmasterGoneAt - t0} ms (self-fence), primary lease gone on etcd after ${leaseGoneAt - t0} ms, ${ha.node(now).name} promoted after ${promotedAt - t0} ms`,
+      );
+      // the old primary fenced itself within about the TTL, before etcd let its lease go
+      expect(postmasterGoneAt - t0).toBeLessThan(TTL * 1000 + 1000);
+      expect(postmasterGoneAt).toBeLessThanOrEqual(leaseGoneAt + 100);
+      // the leader promoted only after the lease expired: never two primaries taking writes
+      expect(leaseGoneAt).toBeLessThanOrEqual(promotedAt);
+      expect(acksBy(allLoads(), old, promotedAt), '(c) acknowledged by the old primary after the promotion').toEqual([]);
+      expect(old.agent.log()).toMatch(/self-fenc/);
+      await ha.waitHealthy(120_000, '(c) old primary back as a standby');
+      expect(await ha.primariesBySql()).toEqual([now]);
+      console.log(`(c) all streaming again after ${Date.now() - t0} ms`);
+    }
+
+    // ---------------------------------------------------------------- nothing lost through either proxy
+    const reports = await Promise.all(allLoads().map((l) => l.stop()));
+    for (const [i, l] of allLoads().entries()) {
+      const v = await ha.verifyEverywhere(l);
+      console.log(`writers #${i + 1}: ${reports[i].commits} acknowledged commits, ${reports[i].errors} client errors ${JSON.stringify(reports[i].errorKinds)}; per node ${JSON.stringify(v.perNode)}`);
+      expect(v.ackedRows).toBeGreaterThan(50);
+      for (const x of v.perNode) {
+        expect(x.lost, `${x.node}: acknowledged transactions missing (writers #${i + 1})`).toBe(0);
+        expect(x.counter, `${x.node}: counter = rows`).toBe(x.rows);
+      }
+    }
+    const kinds = (await store.history()).map((h) => h.kind);
+    expect(kinds).toEqual(['bootstrap', 'failover', 'failover', 'failover']);
+    console.log(`two-proxies: ${Date.now() - t00} ms in all`);
+  }, 600_000);
+});
