@@ -363,8 +363,8 @@ export class ProxyServer implements ProxyContext {
   }
 
   /** the agent's node name of a backend: registered on etcd, else learnt from its agent, else null */
-  private memberName(backend: string): string | null {
-    const m = this.dcs?.memberByPg(backend)?.name;
+  private async memberName(backend: string): Promise<string | null> {
+    const m = (await this.dcs?.memberFor(backend).catch(() => null))?.name;
     if (m) return m;
     const n = this.members.nameOf(backend);
     return n === backend.replace(/[^A-Za-z0-9]/g, '_') ? null : n;
@@ -376,7 +376,7 @@ export class ProxyServer implements ProxyContext {
     if (!dcs || !dcs.isLeader || !dcs.primaryKnown || dcs.primary || this.recordingFirst) return;
     this.recordingFirst = true;
     try {
-      await dcs.bootstrap({ backend: s.name, member: this.memberName(s.name), timeline: s.timeline });
+      await dcs.bootstrap({ backend: s.name, member: await this.memberName(s.name), timeline: s.timeline });
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, 'etcd: could not record the first primary');
     } finally {
@@ -412,7 +412,7 @@ export class ProxyServer implements ProxyContext {
   private async claim(kind: 'failover' | 'switchover', trigger: 'auto' | 'manual', from: BackendState, to: BackendState): Promise<void> {
     if (!this.dcs) throw new FailoverError('etcd is not connected yet: not deciding');
     try {
-      await this.dcs.claim(kind, trigger, from.name, { backend: to.name, member: this.memberName(to.name), timeline: to.timeline });
+      await this.dcs.claim(kind, trigger, from.name, { backend: to.name, member: await this.memberName(to.name), timeline: to.timeline });
     } catch (e) {
       throw new FailoverError((e as Error).message);
     }
@@ -422,7 +422,7 @@ export class ProxyServer implements ProxyContext {
     const e = this.cfg.etcd!;
     // the old agent releases at once when it can; cut off, its lease expires within the TTL; a fence
     // that stops a server in bounded time (≤ ~10 s) is waited for too
-    const r = await this.dcs!.waitReleased({ pg: from.name, member: this.memberName(from.name) }, e.ttlSeconds * 2000 + 15_000);
+    const r = await this.dcs!.waitReleased({ pg: from.name, member: await this.memberName(from.name) }, e.ttlSeconds * 2000 + 15_000);
     if (!r.released) throw new FailoverError(`${from.name} still holds its primary lease on etcd after ${r.waitedMs} ms: not promoting beside it`);
     if (r.held) this.log.warn({ from: from.name, waitedMs: r.waitedMs }, 'the old primary no longer holds its primary lease');
   }

@@ -125,6 +125,14 @@ export class Coordinator extends EventEmitter {
     return this.members.find((m) => m.pg === addr) ?? null;
   }
 
+  /** the same, read from etcd when not known yet (a record written right after start names it too) */
+  async memberFor(addr: string): Promise<MemberRecord | null> {
+    const known = this.memberByPg(addr);
+    if (known) return known;
+    await this.refreshMembers();
+    return this.memberByPg(addr);
+  }
+
   private guardOrThrow(): { key: string; raw: string } {
     const g = this.election.guard();
     if (!g) throw new DcsRefused('this pgha-proxy is not the leader');

@@ -10,6 +10,8 @@ import { AgentSession } from '../../src/dcs/agent-session.js';
 import { Coordinator, DcsRefused } from '../../src/dcs/coordinator.js';
 import { clusterKeys, parseEndpoints, type PrimaryRecord } from '../../src/dcs/keys.js';
 import { ClusterStore } from '../../src/dcs/store.js';
+import { loadAgentConfig } from '../../src/agent/config.js';
+import { loadProxyConfig } from '../../proxy/config.js';
 import { sleep, waitFor } from '../harness/cluster.js';
 import { startEtcd, type EtcdServer } from '../support/etcd.js';
 
@@ -97,6 +99,22 @@ describe('etcd state (src/dcs) against a real etcd', () => {
     expect(() => parseEndpoints('http://x')).toThrow(/port/);
     expect(() => clusterKeys('a/b')).toThrow(/cluster name/);
     expect(clusterKeys('main').historyEntry(3)).toBe('/pgha/main/history/00000003');
+  });
+
+  it('configuration: --etcd goes with --cluster, on the proxy and the agent', () => {
+    const proxy = (extra: object) => loadProxyConfig({ listen: '127.0.0.1:0', backend: ['127.0.0.1:5432'], ...extra }, {});
+    expect(proxy({}).etcd).toBeNull();
+    expect(proxy({ etcd: 'http://127.0.0.1:2379,127.0.0.2:2379', cluster: 'main' }).etcd).toEqual({ endpoints: ['http://127.0.0.1:2379', 'http://127.0.0.2:2379'], cluster: 'main', ttlSeconds: 5 });
+    expect(proxy({ etcd: ['http://e:2379'], cluster: 'c', etcdTtl: '9' }).etcd?.ttlSeconds).toBe(9);
+    expect(() => proxy({ etcd: 'http://127.0.0.1:2379' })).toThrow(/--cluster/);
+    expect(() => proxy({ cluster: 'main' })).toThrow(/--etcd/);
+    expect(() => proxy({ etcd: 'http://127.0.0.1:2379', cluster: 'main', etcdTtl: '1' })).toThrow(/--etcd-ttl/);
+    const agent = (flags: object, env: NodeJS.ProcessEnv = {}) => loadAgentConfig({ name: 'n1', pgdata: '/x', token: 'a-token-of-sixteen-chars', ...flags }, env, () => undefined);
+    expect(agent({}).etcd).toBeUndefined();
+    expect(agent({ etcd: '127.0.0.1:2379', cluster: 'main' })).toMatchObject({ etcd: ['http://127.0.0.1:2379'], cluster: 'main', etcdTtl: 5 });
+    expect(agent({}, { PGHA_ETCD: 'http://e:2379', PGHA_CLUSTER: 'c', PGHA_ETCD_TTL: '7' })).toMatchObject({ etcd: ['http://e:2379'], cluster: 'c', etcdTtl: 7 });
+    expect(() => agent({ etcd: 'http://127.0.0.1:2379' })).toThrow(/--cluster/);
+    expect(() => agent({ cluster: 'main' })).toThrow(/--etcd/);
   });
 
   it('election: one leader of two, the other knows it; a leader that stops hands over at once', async () => {
