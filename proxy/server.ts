@@ -158,7 +158,7 @@ export class ProxyServer implements ProxyContext {
     this.addresses.rw = await this.listen(this.cfg.listen, 'rw');
     if (this.cfg.readListen) this.addresses.ro = await this.listen(this.cfg.readListen, 'ro');
     if (this.cfg.admin) this.addresses.admin = await this.startAdmin(this.cfg.admin);
-    if (this.cfg.etcd) await this.startDcs();
+    if (this.cfg.etcd) this.startDcs();
     this.log.info(
       { listen: addressText(this.addresses.rw), read: this.addresses.ro && addressText(this.addresses.ro), admin: this.addresses.admin && addressText(this.addresses.admin), backends: this.cfg.backends.map(addressText), autoFailover: this.cfg.autoFailover, tls: Boolean(this.secureContext) },
       'pgha-proxy listening',
@@ -348,7 +348,7 @@ export class ProxyServer implements ProxyContext {
     return this.cfg.etcd === null || (this.dcs?.isLeader ?? false);
   }
 
-  private async startDcs(): Promise<void> {
+  private startDcs(): void {
     const e = this.cfg.etcd!;
     const a = this.addresses.admin;
     const admin = a ? `http://${a.host === '0.0.0.0' || a.host === '::' ? hostname() : a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}` : null;
@@ -359,7 +359,9 @@ export class ProxyServer implements ProxyContext {
     dcs.on('leader', (on: boolean) => {
       if (on) void this.onLeadership().catch((err) => log.error({ err: (err as Error).message }, 'taking over as leader failed'));
     });
-    await dcs.start();
+    // etcd not answering yet must not hold the proxy's start: it keeps trying in the background,
+    // and routes nowhere until it has read the recorded primary
+    void dcs.start().catch((err) => log.error({ err: (err as Error).message }, 'etcd: could not start'));
   }
 
   /** the agent's node name of a backend: registered on etcd, else learnt from its agent, else null */

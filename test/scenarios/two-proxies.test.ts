@@ -26,6 +26,7 @@ import type { PrimaryLeaseRecord } from '../../src/dcs/keys.js';
 import { cleanupAll, freePort, processAlive, sleep, waitFor } from '../harness/cluster.js';
 import { destroyAllNetHosts } from '../harness/netns.js';
 import { stopAgentProcesses } from '../support/agents.js';
+import { pgha } from '../support/cli.js';
 import { startEtcd, type EtcdServer } from '../support/etcd.js';
 import { HaCluster, type HaNode } from '../support/ha-cluster.js';
 import type { RunningProxy } from '../support/proxy.js';
@@ -125,6 +126,15 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
     expect((await store.members()).map((m) => m.name).sort()).toEqual(['n1', 'n2', 'n3']);
     await waitFor(async () => (await store!.primaryLease()).value?.member === first.name, 10_000, 'the primary holds the primary lease');
     for (const p of ha.proxies) expect(await routedTo(p)).toBe(first.address);
+    // pgha status names the leader, through either proxy
+    const leaderId = (await leader.status()).leader!.id;
+    for (const p of ha.proxies) {
+      const out = await pgha(['status', '--proxy', p.admin]);
+      expect(out.status, out.stderr).toBe(0);
+      expect(out.stdout).toContain(`leader: ${leaderId} (${leader.admin})`);
+      expect(out.stdout).toMatch(p === leader ? /this proxy: \S+ \(leader\)/ : /this proxy: \S+ \(follower\)/);
+      expect(out.stdout).toContain(`recorded primary: ${first.address}`);
+    }
     // a switchover asked of the follower is refused with the leader's address
     const refused = await fetch(`${others[0].admin}/switchover`, { method: 'POST', headers: { authorization: `Bearer ${'ha-cluster-test-token-0123456789'}`, 'content-type': 'application/json' }, body: '{}' });
     expect(refused.status).toBe(409);
