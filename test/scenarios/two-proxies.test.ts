@@ -125,6 +125,11 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
     expect((await store.history()).map((h) => h.kind)).toEqual(['bootstrap']);
     expect((await store.members()).map((m) => m.name).sort()).toEqual(['n1', 'n2', 'n3']);
     await waitFor(async () => (await store!.primaryLease()).value?.member === first.name, 10_000, 'the primary holds the primary lease');
+    const health = (await (await fetch(`${first.agentUrl}/health`)).json()) as { etcd?: { holdsPrimaryLease: boolean; registered: boolean; cluster: string } };
+    expect(health.etcd).toMatchObject({ holdsPrimaryLease: true, registered: true, cluster: CLUSTER });
+    // the leader publishes the synchronous record of the primary it routes to
+    await waitFor(async () => (await store!.sync())?.primary === first.address, 10_000, 'the synchronous record on etcd');
+    expect((await store.sync())!.members.length).toBeGreaterThan(0);
     for (const p of ha.proxies) expect(await routedTo(p)).toBe(first.address);
     // pgha status names the leader, through either proxy
     const leaderId = (await leader.status()).leader!.id;
