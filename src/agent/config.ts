@@ -36,6 +36,11 @@ export interface AgentConfig {
   cluster?: string;
   /** seconds of the agent's etcd lease (default 5) */
   etcdTtl?: number;
+  /** serve HTTPS with this PEM certificate and key (paths) */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** CA (PEM path) the other agents' certificates are checked against */
+  agentCa?: string;
 }
 
 export class ConfigError extends Error {}
@@ -78,6 +83,9 @@ export interface AgentFlags {
   etcd?: string;
   cluster?: string;
   etcdTtl?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  agentCa?: string;
 }
 
 function parseBool(text: string, what: string): boolean {
@@ -155,6 +163,11 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
   } else if (flags.cluster ?? env.PGHA_CLUSTER ?? file.cluster) {
     throw new ConfigError('--cluster needs --etcd URL[,URL…] (or PGHA_ETCD, or "etcd" in the config file)');
   }
+  cfg.tlsCert = flags.tlsCert ?? env.PGHA_TLS_CERT ?? file.tlsCert;
+  cfg.tlsKey = flags.tlsKey ?? env.PGHA_TLS_KEY ?? file.tlsKey;
+  cfg.agentCa = flags.agentCa ?? env.PGHA_AGENT_CA ?? file.agentCa;
+  if (Boolean(cfg.tlsCert) !== Boolean(cfg.tlsKey)) throw new ConfigError('--tls-cert and --tls-key go together (or PGHA_TLS_CERT/PGHA_TLS_KEY, "tlsCert"/"tlsKey")');
+  if (cfg.tlsKey) warnIfExposed(cfg.tlsKey, 'TLS key', warn);
   if (!cfg.name) throw new ConfigError('node name missing (--name, PGHA_NODE_NAME or "name" in the config file)');
   if (!cfg.pgdata) throw new ConfigError('data directory missing (--pgdata, PGDATA or "pgdata")');
   if (cfg.token.length < 16) throw new ConfigError('token missing or shorter than 16 characters (--token-file, --token, PGHA_TOKEN or "token")');

@@ -6,7 +6,9 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { readFileSync } from 'node:fs';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { setAgentCa } from '../ship/client.js';
 import { Registry, collectDefaultMetrics, Counter, Gauge } from 'prom-client';
 import { PgInstance } from '../pg/instance.js';
 import { removeStaleTempFiles, ShipError } from '../ship/files.js';
@@ -84,7 +86,12 @@ export interface BuildOptions {
 
 export function buildAgent(cfg: AgentConfig, opts: BuildOptions = {}): { app: FastifyInstance; ctx: AgentContext } {
   const uploadTimeouts: UploadTimeouts = { ...DEFAULT_UPLOAD_TIMEOUTS, ...opts.uploadTimeouts };
-  const app = Fastify({
+  // HTTPS with the node's certificate (the token never crosses the network in clear); the other
+  // agents' certificates are checked against the cluster's CA
+  if (cfg.agentCa !== undefined) setAgentCa(cfg.agentCa || null);
+  const https = cfg.tlsCert && cfg.tlsKey ? { https: { cert: readFileSync(cfg.tlsCert), key: readFileSync(cfg.tlsKey) } } : {};
+  const app = (Fastify as unknown as (o: object) => FastifyInstance)({
+    ...https,
     logger: opts.logger ?? { level: process.env.PGHA_LOG_LEVEL ?? 'info' },
     bodyLimit: 1 << 20,
     // a request (headers and body) must have arrived within 120 s, its headers within 30 s; answers
@@ -181,6 +188,7 @@ export function buildAgent(cfg: AgentConfig, opts: BuildOptions = {}): { app: Fa
   registerJobRoutes(app, ctx);
   return { app, ctx };
 }
+
 /**
  * The agent's etcd session: its node registered, the primary lease held while its server is the
  * recorded primary, and the self-fence — the same as POST node/fence, with a quicker stop (1 s
@@ -192,7 +200,7 @@ function agentSession(cfg: AgentConfig, ctx: AgentContext, log: FastifyBaseLogge
     endpoints: cfg.etcd!,
     cluster: cfg.cluster!,
     ttlSeconds: cfg.etcdTtl ?? 5,
-    member: { name: cfg.name, pg: `${cfg.pgHost}:${ctx.pg.port}`, agent: `http://${host.includes(':') ? `[${host}]` : host}:${cfg.port}` },
+    member: { name: cfg.name, pg: `${cfg.pgHost}:${ctx.pg.port}`, agent: `${cfg.tlsCert ? "https" : "http"}://${host.includes(':') ? `[${host}]` : host}:${cfg.port}` },
     runningAsPrimary: async () => {
       if (!ctx.pg.isRunning()) return false;
       try {

@@ -6,8 +6,8 @@
 import { Command, CommanderError } from 'commander';
 import { describeError, EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, printJson } from './output.js';
 import { registerClusterCommands } from './commands/cluster.js';
-import { resolveToken, TOKEN_HELP } from '../ship/token.js';
 import { registerDemoCommand } from './commands/demo.js';
+import { resolveToken, TOKEN_HELP } from '../ship/token.js';
 
 function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];
@@ -31,6 +31,9 @@ function build(setExit: (c: number) => void): Command {
     .option('--pg-host <host>', 'address peers use to reach this PostgreSQL (env PGHA_PG_HOST)')
     .option('--pg-bin <dir>', 'PostgreSQL bin directory (env PGHA_PG_BIN)')
     .option('--repl-user <user>', 'database user for replication and SQL (env PGHA_REPL_USER)')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (env PGHA_TLS_CERT); the token then never crosses the network in clear')
+    .option('--tls-key <file>', 'its PEM private key (env PGHA_TLS_KEY)')
+    .option('--agent-ca <file>', "CA the other agents' certificates are checked against (env PGHA_AGENT_CA; CLI commands read PGHA_AGENT_CA too)")
     .option('--no-auto-rejoin', 'do not rejoin this node by itself when it is fenced or stopped and a primary is found (env PGHA_AUTO_REJOIN=0)')
     .option('--auto-rejoin-reclone', 'let the automatic rejoin re-clone (data directory moved aside) when no rewind is possible (env PGHA_AUTO_REJOIN_RECLONE=1)')
     .option('--proxy <url>', 'a pgha-proxy admin base URL, asked (GET /status) for the primary before the peers (repeatable; env PGHA_PROXIES="url,url")', collect)
@@ -187,6 +190,12 @@ function build(setExit: (c: number) => void): Command {
     });
   return program;
 }
+
+// output piped into a reader that stops early (`| head`): stop quietly, as Unix tools do
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
 
 let code = 0;
 try {

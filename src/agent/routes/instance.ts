@@ -150,7 +150,7 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
     const from = (req.body as { migrateSlotsFrom?: string } | undefined)?.migrateSlotsFrom;
     if (!from) return current();
     const addr = app.server.address();
-    const self = `http://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${typeof addr === 'object' && addr ? addr.port : cfg.port}`;
+    const self = `${cfg.tlsCert ? 'https' : 'http'}://${cfg.host === '0.0.0.0' ? '127.0.0.1' : cfg.host}:${typeof addr === 'object' && addr ? addr.port : cfg.port}`;
     const slots = await migrateSlots({ from, to: self, token: cfg.token, log: (m) => req.log.info(m) });
     return { ...(await current()), slots };
   });
