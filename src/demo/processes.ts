@@ -5,9 +5,9 @@
  * postmaster.pid (an agent may have restarted one), and the descendants of what it started.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { childPids, processAlive } from '../pg/instance.js';
+import { childPids, processAlive, processIds } from '../pg/instance.js';
 
 export { processAlive };
 
@@ -86,22 +86,14 @@ export function descendants(pid: number): number[] {
 
 /** processes whose command line mentions `text` (the demo's unique temp dir) — a sweep by PID after cleanup */
 export function pidsMentioning(text: string): number[] {
-  const out: number[] = [];
-  let entries: string[];
-  try {
-    entries = readdirSync('/proc');
-  } catch {
-    return out;
-  }
-  for (const e of entries) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+  return processIds().filter((p) => {
+    if (p === process.pid) return false;
     try {
-      if (readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(text) && processAlive(Number(e))) out.push(Number(e));
+      return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(text) && processAlive(p);
     } catch {
-      // gone meanwhile
+      return false; // gone meanwhile
     }
-  }
-  return out;
+  });
 }
 
 export function postmasterPid(dataDir: string): number | null {

@@ -62,17 +62,19 @@ export function processAlive(pid: number): boolean {
   }
 }
 
+/** every process id /proc lists (empty where there is no /proc) */
+export function processIds(): number[] {
+  try {
+    return readdirSync('/proc').filter((e) => /^\d+$/.test(e)).map(Number);
+  } catch {
+    return [];
+  }
+}
+
 /** the direct children of a process (from /proc; empty where /proc is not there) */
 export function childPids(pid: number): number[] {
   const out: number[] = [];
-  let entries: string[];
-  try {
-    entries = readdirSync('/proc');
-  } catch {
-    return out;
-  }
-  for (const e of entries) {
-    if (!/^\d+$/.test(e)) continue;
+  for (const e of processIds()) {
     try {
       const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');

@@ -5,11 +5,11 @@
  */
 import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { processAlive } from '../../src/pg/instance.js';
+import { freePort } from '../../src/demo/processes.js';
 import { NET_RANGE, type NetHost } from './netns.js';
 
 export { processAlive };
@@ -73,17 +73,8 @@ function serverUser(): { uid: number; gid: number; name: string } | null {
   return { uid, gid, name };
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
+/** a free loopback port, never one this process handed out before (the demo's own helper) */
+export { freePort };
 
 export class ToolError extends Error {}
 
