@@ -80,6 +80,10 @@ export interface ProxyFlags {
   healthRetryDelay?: string | number;
   healthUser?: string;
   healthPassword?: string;
+  /** files holding the secrets (so they never show in ps) */
+  healthPasswordFile?: string;
+  tokenFile?: string;
+  adminTokenFile?: string;
   healthDatabase?: string;
   autoFailover?: boolean;
   agent?: string[];
@@ -159,7 +163,16 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     if (!names.includes(name)) throw new ProxyConfigError(`--agent "${a}": ${name} is not one of the --backend addresses`);
     agents.set(name, url);
   }
-  const token = f.token ?? env.PGHA_TOKEN;
+  const secretFile = (path: string | undefined, what: string): string | undefined => {
+    if (!path) return undefined;
+    const w = looseModeWarning(path, what);
+    if (w) fileWarnings.push(w);
+    const text = file(path, what).toString('utf8').replace(/\r?\n$/, '');
+    if (!text) throw new ProxyConfigError(`${what} ${path} is empty`);
+    return text;
+  };
+  const fileWarnings: string[] = [];
+  const token = secretFile(f.tokenFile, '--token-file') ?? f.token ?? env.PGHA_TOKEN;
   if (agents.size > 0 && !token) throw new ProxyConfigError('--agent needs --token (or PGHA_TOKEN) to talk to the agents');
 
   if (Boolean(f.tlsCert) !== Boolean(f.tlsKey)) throw new ProxyConfigError('--tls-cert and --tls-key go together');
@@ -192,7 +205,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     healthRetryDelayMs: int(f.healthRetryDelay, '--health-retry-delay', 0, 100),
     health: {
       user: f.healthUser ?? env.PGUSER ?? 'postgres',
-      password: f.healthPassword ?? env.PGPASSWORD,
+      password: secretFile(f.healthPasswordFile, '--health-password-file') ?? f.healthPassword ?? env.PGPASSWORD,
       database: f.healthDatabase ?? 'postgres',
     },
     autoFailover: f.autoFailover === true,
@@ -212,9 +225,10 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     memberSlots: f.memberSlots !== false,
     synchronousMode: synchronousMode(f.synchronousMode ?? 'off'),
     synchronousCount: int(f.synchronousCount, '--synchronous-count', 1, 1),
-    adminToken: f.adminToken ?? env.PGHA_ADMIN_TOKEN ?? token,
+    adminToken: secretFile(f.adminTokenFile, '--admin-token-file') ?? f.adminToken ?? env.PGHA_ADMIN_TOKEN ?? token,
     clusterIntervalMs: int(f.clusterInterval, '--cluster-interval', 100, 2000),
     warnings: [
+      ...fileWarnings,
       f.tlsKey ? looseModeWarning(f.tlsKey, '--tls-key') : null,
       flags.config && (fromFile.token || fromFile.adminToken || fromFile.healthPassword) ? looseModeWarning(flags.config, 'config file with a secret') : null,
     ].filter((w): w is string => w !== null),

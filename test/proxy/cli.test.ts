@@ -137,4 +137,24 @@ describe('pgha-proxy command line', () => {
       await quiet.stop();
     }
   });
+
+  it('secrets from files: --token-file and --admin-token-file are used, --health-password-file read; a missing file is one line and exit 2', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-proxy-cli-'));
+    writeFileSync(join(dir, 'token'), 'token-from-a-file-0123456789\n', { mode: 0o600 });
+    writeFileSync(join(dir, 'admin'), 'admin-from-a-file-0123456789\n', { mode: 0o600 });
+    writeFileSync(join(dir, 'pw'), 'unused-with-trust\n', { mode: 0o640 });
+    const p = await startProxy([primary.port], ['--token-file', join(dir, 'token'), '--admin-token-file', join(dir, 'admin'), '--health-password-file', join(dir, 'pw')]);
+    try {
+      const sessions = (token: string) => fetch(`http://127.0.0.1:${p.adminPort}/sessions`, { headers: { authorization: `Bearer ${token}` } });
+      expect((await sessions('admin-from-a-file-0123456789')).status).toBe(200);
+      expect((await sessions('token-from-a-file-0123456789')).status).toBe(401);
+      expect(p.log()).toMatch(/--health-password-file .*pw is readable by others \(mode 0640\)/);
+      expect(p.log()).not.toMatch(/token-from-a-file|admin-from-a-file|unused-with-trust/);
+    } finally {
+      await p.stop();
+    }
+    const r = proxyCli(['--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${primary.port}`, '--health-password-file', join(dir, 'nope')]);
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim().split('\n')).toEqual([`pgha-proxy: --health-password-file ${join(dir, 'nope')}: ENOENT`]);
+  });
 });
