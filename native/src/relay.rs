@@ -4,19 +4,27 @@
 //! boundaries (length words checked on the client side), records each ReadyForQuery's transaction
 //! status, notices FATAL errors from the server, and applies backpressure (a side is not read while
 //! the other side's data is still pending). Session endings are reported as events; the JavaScript
-//! side decides what the client is told and then calls `finish`.
+//! side decides what the client is told and then calls `finish`, after which what is still pending
+//! for either side is written out (within `DRAIN_LIMIT`) before the socket is half-closed and closed.
+//!
+//! mio's epoll is edge-triggered: a side is read until the read would block or says EOF, never
+//! left after a short read (data and the peer's FIN can arrive together, and no new edge follows).
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(usize::MAX);
 const CHUNK: usize = 64 * 1024;
+/// how long a finished session's last bytes may wait for a peer that does not read
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the loop tells the JavaScript side.
 #[derive(Debug, Clone)]
@@ -30,7 +38,8 @@ pub struct RelayEvent {
     pub sqlstate: Option<String>,
     /// the client sent Terminate
     pub client_terminated: bool,
-    /// the client sent messages since the last ReadyForQuery (a query is running)
+    /// the client sent messages since the last ReadyForQuery (a query is running) and did not say
+    /// goodbye (Terminate): a client that vanished mid-query
     pub busy: bool,
 }
 
@@ -130,9 +139,12 @@ impl Walker {
     }
 }
 
-/// severity and SQLSTATE of an ErrorResponse body
+/// severity and SQLSTATE of an ErrorResponse body. The severity is the non-localized `V` when the
+/// server sent one (9.6 and later do), else `S` (translated with lc_messages) — the rule of
+/// proxy/protocol/backend-messages.ts errorSeverity(), so both relays decide FATAL alike.
 pub fn error_fields(body: &[u8]) -> (String, String) {
-    let mut severity = String::new();
+    let mut localized = String::new();
+    let mut nonlocalized = String::new();
     let mut code = String::new();
     let mut i = 0;
     while i < body.len() && body[i] != 0 {
@@ -140,14 +152,19 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
         let end = body[i + 1..].iter().position(|&b| b == 0).map(|p| i + 1 + p).unwrap_or(body.len());
         let value = String::from_utf8_lossy(&body[i + 1..end]).into_owned();
         match field {
-            b'V' => severity = value,
-            b'S' if severity.is_empty() => severity = value,
+            b'V' => nonlocalized = value,
+            b'S' => localized = value,
             b'C' => code = value,
             _ => {}
         }
         i = end + 1;
     }
-    (severity, code)
+    (if nonlocalized.is_empty() { localized } else { nonlocalized }, code)
+}
+
+/// a session end decided by the severity of a server ErrorResponse
+pub fn is_fatal(severity: &str) -> bool {
+    severity == "FATAL" || severity == "PANIC"
 }
 
 struct Direction {
@@ -170,9 +187,43 @@ struct Session {
     backend_walker: Walker,
     status: Arc<AtomicU8>,
     client_terminated: bool,
+    /// the client closed its side after Terminate: nothing more is read from it, while the server's
+    /// last answer still goes to it until the server closes
+    client_eof: bool,
     messages_at_ready: u64,
     backend_fatal: Option<String>,
     ended: bool,
+}
+
+impl Session {
+    fn busy(&self) -> bool {
+        !self.client_terminated && self.client_walker.messages > self.messages_at_ready
+    }
+}
+
+/// what a finished session still owes one of its peers: written out, then FIN, then closed
+struct Drain {
+    sock: TcpStream,
+    out: Vec<u8>,
+    off: usize,
+    deadline: Instant,
+}
+
+impl Drain {
+    /// true when the drain is over (all written and half-closed, or the peer is gone)
+    fn step(&mut self) -> bool {
+        while self.off < self.out.len() {
+            match self.sock.write(&self.out[self.off..]) {
+                Ok(0) => return true,
+                Ok(n) => self.off += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+        let _ = self.sock.shutdown(Shutdown::Write);
+        true
+    }
 }
 
 pub struct Relay {
@@ -247,13 +298,21 @@ const TERMINATE: u8 = b'X';
 fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, counters: Arc<Counters>) {
     let mut events = Events::with_capacity(1024);
     let mut sessions: HashMap<u32, Session> = HashMap::new();
+    // finished sessions' sockets with bytes still to write, by token
+    let mut drains: HashMap<usize, Drain> = HashMap::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
+        let timeout = if drains.is_empty() { None } else { Some(Duration::from_millis(500)) };
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
             }
             return;
+        }
+        if !drains.is_empty() {
+            // a peer that does not read its last bytes in time is closed anyway
+            let now = Instant::now();
+            drains.retain(|_, d| d.deadline > now);
         }
         for ev in events.iter() {
             if ev.token() == WAKER {
@@ -273,6 +332,7 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
                                 backend_walker: Walker::new(i32::MAX as u32, &[READY_FOR_QUERY, ERROR_RESPONSE]),
                                 status,
                                 client_terminated: false,
+                                client_eof: false,
                                 messages_at_ready: 0,
                                 backend_fatal: None,
                                 ended: false,
@@ -294,18 +354,29 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
                                     let _ = poll.registry().deregister(&mut s.client);
                                     let _ = poll.registry().deregister(&mut s.backend);
                                 }
+                                // what is pending for a side goes first; the proxy's own message
+                                // only where that side's stream is between two messages
+                                let mut to_c = s.b2c.pending.split_off(s.b2c.pending_off);
                                 if let Some(bytes) = to_client {
-                                    if s.backend_walker.at_boundary() && flush(&mut s.client, &mut s.b2c) {
-                                        let _ = write_all_now(&mut s.client, &bytes);
+                                    if s.backend_walker.at_boundary() {
+                                        to_c.extend_from_slice(&bytes);
                                     }
                                 }
+                                let mut to_b = s.c2b.pending.split_off(s.c2b.pending_off);
                                 if let Some(bytes) = to_backend {
-                                    if s.client_walker.at_boundary() && flush(&mut s.backend, &mut s.c2b) {
-                                        let _ = write_all_now(&mut s.backend, &bytes);
+                                    if s.client_walker.at_boundary() {
+                                        to_b.extend_from_slice(&bytes);
                                     }
                                 }
                                 counters.sessions.fetch_sub(1, Ordering::Relaxed);
-                                // dropping the streams closes our duplicates
+                                let deadline = Instant::now() + DRAIN_LIMIT;
+                                for (token, sock, out) in [(id as usize * 2, s.client, to_c), (id as usize * 2 + 1, s.backend, to_b)] {
+                                    let mut d = Drain { sock, out, off: 0, deadline };
+                                    // done: dropping the stream closes our duplicate
+                                    if !d.step() && poll.registry().register(&mut d.sock, Token(token), Interest::WRITABLE).is_ok() {
+                                        drains.insert(token, d);
+                                    }
+                                }
                             }
                         }
                     }
@@ -313,6 +384,14 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
                 continue;
             }
             let t = ev.token().0;
+            if let Some(d) = drains.get_mut(&t) {
+                if d.step() {
+                    if let Some(mut d) = drains.remove(&t) {
+                        let _ = poll.registry().deregister(&mut d.sock);
+                    }
+                }
+                continue;
+            }
             let id = (t / 2) as u32;
             let is_client = t % 2 == 0;
             let Some(s) = sessions.get_mut(&id) else { continue };
@@ -338,35 +417,6 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
     }
 }
 
-/// write what is pending for `dst`; true when nothing is left
-fn flush(dst: &mut TcpStream, d: &mut Direction) -> bool {
-    while d.has_pending() {
-        match dst.write(&d.pending[d.pending_off..]) {
-            Ok(0) => return false,
-            Ok(n) => d.pending_off += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return false,
-        }
-    }
-    d.pending.clear();
-    d.pending_off = 0;
-    true
-}
-
-/// a short message at the end of a session: write it if the socket takes it now
-fn write_all_now(dst: &mut TcpStream, bytes: &[u8]) -> bool {
-    let mut off = 0;
-    while off < bytes.len() {
-        match dst.write(&bytes[off..]) {
-            Ok(0) => return false,
-            Ok(n) => off += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
 fn end(poll: &mut Poll, id: u32, s: &mut Session, kind: &'static str, detail: String, sink: &dyn EventSink) {
     if s.ended {
         return;
@@ -380,11 +430,12 @@ fn end(poll: &mut Poll, id: u32, s: &mut Session, kind: &'static str, detail: St
         detail,
         sqlstate: s.backend_fatal.clone(),
         client_terminated: s.client_terminated,
-        busy: s.client_walker.messages > s.messages_at_ready,
+        busy: s.busy(),
     });
 }
 
-/// move bytes from one side to the other until the source has nothing or the destination is full
+/// move bytes from one side to the other until the source would block, ends, or the destination
+/// is full (then the source is not read until the destination drains)
 fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut [u8], sink: &dyn EventSink, counters: &Counters) {
     loop {
         if s.ended {
@@ -410,14 +461,22 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
                 }
             }
         }
+        if from_client && s.client_eof {
+            return;
+        }
+        // (nothing is pending for the destination from here on: a side is read only then)
         let src = if from_client { &mut s.client } else { &mut s.backend };
         let n = match src.read(buf) {
             Ok(0) => {
-                let kind = if from_client { "client-eof" } else { "backend-eof" };
-                if from_client {
-                    // a Terminate still pending for the server goes out before the session ends
-                    flush(&mut s.backend, &mut s.c2b);
+                if from_client && s.client_terminated && s.client_walker.at_boundary() {
+                    // the client said goodbye and closed its side, as a client may that still reads:
+                    // the server ends the session itself after answering what it was sent, and its
+                    // answer still goes to the client; the server sees our side closed too
+                    s.client_eof = true;
+                    let _ = s.backend.shutdown(Shutdown::Write);
+                    return;
                 }
+                let kind = if from_client { "client-eof" } else { "backend-eof" };
                 return end(poll, id, s, kind, "connection closed".into(), sink);
             }
             Ok(n) => n,
@@ -451,7 +510,7 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
                     ready = Some(body[0]);
                 } else if t == ERROR_RESPONSE {
                     let (sev, code) = error_fields(body);
-                    if sev == "FATAL" || sev == "PANIC" {
+                    if is_fatal(&sev) {
                         fatal = Some((sev, code));
                     }
                 }
@@ -489,10 +548,7 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
             let _ = poll.registry().reregister(dst, token, Interest::READABLE | Interest::WRITABLE);
             return;
         }
-        if n < buf.len() {
-            // a short read drained the socket; new data raises a new edge
-            return;
-        }
+        // read again: only WouldBlock or EOF says the source is drained (edge-triggered)
     }
 }
 
@@ -550,5 +606,11 @@ mod tests {
     fn error_fields_reads_severity_and_code() {
         assert_eq!(error_fields(b"SFATAL\0VFATAL\0C57P01\0Mterminating\0\0"), ("FATAL".into(), "57P01".into()));
         assert_eq!(error_fields(b"SERROR\0C42601\0\0"), ("ERROR".into(), "42601".into()));
+        // V (never translated) wins over S (lc_messages), wherever it comes; S alone is used as is
+        assert_eq!(error_fields(b"SSCHWERWIEGEND\0VFATAL\0C57P01\0\0"), ("FATAL".into(), "57P01".into()));
+        assert_eq!(error_fields(b"VFATAL\0SSCHWERWIEGEND\0C57P01\0\0"), ("FATAL".into(), "57P01".into()));
+        assert_eq!(error_fields(b"SSCHWERWIEGEND\0C57P01\0\0"), ("SCHWERWIEGEND".into(), "57P01".into()));
+        assert_eq!(error_fields(b"SFATAL\0V\0C57P01\0\0"), ("FATAL".into(), "57P01".into()));
+        assert!(is_fatal("FATAL") && is_fatal("PANIC") && !is_fatal("SCHWERWIEGEND") && !is_fatal("ERROR"));
     }
 }

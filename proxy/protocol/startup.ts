@@ -1,14 +1,17 @@
 /**
  * The client's startup phase, framed by us (pg-protocol only parses what a server sends): SSLRequest,
  * GSSENCRequest, CancelRequest and StartupMessage, as ProcessStartupPacket() in PostgreSQL's
- * backend_startup.c reads them. Bounded (8 ≤ length ≤ MAX_STARTUP_PACKET_LENGTH) and safe against a
- * packet split at any byte: nothing is decided until a whole packet is here.
+ * postmaster.c (backend_startup.c from 17 on) reads them. Bounded as it bounds them (8 ≤ length ≤
+ * MAX_STARTUP_PACKET_LENGTH + 4) and safe against a packet split at any byte: nothing is decided
+ * until a whole packet is here. Errors carry PostgreSQL's answer: a bad length is only logged and
+ * the connection closed without a reply; a bad protocol version, layout or missing user is a FATAL.
  */
 import {
   CANCEL_REQUEST_CODE,
   GSSENC_REQUEST_CODE,
-  MAX_STARTUP_PACKET_LENGTH,
+  MAX_STARTUP_PACKET_TOTAL,
   MIN_STARTUP_PACKET_LENGTH,
+  SQLSTATE,
   SSL_REQUEST_CODE,
   TLS_HANDSHAKE_BYTE,
 } from './codes.js';
@@ -17,8 +20,11 @@ import { ProtocolError } from './errors.js';
 export type StartupPacket =
   | { kind: 'ssl-request' }
   | { kind: 'gssenc-request' }
-  /** key = BackendKeyData's secret bytes (4 in protocol 3.0, up to 256 in 3.2) */
-  | { kind: 'cancel'; pid: number; key: Buffer }
+  /**
+   * key = BackendKeyData's secret bytes (4 in protocol 3.0, up to 256 in 3.2); null for a packet of
+   * another size (PostgreSQL answers no CancelRequest, well-formed or not: nothing is forwarded)
+   */
+  | { kind: 'cancel'; pid: number; key: Buffer | null }
   | { kind: 'startup'; raw: Buffer; major: number; minor: number; params: Record<string, string> }
   /** PG 17 sslnegotiation=direct: the client opened with a TLS ClientHello */
   | { kind: 'direct-tls' };
@@ -52,8 +58,9 @@ export class StartupReader {
     if (this.buf.length >= 1 && this.consumed === 0 && this.buf[0] === TLS_HANDSHAKE_BYTE) return { kind: 'direct-tls' };
     if (this.buf.length < 4) return null;
     const len = this.buf.readInt32BE(0);
-    if (len < MIN_STARTUP_PACKET_LENGTH || len > MAX_STARTUP_PACKET_LENGTH) {
-      this.fail(`invalid length of startup packet: ${len} (expected ${MIN_STARTUP_PACKET_LENGTH}..${MAX_STARTUP_PACKET_LENGTH})`);
+    if (len < MIN_STARTUP_PACKET_LENGTH || len > MAX_STARTUP_PACKET_TOTAL) {
+      // COMMERROR in PostgreSQL: logged, and the connection closed without a reply
+      throw new ProtocolError(`invalid length of startup packet: ${len} (expected ${MIN_STARTUP_PACKET_LENGTH}..${MAX_STARTUP_PACKET_TOTAL})`, this.consumed, SQLSTATE.protocolViolation, 'none');
     }
     if (this.buf.length < len) return null;
     const packet = this.buf.subarray(0, len);
@@ -62,29 +69,24 @@ export class StartupReader {
     this.consumed += len;
     return decodePacket(packet, at);
   }
-
-  private fail(message: string): never {
-    throw new ProtocolError(message, this.consumed);
-  }
 }
 
 function decodePacket(p: Buffer, at: number): StartupPacket {
   const code = p.readUInt32BE(4);
   switch (code) {
+    // PostgreSQL looks only at the code of these (their length is anything from 8 on)
     case SSL_REQUEST_CODE:
+      return { kind: 'ssl-request' };
     case GSSENC_REQUEST_CODE:
-      if (p.length !== 8) throw new ProtocolError(`invalid length of ${code === SSL_REQUEST_CODE ? 'SSLRequest' : 'GSSENCRequest'}: ${p.length} (expected 8)`, at);
-      return { kind: code === SSL_REQUEST_CODE ? 'ssl-request' : 'gssenc-request' };
+      return { kind: 'gssenc-request' };
     case CANCEL_REQUEST_CODE: {
-      if (p.length < 16 || p.length > 12 + MAX_CANCEL_KEY) throw new ProtocolError(`invalid length of CancelRequest: ${p.length} (expected 16..${12 + MAX_CANCEL_KEY})`, at);
-      return { kind: 'cancel', pid: p.readInt32BE(8), key: Buffer.from(p.subarray(12)) };
+      const ok = p.length >= 16 && p.length <= 12 + MAX_CANCEL_KEY;
+      return { kind: 'cancel', pid: p.length >= 12 ? p.readInt32BE(8) : 0, key: ok ? Buffer.from(p.subarray(12)) : null };
     }
   }
   const major = code >>> 16;
   const minor = code & 0xffff;
-  if (major !== 3) {
-    throw new ProtocolError(`unsupported frontend protocol ${major}.${minor}: the proxy speaks 3.x`, at, '0A000');
-  }
+  if (major !== 3) throw unsupportedProtocol(major, minor, at);
   const params: Record<string, string> = {};
   let i = 8;
   for (;;) {
@@ -99,6 +101,14 @@ function decodePacket(p: Buffer, at: number): StartupPacket {
     params[p.toString('utf8', i, keyEnd)] = p.toString('utf8', keyEnd + 1, valEnd);
     i = valEnd + 1;
   }
-  if (!params.user) throw new ProtocolError('no PostgreSQL user name specified in startup packet', at, '28000');
+  if (!params.user) throw new ProtocolError('no PostgreSQL user name specified in startup packet', at, SQLSTATE.invalidAuthorizationSpecification);
   return { kind: 'startup', raw: Buffer.from(p), major, minor, params };
+}
+
+/**
+ * FATAL 0A000, as PostgreSQL says it; to a client asking for protocol 1 or 2 in that protocol's own
+ * error format (PostgreSQL 14+ still answers an old client that way)
+ */
+export function unsupportedProtocol(major: number, minor: number, at: number): ProtocolError {
+  return new ProtocolError(`unsupported frontend protocol ${major}.${minor}: the proxy speaks 3.x`, at, SQLSTATE.featureNotSupported, major < 3 ? 'fatal-v2' : 'fatal');
 }

@@ -1,20 +1,23 @@
 /**
  * One client connection: the startup phase (SSLRequest/GSSENCRequest/CancelRequest/StartupMessage,
- * TLS termination), the choice and connection of a backend, then a relay in both directions that
- * passes chunks through untouched while following message boundaries, the transaction status of
- * every ReadyForQuery, and the server's BackendKeyData (for cancels). Backpressure both ways: when
- * one side's socket buffer is full the other side is paused.
+ * TLS termination) answered as PostgreSQL answers it, the choice and connection of a backend, then a
+ * relay in both directions that passes chunks through untouched while following message boundaries,
+ * the transaction status of every ReadyForQuery, and the server's BackendKeyData (for cancels).
+ * Backpressure both ways: when one side's socket buffer is full the other side is paused. During
+ * authentication the server's SASL offer loses SCRAM-SHA-256-PLUS when channel binding cannot work
+ * through the proxy.
  */
 import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import { TLSSocket } from 'node:tls';
+import { TLSSocket, type PeerCertificate } from 'node:tls';
 import { serialize } from 'pg-protocol';
 import { connectBackend, type BackendAddress } from '../backend/connect.js';
 import { BACKEND, FRONTEND, PQ_LARGE_MESSAGE_LIMIT, SQLSTATE } from '../protocol/codes.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { decodeError, errorResponse, SSL_ACCEPTED, SSL_REFUSED, type ErrorFields } from '../protocol/backend-messages.js';
+import { backendFatal, errorResponse, errorResponseV2, SSL_ACCEPTED, SSL_REFUSED, type ErrorFields } from '../protocol/backend-messages.js';
 import { MessageWalker } from '../protocol/message-walker.js';
-import { StartupReader, type StartupPacket } from '../protocol/startup.js';
+import { SaslOfferFilter } from '../protocol/sasl-offer.js';
+import { StartupReader, unsupportedProtocol, type StartupPacket } from '../protocol/startup.js';
 import type { RelayEvent } from '../../src/native/index.js';
 import type { ProxyContext } from './context.js';
 
@@ -40,6 +43,11 @@ export class ClientSession {
   private backendAddress: BackendAddress | null = null;
   private readonly reader = new StartupReader();
   private tls = false;
+  /** an SSLRequest / GSSENCRequest has been answered: PostgreSQL takes another one for a bad protocol code */
+  private sslDone = false;
+  private gssDone = false;
+  /** the server's authentication messages on their way to the client, while they may offer SCRAM-SHA-256-PLUS */
+  private saslFilter: SaslOfferFilter | null = null;
   private startupTimer: NodeJS.Timeout | null;
   private backendSentFatal = false;
   /** the client sent Terminate: the server closing next is the normal end */
@@ -77,7 +85,11 @@ export class ClientSession {
       maxCollect: 64 * 1024,
       onMessage: (t, body) => this.onBackendMessage(t, body),
     });
-    this.startupTimer = setTimeout(() => this.fail(new ProtocolError(`no complete startup packet within ${ctx.cfg.startupTimeoutMs} ms`, this.reader.buffered, SQLSTATE.protocolViolation), 'startup timeout'), ctx.cfg.startupTimeoutMs);
+    // PostgreSQL's authentication_timeout in this phase ends the connection without a word
+    this.startupTimer = setTimeout(
+      () => this.fail(new ProtocolError(`no complete startup packet within ${ctx.cfg.startupTimeoutMs} ms`, this.reader.buffered, SQLSTATE.protocolViolation, 'none'), 'startup timeout'),
+      ctx.cfg.startupTimeoutMs,
+    );
     this.attachStartup(socket);
   }
 
@@ -110,7 +122,11 @@ export class ClientSession {
   private attachStartup(s: Socket): void {
     s.on('data', this.onStartupData);
     s.on('error', (e) => this.close(`client error: ${e.message}`));
-    s.on('close', () => this.close('client closed'));
+    s.on('close', () => {
+      // as PostgreSQL: logged ("incomplete startup packet"), nothing to answer
+      if (this.phase === 'startup' && this.reader.buffered > 0) this.ctx.log.info({ session: this.id, client: this.client.remoteAddress, bytes: this.reader.buffered }, 'incomplete startup packet');
+      this.close('client closed');
+    });
   }
 
   private drainStartup(): void {
@@ -125,29 +141,43 @@ export class ClientSession {
     }
   }
 
-  /** true when the startup reader must stop (socket upgraded or handed on) */
+  /**
+   * true when the startup reader must stop (socket upgraded or handed on). Answers as
+   * ProcessStartupPacket() does: a second SSLRequest (or GSSENCRequest) is an unknown protocol
+   * code, bytes already sent behind a request the proxy answers are refused (they were not
+   * encrypted), a CancelRequest gets no answer whatever its size.
+   */
   private handleStartupPacket(p: StartupPacket): boolean {
     switch (p.kind) {
-      case 'ssl-request':
-        if (this.tls) throw new ProtocolError('SSLRequest received on a connection that is already encrypted', 0);
+      case 'ssl-request': {
+        if (this.sslDone) throw unsupportedProtocol(1234, 5679, 0);
+        this.sslDone = true;
+        const unencrypted = this.reader.buffered > 0;
         if (!this.ctx.secureContext) {
           this.client.write(SSL_REFUSED);
+          if (unencrypted) throw new ProtocolError('received unencrypted data after SSL request', 8);
           return false;
         }
-        if (this.reader.buffered > 0) throw new ProtocolError('received unencrypted data after SSL request', 8);
         this.client.write(SSL_ACCEPTED);
-        this.upgradeToTls(null);
+        // PostgreSQL says so once TLS is up, inside it
+        if (unencrypted) this.reader.takeRest();
+        this.upgradeToTls(null, unencrypted);
         return true;
+      }
       case 'direct-tls':
-        if (this.tls) throw new ProtocolError('TLS handshake inside TLS', 0);
-        if (!this.ctx.secureContext) throw new ProtocolError('direct TLS connection, but the proxy has no --tls-cert/--tls-key', 0);
+        // neither PostgreSQL 15 (a bad length) nor 17 without TLS (a rejected direct TLS) answers this
+        if (this.tls) throw new ProtocolError('TLS handshake inside TLS', 0, SQLSTATE.protocolViolation, 'none');
+        if (!this.ctx.secureContext) throw new ProtocolError('direct TLS connection, but the proxy has no --tls-cert/--tls-key', 0, SQLSTATE.protocolViolation, 'none');
         this.upgradeToTls(this.reader.takeRest());
         return true;
       case 'gssenc-request':
+        if (this.gssDone) throw unsupportedProtocol(1234, 5680, 0);
+        this.gssDone = true;
         this.client.write(SSL_REFUSED);
+        if (this.reader.buffered > 0) throw new ProtocolError('received unencrypted data after GSSAPI encryption request', 8);
         return false;
       case 'cancel':
-        this.ctx.cancelFor(p.pid, p.key);
+        if (p.key) this.ctx.cancelFor(p.pid, p.key);
         this.close('cancel request handled');
         return true;
       case 'startup':
@@ -158,7 +188,7 @@ export class ClientSession {
     }
   }
 
-  private upgradeToTls(unread: Buffer | null): void {
+  private upgradeToTls(unread: Buffer | null, unencryptedData = false): void {
     const raw = this.client;
     raw.off('data', this.onStartupData);
     raw.removeAllListeners('close');
@@ -182,6 +212,8 @@ export class ClientSession {
       });
       raw.on('end', () => d.push(null));
       raw.on('close', () => d.destroy());
+      // the TLS layer above decides when our side ends (a client may half-close after Terminate)
+      raw.allowHalfOpen = true;
       carrier = d;
     }
     const t = new TLSSocket(carrier as Socket, {
@@ -190,8 +222,12 @@ export class ClientSession {
       ALPNProtocols: unread ? ['postgresql'] : undefined,
     });
     this.tls = true;
+    this.sslDone = this.gssDone = true;
     this.client = t;
-    t.on('secure', () => t.setNoDelay?.(true));
+    t.on('secure', () => {
+      t.setNoDelay?.(true);
+      if (unencryptedData) this.fail(new ProtocolError('received unencrypted data after SSL request', 8), 'unencrypted data after SSL request');
+    });
     this.attachStartup(t);
   }
 
@@ -269,24 +305,58 @@ export class ClientSession {
       this.client.destroy();
       this.close('authentication timeout');
     }, this.ctx.cfg.authTimeoutMs);
+    if (!this.channelBindingPassesThrough()) this.saslFilter = new SaslOfferFilter();
+    // a client may close its side after Terminate and still read the server's last answer
+    c.allowHalfOpen = true;
     b.write(startup);
     if (rest.length > 0) this.fromClient(rest);
     c.on('data', (chunk: Buffer) => this.fromClient(chunk));
+    c.on('end', () => this.clientEnded());
     b.on('data', (chunk: Buffer) => {
       if (this.phase !== 'relay') return;
+      // the filter's framing is given up only between chunks, once authentication is over
+      const filter = this.readySeen ? (this.saslFilter = null) : this.saslFilter;
       try {
         this.backendWalker.feed(chunk);
       } catch (e) {
         return this.terminate({ severity: 'FATAL', code: SQLSTATE.protocolViolation, message: `pgha-proxy: ${(e as Error).message}` }, 'backend protocol violation', true);
       }
       stats.bytesToClients += chunk.length;
-      if (!c.write(chunk)) this.pauseUntilDrain(b, c);
+      const out = filter ? filter.feed(chunk) : chunk;
+      if (out.length === 0) return;
+      if (!c.write(out)) this.pauseUntilDrain(b, c);
       else if (this.readySeen && this.ctx.relay) this.handOver();
     });
     b.on('error', (e) => this.backendGone(e.message));
     b.on('close', () => this.backendGone('connection closed'));
     b.resume();
     c.resume();
+  }
+
+  /**
+   * SCRAM-SHA-256-PLUS binds the client's TLS channel to the server's: through a proxy that
+   * terminates TLS it can only succeed when the proxy presents the server's own certificate (both
+   * sides then hash the same one for tls-server-end-point). Otherwise it is not offered.
+   */
+  private channelBindingPassesThrough(): boolean {
+    const b = this.backend;
+    if (!this.tls || !(b instanceof TLSSocket) || !(this.client instanceof TLSSocket)) return false;
+    const mine = this.client.getCertificate() as PeerCertificate | null;
+    const theirs = b.getPeerCertificate();
+    return Boolean(mine?.raw && theirs?.raw && mine.raw.equals(theirs.raw));
+  }
+
+  /** the client closed its side (Node relay) */
+  private clientEnded(): void {
+    if (this.phase !== 'relay' || this.native) return;
+    const b = this.backend;
+    if (this.clientTerminated && this.clientWalker.atBoundary && b && !b.destroyed) {
+      // it said goodbye first: the server answers what it was sent and closes, and that answer still
+      // goes to the client (as from PostgreSQL itself); the server sees our side closed too
+      b.end();
+      return;
+    }
+    this.close('client closed');
   }
 
   private fromClient(chunk: Buffer): void {
@@ -320,10 +390,11 @@ export class ClientSession {
       this.backendKey = { pid: body.readInt32BE(0), key: Buffer.from(body.subarray(4)) };
       this.cancelId = this.ctx.cancels.add(this.backendKey.pid, this.backendKey.key, this.backendAddress!);
     } else if (type === BACKEND.errorResponse) {
-      const err = decodeError(body);
-      if (err.severity === 'FATAL' || err.severity === 'PANIC') {
+      // V (never translated) decides, else S: the rule of the native relay too
+      const fatal = backendFatal(body);
+      if (fatal) {
         this.backendSentFatal = true;
-        if (err.code && SERVER_GOING_AWAY.has(err.code)) this.ctx.monitor.suspect(this.backendName!, `${err.code} ${err.message}`);
+        if (fatal.code && SERVER_GOING_AWAY.has(fatal.code)) this.ctx.monitor.suspect(this.backendName!, `${fatal.code} ${fatal.message}`);
       }
     }
   }
@@ -377,7 +448,8 @@ export class ClientSession {
     switch (e.kind) {
       case 'client-eof':
       case 'client-error':
-        if (e.busy && this.backendKey) this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
+        // a client that said goodbye (Terminate) did not vanish mid-query: nothing to cancel
+        if (e.busy && !e.clientTerminated && this.backendKey) this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
         this.finishNative(null, e.clientTerminated ? null : serialize.end());
         return this.close(e.kind === 'client-eof' ? 'client closed' : `client error: ${e.detail}`);
       case 'backend-eof':
@@ -445,19 +517,28 @@ export class ClientSession {
     this.close(why);
   }
 
-  /** the client broke the protocol or timed out: say why (08P01) and close */
+  /**
+   * the client broke the protocol or timed out: say why (a FATAL with the error's SQLSTATE) and close
+   * — or, where PostgreSQL only logs it (a bad startup length, a timeout), close without a word
+   */
   private fail(e: Error, why: string): void {
     if (this.phase === 'closed') return;
-    const code = e instanceof ProtocolError ? e.sqlstate : SQLSTATE.protocolViolation;
+    const pe = e instanceof ProtocolError ? e : null;
     this.ctx.log.warn({ session: this.id, client: this.client.remoteAddress, err: e.message }, why);
     this.ctx.stats.protocolErrors++;
-    this.refuse({ severity: 'FATAL', code, message: `pgha-proxy: ${e.message}` });
+    if (pe?.reply === 'none') {
+      this.client.destroy();
+      this.backend?.destroy();
+      return this.close(why);
+    }
+    const fields: ErrorFields = { severity: 'FATAL', code: pe?.sqlstate ?? SQLSTATE.protocolViolation, message: `pgha-proxy: ${e.message}` };
+    this.refuse(fields, pe?.reply === 'fatal-v2' ? errorResponseV2(e.message) : undefined);
   }
 
-  private refuse(fields: ErrorFields): void {
+  private refuse(fields: ErrorFields, bytes = errorResponse(fields)): void {
     if (this.phase === 'closed') return;
     if (!this.client.destroyed && this.clientWalker.atBoundary && this.backendWalker.atBoundary) {
-      this.client.end(errorResponse(fields));
+      this.client.end(bytes);
       // a client that never reads must not keep the socket
       setTimeout(() => this.client.destroy(), 1000).unref();
     } else this.client.destroy();
@@ -472,7 +553,8 @@ export class ClientSession {
     if (this.startupTimer) clearTimeout(this.startupTimer);
     if (this.authTimer) clearTimeout(this.authTimer);
     // a client that vanished while its query runs: cancel the query so it does not run on for nobody
-    if (wasRelay && !this.native && this.backendKey && this.backend && !this.backend.destroyed && this.clientWalker.messages > this.clientMessagesAtReady) {
+    // (one that sent Terminate did not vanish: the server ends that session itself)
+    if (wasRelay && !this.native && !this.clientTerminated && this.backendKey && this.backend && !this.backend.destroyed && this.clientWalker.messages > this.clientMessagesAtReady) {
       this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
     }
     if (this.cancelId) this.ctx.cancels.remove(this.cancelId);

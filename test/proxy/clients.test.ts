@@ -314,7 +314,8 @@ describe('pgha-proxy with real clients', () => {
     const s = JSON.parse(r.stdout);
     expect(s.primary).toBe(`127.0.0.1:${primary.port}`);
     const text = await pgha(['status', '--proxy', `127.0.0.1:${proxy.adminPort}`]);
-    expect(text.stdout).toMatch(new RegExp(`127\\.0\\.0\\.1:${primary.port}\\s+primary\\s+1\\s+[0-9A-F]+/`));
+    // backend, then (since etcd) its member name, role, timeline, LSN
+    expect(text.stdout).toMatch(new RegExp(`127\\.0\\.0\\.1:${primary.port}\\s+(\\S+\\s+)?primary\\s+1\\s+[0-9A-F]+/`));
     const down = await pgha(['status', '--proxy', 'http://127.0.0.1:1']);
     expect(down.status).toBe(2);
     expect(down.stderr).toMatch(/127\.0\.0\.1:1\/status/);

@@ -9,7 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { MessageWalker } from '../../proxy/protocol/message-walker.js';
 import { StartupReader, type StartupPacket } from '../../proxy/protocol/startup.js';
 import { ProtocolError } from '../../proxy/protocol/errors.js';
-import { decodeError, errorResponse } from '../../proxy/protocol/backend-messages.js';
+import { decodeError, errorResponse, withoutScramPlus } from '../../proxy/protocol/backend-messages.js';
+import { SaslOfferFilter } from '../../proxy/protocol/sasl-offer.js';
 import { parseConninfo, retarget } from '../../proxy/backend/conninfo.js';
 
 /** split `buf` at the given cut points */
@@ -63,26 +64,31 @@ describe('StartupReader', () => {
     expect(readAll([long])).toEqual([{ kind: 'cancel', pid: 99, key: Buffer.alloc(32, 7) }]);
   });
 
-  it('refuses bad lengths as soon as the length word is in, and never holds more than one packet', () => {
-    for (const len of [-1, 0, 7, 10001, 0x7fffffff]) {
+  it('refuses bad lengths as soon as the length word is in (to be closed without a reply, as PostgreSQL does), and never holds more than one packet', () => {
+    for (const len of [-1, 0, 7, 10005, 0x7fffffff, 0x58000000 /* a Terminate before any startup packet */]) {
       const r = new StartupReader();
       const b = Buffer.alloc(4);
       b.writeInt32BE(len, 0);
       r.push(b);
       expect(() => r.next(), String(len)).toThrow(ProtocolError);
       expect(() => r.next(), String(len)).toThrow(/invalid length of startup packet/);
+      try {
+        r.next();
+      } catch (e) {
+        expect((e as ProtocolError).reply, String(len)).toBe('none');
+      }
     }
     const r = new StartupReader();
-    r.push(Buffer.from([0, 0, 0x27, 0x10])); // 10000: allowed, waits for the bytes
+    r.push(Buffer.from([0, 0, 0x27, 0x14])); // 10004 (a body of MAX_STARTUP_PACKET_LENGTH): allowed, waits for the bytes
     expect(r.next()).toBeNull();
   });
 
-  it('direct TLS is recognised from the first byte; SSLRequest and Cancel with wrong sizes are refused', () => {
+  it('direct TLS is recognised from the first byte; SSLRequest of any size is one (as PostgreSQL reads it), a Cancel of a wrong size carries no key', () => {
     expect(readAll([Buffer.from([0x16, 0x03, 0x01])])).toEqual([{ kind: 'direct-tls' }]);
-    const badSsl = Buffer.from([0, 0, 0, 12, 0x04, 0xd2, 0x16, 0x2f, 0, 0, 0, 0]);
-    expect(() => readAll([badSsl])).toThrow(/invalid length of SSLRequest: 12/);
+    const longSsl = Buffer.from([0, 0, 0, 12, 0x04, 0xd2, 0x16, 0x2f, 0, 0, 0, 0]);
+    expect(readAll([longSsl])).toEqual([{ kind: 'ssl-request' }]);
     const shortCancel = Buffer.from([0, 0, 0, 12, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1]);
-    expect(() => readAll([shortCancel])).toThrow(/invalid length of CancelRequest/);
+    expect(readAll([shortCancel])).toEqual([{ kind: 'cancel', pid: 1, key: null }]);
   });
 
   it('startup packets with no user, no terminator, or protocol 2 are refused with the right SQLSTATE', () => {
@@ -97,14 +103,16 @@ describe('StartupReader', () => {
       try {
         readAll([b]);
       } catch (e) {
-        return [(e as ProtocolError).sqlstate, (e as Error).message];
+        return [(e as ProtocolError).sqlstate, (e as Error).message, (e as ProtocolError).reply];
       }
       return null;
     };
-    expect(err(pkt('database\0d\0\0'))).toEqual(['28000', 'no PostgreSQL user name specified in startup packet']);
+    expect(err(pkt('database\0d\0\0'))).toEqual(['28000', 'no PostgreSQL user name specified in startup packet', 'fatal']);
     expect(err(pkt('user\0u\0'))?.[1]).toMatch(/expected terminator as last byte/);
     expect(err(pkt('user\0u\0\0x'))?.[1]).toMatch(/expected terminator as last byte/);
-    expect(err(pkt('user\0u\0\0', 2 << 16))).toEqual(['0A000', 'unsupported frontend protocol 2.0: the proxy speaks 3.x']);
+    // protocol 2 is answered in protocol 2's own error format, 4 in 3's
+    expect(err(pkt('user\0u\0\0', 2 << 16))).toEqual(['0A000', 'unsupported frontend protocol 2.0: the proxy speaks 3.x', 'fatal-v2']);
+    expect(err(pkt('user\0u\0\0', 4 << 16))).toEqual(['0A000', 'unsupported frontend protocol 4.0: the proxy speaks 3.x', 'fatal']);
   });
 });
 
@@ -168,6 +176,40 @@ describe('ErrorResponse', () => {
     const d = decodeError(e.subarray(5));
     expect([d.severity, d.code, d.message, d.hint]).toEqual(['FATAL', '57P01', 'terminating connection because of failover: ü', 'Reconnect.']);
     expect(e.readInt32BE(1)).toBe(e.length - 1);
+  });
+});
+
+describe('the SASL offer on its way to the client', () => {
+  const auth = (code: number, rest: Buffer = Buffer.alloc(0)) => {
+    const body = Buffer.concat([Buffer.from([0, 0, 0, code]), rest]);
+    const head = Buffer.alloc(5);
+    head[0] = 0x52;
+    head.writeInt32BE(body.length + 4, 1);
+    return Buffer.concat([head, body]);
+  };
+  const sasl = (...names: string[]) => auth(10, Buffer.from(names.map((n) => `${n}\0`).join('') + '\0'));
+  const notice = Buffer.concat([Buffer.from([0x4e, 0, 0, 0, 13]), Buffer.from('SNOTICE\0\0')]);
+
+  it('SCRAM-SHA-256-PLUS is taken out of AuthenticationSASL, nothing else changes', () => {
+    expect(withoutScramPlus(sasl('SCRAM-SHA-256-PLUS', 'SCRAM-SHA-256'))).toEqual(sasl('SCRAM-SHA-256'));
+    const plain = sasl('SCRAM-SHA-256');
+    expect(withoutScramPlus(plain)).toBe(plain);
+    const md5 = auth(5, Buffer.from([1, 2, 3, 4]));
+    expect(withoutScramPlus(md5)).toBe(md5);
+  });
+
+  it('the filtered stream is the same at every split, one byte at a time included', () => {
+    const stream = Buffer.concat([notice, sasl('SCRAM-SHA-256-PLUS', 'SCRAM-SHA-256'), auth(11, Buffer.from('r=abc,s=xyz,i=4096')), auth(0), notice, Buffer.from([0x5a, 0, 0, 0, 5, 0x49])]);
+    const want = Buffer.concat([notice, sasl('SCRAM-SHA-256'), auth(11, Buffer.from('r=abc,s=xyz,i=4096')), auth(0), notice, Buffer.from([0x5a, 0, 0, 0, 5, 0x49])]);
+    const through = (parts: Buffer[]) => {
+      const f = new SaslOfferFilter();
+      return Buffer.concat(parts.map((p) => f.feed(p)));
+    };
+    expect(through([stream])).toEqual(want);
+    expect(through([...stream].map((b) => Buffer.from([b])))).toEqual(want);
+    fc.assert(fc.property(fc.array(fc.nat(), { maxLength: 12 }), (cuts) => {
+      expect(through(chunks(stream, cuts))).toEqual(want);
+    }));
   });
 });
 
