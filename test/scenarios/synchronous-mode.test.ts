@@ -118,7 +118,8 @@ describe('synchronous mode managed by pgha', () => {
     const commit = c.query('INSERT INTO ledger VALUES (-2, 0, -2)').then(() => (done = true));
     await sleep(2000);
     expect(done).toBe(false);
-    expect((await agent(n2, 'POST', 'instance/current')).status).toBe(200);
+    const started = await agent(n2, 'POST', 'instance/current');
+    expect(started.status, `${await started.text()}\n${n2.agent.log().slice(-3000)}`).toBe(200);
     await commit;
     expect(done).toBe(true);
     await c.end();

@@ -37,6 +37,18 @@ const wantsAsync = (req: FastifyRequest) => {
 export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext): void {
   const { cfg, pg, jobs } = ctx;
   const current = async () => ({ [cfg.name]: await nodeState(pg) });
+  /** right after pg_ctl start a standby may still refuse connections (57P03) for a moment: ask again */
+  const currentOnceUp = async () => {
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      try {
+        return await current();
+      } catch (e) {
+        if (Date.now() > deadline || !pg.isRunning()) throw e;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  };
 
   /** run fn as a job: 202 {job} at once with ?async=1, else the job's result (or its error) */
   const asJob = async <T>(req: FastifyRequest, reply: FastifyReply, kind: string, fn: (log: (m: string) => void) => Promise<T>) => {
@@ -78,7 +90,7 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
     refuseIfFenced();
     ctx.lifecycle.stoppedOnRequest = false;
     if (!pg.isRunning()) await pg.start();
-    return current();
+    return currentOnceUp();
   });
 
   app.post('/api/pg/v1/instance/master', async (req, reply) => {
