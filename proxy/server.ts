@@ -391,7 +391,7 @@ export class ProxyServer implements ProxyContext {
     const dcs = this.dcs!;
     try {
       const sync = await dcs.store.sync();
-      if (sync && sync.primary === this.monitor.recorded) this.monitor.adoptSyncRecord({ method: sync.method, k: sync.k, members: sync.members, synchronousStandbyNames: sync.synchronousStandbyNames, at: sync.at });
+      if (sync && sync.primary === this.monitor.recorded) this.monitor.adoptSyncRecord({ method: sync.method, k: sync.k, members: sync.members, retiring: sync.retiring, synchronousStandbyNames: sync.synchronousStandbyNames, at: sync.at });
     } catch {
       // this proxy's own record will do
     }

@@ -46,7 +46,10 @@ export function chooseCandidate(old: BackendState, backends: BackendState[], clu
     return { target: best ?? null, zeroLoss: false, refusal: best ? null : 'no healthy standby to promote', candidates };
   }
   const members = eligible.filter((b) => sync.members.includes(b.name));
-  const needed = sync.method === 'priority' ? 1 : Math.max(1, sync.members.length - sync.k + 1);
+  // FIRST k: every sync standby has every acknowledged commit, so one answering is enough — unless
+  // one of them stopped acknowledging and the others have not caught up with it yet: then, as for
+  // ANY k of n, n − k + 1 must answer for the best of them to hold everything
+  const needed = sync.method === 'priority' && (sync.retiring ?? []).length === 0 ? 1 : Math.max(1, sync.members.length - sync.k + 1);
   if (members.length < needed) {
     return {
       target: null,

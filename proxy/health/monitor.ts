@@ -62,8 +62,10 @@ export interface SyncRecord {
   method: 'priority' | 'quorum';
   /** quorum: commits wait for k of the members */
   k: number;
-  /** backend names of the standbys that were sync/quorum */
+  /** backend names of the standbys that were sync/quorum (the retiring ones included) */
   members: string[];
+  /** members that stopped acknowledging and may still hold commits the others lack (absent: none) */
+  retiring?: string[];
   synchronousStandbyNames: string;
   at: string;
 }
@@ -523,6 +525,7 @@ export class HealthMonitor extends EventEmitter {
           method: syncRows.some((x) => x.syncState === 'quorum') || any ? 'quorum' : 'priority',
           k: any ? Number(any[1]) : 1,
           members,
+          retiring: members.filter((x) => !current.includes(x)),
           synchronousStandbyNames: pr.synchronousStandbyNames,
           at: new Date().toISOString(),
         };

@@ -122,6 +122,8 @@ export interface SyncRecordView {
   method: 'priority' | 'quorum';
   k: number;
   members: string[];
+  /** members that stopped acknowledging and may hold commits the others lack */
+  retiring?: string[];
   synchronousStandbyNames: string;
   at: string;
 }

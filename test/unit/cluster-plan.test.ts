@@ -67,7 +67,7 @@ describe('failover candidates', () => {
   });
 
   it('FIRST k (priority): only a sync standby may be promoted, and one answering suffices', () => {
-    const sync: SyncRecord = { method: 'priority', k: 1, members: ['h:2'], synchronousStandbyNames: 'FIRST 1 (s2, s3)', at: '' };
+    const sync: SyncRecord = { method: 'priority', k: 1, members: ['h:2'], synchronousStandbyNames: 'FIRST 1 (s2, s3)', at: '', retiring: [] };
     const s2 = node('h:2', { receiveLsn: '0/5000000' });
     const s3 = node('h:3', { receiveLsn: '0/6000000' }); // potential: more WAL, but not what commits waited for
     const c = chooseCandidate(OLD, [OLD, s2, s3], '42', sync);
@@ -78,8 +78,17 @@ describe('failover candidates', () => {
     expect(gone.refusal).toMatch(/zero-loss failover impossible: 0 of the 1 synchronous standbys/);
   });
 
+  it('FIRST k with a sync standby that just left: the one that took over may lack its commits, so both must answer', () => {
+    const sync: SyncRecord = { method: 'priority', k: 1, members: ['h:3', 'h:2'], synchronousStandbyNames: 'FIRST 1 (s2, s3)', at: '', retiring: ['h:2'] };
+    const s3 = node('h:3', { receiveLsn: '0/5000000' });
+    const gone = chooseCandidate(OLD, [OLD, node('h:2', { role: 'down', failures: 3 }), s3], '42', sync);
+    expect(gone.target).toBeNull();
+    expect(gone.refusal).toMatch(/1 of the 2 synchronous standbys .* 2 needed/);
+    expect(chooseCandidate(OLD, [OLD, node('h:2', { receiveLsn: '0/5000100' }), s3], '42', sync).target?.name).toBe('h:2');
+  });
+
   it('ANY k of n (quorum): needs n − k + 1 members answering, then the one with most WAL', () => {
-    const sync: SyncRecord = { method: 'quorum', k: 1, members: ['h:2', 'h:3'], synchronousStandbyNames: 'ANY 1 (*)', at: '' };
+    const sync: SyncRecord = { method: 'quorum', k: 1, members: ['h:2', 'h:3'], synchronousStandbyNames: 'ANY 1 (*)', at: '', retiring: [] };
     const s2 = node('h:2', { receiveLsn: '0/5000000' });
     const s3 = node('h:3', { receiveLsn: '0/5000100' });
     expect(chooseCandidate(OLD, [OLD, s2, s3], '42', sync).target?.name).toBe('h:3');
@@ -88,7 +97,7 @@ describe('failover candidates', () => {
     expect(c.target).toBeNull();
     expect(c.refusal).toMatch(/1 of the 2 synchronous standbys .* 2 needed/);
     // ANY 2 of 3: two answering are enough
-    const sync2: SyncRecord = { method: 'quorum', k: 2, members: ['h:2', 'h:3', 'h:4'], synchronousStandbyNames: 'ANY 2 (*)', at: '' };
+    const sync2: SyncRecord = { method: 'quorum', k: 2, members: ['h:2', 'h:3', 'h:4'], synchronousStandbyNames: 'ANY 2 (*)', at: '', retiring: [] };
     expect(chooseCandidate(OLD, [OLD, s2, s3, node('h:4', { role: 'down', failures: 3 })], '42', sync2).target?.name).toBe('h:3');
   });
 
