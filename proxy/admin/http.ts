@@ -27,6 +27,7 @@ function tokenMatches(header: string | undefined, token: string): boolean {
 
 export async function startAdmin(addr: BackendAddress, s: AdminSurface): Promise<{ app: FastifyInstance; address: BackendAddress }> {
   const app = Fastify({ logger: false });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
   app.get('/status', async () => s.status());
   // who is connected (users, databases, client addresses): only with the admin token when there is one
   app.get('/sessions', async (req, reply) => {

@@ -151,6 +151,8 @@ export function buildAgent(cfg: AgentConfig, opts: BuildOptions = {}): { app: Fa
   app.addHook('onResponse', async (req, reply) => {
     ctx.metrics.requests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });
+  // unknown routes answer in the documented shape, as every other error does
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
   app.setErrorHandler((err, req, reply) => {
     // a body not read to its end (refused before or while it arrived) is not stored: the answer
     // goes out, the rest is read and dropped for a moment so the sender sees the answer rather than

@@ -63,6 +63,9 @@ describe('agent over HTTPS', () => {
     expect(await new AgentClient(url, TOKEN).get<{ name: string }>('system')).toMatchObject({ name: 'tls1', running: true });
     const listed = await pgha(['slots', 'list', '--agent', url, '--json'], { PGHA_TOKEN: TOKEN, PGHA_AGENT_CA: certs.caCert });
     expect(listed.status, listed.stderr).toBe(0);
+    // an unknown route: 401 without the token (nothing said), the documented error shape with it
+    expect((await getHealth(`${url}/api/pg/v1/nope`, ca)).status).toBe(401);
+    await expect(new AgentClient(url, TOKEN).get('nope')).rejects.toThrow(/HTTP 404 \{"error":"NOT_FOUND","message":"no route GET \/api\/pg\/v1\/nope"\}/);
     // without the CA: the system's trust store does not know it
     setAgentCa(null);
     await expect(new AgentClient(url, TOKEN).get('system')).rejects.toThrow(/self[- ]signed|unable to verify|certificate/i);

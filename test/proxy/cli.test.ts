@@ -157,4 +157,18 @@ describe('pgha-proxy command line', () => {
     expect(r.status).toBe(2);
     expect(r.stderr.trim().split('\n')).toEqual([`pgha-proxy: --health-password-file ${join(dir, 'nope')}: ENOENT`]);
   });
+
+  it('--version answers like pgha --version; unknown admin routes answer {"error":"NOT_FOUND"}', async () => {
+    const v = proxyCli(['--version']);
+    expect(v.status).toBe(0);
+    expect(v.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    const p = await startProxy([primary.port]);
+    try {
+      const r = await fetch(`http://127.0.0.1:${p.adminPort}/nope?x=1`);
+      expect(r.status).toBe(404);
+      expect(await r.json()).toEqual({ error: 'NOT_FOUND', message: 'no route GET /nope' });
+    } finally {
+      await p.stop();
+    }
+  });
 });
