@@ -17,6 +17,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
 import { parseLsn } from '../../src/formats/lsn.js';
+import type { SyncRecordView } from '../../src/dcs/keys.js';
 import { addressText, type BackendAddress, type BackendTls } from '../backend/connect.js';
 import { probe as defaultProbe, ServerAnsweredError, type HealthCredentials, type ProbeResult } from './probe.js';
 
@@ -56,19 +57,11 @@ export interface BackendState {
   applicationName: string | null;
 }
 
-/** who acknowledged commits on the primary at its last answer: what a zero-loss failover must respect */
-export interface SyncRecord {
-  /** FIRST (priority: every sync standby has every acknowledged commit) or ANY (quorum of k) */
-  method: 'priority' | 'quorum';
-  /** quorum: commits wait for k of the members */
-  k: number;
-  /** backend names of the standbys that were sync/quorum (the retiring ones included) */
-  members: string[];
-  /** members that stopped acknowledging and may still hold commits the others lack (absent: none) */
-  retiring?: string[];
-  synchronousStandbyNames: string;
-  at: string;
-}
+/**
+ * who acknowledged commits on the primary at its last answer: what a zero-loss failover must respect
+ * (the same record the leader publishes on etcd, without the primary's name)
+ */
+export type SyncRecord = Omit<SyncRecordView, 'primary'>;
 
 export interface MonitorOptions {
   backends: BackendAddress[];

@@ -116,13 +116,19 @@ export interface MemberRecord {
   since: string;
 }
 
-/** the synchronous record as the leader last saw it (proxy/health/monitor.ts SyncRecord, plus its primary) */
+/**
+ * Who acknowledged commits on the primary at its last answer (the proxy's health monitor keeps it;
+ * the leader publishes it here with the primary's name): what a zero-loss failover must respect.
+ */
 export interface SyncRecordView {
   primary: string;
+  /** FIRST (priority: every sync standby has every acknowledged commit) or ANY (quorum of k) */
   method: 'priority' | 'quorum';
+  /** quorum: commits wait for k of the members */
   k: number;
+  /** backend names of the standbys that were sync/quorum (the retiring ones included) */
   members: string[];
-  /** members that stopped acknowledging and may hold commits the others lack */
+  /** members that stopped acknowledging and may still hold commits the others lack (absent: none) */
   retiring?: string[];
   synchronousStandbyNames: string;
   at: string;
