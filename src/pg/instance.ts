@@ -4,7 +4,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import pg from 'pg';
 
 export class PgToolError extends Error {
@@ -128,6 +128,24 @@ export function configuredSetting(pgdata: string, name: string): string | null {
   return null;
 }
 
+/**
+ * where the agent sends a server's output when it starts it: `<data dir>.server.log` beside the data
+ * directory when its owner may write there (so base backups and pg_rewind do not copy it), else
+ * `pgha-server.log` inside it
+ */
+export function serverLogFile(pgdata: string): string {
+  const dir = resolve(pgdata);
+  try {
+    const own = statSync(dir);
+    const parent = statSync(dirname(dir));
+    const writable = (parent.uid === own.uid && parent.mode & 0o200) || (parent.gid === own.gid && parent.mode & 0o020) || parent.mode & 0o002;
+    if (writable) return join(dirname(dir), `${basename(dir)}.server.log`);
+  } catch {
+    // fall back to inside
+  }
+  return join(dir, 'pgha-server.log');
+}
+
 export class PgInstance {
   readonly pgdata: string;
   readonly binDir: string;
@@ -229,7 +247,11 @@ export class PgInstance {
     return pid !== null && processAlive(pid);
   }
 
-  async start(logFile = join(this.pgdata, 'pgha-server.log')): Promise<void> {
+  /**
+   * pg_ctl start; the server's early output (and all of it without logging_collector) goes beside
+   * the data directory, never inside it, where base backups and pg_rewind would copy it
+   */
+  async start(logFile = serverLogFile(this.pgdata)): Promise<void> {
     await this.run('pg_ctl', ['-D', this.pgdata, '-l', logFile, '-w', '-t', '120', 'start']);
   }
 
