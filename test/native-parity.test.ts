@@ -130,7 +130,10 @@ describe('native vs TypeScript scanWal on real WAL', () => {
   it('pg15 fixture: per-rmgr stats equal pg_waldump --stats=record', () => {
     const exp = JSON.parse(readFileSync(join(fixtures, 'pg15', 'expected.json'), 'utf8'));
     const s = srcs.find((x) => x.name === 'pg15 fixture segments');
-    if (!s || !exp.wal?.waldumpStatsRecord) return;
+    // the fixture and its oracle stats are committed: missing means broken, never a silent pass
+    expect(s, 'pg15 fixture segments').toBeDefined();
+    expect(exp.wal?.waldumpStatsRecord, 'fixtures/pg15/expected.json wal.waldumpStatsRecord').toBeTruthy();
+    if (!s) return;
     const dump = parseWaldumpRecordStats(exp.wal.waldumpStatsRecord);
     const want: Record<string, [number, number, number]> = {};
     for (const [k, v] of Object.entries(dump)) {
@@ -189,7 +192,8 @@ describe('native vs TypeScript scanWal on real WAL', () => {
   });
 
   it('mutated real segments (flipped bytes, zeroed pages, truncation, random chunking): identical', () => {
-    const s = srcs.find((x) => x.name === 'pg15 fixture segments') ?? srcs[0];
+    const s = srcs.find((x) => x.name === 'pg15 fixture segments');
+    if (!s) throw new Error('the pg15 fixture segments are missing (fixtures/pg15/wal)');
     const pages = s.buf.length / PAGE;
     fc.assert(
       fc.property(
@@ -211,7 +215,8 @@ describe('native vs TypeScript scanWal on real WAL', () => {
   });
 
   it('flips inside record headers and page headers of a real segment: identical', () => {
-    const s = srcs.find((x) => x.name === 'pg15 fixture segments') ?? srcs[0];
+    const s = srcs.find((x) => x.name === 'pg15 fixture segments');
+    if (!s) throw new Error('the pg15 fixture segments are missing (fixtures/pg15/wal)');
     const base = native!.scanWal(s.buf, { bufLsn: s.lsn, carry: null, mode: 'records' });
     // targeted: every byte of a few record headers, and of a few page headers
     const recLsns: bigint[] = [];

@@ -6,7 +6,7 @@ export function comparable(r: ScanResult) {
     count: r.count,
     records: r.records.toString('hex'),
     stats: Buffer.from(r.stats).toString('hex'),
-    end: r.end ? { lsn: r.end.lsn, reason: r.end.reason } : null,
+    end: r.end ? { lsn: r.end.lsn, reason: r.end.reason, message: r.end.message } : null,
     reachedEndLsn: r.reachedEndLsn,
     carry: { ...r.carry, partial: r.carry.partial ? Buffer.from(r.carry.partial).toString('hex') : null },
     first: r.firstRecordLsn,
