@@ -29,13 +29,5 @@ export async function setAndReload(c: pg.Client, name: 'primary_conninfo' | 'pri
   await c.query('SELECT pg_reload_conf()');
 }
 
-/** create a physical slot reserving WAL now; an existing one is fine */
-export async function ensurePhysicalSlot(c: pg.Client, slot: string): Promise<boolean> {
-  try {
-    await c.query('SELECT pg_create_physical_replication_slot($1, true)', [slot]);
-    return true;
-  } catch (e) {
-    if ((e as { code?: string }).code === '42710') return false; // duplicate_object
-    throw e;
-  }
-}
+/** create a physical slot reserving WAL now; an existing one is fine (true: created) */
+export { createPhysicalSlot as ensurePhysicalSlot } from '../../src/slots/member-slot.js';

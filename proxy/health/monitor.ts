@@ -97,6 +97,34 @@ export interface PrimaryChange {
   reason: string;
 }
 
+/** a backend before its first check: nothing known */
+export function unknownBackend(address: BackendAddress): BackendState {
+  return {
+    name: addressText(address),
+    address,
+    role: 'unknown',
+    reason: null,
+    inRecovery: null,
+    timeline: null,
+    lsn: null,
+    receiveLsn: null,
+    replayLsn: null,
+    systemId: null,
+    failures: 0,
+    lastCheck: null,
+    latencyMs: null,
+    lastError: null,
+    streaming: null,
+    upstream: null,
+    syncState: null,
+    lagBytes: null,
+    lagSeconds: null,
+    fenced: false,
+    slot: null,
+    applicationName: null,
+  };
+}
+
 /** an LSN as the health check reports it (null when the server has none, e.g. no WAL received yet) */
 export const lsnOrNull = (t: string | null): bigint | null => (t ? parseLsn(t) : null);
 
@@ -124,30 +152,7 @@ export class HealthMonitor extends EventEmitter {
   constructor(private readonly opts: MonitorOptions) {
     super();
     this.nodes = opts.backends.map((address) => ({
-      state: {
-        name: addressText(address),
-        address,
-        role: 'unknown',
-        reason: null,
-        inRecovery: null,
-        timeline: null,
-        lsn: null,
-        receiveLsn: null,
-        replayLsn: null,
-        systemId: null,
-        failures: 0,
-        lastCheck: null,
-        latencyMs: null,
-        lastError: null,
-        streaming: null,
-        upstream: null,
-        syncState: null,
-        lagBytes: null,
-        lagSeconds: null,
-        fenced: false,
-        slot: null,
-        applicationName: null,
-      },
+      state: unknownBackend(address),
       fenced: false,
       inFlight: false,
       again: false,

@@ -11,12 +11,12 @@
  * found do nothing.
  */
 import type { FastifyBaseLogger } from 'fastify';
-import pg from 'pg';
 import { isFenced } from '../datadir/fence.js';
 import { readNodeHistory } from '../datadir/node-state.js';
 import { rejoin, RejoinRefused } from '../rejoin/execute.js';
 import { AgentClient } from '../ship/client.js';
-import { memberSlotName } from '../slots/member-slot.js';
+import { createPhysicalSlot, memberSlotName } from '../slots/member-slot.js';
+import { withNodeSql } from '../pg/node-sql.js';
 import { nodeState } from './node-state.js';
 import type { AgentContext } from './server.js';
 
@@ -155,23 +155,7 @@ export async function findPrimaryForRejoin(ctx: AgentContext, timeoutMs = 3000):
 
 /** create the physical slot on the source primary unless it is there */
 export async function ensurePhysicalSlot(sys: PeerSystem, slot: string): Promise<'created' | 'exists'> {
-  const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres', connectionTimeoutMillis: 10_000 });
-  // a server that dies mid-query makes the client emit 'error': never let that end the process
-  c.on('error', () => undefined);
-  await c.connect();
-  try {
-    const have = await c.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot]);
-    if (have.rowCount) return 'exists';
-    try {
-      await c.query('SELECT pg_create_physical_replication_slot($1, true)', [slot]);
-    } catch (e) {
-      if ((e as { code?: string }).code === '42710') return 'exists'; // made meanwhile
-      throw e;
-    }
-    return 'created';
-  } finally {
-    await c.end().catch(() => undefined);
-  }
+  return withNodeSql(sys, async (c) => ((await createPhysicalSlot(c, slot)) ? 'created' : 'exists'), 10_000);
 }
 
 export interface AutoRejoinOptions {

@@ -7,7 +7,6 @@
 import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import pg from 'pg';
 import { clearFence } from '../datadir/fence.js';
 import { nodeLsn, walDir } from '../datadir/node-state.js';
 import { formatLsn, historyFileName, segmentOf, walFileName, type Lsn } from '../formats/lsn.js';
@@ -15,6 +14,7 @@ import { parseHistory, type TimelineHistory } from '../formats/timeline-history.
 import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
 import { RECORD_ENTRY_SIZE } from '../formats/wal/contract.js';
 import { configuredSetting, PgInstance, PgToolError } from '../pg/instance.js';
+import { withNodeSql } from '../pg/node-sql.js';
 import { AgentClient } from '../ship/client.js';
 import { ownLikeDirectory } from '../ship/files.js';
 import { walImplementation } from '../wal/implementation.js';
@@ -92,15 +92,7 @@ function writeStandbyConfig(pgdata: string, sys: SourceSystem, appName: string, 
 }
 
 async function sourceHasSlot(sys: SourceSystem, slot: string): Promise<boolean> {
-  const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres', connectionTimeoutMillis: 10_000 });
-  // a server that dies mid-query makes the client emit 'error': never let that end the process
-  c.on('error', () => undefined);
-  await c.connect();
-  try {
-    return (await c.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot])).rowCount! > 0;
-  } finally {
-    await c.end().catch(() => undefined);
-  }
+  return withNodeSql(sys, async (c) => (await c.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [slot])).rowCount! > 0, 10_000);
 }
 
 async function waitStreaming(local: PgInstance, timeoutMs: number): Promise<boolean> {
@@ -311,15 +303,7 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   if (opts.dryRun) return result;
 
   // a freshly promoted source must have checkpointed onto its new timeline before pg_rewind reads it
-  const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres' });
-  // a server that dies mid-query makes the client emit 'error': never let that end the process
-  c.on('error', () => undefined);
-  await c.connect();
-  try {
-    await c.query('CHECKPOINT');
-  } finally {
-    await c.end().catch(() => undefined);
-  }
+  await withNodeSql(sys, (c) => c.query('CHECKPOINT'), 10_000);
   // pg_rewind needs a cleanly shut down target. Its own crash recovery would end with a checkpoint
   // that removes the very WAL it is about to read (everything before the new REDO point): recover
   // here instead, in single-user mode, keeping all WAL, then run pg_rewind without that step.

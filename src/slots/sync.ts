@@ -8,7 +8,8 @@
  */
 import { memberSlotName } from './member-slot.js';
 import { createHash } from 'node:crypto';
-import pg from 'pg';
+import type pg from 'pg';
+import { withNodeSql } from '../pg/node-sql.js';
 import { parseLsn, formatLsn } from '../formats/lsn.js';
 import { parseSlotState } from '../formats/replslot.js';
 import { AgentClient } from '../ship/client.js';
@@ -35,17 +36,8 @@ export interface SlotsListing {
   }>;
 }
 
-export async function withSql<T>(sys: NodeSystem, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ host: sys.pgHost, port: sys.pgPort, user: sys.pgUser, database: 'postgres', connectionTimeoutMillis: 5000 });
-  // a server that dies mid-query makes the client emit 'error': never let that end the process
-  c.on('error', () => undefined);
-  await c.connect();
-  try {
-    return await fn(c);
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-}
+/** SQL on a node through the address its agent reports */
+export const withSql = <T>(sys: NodeSystem, fn: (c: pg.Client) => Promise<T>): Promise<T> => withNodeSql(sys, fn);
 
 export interface SyncedSlot {
   name: string;

@@ -11,7 +11,7 @@
  * enableChannelBinding is on.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
@@ -20,7 +20,7 @@ import { serialize } from 'pg-protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster } from '../harness/cluster.js';
 import { startProxy, type RunningProxy } from '../support/proxy.js';
-import { makeCerts, type TestCerts } from '../support/tls.js';
+import { makeCerts, type TestCerts, serveTls } from '../support/tls.js';
 
 let server: PgCluster;
 let serverCerts: TestCerts;
@@ -35,14 +35,7 @@ beforeAll(async () => {
   serverCerts = makeCerts();
   const proxyCerts = makeCerts();
   server = await PgCluster.init({ name: 'proxy-channel-binding' });
-  for (const f of ['server.crt', 'server.key']) {
-    const dst = join(server.dataDir, f);
-    copyFileSync(join(serverCerts.dir, f), dst);
-    chmodSync(dst, 0o600);
-    const st = statSync(server.dataDir);
-    chownSync(dst, st.uid, st.gid);
-  }
-  server.writeConf({ ssl: 'on', ssl_cert_file: 'server.crt', ssl_key_file: 'server.key' });
+  serveTls(server, serverCerts);
   const hba = join(server.dataDir, 'pg_hba.conf');
   writeFileSync(hba, 'host all cb_user 127.0.0.1/32 scram-sha-256\n' + readFileSync(hba, 'utf8'));
   await server.start();

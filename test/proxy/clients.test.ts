@@ -7,7 +7,7 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, chownSync, copyFileSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { connect as tlsConnect } from 'node:tls';
@@ -18,7 +18,7 @@ import { serialize } from 'pg-protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { startProxy, type RunningProxy } from '../support/proxy.js';
-import { makeCerts, type TestCerts } from '../support/tls.js';
+import { makeCerts, type TestCerts, serveTls } from '../support/tls.js';
 import { rawSession } from '../support/raw-client.js';
 import { pgha } from '../support/cli.js';
 
@@ -59,15 +59,8 @@ async function withClient<T>(p: RunningProxy, fn: (c: pg.Client) => Promise<T>, 
 beforeAll(async () => {
   certs = makeCerts();
   primary = await PgCluster.init({ name: 'proxy-clients', conf: { max_connections: 200 } });
-  // server-side TLS so the proxy's --backend-sslmode require is exercised; files owned by the server user
-  for (const f of ['server.crt', 'server.key']) {
-    const dst = join(primary.dataDir, f);
-    copyFileSync(join(certs.dir, f), dst);
-    chmodSync(dst, 0o600);
-    const st = statSync(primary.dataDir);
-    chownSync(dst, st.uid, st.gid);
-  }
-  primary.writeConf({ ssl: 'on', ssl_cert_file: 'server.crt', ssl_key_file: 'server.key' });
+  // server-side TLS so the proxy's --backend-sslmode require is exercised
+  serveTls(primary, certs);
   // SCRAM and MD5 users ahead of the harness's trust lines
   const hba = join(primary.dataDir, 'pg_hba.conf');
   writeFileSync(hba, 'host all scram_user 127.0.0.1/32 scram-sha-256\nhost all md5_user 127.0.0.1/32 md5\n' + readFileSync(hba, 'utf8'));

@@ -9,14 +9,14 @@
  */
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { chmodSync, chownSync, copyFileSync, statSync } from 'node:fs';
+
 import { join } from 'node:path';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster, waitFor } from '../harness/cluster.js';
 import { startProxy, type RunningProxy } from '../support/proxy.js';
-import { makeCerts } from '../support/tls.js';
+import { makeCerts, serveTls } from '../support/tls.js';
 
 let server: PgCluster;
 let tlsProxy: RunningProxy;
@@ -197,14 +197,7 @@ beforeAll(async () => {
   const certs = makeCerts();
   // authentication_timeout is the server's bound on the startup phase; the proxy's is --startup-timeout
   server = await PgCluster.init({ name: 'proxy-startup-parity', conf: { authentication_timeout: '1s' } });
-  for (const f of ['server.crt', 'server.key']) {
-    const dst = join(server.dataDir, f);
-    copyFileSync(join(certs.dir, f), dst);
-    chmodSync(dst, 0o600);
-    const st = statSync(server.dataDir);
-    chownSync(dst, st.uid, st.gid);
-  }
-  server.writeConf({ ssl: 'on', ssl_cert_file: 'server.crt', ssl_key_file: 'server.key' });
+  serveTls(server, certs);
   await server.start();
   const common = ['--startup-timeout', '1000', '--backend-sslmode', 'disable'];
   tlsProxy = await startProxy([server.port], [...common, '--tls-cert', certs.cert, '--tls-key', certs.key]);

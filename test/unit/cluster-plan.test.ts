@@ -5,35 +5,25 @@
  */
 import { describe, expect, it } from 'vitest';
 import { chooseCandidate, rankStandbys } from '../../proxy/failover/candidates.js';
-import type { BackendState, SyncRecord } from '../../proxy/health/monitor.js';
+import { unknownBackend, type BackendState, type SyncRecord } from '../../proxy/health/monitor.js';
 import { memberSlotName } from '../../proxy/cluster/members.js';
 import { planCluster, synchronousNames, type MemberView } from '../../proxy/cluster/plan.js';
 import { conninfoTarget } from '../../proxy/cluster/manager.js';
 
 function node(name: string, over: Partial<BackendState> = {}): BackendState {
+  // a healthy streaming-less standby on timeline 2 at 0/5000000, then the test's own changes
   return {
+    ...unknownBackend({ host: name.split(':')[0], port: Number(name.split(':')[1] ?? 5432) }),
     name,
-    address: { host: '127.0.0.1', port: Number(name.split(':')[1] ?? 5432) },
     role: 'standby',
-    reason: null,
     inRecovery: true,
     timeline: 2,
     lsn: '0/5000000',
     receiveLsn: '0/5000000',
     replayLsn: '0/5000000',
     systemId: '42',
-    failures: 0,
-    lastCheck: null,
     latencyMs: 1,
-    lastError: null,
     streaming: false,
-    upstream: null,
-    syncState: null,
-    lagBytes: null,
-    lagSeconds: null,
-    fenced: false,
-    slot: null,
-    applicationName: null,
     ...over,
   };
 }
