@@ -1,10 +1,8 @@
-import { formatLsnPadded, formatLsn, type Lsn } from '../formats/lsn.js';
+import { formatLsnPadded, formatLsn } from '../formats/lsn.js';
 import { FORK_NAMES } from '../formats/wal/constants.js';
-import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
 import { recordTypeName, rmgrName } from '../formats/wal/rmgr.js';
-import { RECORD_ENTRY_SIZE } from '../formats/wal/contract.js';
-import { recordBytes } from '../wal/record-bytes.js';
-import type { SegmentVisit } from '../wal/stream.js';
+import { decodeRecord, recordEntries } from '../formats/wal/record.js';
+import { visitedRanges, type SegmentVisit } from '../wal/stream.js';
 
 export interface RecordView {
   lsn: string;
@@ -34,49 +32,35 @@ export interface RecordView {
 
 /** Decode the record entries of one scanned segment into views (block refs from the buffers). */
 export function recordViews(visit: SegmentVisit, major: number, blockSize: number): RecordView[] {
-  const { result } = visit;
+  const ranges = visitedRanges(visit);
   const views: RecordView[] = [];
-  const ranges = visit.prev ? [visit.prev, { buf: visit.buf, bufLsn: visit.bufLsn }] : [{ buf: visit.buf, bufLsn: visit.bufLsn }];
-  const e = result.records;
-  for (let i = 0; i < result.count; i++) {
-    const at = i * RECORD_ENTRY_SIZE;
-    const lsn: Lsn = e.readBigUInt64LE(at);
-    const totLen = e.readUInt32LE(at + 16);
-    const fpiLen = e.readUInt32LE(at + 24);
-    const rmid = e[at + 28];
-    const info = e[at + 29];
-    const flags = e[at + 31];
-    const bytes = recordBytes(ranges, lsn, totLen, blockSize);
-    let frags: DecodedFragments | null = null;
-    if (bytes) {
-      frags = { blocks: [], mainDataLength: 0, mainDataOffset: 0 };
-      checkRecordLayout(bytes, major, blockSize, frags);
-    }
+  for (const entry of recordEntries(visit.result)) {
+    const rec = decodeRecord(ranges, entry, major, blockSize);
     // Transaction COMMIT/PREPARE/ABORT/COMMIT_PREPARED/ABORT_PREPARED start with xact_time (µs since 2000-01-01)
     let time: string | undefined;
-    const op = info & 0x70;
-    if (rmid === 1 && bytes && frags && frags.mainDataLength >= 8 && op !== 0x10 && op <= 0x40) {
-      const us = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigInt64(frags.mainDataOffset, true);
+    const op = entry.info & 0x70;
+    if (entry.rmid === 1 && rec && rec.mainDataLength >= 8 && op !== 0x10 && op <= 0x40) {
+      const us = new DataView(rec.mainData.buffer, rec.mainData.byteOffset, rec.mainData.byteLength).getBigInt64(0, true);
       const secs = us / 1_000_000n - (us % 1_000_000n < 0n ? 1n : 0n);
       const micro = us - secs * 1_000_000n;
       time = new Date(Number(secs) * 1000 + 946_684_800_000).toISOString().replace(/\.\d{3}Z$/, `.${String(micro).padStart(6, '0')}Z`);
     }
     views.push({
-      lsn: formatLsn(lsn),
-      prev: formatLsn(e.readBigUInt64LE(at + 8)),
-      rmgr: rmgrName(rmid),
-      type: recordTypeName(rmid, info, major),
-      xid: e.readUInt32LE(at + 20),
-      totalLength: totLen,
-      recordLength: totLen - fpiLen,
-      fpiLength: fpiLen,
-      info,
-      spansPages: (flags & 1) !== 0,
-      spansSegments: (flags & 2) !== 0,
-      mainDataLength: frags ? frags.mainDataLength : null,
+      lsn: formatLsn(entry.lsn),
+      prev: formatLsn(entry.prev),
+      rmgr: rmgrName(entry.rmid),
+      type: recordTypeName(entry.rmid, entry.info, major),
+      xid: entry.xid,
+      totalLength: entry.totLen,
+      recordLength: entry.totLen - entry.fpiLen,
+      fpiLength: entry.fpiLen,
+      info: entry.info,
+      spansPages: entry.spansPages,
+      spansSegments: entry.spansSegments,
+      mainDataLength: rec ? rec.mainDataLength : null,
       ...(time !== undefined ? { time } : {}),
-      blocks: frags
-        ? frags.blocks.map((b) => ({
+      blocks: rec
+        ? rec.blockRefs.map((b) => ({
             id: b.id,
             rel: `${b.spcNode}/${b.dbNode}/${b.relNode}`,
             fork: FORK_NAMES[b.forkNumber] ?? String(b.forkNumber),

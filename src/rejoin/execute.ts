@@ -11,14 +11,12 @@ import { clearFence } from '../datadir/fence.js';
 import { nodeLsn, walDir } from '../datadir/node-state.js';
 import { formatLsn, historyFileName, segmentOf, walFileName, type Lsn } from '../formats/lsn.js';
 import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
-import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
-import { RECORD_ENTRY_SIZE } from '../formats/wal/contract.js';
+import { decodeRecord, recordEntries, streamMajor } from '../formats/wal/record.js';
 import { configuredSetting, PgInstance, PgToolError } from '../pg/instance.js';
 import { withNodeSql } from '../pg/node-sql.js';
 import { AgentClient } from '../ship/client.js';
 import { ownLikeDirectory } from '../ship/files.js';
 import { walImplementation } from '../wal/implementation.js';
-import { recordBytes } from '../wal/record-bytes.js';
 import { probeSegmentHeader, scanWalStream, type SegmentVisit } from '../wal/stream.js';
 import { lostTransactions, type LostTransactionReport } from './lost-transactions.js';
 import { decide, type RejoinPath } from './plan.js';
@@ -120,17 +118,15 @@ async function checkpointsIn(path: string, segno: bigint, segmentSize: number, b
     mode: 'records',
     impl: walImplementation(),
     onSegment: (v: SegmentVisit) => {
-      const e = v.result.records;
-      for (let i = 0; i < v.result.count; i++) {
-        const at = i * RECORD_ENTRY_SIZE;
-        const lsn = e.readBigUInt64LE(at);
-        const info = e[at + 29] & 0xf0;
-        if (e[at + 28] !== 0 || (info !== 0x00 && info !== 0x10) || lsn >= before) continue;
-        const bytes = recordBytes([{ buf: v.buf, bufLsn: v.bufLsn }], lsn, e.readUInt32LE(at + 16), v.result.carry.blockSize);
-        if (!bytes) continue;
-        const frags: DecodedFragments = { blocks: [], mainDataLength: 0, mainDataOffset: 0 };
-        checkRecordLayout(bytes, 15, v.result.carry.blockSize, frags);
-        if (frags.mainDataLength >= 8) found.push({ lsn, redo: Buffer.from(bytes.buffer, bytes.byteOffset).readBigUInt64LE(frags.mainDataOffset) });
+      const major = streamMajor(v.result.carry);
+      for (const entry of recordEntries(v.result)) {
+        // XLOG_CHECKPOINT_SHUTDOWN (0x00) and XLOG_CHECKPOINT_ONLINE (0x10) of RM_XLOG_ID: main data is a CheckPoint, redo first
+        const info = entry.info & 0xf0;
+        if (entry.rmid !== 0 || (info !== 0x00 && info !== 0x10) || entry.lsn >= before) continue;
+        const rec = decodeRecord([{ buf: v.buf, bufLsn: v.bufLsn }], entry, major, v.result.carry.blockSize);
+        if (rec && rec.mainDataLength >= 8) {
+          found.push({ lsn: entry.lsn, redo: new DataView(rec.mainData.buffer, rec.mainData.byteOffset, 8).getBigUint64(0, true) });
+        }
       }
     },
   });

@@ -3,13 +3,10 @@
  * the fork point (so it is not on the new primary and a rewind or re-clone throws it away), with its
  * commit time and the relations its records touched. Decoded from the old node's own WAL.
  */
-import { RECORD_ENTRY_SIZE } from '../formats/wal/contract.js';
-import { checkRecordLayout, type DecodedFragments } from '../formats/wal/layout.js';
 import { formatLsn, segmentOf, type Lsn } from '../formats/lsn.js';
-import { majorFromPageMagic } from '../formats/versions.js';
-import { recordBytes } from '../wal/record-bytes.js';
+import { decodeRecord, recordEntries, streamMajor } from '../formats/wal/record.js';
 import { selectSegments } from '../wal/segments.js';
-import { scanWalStream, type ScanImplementation } from '../wal/stream.js';
+import { scanWalStream, visitedRanges, type ScanImplementation } from '../wal/stream.js';
 
 const RM_XACT_ID = 1;
 const XLOG_XACT_COMMIT = 0x00;
@@ -107,36 +104,27 @@ export async function lostTransactions(walDir: string, segmentSize: number, time
     start: forkLsn,
     impl,
     onSegment: (visit) => {
-      const major = majorFromPageMagic(visit.result.carry.pageMagic) ?? 15;
-      const bs = visit.result.carry.blockSize || 8192;
-      const ranges = visit.prev ? [visit.prev, { buf: visit.buf, bufLsn: visit.bufLsn }] : [{ buf: visit.buf, bufLsn: visit.bufLsn }];
-      const e = visit.result.records;
-      for (let i = 0; i < visit.result.count; i++) {
-        const at = i * RECORD_ENTRY_SIZE;
-        const lsn = e.readBigUInt64LE(at);
-        const totLen = e.readUInt32LE(at + 16);
-        const xid = e.readUInt32LE(at + 20);
-        const rmid = e[at + 28];
-        const info = e[at + 29];
-        const blocks = e[at + 30];
+      const major = streamMajor(visit.result.carry);
+      const bs = visit.result.carry.blockSize;
+      const ranges = visitedRanges(visit);
+      for (const entry of recordEntries(visit.result)) {
+        const { rmid, info, xid } = entry;
         const isCommit = rmid === RM_XACT_ID && [XLOG_XACT_COMMIT, XLOG_XACT_COMMIT_PREPARED].includes(info & XLOG_XACT_OPMASK);
-        if (blocks === 0 && !isCommit) continue;
-        const bytes = recordBytes(ranges, lsn, totLen, bs);
-        if (!bytes) continue;
-        const frags: DecodedFragments = { blocks: [], mainDataLength: 0, mainDataOffset: 0 };
-        checkRecordLayout(bytes, major, bs, frags);
-        if (xid !== 0 && frags.blocks.length) {
+        if (entry.blocks === 0 && !isCommit) continue;
+        const rec = decodeRecord(ranges, entry, major, bs);
+        if (!rec) continue;
+        if (xid !== 0 && rec.blockRefs.length) {
           const set = touched.get(xid) ?? new Set<string>();
-          for (const b of frags.blocks) set.add(`${b.spcNode}/${b.dbNode}/${b.relNode}`);
+          for (const b of rec.blockRefs) set.add(`${b.spcNode}/${b.dbNode}/${b.relNode}`);
           touched.set(xid, set);
         }
         if (!isCommit) continue;
-        const c = parseCommit(bytes, frags.mainDataOffset, bytes.length, info, major);
+        const c = parseCommit(rec.bytes, rec.mainDataOffset, rec.bytes.length, info, major);
         if (!c) continue;
         const committed = c.twophaseXid ?? xid;
         commits.push({
           xid: committed,
-          commitLsn: formatLsn(lsn),
+          commitLsn: formatLsn(entry.lsn),
           commitTime: new Date(Number(c.time / 1000n) + PG_EPOCH_MS).toISOString(),
           twoPhase: c.twophaseXid !== null,
           subxacts: c.subxacts,

@@ -10,7 +10,6 @@ import { WalFormatError } from '../formats/errors.js';
 import { formatLsn, segmentOf, segmentStartLsn, type Lsn } from '../formats/lsn.js';
 import { majorFromPageMagic, type PgMajor } from '../formats/versions.js';
 import {
-  RECORD_ENTRY_SIZE,
   STATS_ENTRY_SIZE,
   STATS_SLOTS,
   type EndReason,
@@ -18,6 +17,7 @@ import {
   type ScanOptions,
   type ScanResult,
 } from '../formats/wal/contract.js';
+import { recordEntry, type BufferedRange } from '../formats/wal/record.js';
 import type { MappedFile } from '../native/index.js';
 import type { SegmentFile } from './segments.js';
 
@@ -38,6 +38,11 @@ export interface SegmentVisit {
   /** the previous segment's bytes (for records that began there), if any */
   prev: { buf: Buffer; bufLsn: Lsn } | null;
   result: ScanResult;
+}
+
+/** The buffers a visit's records can be read from (this segment's, and the previous one's for a record that began there). */
+export function visitedRanges(visit: SegmentVisit): BufferedRange[] {
+  return visit.prev ? [visit.prev, { buf: visit.buf, bufLsn: visit.bufLsn }] : [{ buf: visit.buf, bufLsn: visit.bufLsn }];
 }
 
 export interface StreamScanOptions {
@@ -263,15 +268,15 @@ async function joinChains(opts: StreamScanOptions, files: SegmentFile[], k: numb
   }
   if (s.end || !s.reachedEndLsn || s.lastRecordLsn !== b.first) return null; // let the sequential scan decide
   // the last record of the stitch is b's first record: count it once
-  const at = (s.count - 1) * RECORD_ENTRY_SIZE;
-  const totLen = s.records.readUInt32LE(at + 16);
-  const fpi = s.records.readUInt32LE(at + 24);
-  const slot = s.records[at + 28] * 16 + (s.records[at + 29] >> 4);
+  const lastEntry = recordEntry(s.records, s.count - 1);
+  const totLen = lastEntry.totLen;
+  const fpi = lastEntry.fpiLen;
+  const slot = lastEntry.rmid * 16 + (lastEntry.info >> 4);
   const stitch: ChainResult = {
     count: s.count - 1,
     stats: new Float64Array(STATS_SLOTS * 3),
     first: s.count > 1 ? s.firstRecordLsn : null,
-    last: s.count > 1 ? s.records.readBigUInt64LE(at - RECORD_ENTRY_SIZE) : null,
+    last: s.count > 1 ? recordEntry(s.records, s.count - 2).lsn : null,
     carry: s.carry,
     end: null,
     filesScanned: 0,

@@ -99,3 +99,11 @@ describe('layers point one way (ARCHITECTURE.md)', () => {
     expect(allowed('src/cli', { file: '', target: join(ROOT, 'proxy/server.ts'), typeOnly: false })).toBe(false);
   });
 });
+
+describe('one record API (src/formats/wal/record.ts)', () => {
+  it('no part outside the scanner reads packed record entries or decodes record layouts by hand', () => {
+    const files = [...tsFiles(join(ROOT, 'src')), ...tsFiles(join(ROOT, 'proxy'))].filter((f) => !relative(ROOT, f).replace(/\\/g, '/').startsWith('src/formats/wal/'));
+    const byHand = files.filter((f) => /\b(RECORD_ENTRY_SIZE|checkRecordLayout)\b/.test(readFileSync(f, 'utf8'))).map((f) => relative(ROOT, f));
+    expect(byHand).toEqual([]);
+  });
+});
