@@ -1,12 +1,14 @@
 /**
- * The admin port (fastify): GET /status, /sessions, /metrics, /health for anyone who can reach it;
- * POST /switchover and /failover only with the admin bearer token (refused when none is configured).
+ * The admin port (fastify): GET / (the status page), /status, /metrics, /health for anyone who can
+ * reach it; GET /sessions with the admin token when there is one; POST /switchover and /failover
+ * only with the admin bearer token (refused when none is configured).
  */
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { BackendAddress } from '../backend/connect.js';
 import { FailoverError, type FailoverReport } from '../failover/failover.js';
+import { STATUS_PAGE_HEADERS, STATUS_PAGE_HTML } from './status-page.js';
 
 export interface AdminSurface {
   status(): unknown;
@@ -29,6 +31,8 @@ export async function startAdmin(addr: BackendAddress, s: AdminSurface): Promise
   const app = Fastify({ logger: false });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
   app.get('/status', async () => s.status());
+  // the read-only status page: what /status says, drawn; no token, as /status
+  app.get('/', async (_req, reply) => reply.headers(STATUS_PAGE_HEADERS).send(STATUS_PAGE_HTML));
   // who is connected (users, databases, client addresses): only with the admin token when there is one
   app.get('/sessions', async (req, reply) => {
     if (s.adminToken && !tokenMatches(req.headers.authorization, s.adminToken)) {

@@ -67,6 +67,24 @@ export interface FailoverReport {
   /** switchover: the old primary streams from the new one */
   oldPrimaryStreaming: boolean | null;
   error: string | null;
+  /**
+   * where the time went, in order: each phase's name and milliseconds. A failover: detect (first
+   * failed health check of the old primary → failover start), confirm (re-check, ask its agent),
+   * fence, prepare (slots on the target), promote, reroute (the proxy routes to the new primary),
+   * repoint (the other standbys), fence-old. A switchover: prepare, stop (old primary stopped
+   * cleanly), catch-up (target replayed everything), promote, reroute, repoint, rejoin-old.
+   */
+  phases: Array<{ name: string; ms: number }>;
+}
+
+/** marks the end of each phase of a report, measured from the end of the one before */
+function phaseClock(report: FailoverReport, from = Date.now()): (name: string) => void {
+  let last = from;
+  return (name) => {
+    const now = Date.now();
+    report.phases.push({ name, ms: now - last });
+    last = now;
+  };
 }
 
 export class FailoverError extends Error {
@@ -115,6 +133,7 @@ export class FailoverController {
       lostTransactions: null,
       oldPrimaryStreaming: null,
       error: null,
+      phases: [],
     };
   }
 
@@ -133,6 +152,9 @@ export class FailoverController {
     this.running = true;
     this.history.push(report);
     monitor.hold(true);
+    const failing = monitor.failingSince(old.name);
+    if (report.trigger === 'auto' && failing !== null && failing <= started) report.phases.push({ name: 'detect', ms: started - failing });
+    const phase = phaseClock(report, started);
     try {
       await monitor.checkNow(monitor.backends.filter((b) => b.name !== old.name).map((b) => b.name));
       const now = monitor.state(old.name);
@@ -152,6 +174,7 @@ export class FailoverController {
         }
       }
       const choice = chooseCandidate(old, monitor.backends, monitor.clusterSystemId, monitor.syncRecord, opts.to);
+      phase('confirm');
       report.zeroLoss = choice.zeroLoss;
       report.candidates = choice.candidates;
       if (!choice.target) {
@@ -170,9 +193,11 @@ export class FailoverController {
         report.fenced = await this.fenceOld(old.name, target.name);
         if (report.fenced !== 'agent') throw new FailoverError(`${old.name} still answers and could not be fenced through its agent: not promoting beside it`);
       }
+      phase('fence');
       log.warn({ from: old.name, to: target.name, receiveLsn: target.receiveLsn, replayLsn: target.replayLsn, zeroLoss: report.zeroLoss }, 'failover: promoting');
       const others = monitor.backends.filter((s) => s.name !== target.name && s.name !== old.name && s.role === 'standby' && s.failures === 0);
       report.slots = await this.prepareTarget(target, [...others.map((s) => s.name), old.name]);
+      phase('prepare');
       // the other standbys are re-pointed at the target while it promotes: they cascade from it until
       // the promotion and then follow its new timeline (recovery_target_timeline = latest)
       const repointing = this.repoint(target, others);
@@ -181,14 +206,20 @@ export class FailoverController {
       await this.o.coordinate?.released(old);
       report.via = await this.promote(target, old.name);
       report.promotedAt = new Date().toISOString();
+      phase('promote');
       await monitor.checkNow([target.name]);
       monitor.hold(false);
+      phase('reroute');
       report.ms = Date.now() - started;
-      log.warn({ from: old.name, to: target.name, ms: report.ms }, 'failover: promoted');
+      log.warn({ from: old.name, to: target.name, ms: report.ms, phases: report.phases }, 'failover: promoted');
       // after the write path is back: fence the old node through its agent, re-point standbys
       report.repointed = await repointing;
       await this.synchronousAfterPromotion(target, others);
-      if (report.fenced !== 'agent') report.fenced = await this.fenceOld(old.name, target.name);
+      phase('repoint');
+      if (report.fenced !== 'agent') {
+        report.fenced = await this.fenceOld(old.name, target.name);
+        phase('fence-old');
+      }
       return report;
     } catch (e) {
       report.error = (e as Error).message;
@@ -218,6 +249,7 @@ export class FailoverController {
     if (!oldAgent) throw new FailoverError(`${old.name} has no agent: a switchover must stop it cleanly (give --agent ${old.name}=URL)`);
     this.running = true;
     this.history.push(report);
+    const phase = phaseClock(report, started);
     let heldAt: number | null = null;
     try {
       await monitor.checkNow();
@@ -231,6 +263,7 @@ export class FailoverController {
       const target = streaming;
       report.to = target.name;
       report.slots = await this.prepareTarget(target, monitor.backends.filter((b) => b.name !== target.name).map((b) => b.name));
+      phase('prepare');
       // hold: new clients wait for a primary (--primary-wait); sessions on the old primary end when it stops
       heldAt = Date.now();
       monitor.hold(true);
@@ -238,11 +271,13 @@ export class FailoverController {
       log.warn({ from: old.name, to: target.name }, 'switchover: stopping the old primary cleanly');
       await oldAgent.delete('instance/current');
       report.fenced = 'stopped';
+      phase('stop');
       // the shutdown checkpoint is the last record the old primary wrote
       const lsn = await oldAgent.get<Record<string, { chkPoint: string; lastLsn: string }>>('lsn/current');
       const last = Object.values(lsn)[0];
       const end = parseLsn(last.lastLsn);
       await this.waitReplayed(target, end, timeoutMs);
+      phase('catch-up');
       if (this.o.coordinate) {
         await this.o.coordinate.claim('switchover', 'manual', old, target);
         await this.o.coordinate.released(old);
@@ -252,16 +287,20 @@ export class FailoverController {
       repointing.catch(() => undefined);
       report.via = await this.promote(target, old.name);
       report.promotedAt = new Date().toISOString();
+      phase('promote');
       await monitor.checkNow([target.name]);
       monitor.hold(false);
+      phase('reroute');
       report.pauseMs = Date.now() - heldAt;
       report.ms = Date.now() - started;
       log.warn({ from: old.name, to: target.name, pauseMs: report.pauseMs }, 'switchover: promoted');
       report.repointed = await repointing;
       await this.synchronousAfterPromotion(target, others);
+      phase('repoint');
       // the old primary follows the new one: its WAL ends at the shutdown checkpoint, which the new
       // primary replayed, so the rejoin takes the follow path and throws nothing away
       const rejoined = await this.rejoinOld(old.name, timeoutMs);
+      phase('rejoin-old');
       report.lostTransactions = rejoined.lost;
       report.oldPrimaryStreaming = rejoined.streaming;
       if (!rejoined.streaming) report.error = `the old primary ${old.name} did not come back as a standby: ${rejoined.error ?? 'not streaming'}`;

@@ -89,6 +89,8 @@ interface Node {
   knownTimeline: number;
   /** when a fenced node was last reported answering as a primary */
   fencedPrimarySeenAt: number;
+  /** when the first of its current run of failed checks began (ms), null while it answers */
+  failingSince?: number | null;
 }
 
 export interface PrimaryChange {
@@ -204,6 +206,11 @@ export class HealthMonitor extends EventEmitter {
     return this.nodes.find((n) => n.state.name === name)?.state;
   }
 
+  /** when the first of a backend's current run of failed checks started (epoch ms), null while it answers */
+  failingSince(name: string): number | null {
+    return this.nodes.find((n) => n.state.name === name)?.failingSince ?? null;
+  }
+
   /** a session saw trouble on this backend: check it now */
   suspect(name: string, why: string): void {
     const n = this.nodes.find((x) => x.state.name === name);
@@ -312,6 +319,7 @@ export class HealthMonitor extends EventEmitter {
         failures: 0,
         lastError: null,
       });
+      n.failingSince = null;
     } catch (e) {
       if (e instanceof ServerAnsweredError) {
         // alive but refusing this check (e.g. 53300 too many clients): not a step toward a failover
@@ -320,7 +328,9 @@ export class HealthMonitor extends EventEmitter {
         answered = true;
         n.state.lastError = e.message;
         n.state.failures = 0;
+        n.failingSince = null;
       } else {
+        if (n.state.failures === 0) n.failingSince = Number(started / 1_000_000n) - Number(process.hrtime.bigint() / 1_000_000n) + Date.now();
         n.state.failures++;
         n.state.lastError = (e as Error).message;
         if (n.state.failures === 1 || n.state.failures === this.opts.retries) {

@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { describeError, EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, printJson } from './output.js';
 import { registerClusterCommands } from './commands/cluster.js';
+import { registerStatusCommand } from './commands/status.js';
 import { registerDemoCommand } from './commands/demo.js';
 import { resolveToken, TOKEN_HELP } from '../ship/token.js';
 
@@ -102,6 +103,7 @@ function build(setExit: (c: number) => void): Command {
         throw e;
       }
     });
+  registerStatusCommand(program, setExit);
   registerClusterCommands(program, setExit);
   registerDemoCommand(program, setExit);
   const slots = program.command('slots').description('logical replication slots across a promote: list, sync copies to a standby, migrate to a new primary');
