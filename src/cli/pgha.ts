@@ -41,6 +41,7 @@ function build(setExit: (c: number) => void): Command {
     .option('--etcd <urls>', 'etcd endpoints URL[,URL…] (env PGHA_ETCD): register this node, hold the primary lease while it is the recorded primary, fence it when cut off from etcd')
     .option('--cluster <name>', "with --etcd: the cluster's name there, as the proxies' --cluster (env PGHA_CLUSTER)")
     .option('--etcd-ttl <seconds>', 'with --etcd: the agent\'s lease; a primary that cannot renew it fences itself before it expires (env PGHA_ETCD_TTL, default 5)')
+    .option('--dcs-failsafe', 'with --etcd: while etcd does not answer, a primary keeps running as long as every other member\'s agent confirms it sees no other primary (and then refuses to be promoted for one TTL); else it fences (env PGHA_DCS_FAILSAFE=1)')
     .action(async (flags) => {
       const { loadAgentConfig } = await import('../agent/config.js');
       const { buildAgent } = await import('../agent/server.js');
@@ -88,6 +89,7 @@ function build(setExit: (c: number) => void): Command {
         if (o.json) printJson(r);
         else {
           process.stdout.write(`${r.dryRun ? 'plan' : 'rejoined'}: ${r.path} — ${r.reason}\n`);
+          if (r.dryRun) r.steps.forEach((s, i) => process.stdout.write(`  ${i + 1}. ${s}\n`));
           process.stdout.write(`lost transactions: ${r.lostTransactions.count}${r.lostTransactions.report ? ` (report ${r.lostTransactions.report})` : ''}\n`);
           for (const f of r.fetched) process.stdout.write(`fetched ${f.name} from ${f.from}${f.size ? ` (${f.size} bytes)` : ''}\n`);
           if (!r.dryRun) process.stdout.write(r.streaming ? 'streaming from the source\n' : 'started, but not streaming yet\n');

@@ -18,8 +18,8 @@ import { AgentClient } from '../ship/client.js';
 import { ownLikeDirectory } from '../ship/files.js';
 import { walImplementation } from '../wal/implementation.js';
 import { probeSegmentHeader, scanWalStream, type SegmentVisit } from '../wal/stream.js';
-import { lostTransactions, type LostTransactionReport } from './lost-transactions.js';
-import { decide, type RejoinPath } from './plan.js';
+import { lostTransactions } from './lost-transactions.js';
+import { decide, describeStep, planRejoin, reclonePlan, rewindSegments, type RejoinPath, type RejoinPlan } from './plan.js';
 
 export interface RejoinOptions {
   pgdata: string;
@@ -48,6 +48,8 @@ export interface RejoinResult {
   fetched: Array<{ name: string; from: string; size: number; sha256: string }>;
   streaming: boolean;
   movedAside?: string;
+  /** the plan carried out (or, in a dry run, that would be), one line per step */
+  steps: string[];
 }
 
 export class RejoinRefused extends Error {}
@@ -138,6 +140,8 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   const timeoutMs = opts.timeoutMs ?? 120_000;
   const local = new PgInstance({ pgdata: opts.pgdata, binDir: opts.binDir });
   if (local.isRunning()) throw new RejoinRefused(`PostgreSQL is running in ${opts.pgdata}: stop it before a rejoin`);
+
+  // 1. what both sides say: the decision (plan.ts, pure)
   const client = new AgentClient(opts.source, opts.token);
   const sys = await client.get<SourceSystem>('system');
   const impl = walImplementation();
@@ -152,6 +156,9 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     { systemId: BigInt(sys.systemId), pgVersion: sys.pgVersion, history: srcHistory, valid: valid.code === 0 },
   );
   log(`rejoin: ${decision.path}: ${decision.reason}`);
+  const pgwal = walDir(opts.pgdata);
+  const segSize = control.walSegmentSize;
+  const peers = [opts.source, ...(opts.peers ?? [])];
   const result: RejoinResult = {
     path: decision.path,
     reason: decision.reason,
@@ -160,104 +167,16 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     lostTransactions: { count: 0, report: null, xids: [] },
     fetched: [],
     streaming: false,
+    steps: [],
   };
-  const pgwal = walDir(opts.pgdata);
-  // the name synchronous_standby_names matches: the node's own (agents pass theirs), else its
-  // cluster_name (what its WAL receiver would use anyway), else its directory's
-  const appName = opts.applicationName ?? (configuredSetting(opts.pgdata, 'cluster_name') || basename(opts.pgdata));
-  // once the node streams from the source it follows the new primary: it is no longer fenced
-  const unfence = () => {
-    if (clearFence(opts.pgdata)) log(`rejoin: fence marker removed from ${opts.pgdata}`);
-  };
-
-  // history files the node will need to follow the source's timeline
-  const fetchHistories = async () => {
-    for (const e of srcHistory.entries) {
-      const names = [historyFileName(e.parentTimeline + 1)].filter((n) => !existsSync(join(pgwal, n)));
-      for (const n of names) {
-        if (opts.dryRun) {
-          result.fetched.push({ name: n, from: opts.source, size: 0, sha256: '' });
-          continue;
-        }
-        const d = await client.download(n, pgwal);
-        result.fetched.push({ name: n, from: opts.source, size: d.size, sha256: d.sha256 });
-      }
-    }
-  };
-
-  const report = async (forkLsn: Lsn): Promise<LostTransactionReport | null> => {
-    try {
-      const r = await lostTransactions(pgwal, control.walSegmentSize, localTli, forkLsn, impl);
-      result.lostTransactions = { count: r.transactions.length, report: null, xids: r.transactions.map((t) => t.xid) };
-      if (!opts.dryRun) {
-        const path = join(dirname(opts.pgdata), `${basename(opts.pgdata)}.lost-transactions.${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-        writeFileSync(path, JSON.stringify({ ...r, dataDirectory: opts.pgdata, source: opts.source }, null, 2) + '\n');
-        result.lostTransactions.report = path;
-      }
-      log(`rejoin: ${r.transactions.length} transaction(s) committed on timeline ${localTli} after ${formatLsn(forkLsn)} will be discarded${result.lostTransactions.report ? ` (report: ${result.lostTransactions.report})` : ''}`);
-      return r;
-    } catch (e) {
-      log(`rejoin: could not decode the lost transactions: ${(e as Error).message}`);
-      return null;
-    }
-  };
-
-  const reclone = async (why: string): Promise<RejoinResult> => {
-    if (!opts.allowReclone) {
-      throw new RejoinRefused(`${why}; a re-clone would be needed: run again with --allow-reclone (the data directory is moved aside, never deleted)`);
-    }
-    result.path = 'reclone';
-    result.reason = why;
-    if (opts.dryRun) return result;
-    const aside = `${opts.pgdata}.pgha-old-${new Date().toISOString().replace(/[:.]/g, '-')}`;
-    renameSync(opts.pgdata, aside);
-    result.movedAside = aside;
-    log(`rejoin: data directory moved aside to ${aside}; cloning from ${sys.name}`);
-    const cloner = new PgInstance({ pgdata: aside, binDir: opts.binDir });
-    const args = ['-D', opts.pgdata, '-d', conninfo(sys, appName), '-R', '-X', 'stream', '-c', 'fast'];
-    // the slot is created by pg_basebackup unless it is there already (the agent makes it first)
-    if (opts.slot) args.push('-S', opts.slot, ...((await sourceHasSlot(sys, opts.slot)) ? [] : ['-C']));
-    await cloner.run('pg_basebackup', args);
-    // the clone carries the source's configuration: this node keeps its own (port, hba, settings)
-    for (const f of NODE_CONFIG_FILES.filter((f) => f !== 'postgresql.auto.conf')) {
-      if (existsSync(join(aside, f))) writeFileSync(join(opts.pgdata, f), readFileSync(join(aside, f)));
-    }
-    writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
-    const clone = new PgInstance({ pgdata: opts.pgdata, binDir: opts.binDir });
-    await clone.start();
-    result.streaming = await waitStreaming(clone, timeoutMs);
-    if (result.streaming) unfence();
-    return result;
-  };
-
-  if (decision.path === 'reclone') return reclone(decision.reason);
-
-  if (decision.path === 'follow') {
-    await fetchHistories();
-    if (opts.dryRun) return result;
-    writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
-    await local.start();
-    result.streaming = await waitStreaming(local, timeoutMs);
-    if (result.streaming) unfence();
-    return result;
-  }
-
-  // rewind
-  const forkLsn = decision.forkLsn!;
-  await report(forkLsn);
-  await fetchHistories();
-  // pg_rewind reads this node's WAL back from the fork point to the last checkpoint before it, then
-  // forward to its end: make sure those segments are here (fetched from the source or a peer)
-  const segSize = control.walSegmentSize;
-  const peers = [opts.source, ...(opts.peers ?? [])];
-  // a dry run fetches into a scratch directory (to find the checkpoint pg_rewind will start from)
-  // and leaves the data directory untouched
-  const scratch = opts.dryRun ? mkdtempSync(join(tmpdir(), 'pgha-rejoin-plan-')) : null;
-  const ensure = async (segno: bigint): Promise<string> => {
-    const name = walFileName(localTli, segno, segSize);
-    const path = join(pgwal, name);
-    if (existsSync(path)) return path;
-    for (const url of peers) {
+  // a dry run fetches into a scratch directory (to find the checkpoint pg_rewind will start from
+  // and to prove the WAL is to be had) and leaves the data directory untouched
+  const scratch = opts.dryRun && decision.path === 'rewind' ? mkdtempSync(join(tmpdir(), 'pgha-rejoin-plan-')) : null;
+  const here = (name: string) => existsSync(join(pgwal, name)) || (scratch !== null && existsSync(join(scratch, name)));
+  const fetchWal = async (name: string, from: string[]): Promise<string> => {
+    if (existsSync(join(pgwal, name))) return join(pgwal, name);
+    if (scratch && existsSync(join(scratch, name))) return join(scratch, name);
+    for (const url of from) {
       try {
         const d = await new AgentClient(url, opts.token).download(name, scratch ?? pgwal);
         result.fetched.push({ name, from: url, size: d.size, sha256: d.sha256 });
@@ -267,63 +186,184 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
         // try the next peer
       }
     }
-    throw new RejoinRefused(`WAL segment ${name} needed by pg_rewind is missing here and on every agent asked (${peers.join(', ')})`);
+    throw new RejoinRefused(`WAL segment ${name} needed by pg_rewind is missing here and on every agent asked (${from.join(', ')})`);
   };
+
   try {
-    const forkSeg = segmentOf(forkLsn, segSize);
-    let redoSeg: bigint | null = null;
-    for (let seg = forkSeg, steps = 0; seg >= 0n && steps < 256; seg--, steps++) {
-      const cps = await checkpointsIn(await ensure(seg), seg, segSize, forkLsn);
-      if (cps.length) {
-        redoSeg = segmentOf(cps[cps.length - 1].redo, segSize);
-        break;
+    // 2. a rewind needs to know where pg_rewind will start reading: the last checkpoint before the
+    // fork, searched backwards through the old timeline's WAL (fetched where it was recycled)
+    let plan: RejoinPlan;
+    const facts = {
+      allowReclone: opts.allowReclone === true,
+      slot: opts.slot ?? null,
+      missingHistories: srcHistory.entries.map((e) => historyFileName(e.parentTimeline + 1)).filter((n) => !existsSync(join(pgwal, n))),
+      controlState: control.state,
+    };
+    if (decision.path === 'rewind') {
+      try {
+        const forkLsn = decision.forkLsn!;
+        let checkpointRedo: Lsn | null = null;
+        for (let seg = segmentOf(forkLsn, segSize), steps = 0; seg >= 0n && steps < 256 && checkpointRedo === null; seg--, steps++) {
+          const cps = await checkpointsIn(await fetchWal(walFileName(localTli, seg, segSize), peers), seg, segSize, forkLsn);
+          if (cps.length) checkpointRedo = cps[cps.length - 1].redo;
+        }
+        if (checkpointRedo === null) throw new RejoinRefused(`no checkpoint found before the fork point ${formatLsn(forkLsn)} in the old timeline's WAL`);
+        const needed = rewindSegments({ checkpointRedo, controlRedo: control.checkpoint.redo, endLsn, segmentSize: segSize }).map((s) => walFileName(localTli, s, segSize));
+        plan = planRejoin(decision, { ...facts, missingWal: needed.filter((n) => !here(n)), walSources: peers });
+      } catch (e) {
+        // no rewind is possible without that WAL: a re-clone (only when allowed) or a refusal
+        if (!(e instanceof RejoinRefused)) throw e;
+        plan = reclonePlan(e.message, facts);
       }
+    } else {
+      plan = planRejoin(decision, facts);
     }
-    if (redoSeg === null) throw new RejoinRefused(`no checkpoint found before the fork point ${formatLsn(forkLsn)} in the old timeline's WAL`);
-    // crash recovery (if the node did not shut down cleanly) replays from pg_control's checkpoint
-    const controlRedoSeg = segmentOf(control.checkpoint.redo, segSize);
-    if (controlRedoSeg < redoSeg) redoSeg = controlRedoSeg;
-    // the rest in parallel: a receiving agent is bound by hashing and copying on one core
-    const rest: bigint[] = [];
-    for (let seg = redoSeg; seg <= segmentOf(endLsn, segSize); seg++) rest.push(seg);
-    await Promise.all(Array.from({ length: FETCH_CONCURRENCY }, async () => {
-      for (let seg = rest.shift(); seg !== undefined; seg = rest.shift()) await ensure(seg);
-    }));
-  } catch (e) {
-    // no rewind is possible without that WAL: a re-clone (only with allowReclone) or a refusal
-    if (e instanceof RejoinRefused) return reclone(e.message);
-    throw e;
+    result.path = plan.path;
+    result.reason = plan.reason;
+    if (plan.refusal) throw new RejoinRefused(plan.refusal);
+    // 3. carry it out
+    return await carryOut(plan, { opts, sys, local, control, localTli, client, result, log, timeoutMs, fetchWal, scratch });
   } finally {
     if (scratch) rmSync(scratch, { recursive: true, force: true });
   }
-  if (opts.dryRun) return result;
+}
 
-  // a freshly promoted source must have checkpointed onto its new timeline before pg_rewind reads it
-  await withNodeSql(sys, (c) => c.query('CHECKPOINT'), 10_000);
-  // pg_rewind needs a cleanly shut down target. Its own crash recovery would end with a checkpoint
-  // that removes the very WAL it is about to read (everything before the new REDO point): recover
-  // here instead, in single-user mode, keeping all WAL, then run pg_rewind without that step.
-  if (control.state !== 'shut down' && control.state !== 'shut down in recovery') {
-    log(`rejoin: ${opts.pgdata} was not shut down cleanly (${control.state}): crash recovery in single-user mode, keeping its WAL`);
-    // a fenced node has standby.signal, and a single-user server refuses standby mode ("standby
-    // mode is not supported by single-user servers"): this is crash recovery only; the standby
-    // configuration is written again after pg_rewind
-    for (const f of ['standby.signal', 'recovery.signal']) rmSync(join(opts.pgdata, f), { force: true });
-    await local.run('postgres', ['--single', '-F', '-c', 'wal_keep_size=1TB', '-c', 'archive_mode=off', '-D', opts.pgdata, 'template1'], { timeoutMs });
+interface Carrying {
+  opts: RejoinOptions;
+  sys: SourceSystem;
+  local: PgInstance;
+  control: Awaited<ReturnType<typeof nodeLsn>>['control'];
+  localTli: number;
+  client: AgentClient;
+  result: RejoinResult;
+  log: (msg: string) => void;
+  timeoutMs: number;
+  fetchWal: (name: string, from: string[]) => Promise<string>;
+  scratch: string | null;
+}
+
+/** Carry out a plan, step by step; a dry run stops before anything in the data directory changes. */
+async function carryOut(plan: RejoinPlan, c: Carrying): Promise<RejoinResult> {
+  const { opts, sys, result, log } = c;
+  const pgwal = walDir(opts.pgdata);
+  // the name synchronous_standby_names matches: the node's own (agents pass theirs), else its
+  // cluster_name (what its WAL receiver would use anyway), else its directory's
+  const appName = opts.applicationName ?? (configuredSetting(opts.pgdata, 'cluster_name') || basename(opts.pgdata));
+  let node = c.local;
+  result.steps = plan.steps.map(describeStep);
+  // no rewind without the WAL it reads or when pg_rewind fails: a re-clone (only when allowed) or a refusal
+  const fallBack = (why: string, allowReclone: boolean): Promise<RejoinResult> => {
+    const fallback = reclonePlan(why, { allowReclone, slot: opts.slot ?? null });
+    result.path = fallback.path;
+    result.reason = why;
+    if (fallback.refusal) throw new RejoinRefused(fallback.refusal);
+    return carryOut(fallback, c);
+  };
+  for (const step of plan.steps) {
+    switch (step.step) {
+      case 'fetch-history':
+        if (opts.dryRun) {
+          result.fetched.push({ name: step.name, from: opts.source, size: 0, sha256: '' });
+          break;
+        }
+        {
+          const d = await c.client.download(step.name, pgwal);
+          result.fetched.push({ name: step.name, from: opts.source, size: d.size, sha256: d.sha256 });
+        }
+        break;
+      case 'report-lost-transactions':
+        await reportLost(step.forkLsn, c);
+        break;
+      case 'fetch-wal':
+        try {
+          // in parallel: a receiving agent is bound by hashing and copying on one core
+          const queue = [...step.names];
+          await Promise.all(Array.from({ length: FETCH_CONCURRENCY }, async () => {
+            for (let n = queue.shift(); n !== undefined; n = queue.shift()) await c.fetchWal(n, step.from);
+          }));
+        } catch (e) {
+          if (!(e instanceof RejoinRefused)) throw e;
+          return fallBack(e.message, opts.allowReclone === true);
+        }
+        break;
+      case 'checkpoint-source':
+        if (opts.dryRun) return result;
+        await withNodeSql(sys, (q) => q.query('CHECKPOINT'), 10_000);
+        break;
+      case 'crash-recovery':
+        // pg_rewind needs a cleanly shut down target. Its own crash recovery would end with a checkpoint
+        // that removes the very WAL it is about to read (everything before the new REDO point): recover
+        // here instead, in single-user mode, keeping all WAL, then run pg_rewind without that step.
+        log(`rejoin: ${opts.pgdata} was not shut down cleanly (${step.state}): crash recovery in single-user mode, keeping its WAL`);
+        // a fenced node has standby.signal, and a single-user server refuses standby mode ("standby
+        // mode is not supported by single-user servers"): this is crash recovery only; the standby
+        // configuration is written again after pg_rewind
+        for (const f of ['standby.signal', 'recovery.signal']) rmSync(join(opts.pgdata, f), { force: true });
+        await node.run('postgres', ['--single', '-F', '-c', 'wal_keep_size=1TB', '-c', 'archive_mode=off', '-D', opts.pgdata, 'template1'], { timeoutMs: c.timeoutMs });
+        break;
+      case 'pg_rewind': {
+        // pg_rewind copies every non-relation file from the source, configuration included (the node
+        // would come up with the source's port and settings): keep this node's own and put them back
+        const saved = new Map(NODE_CONFIG_FILES.filter((f) => existsSync(join(opts.pgdata, f))).map((f) => [f, readFileSync(join(opts.pgdata, f))]));
+        try {
+          await node.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--no-ensure-shutdown', '--progress'], { timeoutMs: c.timeoutMs });
+        } catch (e) {
+          if (!(e instanceof PgToolError)) throw e;
+          return fallBack(`pg_rewind failed: ${e.stderr.split('\n').filter(Boolean).slice(-2).join(' | ')}`, plan.onRewindFailure === 'reclone');
+        }
+        for (const [f, bytes] of saved) writeFileSync(join(opts.pgdata, f), bytes);
+        break;
+      }
+      case 'move-aside': {
+        if (opts.dryRun) return result;
+        const aside = `${opts.pgdata}.pgha-old-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+        renameSync(opts.pgdata, aside);
+        result.movedAside = aside;
+        log(`rejoin: data directory moved aside to ${aside}; cloning from ${sys.name}`);
+        break;
+      }
+      case 'base-backup': {
+        const aside = result.movedAside!;
+        const cloner = new PgInstance({ pgdata: aside, binDir: opts.binDir });
+        const args = ['-D', opts.pgdata, '-d', conninfo(sys, appName), '-R', '-X', 'stream', '-c', 'fast'];
+        // the slot is created by pg_basebackup unless it is there already (the agent makes it first)
+        if (step.slot) args.push('-S', step.slot, ...((await sourceHasSlot(sys, step.slot)) ? [] : ['-C']));
+        await cloner.run('pg_basebackup', args);
+        // the clone carries the source's configuration: this node keeps its own (port, hba, settings)
+        for (const f of NODE_CONFIG_FILES.filter((f) => f !== 'postgresql.auto.conf')) {
+          if (existsSync(join(aside, f))) writeFileSync(join(opts.pgdata, f), readFileSync(join(aside, f)));
+        }
+        node = new PgInstance({ pgdata: opts.pgdata, binDir: opts.binDir });
+        break;
+      }
+      case 'write-standby-config':
+        if (opts.dryRun) return result;
+        writeStandbyConfig(opts.pgdata, sys, appName, step.slot ?? undefined);
+        break;
+      case 'start-and-stream':
+        await node.start();
+        result.streaming = await waitStreaming(node, c.timeoutMs);
+        // once the node streams from the source it follows the new primary: it is no longer fenced
+        if (result.streaming && clearFence(opts.pgdata)) log(`rejoin: fence marker removed from ${opts.pgdata}`);
+        break;
+    }
   }
-  // pg_rewind copies every non-relation file from the source, configuration included (the node
-  // would come up with the source's port and settings): keep this node's own and put them back
-  const savedConfig = new Map(NODE_CONFIG_FILES.filter((f) => existsSync(join(opts.pgdata, f))).map((f) => [f, readFileSync(join(opts.pgdata, f))]));
-  try {
-    await local.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--no-ensure-shutdown', '--progress'], { timeoutMs });
-  } catch (e) {
-    if (e instanceof PgToolError) return reclone(`pg_rewind failed: ${e.stderr.split('\n').filter(Boolean).slice(-2).join(' | ')}`);
-    throw e;
-  }
-  for (const [f, bytes] of savedConfig) writeFileSync(join(opts.pgdata, f), bytes);
-  writeStandbyConfig(opts.pgdata, sys, appName, opts.slot);
-  await local.start();
-  result.streaming = await waitStreaming(local, timeoutMs);
-  if (result.streaming) unfence();
   return result;
+}
+
+/** the lost-transaction report, written beside the data directory (not in a dry run) */
+async function reportLost(forkLsn: Lsn, c: Carrying): Promise<void> {
+  const { opts, result, log } = c;
+  try {
+    const r = await lostTransactions(walDir(opts.pgdata), c.control.walSegmentSize, c.localTli, forkLsn, walImplementation());
+    result.lostTransactions = { count: r.transactions.length, report: null, xids: r.transactions.map((t) => t.xid) };
+    if (!opts.dryRun) {
+      const path = join(dirname(opts.pgdata), `${basename(opts.pgdata)}.lost-transactions.${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+      writeFileSync(path, JSON.stringify({ ...r, dataDirectory: opts.pgdata, source: opts.source }, null, 2) + '\n');
+      result.lostTransactions.report = path;
+    }
+    log(`rejoin: ${r.transactions.length} transaction(s) committed on timeline ${c.localTli} after ${formatLsn(forkLsn)} will be discarded${result.lostTransactions.report ? ` (report: ${result.lostTransactions.report})` : ''}`);
+  } catch (e) {
+    log(`rejoin: could not decode the lost transactions: ${(e as Error).message}`);
+  }
 }
