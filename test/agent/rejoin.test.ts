@@ -201,7 +201,7 @@ describe('rejoin of an old primary', () => {
     // dry run: the plan, nothing changed
     const plan = await rejoin({ pgdata: p.dataDir, source: sUrl, token: TOKEN, binDir: p.binDir, dryRun: true });
     expect(plan.path).toBe('rewind');
-    expect(plan.steps.some((st) => /^fetch \d+ WAL segment\(s\) .* from /.test(st))).toBe(true);
+    expect(plan.steps).toContain('CHECKPOINT on the source');
     expect(plan.steps.indexOf('pg_rewind from the source, keeping this node\'s configuration files')).toBeGreaterThan(plan.steps.findIndex((st) => st.startsWith('report the transactions')));
     expect(plan.lostTransactions.report).toBeNull();
     expect(plan.fetched.some((f) => recycled.includes(f.name))).toBe(true);
