@@ -10,11 +10,12 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { readControl } from '../datadir/node-state.js';
-import { formatLsn, parseLsn, parseWalFileName, type Lsn } from '../formats/lsn.js';
-import { parseHistory, switchpointOf, type TimelineHistory } from '../formats/timeline-history.js';
+import { formatLsn, parseLsn, parseWalFileName } from '../formats/lsn.js';
+import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
 import { parseSlotState, type SlotState } from '../formats/replslot.js';
 import { AgentClient } from '../ship/client.js';
 import { readSlotFiles } from './files.js';
+import { planSlotMigration, type LiveSlot } from './migration-plan.js';
 import { waitUp, withSql, type NodeSystem, type SlotsListing } from './sync.js';
 
 export class SlotMigrationRefused extends Error {}
@@ -111,68 +112,29 @@ export async function migrateSlots(opts: MigrateOptions): Promise<MigrateResult>
     const rec = (await c.query('SELECT pg_is_in_recovery() AS r')).rows[0].r as boolean;
     if (rec) throw new SlotMigrationRefused(`${opts.to} is still in recovery: promote it first`);
     return (
-      await c.query<{ slot_name: string; plugin: string | null; datoid: number | null; slot_type: string; catalog_xmin: string | null; restart_lsn: string | null; confirmed_flush_lsn: string | null }>(
+      await c.query<LiveSlot>(
         'SELECT slot_name, plugin, datoid::int AS datoid, slot_type, catalog_xmin::text AS catalog_xmin, restart_lsn::text AS restart_lsn, confirmed_flush_lsn::text AS confirmed_flush_lsn FROM pg_replication_slots',
       )
     ).rows;
   });
-  const protectedXmins = live.filter((r) => r.catalog_xmin !== null).map((r) => Number(r.catalog_xmin));
-
-  // decide everything before changing anything
-  type Plan = { name: string; source: MigratedSlot['source']; action: MigratedSlot['action']; state: SlotState | null; bytes: Buffer | null; target: Lsn; restart: Lsn };
-  const plans: Plan[] = [];
-  const refusals: string[] = [];
-  const names = new Set([...old.slots.map((s) => s.state.name), ...(old.systemId === null ? live.filter((r) => r.slot_type === 'logical').map((r) => r.slot_name) : [])]);
-  for (const name of names) {
-    const o = old.slots.find((s) => s.state.name === name);
-    const existing = live.find((r) => r.slot_name === name);
-    if (!o) {
-      // only the synced copy is known: it is already live
-      plans.push({ name, source: 'synced-copy', action: 'already-current', state: null, bytes: null, target: parseLsn(existing!.confirmed_flush_lsn ?? '0/0'), restart: parseLsn(existing!.restart_lsn ?? '0/0') });
-      continue;
-    }
-    const st = o.state;
-    const oldTli = old.timeline ?? history.timeline;
-    const sp = switchpointOf(history, oldTli);
-    if (sp === undefined) {
-      refusals.push(`${name}: the old primary's timeline ${oldTli} is not on ${tsys.name}'s history`);
-      continue;
-    }
-    if (sp !== null && st.restartLsn > sp) {
-      refusals.push(`${name}: restart_lsn ${formatLsn(st.restartLsn)} is past the fork point ${formatLsn(sp)}: that WAL is not on the new timeline`);
-      continue;
-    }
-    const sameSlot = existing && existing.slot_type === 'logical' && existing.plugin === st.plugin && (existing.datoid ?? 0) === st.database;
-    if (existing && !sameSlot && !opts.replace) {
-      refusals.push(`${name}: a different slot of that name exists on ${tsys.name} (${existing.slot_type}${existing.plugin ? `, ${existing.plugin}` : ''}); use --replace`);
-      continue;
-    }
-    if (!(protectedXmins.some((x) => x <= st.catalogXmin) || (sameSlot && Number(existing!.catalog_xmin) <= st.catalogXmin))) {
-      refusals.push(`${name}: catalog_xmin ${st.catalogXmin} is no longer protected on ${tsys.name} (no slot there holds catalog rows that old)`);
-      continue;
-    }
-    // the consumer may have confirmed past the fork on the old primary: those positions do not exist here
-    const wanted = sp !== null && st.confirmedFlush > sp ? sp : st.confirmedFlush;
-    if (sameSlot) {
-      const current = parseLsn(existing!.confirmed_flush_lsn ?? '0/0');
-      plans.push({ name, source: 'old-primary', action: current < wanted ? 'advanced' : 'already-current', state: st, bytes: o.bytes, target: wanted, restart: st.restartLsn });
-    } else {
-      // installing: the WAL from restart_lsn must be on the target
-      const files = await target.get<{ files: Array<{ name: string }> }>(`walFiles/${oldTli}/${formatLsn(st.restartLsn)}`);
-      const seg = st.restartLsn / BigInt(tsys.walSegmentSize);
-      const present = files.files.some((f) => parseWalFileName(f.name.replace(/\.partial$/, ''), tsys.walSegmentSize)?.segno === seg);
-      if (!present) {
-        refusals.push(`${name}: WAL from restart_lsn ${formatLsn(st.restartLsn)} (segment ${seg}) is not on ${tsys.name}`);
-        continue;
-      }
-      plans.push({ name, source: 'old-primary', action: 'installed', state: st, bytes: o.bytes, target: wanted, restart: st.restartLsn });
-    }
+  // which old slots' WAL (from restart_lsn on) the new primary holds, for the ones that would be installed
+  const walPresent = new Set<string>();
+  const oldTli = old.timeline ?? history.timeline;
+  for (const { state } of old.slots) {
+    if (live.some((r) => r.slot_name === state.name)) continue;
+    const files = await target.get<{ files: Array<{ name: string }> }>(`walFiles/${oldTli}/${formatLsn(state.restartLsn)}`);
+    const seg = state.restartLsn / BigInt(tsys.walSegmentSize);
+    if (files.files.some((f) => parseWalFileName(f.name.replace(/\.partial$/, ''), tsys.walSegmentSize)?.segno === seg)) walPresent.add(state.name);
   }
-  if (refusals.length) throw new SlotMigrationRefused(refusals.join('; '));
+
+  // decide everything before changing anything (migration-plan.ts, pure)
+  const plan = planSlotMigration({ targetName: tsys.name, history, old: old.systemId === null ? null : old, live, walPresent, replace: opts.replace === true });
+  if (plan.refusals.length) throw new SlotMigrationRefused(plan.refusals.join('; '));
+  const plans = plan.slots;
   const result: MigrateResult = { dryRun: opts.dryRun === true, restartedTarget: false, slots: [] };
   if (!opts.dryRun) {
     const installs = plans.filter((p) => p.action === 'installed');
-    if (installs.length) {
+    if (plan.restartTarget) {
       await target.delete('instance/current');
       try {
         for (const p of installs) await target.put(`slotFile/${p.name}`, p.bytes!, createHash('sha256').update(p.bytes!).digest('hex'));
