@@ -23,7 +23,7 @@ import { SQLSTATE } from './protocol/codes.js';
 import { CancelRegistry } from './session/cancel-registry.js';
 import { ClientSession, type PortKind } from './session/client-session.js';
 import type { ProxyContext, ProxyStats } from './session/context.js';
-import { Coordinator, type CoordinatorStatus } from '../src/dcs/coordinator.js';
+import { Coordinator, type CoordinatorStatus, type DcsStatus } from '../src/dcs/coordinator.js';
 import type { LeaderRecord } from '../src/dcs/keys.js';
 
 /**
@@ -60,6 +60,8 @@ export interface ProxyStatus {
   leader: { id: string; isLeader: boolean; leader: LeaderRecord | null } | null;
   /** with --etcd: endpoints, whether etcd answers, the recorded primary, the members (null without --etcd) */
   etcd: CoordinatorStatus | null;
+  /** with --etcd: reachable, cluster, revision, safe mode (etcd unreachable: routing to the last known primary, no decisions), the leader's id, the members (null without --etcd) */
+  dcs: DcsStatus | null;
 }
 
 export class ProxyServer implements ProxyContext {
@@ -345,7 +347,7 @@ export class ProxyServer implements ProxyContext {
 
   /** without etcd this proxy decides alone; with it, only while it is the leader */
   isDecider(): boolean {
-    return this.cfg.etcd === null || (this.dcs?.isLeader ?? false);
+    return this.cfg.etcd === null || ((this.dcs?.isLeader ?? false) && !this.dcs!.safeMode);
   }
 
   private startDcs(): void {
@@ -487,6 +489,7 @@ export class ProxyServer implements ProxyContext {
       },
       leader: this.dcs ? { id: this.dcs.id, isLeader: this.dcs.isLeader, leader: this.dcs.leader } : null,
       etcd: this.dcs ? this.dcs.status() : null,
+      dcs: this.dcs ? this.dcs.dcsStatus() : null,
     };
   }
 

@@ -3,7 +3,7 @@
  * Environment: PGHA_NODE_NAME, PGHA_LISTEN (host:port), PGDATA, PGHA_TOKEN, PGHA_PEERS
  * ("name=url,name=url"), PGHA_PG_PORT, PGHA_PG_BIN, PGHA_REPL_USER, PGHA_AUTO_REJOIN (0 turns the
  * automatic rejoin off), PGHA_AUTO_REJOIN_RECLONE, PGHA_PROXIES ("url,url"), PGHA_ETCD ("url,url"),
- * PGHA_CLUSTER, PGHA_ETCD_TTL.
+ * PGHA_CLUSTER, PGHA_ETCD_TTL, PGHA_DCS_FAILSAFE.
  */
 import { readFileSync } from 'node:fs';
 import { FormatError } from '../formats/errors.js';
@@ -36,6 +36,8 @@ export interface AgentConfig {
   cluster?: string;
   /** seconds of the agent's etcd lease (default 5) */
   etcdTtl?: number;
+  /** DCS failsafe: a primary keeps running while etcd is down as long as every member's agent confirms it sees no other primary */
+  dcsFailsafe?: boolean;
   /** serve HTTPS with this PEM certificate and key (paths) */
   tlsCert?: string;
   tlsKey?: string;
@@ -83,6 +85,7 @@ export interface AgentFlags {
   etcd?: string;
   cluster?: string;
   etcdTtl?: string;
+  dcsFailsafe?: boolean;
   tlsCert?: string;
   tlsKey?: string;
   agentCa?: string;
@@ -157,11 +160,14 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
       cfg.etcd = parseEndpoints(etcd);
       cfg.cluster = checkClusterName(String(flags.cluster ?? env.PGHA_CLUSTER ?? file.cluster ?? ''));
       cfg.etcdTtl = checkTtl(flags.etcdTtl ?? env.PGHA_ETCD_TTL ?? file.etcdTtl ?? 5);
+      cfg.dcsFailsafe = flags.dcsFailsafe === true || (env.PGHA_DCS_FAILSAFE !== undefined && env.PGHA_DCS_FAILSAFE !== '' ? parseBool(env.PGHA_DCS_FAILSAFE, 'PGHA_DCS_FAILSAFE') : file.dcsFailsafe === true);
     } catch (e) {
       throw new ConfigError(e instanceof DcsConfigError && /cluster name ""/.test(e.message) ? '--etcd needs --cluster NAME (or PGHA_CLUSTER, or "cluster" in the config file)' : (e as Error).message);
     }
   } else if (flags.cluster ?? env.PGHA_CLUSTER ?? file.cluster) {
     throw new ConfigError('--cluster needs --etcd URL[,URL…] (or PGHA_ETCD, or "etcd" in the config file)');
+  } else if (flags.dcsFailsafe || file.dcsFailsafe) {
+    throw new ConfigError('--dcs-failsafe needs --etcd URL[,URL…] and --cluster NAME');
   }
   cfg.tlsCert = flags.tlsCert ?? env.PGHA_TLS_CERT ?? file.tlsCert;
   cfg.tlsKey = flags.tlsKey ?? env.PGHA_TLS_KEY ?? file.tlsKey;

@@ -25,6 +25,7 @@ import { DEFAULT_UPLOAD_TIMEOUTS, registerWalRoutes, type UploadTimeouts } from 
 import { registerSlotRoutes } from './routes/slots.js';
 import { registerAliveRoutes } from './routes/alive.js';
 import { registerJobRoutes } from './routes/jobs.js';
+import { askFailsafe, registerFailsafeRoutes } from './routes/failsafe.js';
 
 export interface AgentContext {
   cfg: AgentConfig;
@@ -188,6 +189,7 @@ export function buildAgent(cfg: AgentConfig, opts: BuildOptions = {}): { app: Fa
   registerSlotRoutes(app, ctx);
   registerAliveRoutes(app, ctx);
   registerJobRoutes(app, ctx);
+  registerFailsafeRoutes(app, ctx);
   return { app, ctx };
 }
 
@@ -222,5 +224,8 @@ function agentSession(cfg: AgentConfig, ctx: AgentContext, log: FastifyBaseLogge
       return stopped;
     },
     log: (level, msg, fields) => log[level](fields ?? {}, msg),
+    failsafe: cfg.dcsFailsafe
+      ? { peers: () => Object.entries(cfg.peers).map(([name, url]) => ({ name, url })), ask: (url, req, timeoutMs) => askFailsafe(url, cfg.token, req, timeoutMs) }
+      : undefined,
   });
 }

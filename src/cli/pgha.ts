@@ -42,6 +42,7 @@ function build(setExit: (c: number) => void): Command {
     .option('--cluster <name>', "with --etcd: the cluster's name there, as the proxies' --cluster (env PGHA_CLUSTER)")
     .option('--etcd-ttl <seconds>', 'with --etcd: the agent\'s lease; a primary that cannot renew it fences itself before it expires (env PGHA_ETCD_TTL, default 5)')
     .option('--dcs-failsafe', 'with --etcd: while etcd does not answer, a primary keeps running as long as every other member\'s agent confirms it sees no other primary (and then refuses to be promoted for one TTL); else it fences (env PGHA_DCS_FAILSAFE=1)')
+    .option('--dcs-failsafe', 'with --etcd: while etcd does not answer, a primary keeps running as long as every other member\'s agent confirms it sees no other primary (and then refuses to be promoted for one TTL); else it fences (env PGHA_DCS_FAILSAFE=1)')
     .action(async (flags) => {
       const { loadAgentConfig } = await import('../agent/config.js');
       const { buildAgent } = await import('../agent/server.js');

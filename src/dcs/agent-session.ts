@@ -16,6 +16,17 @@
  * The trade-off: a primary that cannot reach etcd for about TTL − margin stops, even when nothing
  * else is wrong (etcd itself down, a long network blip). A larger TTL tolerates longer blips and
  * makes a failover after a partition wait longer.
+ *
+ * **DCS failsafe** (`failsafe` given, `pgha agent --dcs-failsafe`; Patroni's failsafe_mode): once a
+ * keep-alive is late, the primary's agent asks every other member's agent (`ask`) whether it sees
+ * another primary. A member says "ok" only when it cannot reach etcd either, its own server does
+ * not run as a primary, and the primary it last saw on etcd is the asker (or none) — and then it
+ * promises not to be promoted for one TTL (`promotionBlocked`; the agent refuses node/promote). A
+ * round in which every member said ok, sent at t, lets the primary keep taking writes until
+ * t + TTL (each promise lasts at least that long), as an answered keep-alive does: it fences when
+ * neither its lease nor its last full round covers the next `fenceMarginMs`. A primary cut off from
+ * everything hears no member and fences as without failsafe; one cut off from etcd alone is told
+ * "no" by members that still reach etcd and fences too (and the leader fails over as usual).
  */
 import { EventEmitter } from 'node:events';
 import { recordNames, type MemberRecord, type PrimaryLeaseRecord, type PrimaryRecord } from './keys.js';
@@ -38,6 +49,41 @@ export interface AgentSessionOptions {
   log?: DcsLog;
   /** start fencing this long before the lease may expire on etcd (default min(2 s, TTL/2)) */
   fenceMarginMs?: number;
+  /** DCS failsafe: keep a primary running while etcd is down as long as every member confirms */
+  failsafe?: {
+    /** the other members' agents: the configured peers (etcd's member list is added) */
+    peers(): Array<{ name: string; url: string }>;
+    /** ask one member's agent (POST dcs/failsafe), within timeoutMs */
+    ask(url: string, req: FailsafeRequest, timeoutMs: number): Promise<FailsafeAnswer>;
+  };
+}
+
+/** what a primary in failsafe asks every member */
+export interface FailsafeRequest {
+  member: string;
+  pg: string;
+}
+
+/** a member's answer: ok (it sees no other primary and will not be promoted until `until`), or why not */
+export interface FailsafeAnswer {
+  ok: boolean;
+  member: string;
+  reason: string | null;
+  /** Date.now() of the member until which it refuses a promotion */
+  until: number | null;
+}
+
+export interface FailsafeStatus {
+  enabled: boolean;
+  /** the primary is kept running by its members' confirmations (its lease no longer covers it) */
+  active: boolean;
+  /** Date.now() until which the last full round covers writes (0: none) */
+  until: number;
+  lastRound: { at: string; ok: boolean; answers: Array<{ member: string; ok: boolean; reason: string | null }> } | null;
+  rounds: number;
+  /** this member promised a primary in failsafe not to be promoted, until (0: no promise) */
+  promisedTo: string | null;
+  promisedUntil: number;
 }
 
 export interface AgentSessionStatus {
@@ -52,7 +98,11 @@ export interface AgentSessionStatus {
   selfFences: number;
   lastSelfFence: { at: string; reason: string } | null;
   lastError: string | null;
+  failsafe: FailsafeStatus;
 }
+
+/** how long a member asked by a primary in failsafe waits for etcd before it counts it as unreachable */
+const FAILSAFE_PROBE_MS = 300;
 
 export class AgentSession extends EventEmitter {
   readonly store: ClusterStore;
@@ -73,6 +123,15 @@ export class AgentSession extends EventEmitter {
   private lastDeadlineCheck = 0;
   private stopped = false;
   readonly fenceMarginMs: number;
+  /** members as last read from etcd (the failsafe asks them too) */
+  private knownMembers: MemberRecord[] = [];
+  /** failsafe: the send time of the last round every member confirmed, + TTL */
+  private failsafeUntil = 0;
+  private failsafeRound: Promise<void> | null = null;
+  private failsafeRounds = 0;
+  private lastRound: FailsafeStatus['lastRound'] = null;
+  private lastRoundAt = 0;
+  private promise: { to: string; until: number } | null = null;
 
   constructor(readonly o: AgentSessionOptions) {
     super();
@@ -153,6 +212,7 @@ export class AgentSession extends EventEmitter {
       this.registered = true;
       this.o.log?.('info', 'registered on etcd', { member: this.o.member.name, lease: id });
     }
+    if (this.o.failsafe) this.knownMembers = await this.store.members().catch(() => this.knownMembers);
     const running = await this.o.runningAsPrimary();
     if (this.recordedPrimary) {
       if (running === true && !this.holdsPrimaryLease) {
@@ -184,13 +244,24 @@ export class AgentSession extends EventEmitter {
     }
   }
 
+  /** ms the lease (or, with failsafe, the last full round) still surely covers writes here */
+  private coveredMs(): number {
+    const lease = this.lease.valid ? this.lease.validUntil - Date.now() : 0;
+    return Math.max(lease, this.failsafeUntil - Date.now(), 0);
+  }
+
   /** cut off from etcd: fence before the lease can expire there */
   private checkDeadline(): void {
     if (this.stopped || this.fencing || this.deadlineCheck) return;
     if (!this.holdsPrimaryLease && !this.recordedPrimary) return;
     // etcd never answered since start: there is no lease to lose
     if (this.lease.lastRenewal === 0) return;
-    const left = this.lease.valid ? this.lease.validUntil - Date.now() : 0;
+    // failsafe: a keep-alive is late — ask the members (every 500 ms while in doubt)
+    if (this.o.failsafe && !this.failsafeRound && Date.now() - this.lastRoundAt >= 500) {
+      const late = !this.lease.valid || this.lease.validUntil - Date.now() < this.lease.grantedTtl * 1000 - this.lease.renewEveryMs - 250 || !this.store.answeredWithin(this.lease.renewEveryMs + 500);
+      if (late) this.failsafeRound = this.runFailsafeRound().finally(() => (this.failsafeRound = null));
+    }
+    const left = this.coveredMs();
     if (left > this.fenceMarginMs) return;
     // at most one look at the server every 500 ms while the lease is in doubt
     if (Date.now() - this.lastDeadlineCheck < 500) return;
@@ -205,6 +276,73 @@ export class AgentSession extends EventEmitter {
         this.deadlineCheck = null;
       }
     })();
+  }
+
+  /** one failsafe round: every member asked at once; all ok → writes covered until sent + TTL */
+  private async runFailsafeRound(): Promise<void> {
+    const fs = this.o.failsafe!;
+    const sent = Date.now();
+    this.lastRoundAt = sent;
+    // a server that surely takes no writes needs no cover
+    if ((await this.o.runningAsPrimary().catch(() => null)) === false) return;
+    const peers = new Map<string, string>();
+    for (const p of fs.peers()) if (p.name !== this.o.member.name) peers.set(p.name, p.url);
+    for (const m of this.knownMembers) if (m.name !== this.o.member.name && m.agent && !peers.has(m.name)) peers.set(m.name, m.agent);
+    const timeoutMs = Math.min(1000, Math.max(300, this.fenceMarginMs / 2));
+    const req: FailsafeRequest = { member: this.me.member, pg: this.me.pg };
+    const answers = await Promise.all(
+      [...peers].map(async ([name, url]) => {
+        try {
+          const a = await fs.ask(url, req, timeoutMs);
+          return { member: name, ok: a.ok === true && a.member === name, reason: a.ok ? null : (a.reason ?? 'refused') };
+        } catch (e) {
+          return { member: name, ok: false, reason: `no answer: ${(e as Error).message}` };
+        }
+      }),
+    );
+    const ok = answers.every((a) => a.ok);
+    this.failsafeRounds++;
+    this.lastRound = { at: new Date(sent).toISOString(), ok, answers };
+    if (ok) {
+      const was = this.failsafeUntil > Date.now();
+      this.failsafeUntil = Math.max(this.failsafeUntil, sent + this.o.ttlSeconds * 1000);
+      if (!was) this.o.log?.('warn', 'DCS failsafe: etcd does not answer; every member confirms no other primary: keeping the primary running', { members: answers.map((a) => a.member) });
+    } else {
+      this.o.log?.('warn', 'DCS failsafe: not every member confirms', { answers: answers.filter((a) => !a.ok) });
+    }
+  }
+
+  /**
+   * A primary in failsafe asks: this member says ok only when it cannot reach etcd either, its own
+   * server is not a primary, and etcd's primary as it last saw it is the asker (or none); an ok is a
+   * promise not to be promoted for one TTL.
+   */
+  async answerFailsafe(req: FailsafeRequest): Promise<FailsafeAnswer> {
+    const no = (reason: string): FailsafeAnswer => ({ ok: false, member: this.o.member.name, reason, until: null });
+    if (req.member === this.o.member.name) return no('asked by itself');
+    // does etcd answer this member now? (a short look: a slow answer counts as none, which is safe —
+    // the promise below is what keeps a second primary away)
+    const probe = await Promise.race([
+      this.store.read<PrimaryRecord>(this.store.keys.primary).then(
+        (v) => ({ answered: true as const, value: v.value }),
+        () => null,
+      ),
+      new Promise<null>((r) => setTimeout(() => r(null), FAILSAFE_PROBE_MS).unref()),
+    ]);
+    if (probe) return no(`etcd answers this member${probe.value ? ` (it records ${probe.value.backend} as the primary)` : ''}: the primary must renew its lease there`);
+    if (this.primary && !recordNames(this.primary, { pg: req.pg, member: req.member })) return no(`etcd records ${this.primary.backend} as the primary, not ${req.member}`);
+    const running = await this.o.runningAsPrimary().catch(() => null);
+    if (running !== false) return no(running === true ? 'this member runs as a primary' : "this member's server state is not known");
+    const until = Date.now() + this.o.ttlSeconds * 1000;
+    this.promise = { to: req.member, until: Math.max(until, this.promise?.until ?? 0) };
+    return { ok: true, member: this.o.member.name, reason: null, until };
+  }
+
+  /** while a failsafe promise holds: why this member must not be promoted (null: it may) */
+  promotionBlocked(): string | null {
+    const p = this.promise;
+    if (!p || Date.now() >= p.until) return null;
+    return `this member confirmed to ${p.to} (a primary in DCS failsafe mode, etcd unreachable) that it sees no other primary: no promotion for ${p.until - Date.now()} ms more`;
   }
 
   private selfFence(reason: string): Promise<void> {
@@ -240,6 +378,15 @@ export class AgentSession extends EventEmitter {
       selfFences: this.selfFences,
       lastSelfFence: this.lastSelfFence,
       lastError: this.store.health.lastError,
+      failsafe: {
+        enabled: Boolean(this.o.failsafe),
+        active: this.failsafeUntil > Date.now() && !(this.lease.valid && this.lease.validUntil >= this.failsafeUntil),
+        until: this.failsafeUntil,
+        lastRound: this.lastRound,
+        rounds: this.failsafeRounds,
+        promisedTo: this.promise && this.promise.until > Date.now() ? this.promise.to : null,
+        promisedUntil: this.promise && this.promise.until > Date.now() ? this.promise.until : 0,
+      },
     };
   }
 

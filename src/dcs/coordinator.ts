@@ -40,6 +40,28 @@ export interface CoordinatorStatus {
   members: MemberRecord[];
 }
 
+/**
+ * What a proxy tells about etcd in /status (`dcs`). `safeMode`: etcd does not answer this proxy (no
+ * call answered within two lease renewals, TTL/2) or its own lease is not surely valid — it
+ * keeps routing to the last primary it read there and decides nothing (no failover, no switchover):
+ * only the leader decides, and a leader steps down when its lease is in doubt.
+ */
+export interface DcsStatus {
+  reachable: boolean;
+  cluster: string;
+  /** the highest etcd revision seen ('0': none yet) */
+  revision: string;
+  safeMode: boolean;
+  /** the id of the deciding proxy as etcd names it (this one included), null when none is known */
+  leader: string | null;
+  /** this proxy's id, and whether it is the leader */
+  id: string;
+  isLeader: boolean;
+  /** the members registered on etcd (agents), as last read */
+  members: MemberRecord[];
+  lastError: string | null;
+}
+
 export class Coordinator extends EventEmitter {
   readonly store: ClusterStore;
   readonly lease: LeaseKeeper;
@@ -198,6 +220,30 @@ export class Coordinator extends EventEmitter {
       primary: this.primary,
       primaryLease: this.primaryLease,
       members: this.members,
+    };
+  }
+
+  /** etcd answered this proxy within two lease renewals (it renews every TTL/4) */
+  get reachable(): boolean {
+    return this.store.answeredWithin(Math.max(1000, this.lease.renewEveryMs * 2));
+  }
+
+  get safeMode(): boolean {
+    return !this.reachable || !this.lease.valid;
+  }
+
+  dcsStatus(): DcsStatus {
+    const reachable = this.reachable;
+    return {
+      reachable,
+      cluster: this.store.cluster,
+      revision: this.store.revision,
+      safeMode: !reachable || !this.lease.valid,
+      leader: this.election.leader?.id ?? null,
+      id: this.id,
+      isLeader: this.isLeader,
+      members: this.members,
+      lastError: this.store.health.lastError,
     };
   }
 

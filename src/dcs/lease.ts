@@ -141,15 +141,16 @@ export class LeaseKeeper extends EventEmitter {
   private async keepAlive(id: string, timeoutMs: number): Promise<number> {
     const deadline = Date.now() + timeoutMs;
     const stream = await Promise.race([
-      this.store.call(() => this.store.client.leaseClient.leaseKeepAlive({ deadline })),
+      // opening the stream asks nothing of etcd: only its answer shows that etcd is there
+      this.store.client.leaseClient.leaseKeepAlive({ deadline }),
       sleep(timeoutMs).then(() => {
         throw new Error(`keep-alive stream not opened within ${timeoutMs} ms`);
       }),
     ]);
     try {
-      const res = await new Promise<{ TTL: string | number }>((resolve, reject) => {
+      const res = await new Promise<{ TTL: string | number; header?: { revision?: string } }>((resolve, reject) => {
         const t = setTimeout(() => reject(new Error(`keep-alive not answered within ${timeoutMs} ms`)), timeoutMs);
-        stream.on('data', (d: { TTL: string | number }) => {
+        stream.on('data', (d: { TTL: string | number; header?: { revision?: string } }) => {
           clearTimeout(t);
           resolve(d);
         });
@@ -160,6 +161,7 @@ export class LeaseKeeper extends EventEmitter {
         stream.write({ ID: id });
       });
       this.store.noteOk();
+      this.store.noteRevision(res.header?.revision);
       return Number(res.TTL);
     } finally {
       try {

@@ -64,6 +64,8 @@ export class ClusterStore {
   readonly callTimeoutMs: number;
   /** the last call that reached etcd, and the last error */
   readonly health = { lastOk: 0, lastError: null as string | null, lastErrorAt: 0 };
+  /** the highest etcd revision this process has seen (a read's header, a watch event, a transaction) */
+  revision = '0';
   private readonly watchers = new Set<Watcher>();
   private closed = false;
 
@@ -99,6 +101,14 @@ export class ClusterStore {
     return this.health.lastOk > 0 && Date.now() - this.health.lastOk <= withinMs && this.health.lastOk >= this.health.lastErrorAt;
   }
 
+  /**
+   * etcd answered something within the last `withinMs` (errors meanwhile do not count: with several
+   * endpoints a dead one keeps failing while the others answer)
+   */
+  answeredWithin(withinMs: number): boolean {
+    return this.health.lastOk > 0 && Date.now() - this.health.lastOk <= withinMs;
+  }
+
   /** run one call, noting whether etcd answered */
   async call<T>(fn: () => Promise<T>): Promise<T> {
     try {
@@ -116,6 +126,11 @@ export class ClusterStore {
     this.health.lastOk = Date.now();
   }
 
+  /** remember etcd's revision (it only grows) */
+  noteRevision(rev: string | number | undefined | null): void {
+    if (rev !== undefined && rev !== null && big(rev) > big(this.revision)) this.revision = String(rev);
+  }
+
   noteError(e: unknown): void {
     this.health.lastError = (e as Error).message ?? String(e);
     this.health.lastErrorAt = Date.now();
@@ -123,11 +138,13 @@ export class ClusterStore {
 
   async read<T extends object>(key: string): Promise<Versioned<T>> {
     const res = await this.call(() => this.client.get(key).exec());
+    this.noteRevision(res.header.revision);
     return versioned<T>(res.kvs[0] ?? null, res.header.revision);
   }
 
   async readPrefix<T extends object>(prefix: string): Promise<Array<{ key: string; value: T }>> {
     const res = await this.call(() => this.client.getAll().prefix(prefix).exec());
+    this.noteRevision(res.header.revision);
     return res.kvs
       .map((kv) => ({ key: kv.key.toString(), value: parseRecord<T>(kv.value.toString()) }))
       .filter((x): x is { key: string; value: T } => x.value !== null)
@@ -142,6 +159,7 @@ export class ClusterStore {
   async watch<T extends object>(key: string, onChange: (v: Versioned<T>) => void, opts: { prefix?: boolean } = {}): Promise<Unwatch> {
     let last = -1n;
     const deliver = (v: Versioned<T>) => {
+      this.noteRevision(v.modRevision);
       const rev = big(v.modRevision);
       if (!opts.prefix && rev < last) return;
       last = rev;
@@ -230,6 +248,7 @@ export class ClusterStore {
         .else(this.client.get(this.keys.primary), ...(guard ? [this.client.get(guard.key)] : []))
         .commit(),
     );
+    this.noteRevision(res.header.revision);
     if (res.succeeded) return { ok: true, current: next, reason: null, history: n };
     const found = res.responses[0]?.response_range?.kvs?.[0];
     const currentRaw = found ? found.value.toString() : null;

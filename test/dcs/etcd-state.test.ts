@@ -4,7 +4,6 @@
  * lease with its self-fence. A process "cut off from etcd" talks to it through a TCP relay that can
  * black-hole traffic (connections stay open, nothing passes), as a partition looks to a client.
  */
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentSession } from '../../src/dcs/agent-session.js';
 import { Coordinator, DcsRefused } from '../../src/dcs/coordinator.js';
@@ -13,7 +12,7 @@ import { ClusterStore } from '../../src/dcs/store.js';
 import { loadAgentConfig } from '../../src/agent/config.js';
 import { loadProxyConfig } from '../../proxy/config.js';
 import { sleep, waitFor } from '../harness/cluster.js';
-import { startEtcd, type EtcdServer } from '../support/etcd.js';
+import { etcdGate, startEtcd, type EtcdServer, type Gate } from '../support/etcd.js';
 
 let etcd: EtcdServer;
 const open: Array<{ stop(): Promise<void> }> = [];
@@ -29,58 +28,8 @@ afterAll(async () => {
   await etcd?.stop();
 }, 30_000);
 
-/** a TCP relay to etcd that can black-hole everything (a network partition as the client sees it) */
-interface Gate {
-  url: string;
-  cut(): void;
-  heal(): void;
-  stop(): Promise<void>;
-}
-
 async function gate(targetPort: number): Promise<Gate> {
-  let blocked = false;
-  const pairs = new Set<[Socket, Socket]>();
-  const server: Server = createServer((client) => {
-    const upstream = connect(targetPort, '127.0.0.1');
-    const pair: [Socket, Socket] = [client, upstream];
-    pairs.add(pair);
-    client.on('data', (d) => {
-      if (!blocked) upstream.write(d);
-    });
-    upstream.on('data', (d) => {
-      if (!blocked) client.write(d);
-    });
-    const end = () => {
-      pairs.delete(pair);
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', end).on('close', end);
-    upstream.on('error', end).on('close', end);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const port = (server.address() as { port: number }).port;
-  const g: Gate = {
-    url: `http://127.0.0.1:${port}`,
-    cut: () => {
-      blocked = true;
-    },
-    heal: () => {
-      // what was black-holed is lost: the connections that carried it are dropped, as after a partition
-      blocked = false;
-      for (const [a, b] of [...pairs]) {
-        a.destroy();
-        b.destroy();
-      }
-    },
-    stop: async () => {
-      for (const [a, b] of [...pairs]) {
-        a.destroy();
-        b.destroy();
-      }
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
+  const g = await etcdGate(targetPort);
   open.push(g);
   return g;
 }

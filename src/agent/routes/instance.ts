@@ -158,6 +158,9 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
   app.post('/api/pg/v1/node/promote', async (req) => {
     jobs.assertIdle('POST node/promote');
     if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
+    // a failsafe promise to a primary that runs without etcd (src/dcs/agent-session.ts)
+    const blocked = ctx.dcs?.promotionBlocked();
+    if (blocked) throw new ShipError(blocked, 409, 'FAILSAFE_PROMISE');
     await pg.promote();
     const from = (req.body as { migrateSlotsFrom?: string } | undefined)?.migrateSlotsFrom;
     if (!from) return current();
