@@ -69,7 +69,7 @@ export class ProxyServer implements ProxyContext {
   readonly cancels = new CancelRegistry();
   readonly log: Logger;
   readonly secureContext: SecureContext | null;
-  readonly stats: ProxyStats = { bytesFromClients: 0, bytesToClients: 0, terminated: 0, protocolErrors: 0, cancelsForwarded: 0, cancelsUnknown: 0 };
+  readonly stats: ProxyStats = { bytesFromClients: 0, bytesToClients: 0, terminated: 0, protocolErrors: 0, cancelsForwarded: 0, cancelsUnknown: 0, ready: 0, readyIdle: 0 };
   readonly sessions = new Set<ClientSession>();
   readonly accepted = { rw: 0, ro: 0 };
   readonly failover: FailoverController;

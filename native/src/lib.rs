@@ -352,11 +352,11 @@ impl ProxyRelay {
         self.inner.tx_status(id).map(|b| (b as char).to_string())
     }
 
-    /// [bytes from clients, bytes to clients, sessions]
+    /// [bytes from clients, bytes to clients, sessions, ReadyForQuery relayed, of those idle]
     #[napi]
     pub fn counters(&self) -> Vec<f64> {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &self.inner.counters;
-        vec![c.bytes_from_clients.load(Relaxed) as f64, c.bytes_to_clients.load(Relaxed) as f64, c.sessions.load(Relaxed) as f64]
+        vec![c.bytes_from_clients.load(Relaxed) as f64, c.bytes_to_clients.load(Relaxed) as f64, c.sessions.load(Relaxed) as f64, c.ready.load(Relaxed) as f64, c.ready_idle.load(Relaxed) as f64]
     }
 }

@@ -58,6 +58,10 @@ pub struct Counters {
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
     pub sessions: AtomicU64,
+    /// ReadyForQuery messages relayed to clients (one per simple Query or Sync answered)
+    pub ready: AtomicU64,
+    /// of those, the ones saying idle (`I`): transactions, autocommit statements included, ended
+    pub ready_idle: AtomicU64,
 }
 
 /// One protocol stream's message boundaries (the Rust twin of proxy/protocol/message-walker.ts).
@@ -505,9 +509,14 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
         } else {
             let mut ready: Option<u8> = None;
             let mut fatal: Option<(String, String)> = None;
+            let (mut readies, mut idles) = (0u64, 0u64);
             let r = s.backend_walker.feed(data, &mut |t, body| {
                 if t == READY_FOR_QUERY && !body.is_empty() {
                     ready = Some(body[0]);
+                    readies += 1;
+                    if body[0] == b'I' {
+                        idles += 1;
+                    }
                 } else if t == ERROR_RESPONSE {
                     let (sev, code) = error_fields(body);
                     if is_fatal(&sev) {
@@ -515,6 +524,10 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
                     }
                 }
             });
+            if readies > 0 {
+                counters.ready.fetch_add(readies, Ordering::Relaxed);
+                counters.ready_idle.fetch_add(idles, Ordering::Relaxed);
+            }
             if let Some(st) = ready {
                 s.status.store(st, Ordering::Relaxed);
                 s.messages_at_ready = s.client_walker.messages;

@@ -22,8 +22,22 @@ export function proxyMetrics(proxy: ProxyServer): { registry: Registry; healthLa
       },
     });
 
+  /** a counter read from the proxy's state when Prometheus scrapes (the proxy keeps the running total) */
+  const scrapedCounter = (name: string, help: string, labelNames: string[], read: () => Sample[]) =>
+    new Counter({
+      name,
+      help,
+      labelNames,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [labels, value] of read()) this.inc(labels, value);
+      },
+    });
+
   scraped('pgha_proxy_client_connections', 'client connections open, by port (rw/ro) and phase', ['port', 'phase'], () => {
-    const count = new Map<string, number>();
+    // every port and phase, 0 included: a graph of sessions shows 0, not "no data"
+    const count = new Map<string, number>(['rw', 'ro'].flatMap((port) => ['startup', 'connecting', 'relay'].map((phase): [string, number] => [`${port} ${phase}`, 0])));
     for (const s of proxy.sessions) count.set(`${s.kind} ${s.phase}`, (count.get(`${s.kind} ${s.phase}`) ?? 0) + 1);
     return [...count].map(([k, v]) => [{ port: k.split(' ')[0], phase: k.split(' ')[1] }, v]);
   });
@@ -63,6 +77,34 @@ export function proxyMetrics(proxy: ProxyServer): { registry: Registry; healthLa
     [{ result: 'forwarded' }, proxy.stats.cancelsForwarded],
     [{ result: 'unknown_key' }, proxy.stats.cancelsUnknown],
   ]);
+  scrapedCounter('pgha_proxy_transactions_total', 'transactions ended through the proxy, autocommit statements included: ReadyForQuery (idle) relayed to clients after their startup (rate() is TPS)', [], () => [
+    [{}, proxy.stats.readyIdle + (proxy.relay?.counters()[4] ?? 0)],
+  ]);
+  scrapedCounter('pgha_proxy_queries_total', 'queries answered through the proxy: ReadyForQuery relayed to clients after their startup, one per simple Query or extended-protocol Sync', [], () => [
+    [{}, proxy.stats.ready + (proxy.relay?.counters()[3] ?? 0)],
+  ]);
+  scraped('pgha_proxy_decider', '1 when this proxy decides failovers: the leader on etcd, or the only proxy without etcd', [], () => [[{}, proxy.isDecider() ? 1 : 0]]);
+  scrapedCounter('pgha_proxy_failovers_recorded_total', 'failovers and switchovers in this proxy\'s history (GET /status), by kind and result', ['kind', 'result'], () => {
+    const count = new Map<string, number>();
+    for (const f of proxy.failover.history) {
+      const k = `${f.kind} ${f.error ? 'failed' : f.promotedAt ? 'promoted' : 'running'}`;
+      count.set(k, (count.get(k) ?? 0) + 1);
+    }
+    return [...count].map(([k, v]): Sample => [{ kind: k.split(' ')[0], result: k.split(' ')[1] }, v]);
+  });
+  scraped('pgha_proxy_last_failover_phase_seconds', 'where the time of the last failover or switchover went, by phase (detect, confirm, fence, prepare, promote, reroute, …)', ['kind', 'phase'], () => {
+    const last = proxy.failover.history.at(-1);
+    return last ? last.phases.map((p): Sample => [{ kind: last.kind, phase: p.name }, p.ms / 1000]) : [];
+  });
+  scrapedCounter('pgha_proxy_failover_phase_seconds_total', 'seconds spent in each phase over every failover and switchover of this proxy', ['kind', 'phase'], () => {
+    const sum = new Map<string, number>();
+    for (const f of proxy.failover.history) for (const p of f.phases) sum.set(`${f.kind} ${p.name}`, (sum.get(`${f.kind} ${p.name}`) ?? 0) + p.ms / 1000);
+    return [...sum].map(([k, v]): Sample => [{ kind: k.split(' ')[0], phase: k.split(' ')[1] }, v]);
+  });
+  scraped('pgha_proxy_last_failover_seconds', 'duration of the last failover or switchover until writes were routed again', ['kind'], () => {
+    const last = proxy.failover.history.at(-1);
+    return last ? [[{ kind: last.kind }, last.ms / 1000]] : [];
+  });
   const healthLatency = new Histogram({
     name: 'pgha_proxy_health_check_seconds',
     help: 'health check latency by backend and outcome',

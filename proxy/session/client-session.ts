@@ -380,7 +380,14 @@ export class ClientSession {
   }
 
   private onBackendMessage(type: number, body: Buffer): void {
-    if (type === BACKEND.readyForQuery) {
+    if (COPY_IN.has(type)) this.copyIn = true;
+    else if (type === BACKEND.readyForQuery) {
+      this.copyIn = false;
+      // queries and transactions answered (the first ReadyForQuery only ends the startup)
+      if (this.readySeen) {
+        this.ctx.stats.ready++;
+        if (body[0] === 0x49) this.ctx.stats.readyIdle++;
+      }
       this.readySeen = true;
       if (this.authTimer) clearTimeout(this.authTimer);
       this.authTimer = null;
