@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { describeError, EXIT_ERROR, EXIT_NEGATIVE, EXIT_OK, printJson } from './output.js';
+import { packageVersion } from './version.js';
 import { registerClusterCommands } from './commands/cluster.js';
 import { registerStatusCommand } from './commands/status.js';
 import { registerDemoCommand } from './commands/demo.js';
@@ -15,7 +16,7 @@ function collect(value: string, previous: string[] = []): string[] {
 }
 
 function build(setExit: (c: number) => void): Command {
-  const program = new Command('pgha').description('PostgreSQL high-availability node tooling').version('0.1.0').exitOverride();
+  const program = new Command('pgha').description('PostgreSQL high-availability node tooling').version(packageVersion()).exitOverride();
   program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
 
   program

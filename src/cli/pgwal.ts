@@ -6,6 +6,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { describeError, EXIT_ERROR } from './output.js';
+import { packageVersion } from './version.js';
 
 // each command's module is loaded only when it runs: start-up time matters to scripts
 const commands = {
@@ -19,7 +20,7 @@ const commands = {
 function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('pgwal')
     .description('Read PostgreSQL WAL segments, timeline history, replication slot state and pg_control files directly.')
-    .version('0.1.0')
+    .version(packageVersion())
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   program.configureOutput({ writeErr: (s) => process.stderr.write(s) });

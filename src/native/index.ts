@@ -1,7 +1,13 @@
 /**
- * Loads the native addon (native/, built from source by `npm install`) once and exposes it behind
- * the contract of ./contract.ts. When the addon is missing, fails to load, or PGHA_NATIVE=0 is set,
- * the pure TypeScript twins answer instead; `nativeStatus()` says which and why.
+ * Loads the native addon once and exposes it behind the contract of ./contract.ts. Where it comes from,
+ * in order:
+ *  1. $NAPI_RS_NATIVE_LIBRARY_PATH, when set (a .node file chosen by hand);
+ *  2. the prebuilt platform package `@pgha/native-<platform>` (linux-x64-gnu, darwin-arm64, …), an
+ *     optionalDependency of the published package — what `npm install -g pgha` uses;
+ *  3. the addon built from source in a checkout (native/pgha-native.<platform>.node, by `npm ci`).
+ * When none loads, or PGHA_NATIVE=0 is set, the pure TypeScript twins answer instead; `nativeStatus()`
+ * says which and why, and the first use of a twin in place of the addon prints ONE warning line on
+ * stderr saying why (not for PGHA_NATIVE=0, which is asked for).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -70,16 +76,26 @@ export interface ProxyRelay {
 
 /** the native relay, or null without the addon (the proxy then relays in TypeScript) */
 export function nativeProxyRelay(onEvent: (e: RelayEvent) => void): ProxyRelay | null {
+  if (!warned) warnFallback();
   return binding?.ProxyRelay ? new binding.ProxyRelay(onEvent) : null;
 }
 
-function packageRoot(): string {
+interface PackageJson {
+  name: string;
+  version: string;
+  napi?: { binaryName?: string; packageName?: string };
+  optionalDependencies?: Record<string, string>;
+}
+
+/** the pgha package's root directory and package.json (dist/src/native → up to the package.json named pgha) */
+function ownPackage(): { root: string; json: PackageJson } {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
     const pkg = join(dir, 'package.json');
     if (existsSync(pkg)) {
       try {
-        if (JSON.parse(readFileSync(pkg, 'utf8')).name === 'pgha') return dir;
+        const json = JSON.parse(readFileSync(pkg, 'utf8')) as PackageJson;
+        if (json.name === 'pgha') return { root: dir, json };
       } catch {
         // keep walking up
       }
@@ -90,29 +106,114 @@ function packageRoot(): string {
   }
 }
 
-let binding: Binding | null = null;
-let reason: string | undefined;
-if (process.env.PGHA_NATIVE === '0') {
-  reason = 'disabled by PGHA_NATIVE=0';
-} else {
+function isMusl(): boolean {
+  if (process.platform !== 'linux') return false;
   try {
-    // the addon built for this machine, loaded directly; else napi-rs' generated loader (which
-    // also honours NAPI_RS_NATIVE_LIBRARY_PATH and other platforms' file names)
-    const dir = join(packageRoot(), 'native');
-    const direct = join(dir, `pgha-native.${process.platform}-${process.arch}-gnu.node`);
-    const loader = join(dir, 'binding.cjs');
-    const req = createRequire(import.meta.url);
-    if (existsSync(direct) && !process.env.NAPI_RS_NATIVE_LIBRARY_PATH) binding = req(direct) as Binding;
-    else if (existsSync(loader)) binding = req(loader) as Binding;
-    else reason = `addon not built (${loader} missing; run npm install or npm run build:native)`;
-  } catch (e) {
-    reason = `addon failed to load: ${(e as Error).message.split('\n')[0]}`;
+    return readFileSync('/usr/bin/ldd', 'utf8').includes('musl');
+  } catch {
+    const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+    return header ? !header.glibcVersionRuntime : false;
   }
+}
+
+/**
+ * napi-rs' name of a platform, as `napi create-npm-dirs` names the platform packages and
+ * `napi build --platform` the .node files: linux-x64-gnu, linux-arm64-musl, darwin-arm64, win32-x64-msvc
+ * (scripts/platform.mjs computes the same for the install scripts).
+ */
+export function platformArchAbi(platform: string = process.platform, arch: string = process.arch, musl: boolean = isMusl()): string {
+  if (platform === 'linux') return `linux-${arch}-${musl ? 'musl' : 'gnu'}`;
+  if (platform === 'win32') return `win32-${arch}-msvc`;
+  return `${platform}-${arch}`;
+}
+
+const firstLine = (e: unknown): string => (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
+
+/** where the addon was loaded from (a package name or a file) */
+let loadedFrom: string | undefined;
+
+function loadBinding(): { binding: Binding | null; from?: string; reason?: string } {
+  if (process.env.PGHA_NATIVE === '0') return { binding: null, reason: 'disabled by PGHA_NATIVE=0' };
+  const req = createRequire(import.meta.url);
+  const override = process.env.NAPI_RS_NATIVE_LIBRARY_PATH;
+  if (override) {
+    try {
+      return { binding: req(override) as Binding, from: override };
+    } catch (e) {
+      return { binding: null, reason: `NAPI_RS_NATIVE_LIBRARY_PATH=${override} failed to load: ${firstLine(e)}` };
+    }
+  }
+  let own: { root: string; json: PackageJson };
+  try {
+    own = ownPackage();
+  } catch (e) {
+    return { binding: null, reason: firstLine(e) };
+  }
+  const platform = platformArchAbi();
+  const scope = own.json.napi?.packageName ?? '@pgha/native';
+  const binaryName = own.json.napi?.binaryName ?? 'pgha-native';
+  const prebuilt = own.json.optionalDependencies ?? {};
+  const name = `${scope}-${platform}`;
+  const why: string[] = [];
+
+  // 1. the prebuilt platform package
+  let pkgJsonPath: string | undefined;
+  try {
+    pkgJsonPath = req.resolve(`${name}/package.json`);
+  } catch {
+    // not installed
+  }
+  if (pkgJsonPath) {
+    try {
+      const version = (JSON.parse(readFileSync(pkgJsonPath, 'utf8')) as PackageJson).version;
+      if (version !== own.json.version) why.push(`${name} is version ${version}, pgha is ${own.json.version} (reinstall pgha)`);
+      else return { binding: req(name) as Binding, from: name };
+    } catch (e) {
+      why.push(`${name} failed to load: ${firstLine(e)}`);
+    }
+  } else if (Object.keys(prebuilt).length > 0) {
+    why.push(
+      name in prebuilt
+        ? `${name} is not installed (installed with --omit=optional or --no-optional, or from a lockfile made on another platform?)`
+        : `no prebuilt addon for ${platform} (prebuilt: ${Object.keys(prebuilt).map((n) => n.slice(scope.length + 1)).join(', ')})`,
+    );
+  }
+
+  // 2. the addon built from source in a checkout
+  const local = join(own.root, 'native', `${binaryName}.${platform}.node`);
+  if (existsSync(local)) {
+    try {
+      return { binding: req(local) as Binding, from: local };
+    } catch (e) {
+      why.push(`${local} failed to load: ${firstLine(e)}`);
+    }
+  } else if (existsSync(join(own.root, 'native', 'Cargo.toml'))) {
+    why.push(`addon not built in this checkout (${local} missing; install Rust and run npm run build:native)`);
+  } else if (why.length === 0) {
+    why.push(`${name} is not installed`);
+  }
+  return { binding: null, reason: why.join('; ') };
+}
+
+const loaded = loadBinding();
+const binding: Binding | null = loaded.binding;
+const reason: string | undefined = loaded.reason;
+loadedFrom = loaded.from;
+
+let warned = binding !== null || process.env.PGHA_NATIVE === '0';
+/** one line on stderr the first time a TypeScript twin answers in place of a missing addon */
+function warnFallback(): void {
+  if (warned) return;
+  warned = true;
+  process.stderr.write(`pgha: warning: native addon not loaded: ${reason}; using the TypeScript implementation (slower)\n`);
 }
 
 export function nativeStatus(): { native: boolean; reason?: string } {
   return binding ? { native: true } : { native: false, reason };
 }
+
+/** the package name or file the addon was loaded from; undefined when not loaded */
+export const nativeSource = (): string | undefined => loadedFrom;
 
 // the binding's carry has the contract's fields; only `partial` differs (Buffer | undefined vs Uint8Array | null)
 function carryToJs(c: ScanCarry | null): JsCarry | undefined {
@@ -175,12 +276,12 @@ export const nativeImplementation: Implementation | null = binding
 
 const active: Implementation = nativeImplementation ?? tsImplementation;
 
-export const crc32c = (data: Uint8Array, init?: number): number => active.crc32c(data, init);
-export const scanWal = (buf: Uint8Array, options: ScanOptions): ScanResult => active.scanWal(buf, options);
+export const crc32c = (data: Uint8Array, init?: number): number => (warned ? active : (warnFallback(), active)).crc32c(data, init);
+export const scanWal = (buf: Uint8Array, options: ScanOptions): ScanResult => (warned ? active : (warnFallback(), active)).scanWal(buf, options);
 /** the design's name for the one-call-per-segment scan */
 export const scanSegment = scanWal;
-export const scanWalAsync = (buf: Uint8Array, options: ScanOptions): Promise<ScanResult> => active.scanWalAsync(buf, options);
-export const activeImplementation = (): Implementation => active;
+export const scanWalAsync = (buf: Uint8Array, options: ScanOptions): Promise<ScanResult> => (warnFallback(), active.scanWalAsync(buf, options));
+export const activeImplementation = (): Implementation => (warnFallback(), active);
 
 /** SHA-256 (hex) of a file on the libuv pool when the addon is loaded; null otherwise */
 export const sha256FileAsync: ((path: string) => Promise<string>) | null = binding ? (path) => binding!.sha256FileAsync(path) : null;
