@@ -17,7 +17,7 @@ import { rejoin, RejoinRefused } from '../rejoin/execute.js';
 import { AgentClient } from '../ship/client.js';
 import { createPhysicalSlot, memberSlotName } from '../slots/member-slot.js';
 import { withNodeSql } from '../pg/node-sql.js';
-import { nodeState } from './node-state.js';
+import { nodeState } from './node-status.js';
 import type { AgentContext } from './server.js';
 
 export interface FoundPrimary {

@@ -16,7 +16,7 @@ import { configuredSetting, PgInstance, PgToolError } from '../pg/instance.js';
 import { withNodeSql } from '../pg/node-sql.js';
 import { AgentClient } from '../ship/client.js';
 import { ownLikeDirectory } from '../ship/files.js';
-import { walImplementation } from '../wal/implementation.js';
+import { activeImplementation } from '../native/index.js';
 import { probeSegmentHeader, scanWalStream, type SegmentVisit } from '../wal/stream.js';
 import { lostTransactions } from './lost-transactions.js';
 import { decide, describeStep, planRejoin, reclonePlan, rewindSegments, type RejoinPath, type RejoinPlan } from './plan.js';
@@ -118,7 +118,7 @@ async function checkpointsIn(path: string, segno: bigint, segmentSize: number, b
     files: [{ path, name: basename(path), tli: h.tli, segno, size: st.size, partial: false }],
     segmentSize,
     mode: 'records',
-    impl: walImplementation(),
+    impl: activeImplementation(),
     onSegment: (v: SegmentVisit) => {
       const major = streamMajor(v.result.carry);
       for (const entry of recordEntries(v.result)) {
@@ -144,7 +144,7 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
   // 1. what both sides say: the decision (plan.ts, pure)
   const client = new AgentClient(opts.source, opts.token);
   const sys = await client.get<SourceSystem>('system');
-  const impl = walImplementation();
+  const impl = activeImplementation();
   const lsn = await nodeLsn(opts.pgdata, impl);
   const control = lsn.control;
   const localTli = lsn.history.timeline;
@@ -355,7 +355,7 @@ async function carryOut(plan: RejoinPlan, c: Carrying): Promise<RejoinResult> {
 async function reportLost(forkLsn: Lsn, c: Carrying): Promise<void> {
   const { opts, result, log } = c;
   try {
-    const r = await lostTransactions(walDir(opts.pgdata), c.control.walSegmentSize, c.localTli, forkLsn, walImplementation());
+    const r = await lostTransactions(walDir(opts.pgdata), c.control.walSegmentSize, c.localTli, forkLsn, activeImplementation());
     result.lostTransactions = { count: r.transactions.length, report: null, xids: r.transactions.map((t) => t.xid) };
     if (!opts.dryRun) {
       const path = join(dirname(opts.pgdata), `${basename(opts.pgdata)}.lost-transactions.${new Date().toISOString().replace(/[:.]/g, '-')}.json`);

@@ -11,7 +11,7 @@ import { AgentClient } from '../../ship/client.js';
 import { ShipError } from '../../ship/files.js';
 import { rejoin, RejoinRefused } from '../../rejoin/execute.js';
 import { migrateSlots } from '../../slots/migrate.js';
-import { nodeState } from '../node-state.js';
+import { nodeState } from '../node-status.js';
 import type { AgentContext } from '../server.js';
 
 export { FENCE_MARKER } from '../../datadir/fence.js';

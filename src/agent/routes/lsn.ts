@@ -7,7 +7,7 @@ import { validLsnAnswer } from '../../formats/timeline-history.js';
 import { FormatError, LsnFormatError } from '../../formats/errors.js';
 import { AgentClient } from '../../ship/client.js';
 import { ShipError } from '../../ship/files.js';
-import { liveLsn } from '../node-state.js';
+import { liveLsn } from '../node-status.js';
 import type { AgentContext } from '../server.js';
 
 export function registerLsnRoutes(app: FastifyInstance, ctx: AgentContext): void {

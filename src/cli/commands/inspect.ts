@@ -10,7 +10,7 @@ import { parseHistory } from '../../formats/timeline-history.js';
 import { detect } from '../../inspect/detect.js';
 import { formatRecordLine, recordViews, type RecordView } from '../../inspect/records.js';
 import { controlView, historyView, recordTypeStats, rmgrStats, slotView, walView } from '../../inspect/views.js';
-import { walImplementation } from '../../wal/implementation.js';
+import { activeImplementation } from '../../native/index.js';
 import { selectSegments, type SegmentFile } from '../../wal/segments.js';
 import { probeSegmentHeader, scanWalStream, type StreamScanSummary } from '../../wal/stream.js';
 import { EXIT_OK, keyValues, printJson, table, UsageError } from '../output.js';
@@ -122,7 +122,7 @@ async function inspectWal(path: string, single: boolean, opts: InspectOptions): 
         })()
       : null;
   bar?.start(files.length, 0);
-  const impl = walImplementation();
+  const impl = activeImplementation();
   let summary: StreamScanSummary;
   try {
     summary = await scanWalStream({

@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { nodeLsn, type NodeLsn } from '../datadir/node-state.js';
-import { walImplementation } from '../wal/implementation.js';
+import { activeImplementation } from '../native/index.js';
 import type { PgInstance } from '../pg/instance.js';
 
 export type NodeStateName = 'single' | 'master' | 'slave' | 'inactive' | 'recovery';
@@ -17,7 +17,7 @@ export async function nodeState(pg: PgInstance): Promise<NodeStateName> {
 }
 
 export async function liveLsn(pg: PgInstance): Promise<NodeLsn> {
-  if (!pg.isRunning()) return (await nodeLsn(pg.pgdata, walImplementation())).json;
+  if (!pg.isRunning()) return (await nodeLsn(pg.pgdata, activeImplementation())).json;
   const [r] = await pg.query<Record<string, string>>(`
     SELECT c.checkpoint_lsn::text AS chk, c.redo_lsn::text AS redo, c.redo_wal_file AS walfile, c.timeline_id::text AS ctli,
            pg_is_in_recovery() AS rec,
