@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { loadProxyConfig, ProxyConfigError, type ProxyFlags } from './config.js';
 import { ProxyServer } from './server.js';
+import { setAgentCa } from '../src/ship/client.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -22,7 +23,8 @@ function packageVersion(): string {
 const program = new Command('pgha-proxy')
   .version(packageVersion())
   .description('PostgreSQL wire-protocol proxy: writes always reach the current primary; follows (or runs) failover')
-  .option('--config <file>', 'JSON file with any of the options below (camelCase keys); flags win')
+  .option('--config <file>', 'YAML or JSON file: the cluster file (pgha init\'s; this proxy\'s part) or the options below as camelCase keys; flags win')
+  .option('--name <name>', 'with a cluster config file: which of its proxies this is (needed when it lists several)')
   .option('--listen <host:port>', 'read-write listener: always the primary')
   .option('--backend <host:port>', 'a PostgreSQL server (repeat; any order, the primary is found)', collect)
   .option('--read-listen <host:port>', 'read-only listener: healthy standbys within --read-max-lag, else the primary')
@@ -40,6 +42,7 @@ const program = new Command('pgha-proxy')
   .option('--agent <host:port=url>', 'node agent of a backend, used to promote and fence (repeat)', collect)
   .option('--token <token>', 'bearer token of the agents (default $PGHA_TOKEN; prefer --token-file or the environment: a flag shows in ps)')
   .option('--token-file <file>', 'a file holding the agents\' bearer token')
+  .option('--agent-ca <file>', "CA the agents' HTTPS certificates are checked against (default $PGHA_AGENT_CA, else the system's)")
   .option('--migrate-slots', "on failover, have the new primary's agent carry logical slots over")
   .option('--tls-cert <file>', 'PEM certificate: clients may use TLS (sslmode=require…)')
   .option('--tls-key <file>', 'PEM private key for --tls-cert')
@@ -77,6 +80,13 @@ Examples:
     let cfg;
     try {
       cfg = loadProxyConfig(flags);
+      if (cfg.agentCa) {
+        try {
+          setAgentCa(cfg.agentCa);
+        } catch (e) {
+          throw new ProxyConfigError(`--agent-ca ${cfg.agentCa}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
+      }
     } catch (e) {
       if (e instanceof ProxyConfigError) {
         process.stderr.write(`pgha-proxy: ${e.message}\n`);

@@ -7,6 +7,7 @@ import { BACKEND_SSL_MODES, addressText, type BackendAddress, type BackendSslMod
 import type { HealthCredentials } from './health/probe.js';
 import type { SynchronousMode } from './cluster/plan.js';
 import { checkClusterName, checkTtl, parseEndpoints } from '../src/dcs/keys.js';
+import { ConfigFileError, proxySettingsFromFile } from '../src/config/load.js';
 
 export class ProxyConfigError extends Error {}
 
@@ -54,6 +55,8 @@ export interface ProxyConfig {
   warnings: string[];
   /** several proxies, one decision: cluster state and leadership on etcd (null: this proxy decides alone) */
   etcd: { endpoints: string[]; cluster: string; ttlSeconds: number } | null;
+  /** CA (PEM path) the agents' certificates are checked against (else $PGHA_AGENT_CA) */
+  agentCa?: string;
 }
 
 /** a file holding a secret that its group or others may read */
@@ -70,6 +73,9 @@ export function looseModeWarning(path: string, what: string): string | null {
 /** flags and file keys (same names) */
 export interface ProxyFlags {
   config?: string;
+  /** with a cluster config file: which of its proxies this is (needed when it lists several) */
+  name?: string;
+  agentCa?: string;
   listen?: string;
   backend?: string[];
   readListen?: string;
@@ -136,13 +142,13 @@ function file(path: string, what: string): Buffer {
 export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = process.env): ProxyConfig {
   let fromFile: ProxyFlags = {};
   if (flags.config) {
+    // a flat file of these settings, or a cluster file (YAML or JSON) of which --name picks the proxy
     try {
-      fromFile = JSON.parse(readFileSync(flags.config, 'utf8')) as ProxyFlags;
+      fromFile = proxySettingsFromFile(flags.config, flags.name) as ProxyFlags;
     } catch (e) {
-      throw new ProxyConfigError(`config file ${flags.config}: ${(e as Error).message}`);
+      throw new ProxyConfigError(`config file ${e instanceof ConfigFileError ? e.message : `${flags.config}: ${(e as Error).message}`}`);
     }
-    if (typeof fromFile !== 'object' || fromFile === null || Array.isArray(fromFile)) throw new ProxyConfigError(`config file ${flags.config}: expected a JSON object`);
-  }
+  } else if (flags.name !== undefined) throw new ProxyConfigError('--name picks a proxy of a cluster config file: give --config FILE');
   const defined = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined && !(Array.isArray(v) && v.length === 0)));
   const f: ProxyFlags = { ...fromFile, ...defined };
 
@@ -233,6 +239,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
       flags.config && (fromFile.token || fromFile.adminToken || fromFile.healthPassword) ? looseModeWarning(flags.config, 'config file with a secret') : null,
     ].filter((w): w is string => w !== null),
     etcd,
+    agentCa: f.agentCa,
   };
 }
 

@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { FormatError } from '../formats/errors.js';
 import { readTokenFile, warnIfExposed, warnOnStderr, type Warn } from '../ship/token.js';
 import { checkClusterName, checkTtl, DcsConfigError, parseEndpoints } from '../dcs/keys.js';
+import { agentSettingsFromFile, ConfigFileError } from '../config/load.js';
 
 export interface AgentConfig {
   name: string;
@@ -114,33 +115,44 @@ function parseProxies(list: string[]): string[] {
 }
 
 export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env, warn: Warn = warnOnStderr): AgentConfig {
-  let file: Partial<Omit<AgentConfig, 'etcd'>> & { listen?: string; peers?: Record<string, string>; proxies?: string[]; etcd?: string | string[] } = {};
+  // a flat file of the agent's settings, or a cluster file (YAML or JSON) of which --name picks the node
+  let file: Partial<Omit<AgentConfig, 'etcd' | 'pgPort' | 'port' | 'etcdTtl' | 'autoRejoinIntervalMs'>> & {
+    listen?: string;
+    peers?: Record<string, string>;
+    proxies?: string[];
+    etcd?: string | string[];
+    tokenFile?: string;
+    pgPort?: number | string;
+    port?: number | string;
+    etcdTtl?: number | string;
+    autoRejoinIntervalMs?: number | string;
+  } = {};
   if (flags.config) {
     warnIfExposed(flags.config, 'config file', warn);
     try {
-      file = JSON.parse(readFileSync(flags.config, 'utf8'));
+      file = agentSettingsFromFile(flags.config, flags.name ?? env.PGHA_NODE_NAME);
     } catch (e) {
-      throw new ConfigError(`${flags.config}: ${(e as Error).message}`);
+      throw new ConfigError(e instanceof ConfigFileError ? e.message : `${flags.config}: ${(e as Error).message}`);
     }
   }
   const listen = flags.listen ?? env.PGHA_LISTEN ?? file.listen ?? `${file.host ?? '127.0.0.1'}:${file.port ?? 8079}`;
   const { host, port } = parseListen(listen);
-  let tokenFromFile: string | undefined;
-  if (flags.tokenFile) {
+  const tokenFrom = (path: string): string => {
     try {
-      tokenFromFile = readTokenFile(flags.tokenFile, warn);
+      return readTokenFile(path, warn);
     } catch (e) {
       const msg = e instanceof FormatError ? e.describe() : (e as Error).message;
-      throw new ConfigError(msg.includes(flags.tokenFile) ? msg : `${flags.tokenFile}: ${msg}`);
+      throw new ConfigError(msg.includes(path) ? msg : `${path}: ${msg}`);
     }
-  }
+  };
+  const tokenFromFile = flags.tokenFile ? tokenFrom(flags.tokenFile) : undefined;
   const peers = { ...(file.peers ?? {}), ...(env.PGHA_PEERS ? parsePeers(env.PGHA_PEERS) : {}), ...(flags.peer ? parsePeers(flags.peer.join(',')) : {}) };
   const cfg: AgentConfig = {
     name: flags.name ?? env.PGHA_NODE_NAME ?? file.name ?? '',
     host,
     port,
     pgdata: flags.pgdata ?? env.PGDATA ?? file.pgdata ?? '',
-    token: tokenFromFile ?? flags.token ?? env.PGHA_TOKEN ?? file.token ?? '',
+    token: tokenFromFile ?? flags.token ?? env.PGHA_TOKEN ?? (file.tokenFile ? tokenFrom(file.tokenFile) : file.token) ?? '',
     peers,
     pgPort: Number(flags.pgPort ?? env.PGHA_PG_PORT ?? file.pgPort ?? 0) || undefined,
     pgBin: flags.pgBin ?? env.PGHA_PG_BIN ?? file.pgBin ?? '/usr/lib/postgresql/15/bin',

@@ -9,6 +9,7 @@ import { packageVersion } from './version.js';
 import { registerClusterCommands } from './commands/cluster.js';
 import { registerStatusCommand } from './commands/status.js';
 import { registerDemoCommand } from './commands/demo.js';
+import { registerInitCommand } from './commands/init.js';
 import { resolveToken, TOKEN_HELP } from '../ship/token.js';
 
 function collect(value: string, previous: string[] = []): string[] {
@@ -22,10 +23,10 @@ function build(setExit: (c: number) => void): Command {
   program
     .command('agent')
     .description('run the node agent: REST API under /api/pg/v1 beside one data directory')
-    .option('--config <file>', 'JSON config file (flags and environment override it)')
+    .option('--config <file>', 'YAML or JSON: the cluster file (with --name: that node\'s part) or the agent\'s own settings; the environment and flags override it')
     .option('--pgdata <dir>', 'data directory (env PGDATA)')
     .option('--listen <host:port>', 'listen address (env PGHA_LISTEN, default 127.0.0.1:8079)')
-    .option('--name <name>', 'this node\'s name (env PGHA_NODE_NAME)')
+    .option('--name <name>', 'this node\'s name (env PGHA_NODE_NAME); with a cluster config file, the node whose part it takes')
     .option('--token <token>', 'shared bearer token, at least 16 characters (env PGHA_TOKEN; visible in ps: prefer --token-file)')
     .option('--token-file <file>', 'file holding the token (wins over --token, PGHA_TOKEN and the config file; mode 600)')
     .option('--peer <name=url>', 'another node\'s agent (repeatable; env PGHA_PEERS="a=url,b=url")', collect)
@@ -110,6 +111,7 @@ function build(setExit: (c: number) => void): Command {
   registerStatusCommand(program, setExit);
   registerClusterCommands(program, setExit);
   registerDemoCommand(program, setExit);
+  registerInitCommand(program, setExit);
   const slots = program.command('slots').description('logical replication slots across a promote: list, sync copies to a standby, migrate to a new primary');
   slots
     .command('list')

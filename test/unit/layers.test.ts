@@ -9,10 +9,11 @@ import { describe, expect, it } from 'vitest';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-const LIBRARY = ['src/formats', 'src/native', 'src/wal', 'src/datadir', 'src/pg', 'src/inspect', 'src/ship', 'src/rejoin', 'src/slots'];
+const LIBRARY = ['src/formats', 'src/native', 'src/wal', 'src/datadir', 'src/pg', 'src/inspect', 'src/ship', 'src/rejoin', 'src/slots', 'src/config'];
 /** part → the parts it may import (besides itself) */
 const ALLOWED: Record<string, string[]> = {
   'src/formats': [],
+  'src/config': [],
   'src/native': ['src/formats'],
   'src/wal': ['src/formats', 'src/native'],
   'src/datadir': ['src/formats', 'src/native', 'src/wal'],
@@ -24,8 +25,9 @@ const ALLOWED: Record<string, string[]> = {
   'src/dcs': LIBRARY,
   'src/agent': [...LIBRARY, 'src/dcs'],
   'src/demo': [...LIBRARY, 'src/dcs', 'src/agent'],
-  'src/cli': [...LIBRARY, 'src/dcs', 'src/agent', 'src/demo'],
-  proxy: ['src/formats', 'src/native', 'src/ship', 'src/dcs', 'src/slots/member-slot.ts'],
+  'src/init': [...LIBRARY],
+  'src/cli': [...LIBRARY, 'src/dcs', 'src/agent', 'src/demo', 'src/init'],
+  proxy: ['src/formats', 'src/native', 'src/ship', 'src/dcs', 'src/slots/member-slot.ts', 'src/config'],
 };
 
 function partOf(file: string): string | null {
