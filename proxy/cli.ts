@@ -8,6 +8,7 @@ import { Command, Option } from 'commander';
 import { loadProxyConfig, ProxyConfigError, type ProxyFlags } from './config.js';
 import { ProxyServer } from './server.js';
 import { setAgentCa } from '../src/ship/client.js';
+import { createLogger, logFormat, LogFormatError, type LogFormat } from '../src/log/log.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -72,9 +73,11 @@ Examples:
   pgha-proxy --config /etc/pgha/proxy.json --auto-failover \\
       --agent 10.0.0.1:5432=http://10.0.0.1:8010 --agent 10.0.0.2:5432=http://10.0.0.2:8010 --token $TOKEN
   pgha-proxy --config /etc/pgha/proxy.json --auto-failover --etcd http://10.0.0.9:2379 --cluster main
+  .option('--log-format <format>', 'json (one JSON object a line) or pretty (human); default: pretty on a terminal, else json (env PGHA_LOG_FORMAT)')
 `,
   )
-  .action(async (flags: ProxyFlags, cmd: Command) => {
+  .action(async (allFlags: ProxyFlags & { logFormat?: string }, cmd: Command) => {
+    const { logFormat: logFormatFlag, ...flags } = allFlags;
     // a --no-… flag has a default of true: leave the config file's value alone unless it was given
     if (cmd.getOptionValueSource('memberSlots') === 'default') delete flags.memberSlots;
     let cfg;
@@ -86,6 +89,12 @@ Examples:
         } catch (e) {
           throw new ProxyConfigError(`--agent-ca ${cfg.agentCa}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
         }
+    let format: LogFormat;
+      }
+      try {
+        format = logFormat(logFormatFlag);
+      } catch (e) {
+        throw e instanceof LogFormatError ? new ProxyConfigError(e.message) : e;
       }
     } catch (e) {
       if (e instanceof ProxyConfigError) {
@@ -94,7 +103,7 @@ Examples:
       }
       throw e;
     }
-    const proxy = new ProxyServer(cfg);
+    const proxy = new ProxyServer(cfg, createLogger({ level: cfg.logLevel, base: { svc: 'pgha-proxy' }, format }));
     try {
       await proxy.start();
     } catch (e) {

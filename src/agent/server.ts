@@ -25,6 +25,8 @@ import { DEFAULT_UPLOAD_TIMEOUTS, registerWalRoutes, type UploadTimeouts } from 
 import { registerSlotRoutes } from './routes/slots.js';
 import { registerAliveRoutes } from './routes/alive.js';
 import { registerJobRoutes } from './routes/jobs.js';
+import { createLogger } from '../log/log.js';
+import { RoutineAtDebug } from '../log/requests.js';
 import { askFailsafe, registerFailsafeRoutes } from './routes/failsafe.js';
 
 export interface AgentContext {
@@ -80,7 +82,10 @@ function tokenMatches(header: string | undefined, token: string): boolean {
 }
 
 export interface BuildOptions {
+  /** fastify's logger option (tests: false); without it and without loggerInstance, createLogger() (JSON, pretty on a terminal) */
   logger?: boolean | object;
+  /** the pino logger to use (pgha agent: --log-format, --log-level) */
+  loggerInstance?: FastifyBaseLogger;
   /** WAL uploads: the whole body within deadlineMs (120 s), no pause longer than idleMs (30 s) */
   uploadTimeouts?: Partial<UploadTimeouts>;
 }
@@ -93,7 +98,9 @@ export function buildAgent(cfg: AgentConfig, opts: BuildOptions = {}): { app: Fa
   const https = cfg.tlsCert && cfg.tlsKey ? { https: { cert: readFileSync(cfg.tlsCert), key: readFileSync(cfg.tlsKey) } } : {};
   const app = (Fastify as unknown as (o: object) => FastifyInstance)({
     ...https,
-    logger: opts.logger ?? { level: process.env.PGHA_LOG_LEVEL ?? 'info' },
+    ...(opts.logger !== undefined ? { logger: opts.logger } : { loggerInstance: opts.loggerInstance ?? createLogger({ base: { svc: 'pgha-agent' } }) }),
+    // polls (GETs that answered) at debug, actions and refusals at info
+    logController: new RoutineAtDebug(),
     bodyLimit: 1 << 20,
     // a request (headers and body) must have arrived within 120 s, its headers within 30 s; answers
     // may take longer (a rejoin run synchronously), so there is no socket inactivity timeout — an
