@@ -148,3 +148,30 @@ export function proxyUnit(p: ProxyUnitInput): string {
     environment: { PGHA_LOG_LEVEL: 'info' },
   }).replace(/^ReadWritePaths=\n/m, '');
 }
+
+/** what packaging/systemd holds: the templates for an installed pgha (instance %i: node or proxy name) */
+export const PACKAGED = {
+  config: '/etc/pgha/pgha.yaml',
+  pgha: '/usr/local/bin/pgha',
+  proxy: '/usr/local/bin/pgha-proxy',
+  dataDirs: '/var/lib/pgha',
+  pgBin: '/usr/lib/postgresql/15/bin',
+};
+
+export function packagedUnits(): Record<string, string> {
+  const origin = 'packaging/systemd, made by src/init/systemd.ts (node packaging/render-units.mjs)';
+  return {
+    'pgha-agent@.service': agentUnit({
+      node: '%i',
+      dataDir: `${PACKAGED.dataDirs}/%i`,
+      socketDir: PACKAGED.dataDirs,
+      pgBin: PACKAGED.pgBin,
+      user: 'postgres',
+      group: 'postgres',
+      pgha: [PACKAGED.pgha],
+      configFile: PACKAGED.config,
+      origin,
+    }),
+    'pgha-proxy@.service': proxyUnit({ proxy: '%i', user: 'pgha', group: 'pgha', proxyCommand: [PACKAGED.proxy], configFile: PACKAGED.config, origin }),
+  };
+}
