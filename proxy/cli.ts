@@ -65,6 +65,7 @@ const program = new Command('pgha-proxy')
   .option('--cluster <name>', "with --etcd: the cluster's name there (keys under /pgha/NAME/)")
   .option('--etcd-ttl <seconds>', "with --etcd: the leader's lease; a follower takes over within it when the leader is gone (default 5)")
   .option('--log-level <level>', 'pino level: fatal, error, warn, info, debug (default info or $PGHA_LOG_LEVEL)')
+  .option('--log-format <format>', 'json (one JSON object a line) or pretty (human); default: pretty on a terminal, else json (env PGHA_LOG_FORMAT)')
   .addHelpText(
     'after',
     `
@@ -73,7 +74,6 @@ Examples:
   pgha-proxy --config /etc/pgha/proxy.json --auto-failover \\
       --agent 10.0.0.1:5432=http://10.0.0.1:8010 --agent 10.0.0.2:5432=http://10.0.0.2:8010 --token $TOKEN
   pgha-proxy --config /etc/pgha/proxy.json --auto-failover --etcd http://10.0.0.9:2379 --cluster main
-  .option('--log-format <format>', 'json (one JSON object a line) or pretty (human); default: pretty on a terminal, else json (env PGHA_LOG_FORMAT)')
 `,
   )
   .action(async (allFlags: ProxyFlags & { logFormat?: string }, cmd: Command) => {
@@ -81,7 +81,13 @@ Examples:
     // a --no-… flag has a default of true: leave the config file's value alone unless it was given
     if (cmd.getOptionValueSource('memberSlots') === 'default') delete flags.memberSlots;
     let cfg;
+    let format: LogFormat;
     try {
+      try {
+        format = logFormat(logFormatFlag);
+      } catch (e) {
+        throw e instanceof LogFormatError ? new ProxyConfigError(e.message) : e;
+      }
       cfg = loadProxyConfig(flags);
       if (cfg.agentCa) {
         try {
@@ -89,12 +95,6 @@ Examples:
         } catch (e) {
           throw new ProxyConfigError(`--agent-ca ${cfg.agentCa}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
         }
-    let format: LogFormat;
-      }
-      try {
-        format = logFormat(logFormatFlag);
-      } catch (e) {
-        throw e instanceof LogFormatError ? new ProxyConfigError(e.message) : e;
       }
     } catch (e) {
       if (e instanceof ProxyConfigError) {
