@@ -44,7 +44,6 @@ function build(setExit: (c: number) => void): Command {
     .option('--cluster <name>', "with --etcd: the cluster's name there, as the proxies' --cluster (env PGHA_CLUSTER)")
     .option('--etcd-ttl <seconds>', 'with --etcd: the agent\'s lease; a primary that cannot renew it fences itself before it expires (env PGHA_ETCD_TTL, default 5)')
     .option('--dcs-failsafe', 'with --etcd: while etcd does not answer, a primary keeps running as long as every other member\'s agent confirms it sees no other primary (and then refuses to be promoted for one TTL); else it fences (env PGHA_DCS_FAILSAFE=1)')
-    .option('--dcs-failsafe', 'with --etcd: while etcd does not answer, a primary keeps running as long as every other member\'s agent confirms it sees no other primary (and then refuses to be promoted for one TTL); else it fences (env PGHA_DCS_FAILSAFE=1)')
     .option('--log-format <format>', 'json (one JSON object a line) or pretty (human); default: pretty on a terminal, else json (env PGHA_LOG_FORMAT)')
     .option('--log-level <level>', 'fatal, error, warn, info, debug (env PGHA_LOG_LEVEL, default info); the proxies\' and peers\' polls are logged at debug')
     .action(async (flags) => {
