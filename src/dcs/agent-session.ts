@@ -259,7 +259,11 @@ export class AgentSession extends EventEmitter {
     // failsafe: a keep-alive is late — ask the members (every 500 ms while in doubt)
     if (this.o.failsafe && !this.failsafeRound && Date.now() - this.lastRoundAt >= 500) {
       const late = !this.lease.valid || this.lease.validUntil - Date.now() < this.lease.grantedTtl * 1000 - this.lease.renewEveryMs - 250 || !this.store.answeredWithin(this.lease.renewEveryMs + 500);
-      if (late) this.failsafeRound = this.runFailsafeRound().finally(() => (this.failsafeRound = null));
+      if (late) {
+        this.failsafeRound = this.runFailsafeRound()
+          .catch((e) => this.o.log?.('error', 'DCS failsafe round failed', { err: (e as Error).message }))
+          .finally(() => (this.failsafeRound = null));
+      }
     }
     const left = this.coveredMs();
     if (left > this.fenceMarginMs) return;

@@ -38,6 +38,8 @@ export interface HaClusterOptions {
   health?: string[];
   /** how many pgha-proxy processes, all with the same arguments (default 1; more need --etcd in proxyArgs) */
   proxies?: number;
+  /** every proxy also gets a read-only port (--read-listen on a free port) */
+  proxyRead?: boolean;
   /** called once the net hosts exist, before any agent starts (e.g. to start etcd listening on their gateways) */
   beforeAgents?: (nets: Array<NetHost | null>) => Promise<void>;
   /** more `pgha agent` arguments for node i (after agentArgs), e.g. an etcd URL reachable from its net host */
@@ -54,7 +56,7 @@ export class HaCluster {
     readonly nodes: HaNode[],
     proxies: RunningProxy[],
     /** backends and arguments every proxy of this cluster is started with */
-    private readonly proxyLaunch: { backends: string[]; args: string[] },
+    private readonly proxyLaunch: { backends: string[]; args: string[]; read?: boolean },
   ) {
     this.proxies = proxies;
   }
@@ -66,7 +68,7 @@ export class HaCluster {
 
   /** one more pgha-proxy with the same arguments as the others */
   async addProxy(): Promise<RunningProxy> {
-    const p = await startProxy(this.proxyLaunch.backends, this.proxyLaunch.args, { env: { PGHA_TOKEN: HA_TOKEN } });
+    const p = await startProxy(this.proxyLaunch.backends, this.proxyLaunch.args, { env: { PGHA_TOKEN: HA_TOKEN }, read: this.proxyLaunch.read });
     this.proxies.push(p);
     return p;
   }
@@ -105,9 +107,10 @@ export class HaCluster {
     const launch = {
       backends: nodes.map((x) => x.address),
       args: [...(o.health ?? FAST_HEALTH), '--auto-failover', ...nodes.flatMap((x) => ['--agent', `${x.address}=${x.agentUrl}`]), ...(o.proxyArgs ?? [])],
+      read: o.proxyRead,
     };
     // several proxies start together: each waits until it routes to a primary (recorded by the leader)
-    const proxies = await Promise.all(Array.from({ length: o.proxies ?? 1 }, () => startProxy(launch.backends, launch.args, { env: { PGHA_TOKEN: HA_TOKEN } })));
+    const proxies = await Promise.all(Array.from({ length: o.proxies ?? 1 }, () => startProxy(launch.backends, launch.args, { env: { PGHA_TOKEN: HA_TOKEN }, read: launch.read })));
     return new HaCluster(nodes, proxies, launch);
   }
 
