@@ -380,9 +380,7 @@ export class ClientSession {
   }
 
   private onBackendMessage(type: number, body: Buffer): void {
-    if (COPY_IN.has(type)) this.copyIn = true;
-    else if (type === BACKEND.readyForQuery) {
-      this.copyIn = false;
+    if (type === BACKEND.readyForQuery) {
       // queries and transactions answered (the first ReadyForQuery only ends the startup)
       if (this.readySeen) {
         this.ctx.stats.ready++;
