@@ -13,12 +13,22 @@
  *      primary failure itself;
  *  (c) the primary cut off the network: its agent cannot renew its lease and fences the node (the
  *      postmaster is gone within about the TTL), the leader promotes another node only after the
- *      primary lease expired on etcd, and nothing is acknowledged by the old primary after that.
+ *      primary lease expired on etcd, and nothing is acknowledged by the old primary after that —
+ *      also not to two writers INSIDE its cut namespace writing straight to it (test/scenarios/
+ *      ns-writer.mjs; one with synchronous_commit = local, acknowledged without any standby): no
+ *      write acknowledged after the lease expired is missing from the new primary, none is
+ *      acknowledged after the self-fence, and every write the synchronous one got acknowledged is
+ *      there. The time from the cut to the first write on the new primary is measured.
  *
  * After each step the old primary is back as a streaming standby (its agent's automatic rejoin,
  * following the primary etcd records); at the end every write acknowledged through either proxy is
  * on every node and the counter equals the rows.
  */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ClusterStore } from '../../src/dcs/store.js';
@@ -233,6 +243,25 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
         leaseGoneAt = Date.now();
         return true;
       }, 60_000);
+      // two writers inside the primary's namespace, straight to its server
+      await old.pg.sql('CREATE TABLE IF NOT EXISTS ns_writes (id bigint PRIMARY KEY, mode text NOT NULL)');
+      const wdir = mkdtempSync(join(tmpdir(), 'pgha-ns-writer-'));
+      const writerScript = join(dirname(fileURLToPath(import.meta.url)), 'ns-writer.mjs');
+      const writers = (['sync', 'local'] as const).map((mode, i) => {
+        const out = join(wdir, `${mode}.log`);
+        const [cmd, ...argv] = old.net!.exec([process.execPath, writerScript, String(old.pg.port), out, mode, String((i + 1) * 1_000_000_000)]);
+        const proc = spawn(cmd, argv, { stdio: 'ignore' });
+        const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+        return { mode, out, proc, exited };
+      });
+      const writerLines = (w: (typeof writers)[number]) => {
+        try {
+          return readFileSync(w.out, 'utf8').trim().split('\n').filter(Boolean).map((l) => l.split(' '));
+        } catch {
+          return [];
+        }
+      };
+      await waitFor(async () => writers.every((w) => writerLines(w).some((l) => l[0] === 'ack')), 20_000, '(c) the writers inside the namespace write');
       let postmasterGoneAt = 0;
       const t0 = Date.now();
       await old.net!.cut();
@@ -247,6 +276,9 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
         expect(await leaseWatch).toBe(true);
       } finally {
         await sleep(500);
+        for (const w of writers) w.proc.kill('SIGTERM');
+        await Promise.race([Promise.all(writers.map((w) => w.exited)), sleep(5000)]);
+        for (const w of writers) if (w.proc.exitCode === null) w.proc.kill('SIGKILL');
         await old.net!.heal();
       }
       const rep = (await leader.status()).failovers.slice(before);
@@ -263,8 +295,31 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
       expect(leaseGoneAt).toBeLessThanOrEqual(promotedAt);
       expect(acksBy(allLoads(), old, promotedAt), '(c) acknowledged by the old primary after the promotion').toEqual([]);
       expect(old.agent.log()).toMatch(/self-fenc/);
+      const newPort = ha.node(now).pg.port;
+      const firstWrite = Math.min(...allLoads().flatMap((l) => l.acks.filter((a) => a.port === newPort && a.at > t0).map((a) => a.at)));
       await ha.waitHealthy(120_000, '(c) old primary back as a standby');
       expect(await ha.primariesBySql()).toEqual([now]);
+      // the writers inside the cut namespace, against what the new primary holds
+      const onNew = new Set(((await ha.node(now).pg.sql("SELECT coalesce(string_agg(id::text, ','), '') FROM ns_writes")) ?? '').split(',').filter(Boolean));
+      for (const w of writers) {
+        const lines = writerLines(w);
+        const acks = lines.filter((l) => l[0] === 'ack').map((l) => ({ id: l[1], at: Number(l[2]) }));
+        const afterCut = acks.filter((a) => a.at > t0);
+        const afterFence = acks.filter((a) => a.at > postmasterGoneAt);
+        const afterLease = acks.filter((a) => a.at > leaseGoneAt);
+        const missing = acks.filter((a) => !onNew.has(a.id));
+        console.log(
+          `(c) writer inside the cut namespace (${w.mode}): ${acks.length} acknowledged, ${afterCut.length} of them after the cut (the last ${afterCut.length ? afterCut.at(-1)!.at - t0 : '-'} ms after it), ${lines.length - acks.length} failed attempts; acknowledged but not on the new primary: ${missing.length}`,
+        );
+        expect(acks.length, `(c) ${w.mode} writer: acknowledged writes before the cut`).toBeGreaterThan(0);
+        expect(afterFence, `(c) ${w.mode} writer: acknowledged by the old primary after its self-fence`).toEqual([]);
+        expect(afterLease.filter((a) => !onNew.has(a.id)), `(c) ${w.mode} writer: acknowledged after the lease expired and missing on the new primary`).toEqual([]);
+        // the writer kept trying after the fence: its attempts failed
+        expect(lines.some((l) => l[0] === 'err' && Number(l[2]) > postmasterGoneAt), `(c) ${w.mode} writer: attempts after the fence`).toBe(true);
+        if (w.mode === 'sync') expect(missing, '(c) synchronous writer: acknowledged writes missing on the new primary').toEqual([]);
+      }
+      rmSync(wdir, { recursive: true, force: true });
+      console.log(`(c) cut → first write on the new primary through the proxies: ${firstWrite - t0} ms (lease TTL ${TTL} s)`);
       console.log(`(c) all streaming again after ${Date.now() - t0} ms`);
     }
 
