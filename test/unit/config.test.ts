@@ -98,6 +98,23 @@ describe('cluster file', () => {
     });
   });
 
+  it('flags (and the agent\'s environment) win over the file; the token comes from its tokenFile', async () => {
+    const { loadProxyConfig } = await import('../../proxy/config.js');
+    const { loadAgentConfig } = await import('../../src/agent/config.js');
+    const f = file(CLUSTER);
+    const secrets = join(dir, 'secrets');
+    (await import('node:fs')).mkdirSync(secrets, { recursive: true });
+    writeFileSync(join(secrets, 'token'), 'cluster-token-0123456789\n', { mode: 0o600 });
+    const p = loadProxyConfig({ config: f, name: 'p2', healthInterval: '999', listen: '127.0.0.1:7000' }, {});
+    expect(p).toMatchObject({ healthIntervalMs: 999, listen: { host: '127.0.0.1', port: 7000 }, token: 'cluster-token-0123456789', autoFailover: true, synchronousMode: 'on' });
+    expect(p.backends.map((b) => `${b.host}:${b.port}`)).toEqual(['127.0.0.1:5432', '127.0.0.1:5433']);
+    expect([...p.agents.entries()]).toEqual([['127.0.0.1:5432', 'http://127.0.0.1:8010'], ['127.0.0.1:5433', 'http://127.0.0.1:8011']]);
+    const warnings: string[] = [];
+    const a = loadAgentConfig({ config: f, name: 'n1', pgPort: '7777' }, { PGHA_PG_BIN: '/opt/pg/bin' }, (w) => warnings.push(w));
+    expect(a).toMatchObject({ name: 'n1', pgdata: join(dir, 'data/n1'), pgPort: 7777, pgBin: '/opt/pg/bin', host: '127.0.0.1', port: 8010, token: 'cluster-token-0123456789', peers: { n2: 'http://127.0.0.1:8011' }, autoRejoinIntervalMs: 1000 });
+    expect(() => loadProxyConfig({ name: 'p1', listen: '127.0.0.1:1', backend: ['127.0.0.1:2'] }, {})).toThrow(/--name picks a proxy of a cluster config file: give --config FILE/);
+  });
+
   it('JSON is accepted as well', () => {
     const f = file({ postgres: { auth: 'trust' }, nodes: [{ name: 'a', dataDir: '/d/a', pgPort: 5432, agent: { listen: '127.0.0.1:1' } }], proxies: [{ listen: '127.0.0.1:2' }] }, 'json');
     expect(proxySettingsFromFile(f, undefined)).toMatchObject({ backend: ['127.0.0.1:5432'], listen: '127.0.0.1:2' });
@@ -194,13 +211,14 @@ describe('flat files (the daemons\' own settings, as before)', () => {
   it('every flag of pgha-proxy and pgha agent is a key of its schema', () => {
     const flags = (help: string) => [...help.matchAll(/^\s+--(?:no-)?([a-z][a-z0-9-]*)/gm)].map((m) => m[1].replace(/-([a-z])/g, (_x, c: string) => c.toUpperCase()));
     const proxyHelp = spawnSync(process.execPath, [PROXY_CLI, '--help'], { encoding: 'utf8' }).stdout;
-    const proxyFlags = flags(proxyHelp).filter((k) => !['config', 'name', 'help', 'version'].includes(k));
+    // how the process logs is said by flags and the environment only (PGHA_LOG_FORMAT, and for the agent PGHA_LOG_LEVEL)
+    const proxyFlags = flags(proxyHelp).filter((k) => !['config', 'name', 'help', 'version', 'logFormat'].includes(k));
     expect(proxyFlags.length).toBeGreaterThan(30);
     expect(proxyFlags.filter((k) => !(k in PROXY_SETTINGS))).toEqual([]);
     const agentHelp = spawnSync(process.execPath, [PGHA, 'agent', '--help'], { encoding: 'utf8' }).stdout;
     // file keys that differ from their flags: --peer NAME=URL (peers {name: url}), --proxy (proxies)
     const agentFlags = flags(agentHelp)
-      .filter((k) => !['config', 'help'].includes(k))
+      .filter((k) => !['config', 'help', 'logFormat', 'logLevel'].includes(k))
       .map((k) => ({ peer: 'peers', proxy: 'proxies' })[k] ?? k);
     expect(agentFlags.length).toBeGreaterThan(15);
     expect(agentFlags.filter((k) => !(k in AGENT_SETTINGS))).toEqual([]);
