@@ -7,6 +7,7 @@ import { BACKEND_SSL_MODES, addressText, type BackendAddress, type BackendSslMod
 import type { HealthCredentials } from './health/probe.js';
 import type { SynchronousMode } from './cluster/plan.js';
 import { checkClusterName, checkTtl, parseEndpoints } from '../src/dcs/keys.js';
+import { AuthFileError, readAuthFile, type UserEntry } from './pool/auth.js';
 import { ConfigFileError, proxySettingsFromFile } from '../src/config/load.js';
 
 export class ProxyConfigError extends Error {}
@@ -55,8 +56,26 @@ export interface ProxyConfig {
   warnings: string[];
   /** several proxies, one decision: cluster state and leadership on etcd (null: this proxy decides alone) */
   etcd: { endpoints: string[]; cluster: string; ttlSeconds: number } | null;
+  /** --pool-mode: the proxy authenticates clients and pools server connections (null: one server connection per client, as before) */
+  pool: PoolConfig | null;
   /** CA (PEM path) the agents' certificates are checked against (else $PGHA_AGENT_CA) */
   agentCa?: string;
+}
+
+export interface PoolConfig {
+  mode: 'session' | 'transaction';
+  /** server connections per (user, database, node) */
+  size: number;
+  /** the --auth-file's entries */
+  users: Map<string, UserEntry>;
+  /** PgBouncer's auth_query, run on the primary as authUser */
+  authQuery: { sql: string; user: string } | null;
+  /** the method for users whose entry is a plain password (MD5 and SCRAM entries use their own) */
+  authType: 'scram-sha-256' | 'md5';
+  /** run when a session-mode client lets its server connection go ('' : none) */
+  resetQuery: string;
+  /** who may use the console database pgha */
+  adminUsers: string[];
 }
 
 /** a file holding a secret that its group or others may read */
@@ -115,6 +134,14 @@ export interface ProxyFlags {
   etcd?: string | string[];
   cluster?: string;
   etcdTtl?: string | number;
+  poolMode?: string;
+  poolSize?: string | number;
+  authFile?: string;
+  authQuery?: string;
+  authUser?: string;
+  authType?: string;
+  serverResetQuery?: string;
+  adminUsers?: string | string[];
 }
 
 export function parseAddress(text: string, what: string): BackendAddress {
@@ -239,7 +266,47 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
       flags.config && (fromFile.token || fromFile.adminToken || fromFile.healthPassword) ? looseModeWarning(flags.config, 'config file with a secret') : null,
     ].filter((w): w is string => w !== null),
     etcd,
+    pool: poolConfig(f),
     agentCa: f.agentCa,
+  };
+}
+
+/** PgBouncer's default auth_query */
+export const DEFAULT_AUTH_QUERY = 'SELECT usename, passwd FROM pg_shadow WHERE usename = $1';
+
+function poolConfig(f: ProxyFlags): PoolConfig | null {
+  const poolOnly = (['poolSize', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers'] as const).filter((k) => f[k] !== undefined);
+  if (f.poolMode === undefined) {
+    if (poolOnly.length > 0) throw new ProxyConfigError(`--${poolOnly[0].replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --pool-mode session|transaction`);
+    return null;
+  }
+  if (f.poolMode !== 'session' && f.poolMode !== 'transaction') throw new ProxyConfigError(`--pool-mode must be session or transaction, got "${f.poolMode}"`);
+  if (!f.authFile) throw new ProxyConfigError('--pool-mode needs --auth-file FILE (userlist.txt: "user" "password" per line): the proxy authenticates clients itself and logs in to servers with these entries');
+  let users: Map<string, UserEntry>;
+  try {
+    users = readAuthFile(f.authFile);
+  } catch (e) {
+    throw new ProxyConfigError(e instanceof AuthFileError ? e.message : `--auth-file ${f.authFile}: ${(e as Error).message}`);
+  }
+  if (Boolean(f.authQuery) && !f.authUser) throw new ProxyConfigError('--auth-query needs --auth-user USER (who runs it; its password comes from --auth-file)');
+  let authQuery: PoolConfig['authQuery'] = null;
+  if (f.authUser) {
+    const u = users.get(f.authUser);
+    if (!u) throw new ProxyConfigError(`--auth-user ${f.authUser} is not in --auth-file ${f.authFile} (its password logs the auth query in)`);
+    if (u.secret.kind !== 'plain') throw new ProxyConfigError(`--auth-user ${f.authUser} needs a plain password in --auth-file ${f.authFile} (a hash cannot log the auth query in)`);
+    authQuery = { sql: f.authQuery || DEFAULT_AUTH_QUERY, user: f.authUser };
+  }
+  const authType = f.authType ?? 'scram-sha-256';
+  if (authType !== 'scram-sha-256' && authType !== 'md5') throw new ProxyConfigError(`--auth-type must be scram-sha-256 or md5, got "${authType}"`);
+  const admins = Array.isArray(f.adminUsers) ? f.adminUsers : (f.adminUsers ?? '').split(',');
+  return {
+    mode: f.poolMode,
+    size: int(f.poolSize, '--pool-size', 1, 20),
+    users,
+    authQuery,
+    authType,
+    resetQuery: f.serverResetQuery ?? 'DISCARD ALL',
+    adminUsers: admins.map((a) => a.trim()).filter(Boolean),
   };
 }
 

@@ -25,6 +25,9 @@ import { ClientSession, type PortKind } from './session/client-session.js';
 import type { ProxyContext, ProxyStats } from './session/context.js';
 import { Coordinator, type CoordinatorStatus, type DcsStatus } from '../src/dcs/coordinator.js';
 import type { LeaderRecord } from '../src/dcs/keys.js';
+import { Authenticator } from './pool/auth.js';
+import { PooledClient } from './pool/client.js';
+import { PoolManager } from './pool/pool.js';
 
 /**
  * Connections the proxy leaves free on every server below its client slots (max_connections −
@@ -77,6 +80,8 @@ export class ProxyServer implements ProxyContext {
   readonly cluster: ClusterManager;
   readonly relay: ProxyRelay | null;
   readonly nativeSessions = new Map<number, ClientSession>();
+  /** --pool-mode: the pool, which takes clients after their startup packet (null: one server connection per client) */
+  readonly pool: (PoolManager & NonNullable<ProxyContext['pool']>) | null;
   private readonly byBackend = new Map<string, Set<ClientSession>>();
   /** places held by sessions still connecting, per backend */
   private readonly pending = new Map<string, number>();
@@ -136,6 +141,7 @@ export class ProxyServer implements ProxyContext {
     });
     this.relay = cfg.relay === 'native' ? nativeProxyRelay((e) => this.nativeSessions.get(e.id)?.onRelayEvent(e)) : null;
     if (cfg.relay === 'native' && !this.relay) this.log.warn('native relay unavailable (addon not built): relaying in Node');
+    this.pool = cfg.pool ? this.makePool(cfg.pool) : null;
     this.metrics = proxyMetrics(this);
     this.monitor.onCheck = (name, seconds, ok) => this.metrics.healthLatency.observe({ backend: name, ok: String(ok) }, seconds);
     this.monitor.on('primary', (c: PrimaryChange) => this.onPrimaryChange(c));
@@ -151,6 +157,13 @@ export class ProxyServer implements ProxyContext {
     this.monitor.on('fenced', (s: BackendState) => {
       if (!this.failover.running && this.isDecider()) void this.failover.fenceOld(s.name, this.monitor.primary?.name ?? 'the newest timeline');
     });
+  }
+
+  private makePool(pc: NonNullable<ProxyConfig['pool']>): NonNullable<ProxyServer['pool']> {
+    const auth = new Authenticator(pc.users, pc.authQuery ? { ...pc.authQuery, target: () => this.monitor.primary?.address ?? null, ssl: this.cfg.backendTls.mode !== 'disable' && this.cfg.backendTls.mode !== 'prefer', timeoutMs: this.cfg.connectTimeoutMs } : null);
+    const host = { cfg: this.cfg, monitor: this.monitor, log: this.log, pickReader: () => this.pickReader(), sendCancel: (t: BackendAddress, pid: number, key: Buffer) => this.sendCancel(t, pid, key) };
+    const mgr = new PoolManager(host, { mode: pc.mode, size: pc.size, resetQuery: pc.resetQuery, adminUsers: pc.adminUsers, authType: pc.authType }, auth);
+    return Object.assign(mgr, { adopt: (socket: Socket, params: Record<string, string>, rest: Buffer, kind: PortKind, tls: boolean) => void new PooledClient(mgr, socket, params, rest, kind, tls) });
   }
 
   async start(): Promise<void> {
@@ -175,6 +188,7 @@ export class ProxyServer implements ProxyContext {
     // stop accepting, end the sessions (close() only calls back once they are gone), then wait
     const closed = Promise.all(this.servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     for (const s of [...this.sessions]) s.terminate({ severity: 'FATAL', code: SQLSTATE.adminShutdown, message: 'terminating connection because pgha-proxy is shutting down' }, 'proxy stopping');
+    this.pool?.stop();
     // a client that never closes its side must not hold the shutdown
     await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
     await this.admin?.close();
@@ -196,7 +210,7 @@ export class ProxyServer implements ProxyContext {
 
   private accept(socket: Socket, kind: PortKind): void {
     this.accepted[kind]++;
-    if (this.sessions.size >= this.cfg.maxClients) {
+    if (this.sessions.size + (this.pool?.clients.size ?? 0) >= this.cfg.maxClients) {
       // as PostgreSQL does past max_connections: say so, then close
       socket.on('error', () => undefined);
       socket.end(errorResponse({ severity: 'FATAL', code: SQLSTATE.tooManyConnections, message: `sorry, too many clients already (pgha-proxy --max-clients ${this.cfg.maxClients})` }));
@@ -245,6 +259,11 @@ export class ProxyServer implements ProxyContext {
   }
 
   cancelFor(pid: number, key: Buffer): void {
+    // a pooled client's key is the proxy's own: the cancel goes to the server it is on now
+    if (this.pool?.cancel(pid, key)) {
+      this.stats.cancelsForwarded++;
+      return;
+    }
     const target = this.cancels.find(pid, key);
     if (!target) {
       this.stats.cancelsUnknown++;

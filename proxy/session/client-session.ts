@@ -183,9 +183,25 @@ export class ClientSession {
       case 'startup':
         this.client.off('data', this.onStartupData);
         this.client.pause();
+        if (this.ctx.pool) {
+          this.toPool(p, this.reader.takeRest());
+          return true;
+        }
         void this.connect(p, this.reader.takeRest());
         return true;
     }
+  }
+
+  /** --pool-mode: the pool authenticates the client and gives it server connections; this session is done */
+  private toPool(p: Extract<StartupPacket, { kind: 'startup' }>, rest: Buffer): void {
+    const c = this.client;
+    for (const ev of ['data', 'close', 'error', 'end']) c.removeAllListeners(ev);
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.startupTimer = null;
+    this.phase = 'closed';
+    this.ctx.detach(this);
+    this.ctx.pool!.adopt(c, p.params, rest, this.kind, this.tls);
+    c.resume();
   }
 
   private upgradeToTls(unread: Buffer | null, unencryptedData = false): void {

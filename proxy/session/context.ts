@@ -1,4 +1,5 @@
 /** What a client session needs from the proxy around it. */
+import type { Socket } from 'node:net';
 import type { SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ProxyRelay } from '../../src/native/index.js';
@@ -46,4 +47,6 @@ export interface ProxyContext {
   attach(s: ClientSession): void;
   sessionsOn(name: string): number;
   detach(s: ClientSession): void;
+  /** --pool-mode: the pool takes a client once its startup packet is read (null: no pooling) */
+  pool: { adopt(socket: Socket, params: Record<string, string>, rest: Buffer, kind: 'rw' | 'ro', tls: boolean): void } | null;
 }

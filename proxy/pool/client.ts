@@ -1,0 +1,705 @@
+/**
+ * One client of the pool: authenticated by the proxy (SCRAM-SHA-256 or MD5 against the auth
+ * file's entry, failing as PostgreSQL fails: 28P01), then given a server connection for its
+ * session (session mode) or for each transaction (transaction mode: back to the pool at
+ * ReadyForQuery 'I' once nothing more is pending). Every message is framed both ways: settings the
+ * client asked for at startup are SET on the server connection it lands on when they differ,
+ * named prepared statements are carried across server connections (prepared.ts), and a
+ * transaction in flight on a server that goes away ends the client with a clear SQLSTATE — while a
+ * client between transactions notices nothing.
+ */
+import { randomBytes, randomInt } from 'node:crypto';
+import type { Socket } from 'node:net';
+import { errorResponse, noticeFields, errorSeverity } from '../protocol/backend-messages.js';
+import { PQ_LARGE_MESSAGE_LIMIT, SQLSTATE } from '../protocol/codes.js';
+import type { UserEntry } from './auth.js';
+import { consoleQuery } from './console.js';
+import { cstring, Framer, Out } from './framer.js';
+import { AUTH_OK, authMd5, authSasl, authSaslContinue, authSaslFinal, backendKeyData, CLOSE_COMPLETE, parameterStatus, PARSE_COMPLETE, readyForQuery } from './messages.js';
+import { AcquireError, type PoolClient, type PoolManager } from './pool.js';
+import { bindOf, parseOf, renamedBind, renamedParse, renamedTarget, serverName, targetOf, type ClientStatement } from './prepared.js';
+import { constantTimeEqual, hmac, md5Response, md5Secret, nonce, scramAttributes, scramKeysFromPassword, sha256, xor, type ScramKeys } from './secrets.js';
+import type { ServerConn } from './server-conn.js';
+
+const SCRAM_ITERATIONS = 4096;
+/** per user: a salt and the keys derived from a plain password (derived once, as a server stores them once) */
+const plainKeys = new Map<string, ScramKeys & { password: string }>();
+const mockSalt = randomBytes(16);
+
+let nextClientId = 1;
+
+/** reported settings a client may change with SET that follow it to the next server connection (transaction mode) */
+const TRACKED = new Set(['client_encoding', 'datestyle', 'intervalstyle', 'timezone', 'standard_conforming_strings', 'application_name']);
+
+/** startup parameters that are not settings */
+const NOT_SETTINGS = new Set(['user', 'database', 'options', 'replication']);
+
+/** one request sent to the server, and what to do with its answer */
+interface Pending {
+  /** the request's type: P B D E C S Q F */
+  t: number;
+  /** fwd: relay the answer; swallow: the proxy's own (drop it); fake: not sent, answer with `reply` when its turn comes */
+  act: 'fwd' | 'swallow' | 'fake';
+  /** a Parse the proxy sent: its server-side name (forgotten when the server skips it) */
+  prepared?: string;
+  reply?: Buffer;
+}
+
+const T = {
+  query: 0x51,
+  parse: 0x50,
+  bind: 0x42,
+  describe: 0x44,
+  execute: 0x45,
+  close: 0x43,
+  sync: 0x53,
+  flush: 0x48,
+  functionCall: 0x46,
+  terminate: 0x58,
+  password: 0x70,
+} as const;
+
+const LISTEN_RE = /^(?:\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*(LISTEN)\b/i;
+
+export class PooledClient implements PoolClient {
+  readonly id = nextClientId++;
+  readonly startedAt = Date.now();
+  readonly user: string;
+  readonly database: string;
+  readonly cancelKey = { pid: randomInt(1, 2 ** 31 - 1), key: randomInt(-(2 ** 31), 2 ** 31 - 1) };
+  server: ServerConn | null = null;
+  waitingSince = 0;
+  phase: 'auth' | 'ready' | 'closed' = 'auth';
+  txStatus: 'I' | 'T' | 'E' = 'I';
+  /** settings asked for at startup (and changed since, as the server reported them) */
+  private readonly settings = new Map<string, { name: string; value: string }>();
+  private entry: UserEntry | null = null;
+  private readonly framer = new Framer('client', PQ_LARGE_MESSAGE_LIMIT);
+  private serverFramer: Framer | null = null;
+  private authStep: ((type: number, msg: Buffer) => void) | null = null;
+  private readonly inbox: Buffer[] = [];
+  private acquiring = false;
+  /** requests sent to the linked server whose answers have not all come (transaction mode tracks each) */
+  private readonly queue: Pending[] = [];
+  /** ReadyForQuery still to come from the linked server */
+  private pendingReady = 0;
+  /** extended-protocol messages sent since the last Sync: the server holds state for them */
+  private partial = false;
+  private serverSentFatal = false;
+  /** the proxy's own SET on the linked server failed */
+  private setFailed: Record<string, string> | null = null;
+  private readonly statements = new Map<string, ClientStatement>();
+  private readonly console: boolean;
+  transactions = 0;
+
+  constructor(
+    private readonly mgr: PoolManager,
+    private readonly socket: Socket,
+    params: Record<string, string>,
+    rest: Buffer,
+    readonly kind: 'rw' | 'ro',
+    readonly tls: boolean,
+  ) {
+    this.user = params.user;
+    this.database = params.database || params.user;
+    this.console = this.database === 'pgha';
+    for (const [k, v] of Object.entries(params)) if (!NOT_SETTINGS.has(k)) this.settings.set(k.toLowerCase(), { name: k, value: v });
+    mgr.register(this);
+    socket.setNoDelay?.(true);
+    socket.on('data', (c: Buffer) => this.fromClient(c));
+    socket.on('error', () => this.close('client error'));
+    socket.on('close', () => this.close('client closed'));
+    socket.on('end', () => this.close('client closed'));
+    const authTimer = setTimeout(() => {
+      if (this.phase === 'auth') {
+        this.socket.destroy();
+        this.close('authentication timeout');
+      }
+    }, mgr.cfg.authTimeoutMs);
+    authTimer.unref();
+    const opts = (params.options ?? '').trim();
+    if (params.replication && params.replication !== 'false' && params.replication !== '0') {
+      this.fatal(SQLSTATE.protocolViolation, 'pgha-proxy: replication connections are not pooled: connect to the server directly');
+      return;
+    }
+    if (opts && !this.parseOptions(opts)) return;
+    void this.startAuth()
+      .catch((e) => this.fatal(SQLSTATE.invalidAuthorizationSpecification, `pgha-proxy: ${(e as Error).message}`))
+      .finally(() => clearTimeout(authTimer));
+    if (rest.length) this.fromClient(rest);
+  }
+
+  /** `-c name=value` and `--name=value` in the options startup parameter become settings */
+  private parseOptions(opts: string): boolean {
+    const words = opts.split(/\s+/);
+    for (let i = 0; i < words.length; i++) {
+      let kv: string | undefined;
+      if (words[i] === '-c') kv = words[++i];
+      else if (words[i].startsWith('-c')) kv = words[i].slice(2);
+      else if (words[i].startsWith('--')) kv = words[i].slice(2);
+      const eq = kv?.indexOf('=') ?? -1;
+      if (!kv || eq <= 0) {
+        this.fatal(SQLSTATE.featureNotSupported, `pgha-proxy: unsupported startup options "${opts}": only -c name=value and --name=value are carried to pooled server connections`);
+        return false;
+      }
+      const name = kv.slice(0, eq).replace(/-/g, '_');
+      this.settings.set(name.toLowerCase(), { name, value: kv.slice(eq + 1) });
+    }
+    return true;
+  }
+
+  describe(): Record<string, string | number | null> {
+    return {
+      id: this.id,
+      user: this.user,
+      database: this.database,
+      state: this.phase === 'auth' ? 'login' : this.waitingSince ? 'waiting' : this.server ? 'active' : 'idle',
+      addr: this.socket.remoteAddress ?? null,
+      port: this.socket.remotePort ?? null,
+      connect_time: new Date(this.startedAt).toISOString(),
+      wait_ms: this.waitingSince ? Date.now() - this.waitingSince : 0,
+      server: this.server?.id ?? null,
+      node: this.server?.node ?? null,
+      tls: this.tls ? 'yes' : 'no',
+      transactions: this.transactions,
+      prepared_statements: this.statements.size,
+    };
+  }
+
+  // ---------------------------------------------------------------- authentication
+
+  private async startAuth(): Promise<void> {
+    const s = this.mgr.settings;
+    if (this.console && !s.adminUsers.includes(this.user)) {
+      // PgBouncer says the same for a user not allowed on its console
+      return this.fatal(SQLSTATE.invalidAuthorizationSpecification, `pgha-proxy: not allowed to connect to the console database "pgha" as ${this.user} (--admin-users)`);
+    }
+    const entry = await this.mgr.auth.lookup(this.user, this.console ? 'postgres' : this.database);
+    if (this.phase !== 'auth') return;
+    this.entry = entry;
+    const kind = entry?.secret.kind;
+    if (kind === 'md5' || (kind !== 'scram' && s.authType === 'md5')) this.md5Auth(entry);
+    else this.scramAuth(entry);
+  }
+
+  private authFailed(): void {
+    this.fatal('28P01', `password authentication failed for user "${this.user}"`);
+  }
+
+  private md5Auth(entry: UserEntry | null): void {
+    const salt = randomBytes(4);
+    const secret = entry ? (entry.secret.kind === 'md5' ? entry.secret.hash : entry.secret.kind === 'plain' ? md5Secret(entry.secret.password, this.user) : null) : null;
+    this.authStep = (type, msg) => {
+      if (type !== T.password) return this.fatal(SQLSTATE.protocolViolation, `expected password response, got message type ${type}`);
+      const [answer] = cstring(msg, 5);
+      if (!secret || !constantTimeEqual(answer, md5Response(secret, salt))) return this.authFailed();
+      this.authenticated();
+    };
+    this.socket.write(authMd5(salt));
+  }
+
+  private scramKeys(entry: UserEntry | null): ScramKeys | null {
+    if (!entry) return null;
+    if (entry.secret.kind === 'scram') return entry.secret.keys;
+    if (entry.secret.kind !== 'plain') return null;
+    let k = plainKeys.get(this.user);
+    if (!k || k.password !== entry.secret.password) {
+      k = { ...scramKeysFromPassword(entry.secret.password, randomBytes(16), SCRAM_ITERATIONS), password: entry.secret.password };
+      plainKeys.set(this.user, k);
+    }
+    return k;
+  }
+
+  private scramAuth(entry: UserEntry | null): void {
+    // an unknown user goes through the exchange too and fails at its end, as PostgreSQL's mock authentication does
+    const keys = this.scramKeys(entry) ?? { iterations: SCRAM_ITERATIONS, salt: sha256(Buffer.concat([mockSalt, Buffer.from(this.user)])).subarray(0, 16), storedKey: randomBytes(32), serverKey: randomBytes(32) };
+    let first: { bare: string; serverFirst: string; nonce: string; gs2: string } | null = null;
+    this.authStep = (type, msg) => {
+      if (type !== T.password) return this.fatal(SQLSTATE.protocolViolation, `expected SASL response, got message type ${type}`);
+      if (!first) {
+        const [mech, at] = cstring(msg, 5);
+        if (mech !== 'SCRAM-SHA-256') return this.fatal(SQLSTATE.protocolViolation, `client selected an invalid SASL authentication mechanism "${mech}" (pgha-proxy offers SCRAM-SHA-256)`);
+        const len = msg.readInt32BE(at);
+        const text = msg.toString('utf8', at + 4, at + 4 + Math.max(0, len));
+        const m = /^([ny]),([^,]*),(.*)$/.exec(text);
+        if (!m) return this.fatal(SQLSTATE.protocolViolation, 'malformed SCRAM message (channel binding requested, or not a client-first-message)');
+        const cnonce = scramAttributes(m[3]).get('r');
+        if (!cnonce) return this.fatal(SQLSTATE.protocolViolation, 'malformed SCRAM message (no nonce)');
+        const full = cnonce + nonce();
+        const serverFirst = `r=${full},s=${keys.salt.toString('base64')},i=${keys.iterations}`;
+        first = { bare: m[3], serverFirst, nonce: full, gs2: `${m[1]},${m[2]},` };
+        this.socket.write(authSaslContinue(serverFirst));
+        return;
+      }
+      const text = msg.toString('utf8', 5);
+      const pAt = text.lastIndexOf(',p=');
+      const a = scramAttributes(text);
+      if (pAt < 0 || a.get('r') !== first.nonce || a.get('c') !== Buffer.from(first.gs2).toString('base64')) return this.fatal(SQLSTATE.protocolViolation, 'malformed SCRAM message (nonce or channel binding data do not match)');
+      const authMessage = `${first.bare},${first.serverFirst},${text.slice(0, pAt)}`;
+      const proof = Buffer.from(a.get('p') ?? '', 'base64');
+      if (proof.length !== 32) return this.authFailed();
+      const clientKey = xor(proof, hmac(keys.storedKey, authMessage));
+      if (!entry || !constantTimeEqual(sha256(clientKey), keys.storedKey)) return this.authFailed();
+      if (entry.secret.kind === 'scram') entry.clientKey = clientKey;
+      this.socket.write(authSaslFinal(`v=${hmac(keys.serverKey, authMessage).toString('base64')}`));
+      this.authenticated();
+    };
+    this.socket.write(authSasl(['SCRAM-SHA-256']));
+  }
+
+  private authenticated(): void {
+    this.authStep = null;
+    this.socket.write(AUTH_OK);
+    if (this.console) {
+      this.phase = 'ready';
+      this.socket.write(Buffer.concat([parameterStatus('server_version', '15.0 (pgha-proxy console)'), parameterStatus('client_encoding', 'UTF8'), parameterStatus('server_encoding', 'UTF8'), parameterStatus('standard_conforming_strings', 'on'), backendKeyData(this.cancelKey.pid, this.cancelKey.key), readyForQuery('I')]));
+      return;
+    }
+    void this.finishLogin();
+  }
+
+  /** the server parameters, the key, ReadyForQuery: from a login of this user on the node (one is made when none is known) */
+  private async finishLogin(): Promise<void> {
+    let params = this.mgr.loginParams(this.user, this.database, this.kind);
+    if (!params) {
+      this.socket.pause();
+      let s: ServerConn;
+      try {
+        s = await this.mgr.acquire(this, this.entry!);
+      } catch (e) {
+        const ae = e instanceof AcquireError ? e : null;
+        return this.fatal(ae?.code ?? SQLSTATE.connectionFailure, (e as Error).message, ae?.detail);
+      }
+      if (this.phase === 'closed') {
+        this.mgr.release(s, this.entry!, true, false);
+        return;
+      }
+      params = new Map(s.params);
+      if (this.mgr.settings.mode === 'session') {
+        this.link(s);
+      } else this.mgr.release(s, this.entry!, true, false);
+      this.socket.resume();
+    }
+    if (this.phase === 'closed') return;
+    const out: Buffer[] = [];
+    for (const [k, v] of params) out.push(parameterStatus(k, this.settings.get(k.toLowerCase())?.value ?? v));
+    out.push(backendKeyData(this.cancelKey.pid, this.cancelKey.key), readyForQuery('I'));
+    this.phase = 'ready';
+    this.socket.write(Buffer.concat(out));
+    this.pump();
+  }
+
+  // ---------------------------------------------------------------- client → server
+
+  private fromClient(chunk: Buffer): void {
+    if (this.phase === 'closed') return;
+    try {
+      this.framer.feed(chunk, (type, msg) => {
+        if (this.phase === 'auth') {
+          if (!this.authStep) throw new Error(`message type ${String.fromCharCode(type)} before authentication was asked for`);
+          return this.authStep(type, msg);
+        }
+        if (type === T.terminate) return this.close('client terminated');
+        // a view into the chunk: kept only while it is here
+        this.inbox.push(msg);
+      });
+    } catch (e) {
+      this.mgr.log.warn({ client: this.id, err: (e as Error).message }, 'client protocol violation');
+      return this.fatal(SQLSTATE.protocolViolation, `pgha-proxy: ${(e as Error).message}`);
+    }
+    this.pump();
+  }
+
+  private pump(): void {
+    if (this.phase !== 'ready' || this.inbox.length === 0) return;
+    if (this.console) return void this.consolePump();
+    if (!this.server) {
+      if (this.acquiring) return;
+      this.acquiring = true;
+      this.waitingSince = Date.now();
+      this.socket.pause();
+      this.mgr.acquire(this, this.entry!).then(
+        (s) => {
+          this.acquiring = false;
+          this.waitingSince = 0;
+          if (this.phase === 'closed') return this.mgr.release(s, this.entry!, true, false);
+          this.link(s);
+          this.socket.resume();
+          this.pump();
+        },
+        (e: Error) => {
+          this.acquiring = false;
+          this.waitingSince = 0;
+          const ae = e instanceof AcquireError ? e : null;
+          this.fatal(ae?.code ?? SQLSTATE.connectionFailure, e.message, ae?.detail);
+        },
+      );
+      return;
+    }
+    const s = this.server;
+    const out = new Out();
+    const n = this.inbox.length;
+    for (let i = 0; i < n; i++) this.toServer(this.inbox[i], out);
+    this.inbox.length = 0;
+    const b = out.take();
+    if (b && !s.socket.write(b) && !this.socket.isPaused()) {
+      this.socket.pause();
+      s.socket.once('drain', () => this.phase !== 'closed' && this.socket.resume());
+    }
+    this.flushFakes();
+  }
+
+  private link(s: ServerConn): void {
+    this.server = s;
+    this.transactions++;
+    this.serverFramer = new Framer(`server ${s.node}`, 0x7fffffff);
+    s.onData = (c) => this.fromServer(c);
+    s.onGone = (why) => this.serverGone(why);
+    // settings the client asked for that the server connection does not have
+    const sets: string[] = [];
+    for (const [k, { name, value }] of this.settings) {
+      if (s.settings.get(k) === value) continue;
+      sets.push(`SET ${quoteIdent(name)} = ${quoteLiteral(value)}`);
+      s.settings.set(k, value);
+    }
+    if (sets.length > 0) {
+      this.queue.push({ t: T.query, act: 'swallow' });
+      this.pendingReady++;
+      s.socket.write(queryMessage(sets.join('; ')));
+    }
+  }
+
+  private toServer(msg: Buffer, out: Out): void {
+    const type = msg[0];
+    const txn = this.mgr.settings.mode === 'transaction';
+    switch (type) {
+      case T.query: {
+        this.pendingReady++;
+        this.partial = false;
+        if (txn) {
+          this.queue.push({ t: type, act: 'fwd' });
+          const text = msg.toString('utf8', 5, msg.length - 1);
+          if (LISTEN_RE.test(text)) return out.add(queryMessage(notSupported('LISTEN')));
+        }
+        return out.add(msg);
+      }
+      case T.sync:
+        this.pendingReady++;
+        this.partial = false;
+        if (txn) this.queue.push({ t: type, act: 'fwd' });
+        return out.add(msg);
+      case T.functionCall:
+        this.pendingReady++;
+        if (txn) this.queue.push({ t: type, act: 'fwd' });
+        return out.add(msg);
+      case T.flush:
+        return out.add(msg);
+    }
+    if (!txn) {
+      if (type === T.parse || type === T.bind || type === T.describe || type === T.execute || type === T.close) this.partial = true;
+      return out.add(msg);
+    }
+    const s = this.server!;
+    switch (type) {
+      case T.parse: {
+        this.partial = true;
+        const { name, rest } = parseOf(msg);
+        if (name === '') {
+          this.queue.push({ t: type, act: 'fwd' });
+          return out.add(msg);
+        }
+        const query = cstring(rest, 0)[0];
+        if (LISTEN_RE.test(query)) {
+          this.queue.push({ t: type, act: 'fwd' });
+          return out.add(renamedParse('', Buffer.concat([Buffer.from(`${notSupported('LISTEN')}\0`), rest.subarray(Buffer.byteLength(query) + 1)])));
+        }
+        const srv = serverName(rest);
+        const parse = renamedParse(srv, rest);
+        this.statements.set(name, { server: srv, parse });
+        if (s.prepared.has(srv)) {
+          this.queue.push({ t: type, act: 'fake', reply: PARSE_COMPLETE });
+          return;
+        }
+        s.prepared.add(srv);
+        this.queue.push({ t: type, act: 'fwd', prepared: srv });
+        return out.add(parse);
+      }
+      case T.bind: {
+        this.partial = true;
+        const b = bindOf(msg);
+        const st = b.statement ? this.statements.get(b.statement) : undefined;
+        if (st) {
+          this.ensurePrepared(st, out);
+          msg = renamedBind(b.portal, st.server, b.rest);
+        }
+        this.queue.push({ t: type, act: 'fwd' });
+        return out.add(msg);
+      }
+      case T.describe:
+      case T.close: {
+        this.partial = true;
+        const tgt = targetOf(msg);
+        const st = tgt.kind === 0x53 && tgt.name ? this.statements.get(tgt.name) : undefined;
+        if (st && type === T.close) {
+          // kept prepared on the server for others; the client's name is gone
+          this.statements.delete(tgt.name);
+          this.queue.push({ t: type, act: 'fake', reply: CLOSE_COMPLETE });
+          return;
+        }
+        if (st) {
+          this.ensurePrepared(st, out);
+          msg = renamedTarget(type, tgt.kind, st.server);
+        }
+        this.queue.push({ t: type, act: 'fwd' });
+        return out.add(msg);
+      }
+      case T.execute:
+        this.partial = true;
+        this.queue.push({ t: type, act: 'fwd' });
+        return out.add(msg);
+      default:
+        // CopyData, CopyDone, CopyFail: answered as part of the Query / Execute that started the COPY
+        return out.add(msg);
+    }
+  }
+
+  private ensurePrepared(st: ClientStatement, out: Out): void {
+    const s = this.server!;
+    if (s.prepared.has(st.server)) return;
+    s.prepared.add(st.server);
+    this.queue.push({ t: T.parse, act: 'swallow', prepared: st.server });
+    out.add(st.parse);
+  }
+
+  /** answers the proxy gives itself, once every answer before them has gone to the client */
+  private flushFakes(): void {
+    let out: Buffer[] | null = null;
+    while (this.queue.length > 0 && this.queue[0].act === 'fake') (out ??= []).push(this.queue.shift()!.reply!);
+    if (out) this.socket.write(out.length === 1 ? out[0] : Buffer.concat(out));
+  }
+
+  // ---------------------------------------------------------------- server → client
+
+  private fromServer(chunk: Buffer): void {
+    const s = this.server;
+    if (!s || this.phase === 'closed') return;
+    const out = new Out();
+    let release = false;
+    try {
+      this.serverFramer!.feed(chunk, (type, msg) => {
+        if (this.onServerMessage(s, type, msg, out)) release = true;
+        // answers the proxy gives itself come when every answer before them has
+        while (this.queue.length > 0 && this.queue[0].act === 'fake') out.add(this.queue.shift()!.reply!);
+      });
+    } catch (e) {
+      if (e instanceof SetFailed) {
+        return this.fatal(e.fields.C ?? SQLSTATE.protocolViolation, `pgha-proxy: a startup setting of this client failed on the server: ${e.fields.M ?? ''}`);
+      }
+      return this.fatal(SQLSTATE.protocolViolation, `pgha-proxy: ${(e as Error).message}`);
+    }
+    const b = out.take();
+    if (b && !this.socket.write(b) && !s.socket.isPaused()) {
+      s.socket.pause();
+      this.socket.once('drain', () => s.socket.resume());
+    }
+    if (release && this.server === s) this.unlink(true);
+  }
+
+  /** one server message: relayed, dropped (the proxy's own request) or acted on; true: the transaction is over */
+  private onServerMessage(s: ServerConn, type: number, msg: Buffer, out: Out): boolean {
+    const head = this.queue[0];
+    const txn = this.mgr.settings.mode === 'transaction';
+    switch (type) {
+      case 0x5a: {
+        // ReadyForQuery
+        const st = String.fromCharCode(msg[5]) as 'I' | 'T' | 'E';
+        s.txStatus = st;
+        this.pendingReady--;
+        if (head) {
+          this.queue.shift();
+          if (head.act === 'swallow') {
+            if (this.setFailed) throw new SetFailed(this.setFailed);
+            return false;
+          }
+        }
+        this.txStatus = st;
+        out.add(msg);
+        return txn && st === 'I' && this.pendingReady === 0 && !this.partial && this.queue.length === 0;
+      }
+      case 0x53: {
+        // ParameterStatus: the server's value now (a SET by the client, or by the proxy)
+        if (head?.act === 'swallow' && head.t === T.query) return false;
+        const [k, v] = msg.toString('utf8', 5, msg.length - 1).split('\0');
+        const lk = k.toLowerCase();
+        s.settings.set(lk, v);
+        if (txn && TRACKED.has(lk)) this.settings.set(lk, { name: k, value: v });
+        out.add(msg);
+        return false;
+      }
+      case 0x4e:
+      case 0x41:
+        // notices and notifications belong to no request
+        if (!(head?.act === 'swallow' && head.t === T.query)) out.add(msg);
+        return false;
+      case 0x45: {
+        const f = noticeFields(msg.subarray(5));
+        const sev = errorSeverity(f);
+        if (sev === 'FATAL' || sev === 'PANIC') this.serverSentFatal = true;
+        if (!head) {
+          out.add(msg);
+          return false;
+        }
+        if (head.t === T.query || head.t === T.functionCall) {
+          if (head.act === 'swallow') this.setFailed = f;
+          else out.add(msg);
+          return false;
+        }
+        // extended protocol: the server skips everything up to the Sync
+        out.add(msg);
+        while (this.queue.length > 0 && this.queue[0].t !== T.sync) {
+          const p = this.queue.shift()!;
+          if (p.prepared) s.prepared.delete(p.prepared);
+        }
+        return false;
+      }
+    }
+    if (!head) {
+      out.add(msg);
+      return false;
+    }
+    if (head.act !== 'swallow') out.add(msg);
+    if (completes(type, head.t)) this.queue.shift();
+    return false;
+  }
+
+  private unlink(reusable: boolean): void {
+    const s = this.server;
+    if (!s) return;
+    this.server = null;
+    this.serverFramer = null;
+    s.onData = () => undefined;
+    s.onGone = () => undefined;
+    if (s.socket.isPaused()) s.socket.resume();
+    const clean = reusable && this.pendingReady === 0 && !this.partial && s.txStatus === 'I' && this.queue.length === 0;
+    if (!clean && s.state !== 'closed' && this.pendingReady > 0) this.mgr.sendCancelTo(s);
+    this.queue.length = 0;
+    this.pendingReady = 0;
+    this.partial = false;
+    this.mgr.release(s, this.entry!, clean, this.mgr.settings.mode === 'session');
+  }
+
+  private serverGone(why: string): void {
+    const s = this.server;
+    if (!s || this.phase === 'closed') return;
+    this.server = null;
+    if (this.serverSentFatal) return this.close(`server ended the session: ${why}`);
+    const state = this.mgr.host.monitor.state(s.node);
+    const moved = this.kind === 'rw' && state && state.role !== 'primary';
+    this.mgr.host.monitor.suspect(s.node, `pooled server connection lost: ${why}`);
+    if (moved) this.terminate(SQLSTATE.adminShutdown, `terminating connection because of failover: ${s.node} is no longer the primary`, 'The transaction in flight was lost; reconnect and retry it: new transactions go to the current primary.');
+    else this.terminate(SQLSTATE.connectionFailure, `pgha-proxy: lost the server connection to ${s.node} with a transaction in flight: ${why}`);
+  }
+
+  // ---------------------------------------------------------------- console
+
+  private consoling = false;
+
+  private async consolePump(): Promise<void> {
+    if (this.consoling) return;
+    this.consoling = true;
+    try {
+      while (this.inbox.length > 0 && this.phase === 'ready') {
+        const msg = this.inbox.shift()!;
+        if (msg[0] !== T.query) {
+          this.socket.write(Buffer.concat([errorResponse({ severity: 'ERROR', code: SQLSTATE.featureNotSupported, message: 'the pgha console takes simple queries only (SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, PAUSE, RESUME)' }), msg[0] === T.sync ? readyForQuery('I') : Buffer.alloc(0)]));
+          continue;
+        }
+        this.socket.write(await consoleQuery(this.mgr, msg.toString('utf8', 5, msg.length - 1)));
+      }
+    } finally {
+      this.consoling = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- endings
+
+  cancel(): void {
+    if (this.server) this.mgr.sendCancelTo(this.server);
+  }
+
+  /** end the client from the proxy's side with a FATAL (failover with a transaction in flight, shutdown) */
+  terminate(code: string, message: string, hint?: string): void {
+    if (this.phase === 'closed') return;
+    const s = this.server;
+    if (s) {
+      this.server = null;
+      s.onGone = () => undefined;
+      s.close();
+    }
+    this.fatal(code, message, undefined, hint);
+  }
+
+  private fatal(code: string, message: string, detail?: string, hint?: string): void {
+    if (this.phase === 'closed') return;
+    if (!this.socket.destroyed && this.framer.atBoundary) {
+      this.socket.end(errorResponse({ severity: 'FATAL', code, message, detail, hint }));
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    } else this.socket.destroy();
+    this.close(message);
+  }
+
+  close(why: string): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    if (this.server) this.unlink(true);
+    this.mgr.unregister(this);
+    if (!this.socket.destroyed && !this.socket.writableEnded) this.socket.end();
+    this.mgr.log.debug({ client: this.id, why }, 'pooled client closed');
+  }
+}
+
+class SetFailed extends Error {
+  constructor(readonly fields: Record<string, string>) {
+    super(fields.M ?? 'SET failed');
+  }
+}
+
+/** does a server message of this type end the answer to a request of type `t`? */
+function completes(type: number, t: number): boolean {
+  switch (type) {
+    case 0x31: // ParseComplete
+      return t === T.parse;
+    case 0x32: // BindComplete
+      return t === T.bind;
+    case 0x33: // CloseComplete
+      return t === T.close;
+    case 0x6e: // NoData
+      return t === T.describe;
+    case 0x54: // RowDescription: the end of a Describe, part of a Query's answer
+      return t === T.describe;
+    case 0x43: // CommandComplete
+    case 0x49: // EmptyQueryResponse
+    case 0x73: // PortalSuspended
+      return t === T.execute;
+    default:
+      return false;
+  }
+}
+
+function queryMessage(text: string): Buffer {
+  const body = Buffer.from(`${text}\0`, 'utf8');
+  const b = Buffer.allocUnsafe(5 + body.length);
+  b[0] = 0x51;
+  b.writeInt32BE(body.length + 4, 1);
+  body.copy(b, 5);
+  return b;
+}
+
+/** SQL that makes the server itself raise the error (so aborting a transaction works as for any error) */
+function notSupported(what: string): string {
+  const msg = `pgha-proxy: ${what} is not supported in transaction pool mode (a server connection serves other clients between transactions): use --pool-mode session, or connect to the server directly`;
+  return `DO $pgha$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = ${quoteLiteral(msg)}; END$pgha$`;
+}
+
+export const quoteLiteral = (v: string): string => `'${v.replace(/'/g, "''")}'`;
+const quoteIdent = (v: string): string => (/^[a-z_][a-z0-9_]*$/i.test(v) ? v : `"${v.replace(/"/g, '""')}"`);

@@ -1,0 +1,77 @@
+/**
+ * The pool's admin console: `psql -d pgha` on the listener as one of --admin-users, answering
+ * PgBouncer's SHOW POOLS / SHOW CLIENTS / SHOW SERVERS / SHOW HELP, PAUSE (new transactions wait,
+ * answered once no server connection is in use) and RESUME, over the simple query protocol.
+ */
+import { errorResponse } from '../protocol/backend-messages.js';
+import { SQLSTATE } from '../protocol/codes.js';
+import { commandComplete, emptyQuery, readyForQuery, resultSet } from './messages.js';
+import type { PoolManager } from './pool.js';
+
+const PAUSE_WAIT_MS = 60_000;
+
+export async function consoleQuery(mgr: PoolManager, text: string): Promise<Buffer> {
+  const out: Buffer[] = [];
+  const statements = text.split(';').map((x) => x.trim()).filter(Boolean);
+  if (statements.length === 0) out.push(emptyQuery());
+  for (const st of statements) {
+    const words = st.toUpperCase().split(/\s+/);
+    const cmd = words.join(' ');
+    if (cmd === 'SHOW POOLS') out.push(pools(mgr));
+    else if (cmd === 'SHOW CLIENTS') out.push(clients(mgr));
+    else if (cmd === 'SHOW SERVERS') out.push(servers(mgr));
+    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [['SHOW POOLS'], ['SHOW CLIENTS'], ['SHOW SERVERS'], ['PAUSE'], ['RESUME']]));
+    else if (cmd === 'PAUSE') {
+      mgr.pause();
+      if (!(await mgr.whenQuiet(PAUSE_WAIT_MS))) {
+        out.push(errorResponse({ severity: 'ERROR', code: SQLSTATE.cannotConnectNow, message: `PAUSE: server connections still in use after ${PAUSE_WAIT_MS} ms (new transactions wait; RESUME lets them run)` }));
+        break;
+      }
+      out.push(commandComplete('PAUSE'));
+    } else if (cmd === 'RESUME') {
+      mgr.resume();
+      out.push(commandComplete('RESUME'));
+    } else {
+      out.push(errorResponse({ severity: 'ERROR', code: '42601', message: `unknown pgha console command: ${st.slice(0, 80)}`, hint: 'SHOW HELP lists them' }));
+      break;
+    }
+  }
+  out.push(readyForQuery('I'));
+  return Buffer.concat(out);
+}
+
+function pools(mgr: PoolManager): Buffer {
+  const rows: Array<Array<string | number>> = [];
+  for (const p of mgr.pools.values()) {
+    if (p.drained && p.all.size === 0) continue;
+    let clActive = 0;
+    let clWaiting = 0;
+    for (const c of mgr.clients) {
+      if (c.user !== p.user || c.database !== p.database) continue;
+      if (c.server && p.all.has(c.server)) clActive++;
+      else if (c.waitingSince && !p.drained) clWaiting++;
+    }
+    const maxwait = p.maxWaitMs();
+    rows.push([p.database, p.user, p.node, clActive, clWaiting, p.active, p.idle.length, p.opening, Math.floor(maxwait / 1000), (maxwait % 1000) * 1000, mgr.settings.mode, p.drained ? 'drained' : mgr.paused ? 'paused' : 'ok']);
+  }
+  return resultSet(['database', 'user', 'node', 'cl_active', 'cl_waiting', 'sv_active', 'sv_idle', 'sv_login', 'maxwait', 'maxwait_us', 'pool_mode', 'state'], rows);
+}
+
+function clients(mgr: PoolManager): Buffer {
+  const rows = [...mgr.clients].map((c) => {
+    const d = c.describe();
+    return [d.user, d.database, d.state, d.addr, d.port, d.connect_time, d.wait_ms, d.server, d.node, d.tls, d.transactions, d.prepared_statements, c.id];
+  });
+  return resultSet(['user', 'database', 'state', 'addr', 'port', 'connect_time', 'wait_ms', 'server', 'node', 'tls', 'transactions', 'prepared_statements', 'id'], rows);
+}
+
+function servers(mgr: PoolManager): Buffer {
+  const rows: Array<Array<string | number | null>> = [];
+  for (const p of mgr.pools.values()) {
+    for (const s of p.all) {
+      const c = s.client as { id: number } | null;
+      rows.push([s.user, s.database, s.state, s.node, s.backendKey?.pid ?? null, new Date(s.connectedAt).toISOString(), new Date(s.lastUsed).toISOString(), c?.id ?? null, s.prepared.size, s.id]);
+    }
+  }
+  return resultSet(['user', 'database', 'state', 'node', 'remote_pid', 'connect_time', 'request_time', 'client', 'prepared_statements', 'id'], rows);
+}

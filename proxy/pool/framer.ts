@@ -1,0 +1,96 @@
+/**
+ * Whole protocol messages out of a byte stream (type byte + Int32 length counting itself), as views
+ * into the chunk they arrived in: only a message split across chunks is copied. The pool reads
+ * every message in both directions (it must know where transactions end and rewrite statement
+ * names), so this is its hot path. Out collects what goes on to the other side, merging views that
+ * follow each other in the same chunk so a chunk of untouched messages is one write.
+ */
+import { ProtocolError } from '../protocol/errors.js';
+
+export type OnMessage = (type: number, msg: Buffer) => void;
+
+export class Framer {
+  private partial: Buffer | null = null;
+  /** bytes of the stream framed so far (for error offsets) */
+  offset = 0;
+
+  constructor(
+    private readonly peer: string,
+    private readonly maxLength: number,
+  ) {}
+
+  /** true between two messages */
+  get atBoundary(): boolean {
+    return this.partial === null;
+  }
+
+  feed(chunk: Buffer, on: OnMessage): void {
+    let buf = chunk;
+    if (this.partial) {
+      buf = Buffer.concat([this.partial, chunk]);
+      this.offset -= this.partial.length;
+      this.partial = null;
+    }
+    let i = 0;
+    const n = buf.length;
+    while (n - i >= 5) {
+      const len = buf.readInt32BE(i + 1);
+      if (len < 4 || len > this.maxLength) {
+        throw new ProtocolError(`${this.peer}: invalid message length ${len >>> 0} for message type 0x${buf[i].toString(16).padStart(2, '0')} at byte ${this.offset + i} (expected 4..${this.maxLength})`, this.offset + i);
+      }
+      if (n - i < len + 1) break;
+      on(buf[i], buf.subarray(i, i + 1 + len));
+      i += 1 + len;
+    }
+    this.offset += i;
+    if (i < n) this.partial = Buffer.from(buf.subarray(i));
+  }
+}
+
+/** what goes to one socket for one chunk: contiguous views merged */
+export class Out {
+  private parts: Buffer[] = [];
+  private cur: Buffer | null = null;
+
+  add(b: Buffer): void {
+    const c = this.cur;
+    if (c && c.buffer === b.buffer && c.byteOffset + c.length === b.byteOffset) {
+      this.cur = Buffer.from(c.buffer, c.byteOffset, c.length + b.length);
+      return;
+    }
+    if (c) this.parts.push(c);
+    this.cur = b;
+  }
+
+  get empty(): boolean {
+    return this.cur === null;
+  }
+
+  /** everything collected, as one buffer (nothing: null); the collector is empty afterwards */
+  take(): Buffer | null {
+    const c = this.cur;
+    if (!c) return null;
+    this.cur = null;
+    if (this.parts.length === 0) return c;
+    this.parts.push(c);
+    const all = Buffer.concat(this.parts);
+    this.parts = [];
+    return all;
+  }
+}
+
+/** a message: type byte, length, body */
+export function message(type: number, body: Buffer): Buffer {
+  const b = Buffer.allocUnsafe(5 + body.length);
+  b[0] = type;
+  b.writeInt32BE(body.length + 4, 1);
+  body.copy(b, 5);
+  return b;
+}
+
+/** a NUL-terminated string in a message at `at`: [text, the offset after the NUL] */
+export function cstring(msg: Buffer, at: number): [string, number] {
+  const end = msg.indexOf(0, at);
+  if (end < 0) throw new ProtocolError(`message type ${String.fromCharCode(msg[0])}: string not terminated`, at);
+  return [msg.toString('utf8', at, end), end + 1];
+}

@@ -1,0 +1,362 @@
+/**
+ * Server connections pooled per (user, database, node), at most --pool-size each, handed out in
+ * FIFO order to the clients that wait for one. Idle connections are taken last-in first-out (the
+ * warm ones), reset with --server-reset-query when a session-mode client lets one go. When the
+ * primary moves, the old node's pools are drained: idle connections closed, waiters sent on to the
+ * new primary; only a client with a transaction in flight there loses it.
+ */
+import { serialize } from 'pg-protocol';
+import type { Logger } from 'pino';
+import type { BackendAddress } from '../backend/connect.js';
+import type { ProxyConfig } from '../config.js';
+import type { BackendState, HealthMonitor, PrimaryChange } from '../health/monitor.js';
+import { SQLSTATE } from '../protocol/codes.js';
+import { Authenticator, type UserEntry } from './auth.js';
+import { Framer } from './framer.js';
+import { ServerConn, ServerLoginError } from './server-conn.js';
+
+export interface PoolSettings {
+  mode: 'session' | 'transaction';
+  size: number;
+  resetQuery: string;
+  adminUsers: string[];
+  authType: 'scram-sha-256' | 'md5';
+}
+
+/** a transaction could not get a server connection: what the client is told */
+export class AcquireError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly detail?: string,
+    readonly fields?: Record<string, string>,
+  ) {
+    super(message);
+  }
+}
+
+/** the waiter's pool was drained (failover): look for the primary again */
+class Moved extends Error {}
+
+interface Waiter {
+  resolve: (s: ServerConn) => void;
+  reject: (e: Error) => void;
+  since: number;
+}
+
+export class Pool {
+  readonly all = new Set<ServerConn>();
+  readonly idle: ServerConn[] = [];
+  opening = 0;
+  readonly waiters: Waiter[] = [];
+  /** the parameters a login reported (sent to clients at their own login) */
+  loginParams: Map<string, string> | null = null;
+  drained = false;
+
+  constructor(
+    private readonly mgr: PoolManager,
+    readonly user: string,
+    readonly database: string,
+    readonly node: string,
+    readonly address: BackendAddress,
+  ) {}
+
+  get active(): number {
+    let n = 0;
+    for (const s of this.all) if (s.state === 'active') n++;
+    return n;
+  }
+
+  get(entry: UserEntry): Promise<ServerConn> {
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ resolve, reject, since: Date.now() });
+      this.pump(entry);
+    });
+  }
+
+  private pump(entry: UserEntry): void {
+    while (this.waiters.length > 0) {
+      const s = this.idle.pop();
+      if (s) {
+        s.state = 'active';
+        this.waiters.shift()!.resolve(s);
+        continue;
+      }
+      if (this.all.size + this.opening >= this.mgr.settings.size) return;
+      const w = this.waiters.shift()!;
+      this.opening++;
+      ServerConn.open({ node: this.node, address: this.address, tls: this.mgr.cfg.backendTls, timeoutMs: this.mgr.cfg.connectTimeoutMs, entry, database: this.database }).then(
+        (srv) => {
+          this.opening--;
+          if (this.drained) {
+            srv.close();
+            w.reject(new Moved());
+            return;
+          }
+          this.loginParams ??= new Map(srv.params);
+          this.all.add(srv);
+          srv.onClosed = () => this.forget(srv, entry);
+          srv.state = 'active';
+          w.resolve(srv);
+        },
+        (e: Error) => {
+          this.opening--;
+          w.reject(e);
+          this.pump(entry);
+        },
+      );
+    }
+  }
+
+  private forget(s: ServerConn, entry: UserEntry): void {
+    this.all.delete(s);
+    const i = this.idle.indexOf(s);
+    if (i >= 0) this.idle.splice(i, 1);
+    this.pump(entry);
+  }
+
+  /** a client is done with a server: reset (session mode) and back to the pool, or closed */
+  put(s: ServerConn, entry: UserEntry, reusable: boolean, reset: boolean): void {
+    s.client = null;
+    s.lastUsed = Date.now();
+    if (!reusable || s.state === 'closed' || this.drained) {
+      s.close();
+      return;
+    }
+    s.onData = (chunk) => this.unexpected(s, chunk);
+    if (reset && this.mgr.settings.resetQuery) {
+      s.state = 'idle';
+      this.resetThenIdle(s, entry);
+      return;
+    }
+    this.toIdle(s, entry);
+  }
+
+  private toIdle(s: ServerConn, entry: UserEntry): void {
+    s.state = 'idle';
+    this.idle.push(s);
+    this.pump(entry);
+  }
+
+  private resetThenIdle(s: ServerConn, entry: UserEntry): void {
+    const f = new Framer(`server ${s.node}`, 1 << 30);
+    s.state = 'active';
+    s.onData = (chunk) => {
+      try {
+        f.feed(chunk, (t, msg) => {
+          if (t === 0x45) this.mgr.log.warn({ server: s.id, err: msg.subarray(5).toString('utf8').replace(/\0/g, ' ') }, 'server reset query failed');
+          if (t === 0x5a) {
+            s.txStatus = String.fromCharCode(msg[5]) as 'I';
+            s.prepared.clear();
+            s.onData = (c) => this.unexpected(s, c);
+            if (s.txStatus !== 'I' || this.drained) s.close();
+            else this.toIdle(s, entry);
+          } else if (t === 0x53) {
+            const body = msg.subarray(5).toString('utf8').split('\0');
+            s.settings.set(body[0].toLowerCase(), body[1]);
+          }
+        });
+      } catch {
+        s.close();
+      }
+    };
+    s.socket.write(serialize.query(this.mgr.settings.resetQuery));
+  }
+
+  /** an idle server said something (a FATAL before it closes): it is no longer usable */
+  private unexpected(s: ServerConn, chunk: Buffer): void {
+    this.mgr.log.info({ server: s.id, node: s.node, bytes: chunk.length }, 'idle server connection spoke: closed');
+    s.close();
+  }
+
+  /** close idle connections; waiters go looking for the new primary */
+  drain(): void {
+    this.drained = true;
+    for (const s of this.idle.splice(0)) s.close();
+    for (const w of this.waiters.splice(0)) w.reject(new Moved());
+  }
+
+  maxWaitMs(): number {
+    return this.waiters.length ? Date.now() - this.waiters[0].since : 0;
+  }
+}
+
+export interface PoolHost {
+  cfg: ProxyConfig;
+  monitor: HealthMonitor;
+  log: Logger;
+  pickReader(): BackendState | null;
+  sendCancel(target: BackendAddress, pid: number, key: Buffer): Promise<void>;
+}
+
+/** clients as the pool sees them (the client module implements it) */
+export interface PoolClient {
+  readonly id: number;
+  readonly user: string;
+  readonly database: string;
+  readonly kind: 'rw' | 'ro';
+  readonly cancelKey: { pid: number; key: number };
+  server: ServerConn | null;
+  /** the proxy ends this client (failover with a transaction in flight, shutdown) */
+  terminate(code: string, message: string, hint?: string): void;
+  /** a request to cancel what this client runs */
+  cancel(): void;
+  describe(): Record<string, string | number | null>;
+  /** waiting for a server connection since (ms epoch), else 0 */
+  waitingSince: number;
+}
+
+export class PoolManager {
+  readonly pools = new Map<string, Pool>();
+  readonly clients = new Set<PoolClient>();
+  private readonly byCancelKey = new Map<string, PoolClient>();
+  paused = false;
+  private resumeWaiters: Array<() => void> = [];
+  readonly log: Logger;
+  readonly cfg: ProxyConfig;
+
+  constructor(
+    readonly host: PoolHost,
+    readonly settings: PoolSettings,
+    readonly auth: Authenticator,
+  ) {
+    this.cfg = host.cfg;
+    this.log = host.log.child({ part: 'pool' });
+    host.monitor.on('primary', (c: PrimaryChange) => {
+      if (c.from) this.drainNode(c.from.name, c.to ? `the primary moved from ${c.from.name} to ${c.to.name}` : `the primary ${c.from.name} is unavailable (${c.reason})`);
+    });
+    host.monitor.on('change', () => {
+      for (const b of host.monitor.backends) if (b.role === 'down' || b.role === 'fenced') this.drainNode(b.name, `${b.name} is ${b.role}`, true);
+    });
+  }
+
+  register(c: PoolClient): void {
+    this.clients.add(c);
+    this.byCancelKey.set(`${c.cancelKey.pid}:${c.cancelKey.key}`, c);
+  }
+
+  unregister(c: PoolClient): void {
+    this.clients.delete(c);
+    this.byCancelKey.delete(`${c.cancelKey.pid}:${c.cancelKey.key}`);
+  }
+
+  /** a CancelRequest with one of the pool's keys: sent to the server the client is on now (true: it was ours) */
+  cancel(pid: number, key: Buffer): boolean {
+    if (key.length !== 4) return false;
+    const c = this.byCancelKey.get(`${pid}:${key.readInt32BE(0)}`);
+    if (!c) return false;
+    c.cancel();
+    return true;
+  }
+
+  sendCancelTo(s: ServerConn): void {
+    if (!s.backendKey) return;
+    void this.host.sendCancel(s.address, s.backendKey.pid, s.backendKey.key).catch((e) => this.log.warn({ server: s.id, err: (e as Error).message }, 'could not forward cancel request'));
+  }
+
+  private poolFor(user: string, database: string, b: BackendState): Pool {
+    const key = `${user}\0${database}\0${b.name}`;
+    let p = this.pools.get(key);
+    if (!p || p.drained) {
+      p = new Pool(this, user, database, b.name, b.address);
+      this.pools.set(key, p);
+    }
+    return p;
+  }
+
+  /** the parameters a login of this user reports on the node a transaction would use now, if known */
+  loginParams(user: string, database: string, kind: 'rw' | 'ro'): Map<string, string> | null {
+    const b = kind === 'rw' ? this.host.monitor.primary : null;
+    return b ? (this.pools.get(`${user}\0${database}\0${b.name}`)?.loginParams ?? null) : null;
+  }
+
+  /**
+   * a server connection for the client's next transaction (or session): on the primary (the
+   * read-only port: a standby), waiting for one while there is none, up to --primary-wait
+   */
+  async acquire(c: PoolClient, entry: UserEntry): Promise<ServerConn> {
+    const { monitor } = this.host;
+    const deadline = Date.now() + this.cfg.primaryWaitMs;
+    let lastError = '';
+    for (;;) {
+      if (this.paused) await new Promise<void>((r) => this.resumeWaiters.push(r));
+      const target = c.kind === 'rw' ? (monitor.primary ?? (await monitor.waitForPrimary(Math.max(0, deadline - Date.now())))) : this.host.pickReader();
+      if (!target) {
+        throw new AcquireError(SQLSTATE.cannotConnectNow, `pgha-proxy: ${c.kind === 'rw' ? 'no primary is available' : 'no backend is available'}${lastError ? ` (${lastError})` : ''}`, `waited ${this.cfg.primaryWaitMs} ms; backends: ${monitor.backends.map((b) => `${b.name} ${b.role}`).join(', ')}`);
+      }
+      const pool = this.poolFor(c.user, c.database, target);
+      try {
+        const s = await pool.get(entry);
+        s.client = c;
+        return s;
+      } catch (e) {
+        if (e instanceof ServerLoginError) {
+          const f = e.fields;
+          // a server shutting down or starting refuses logins with 57P0x: wait for it or the next primary
+          if (!/^57P0/.test(f.C ?? '')) throw new AcquireError(f.C ?? SQLSTATE.connectionFailure, f.M ?? e.message, f.D, f);
+        }
+        if (!(e instanceof Moved)) {
+          lastError = (e as Error).message;
+          monitor.suspect(target.name, lastError);
+        }
+        if (Date.now() >= deadline || (c.kind === 'ro' && !(e instanceof Moved))) throw new AcquireError(SQLSTATE.connectionFailure, `pgha-proxy: could not connect to ${target.name}: ${lastError}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  release(s: ServerConn, entry: UserEntry, reusable: boolean, reset: boolean): void {
+    const pool = this.pools.get(`${s.user}\0${s.database}\0${s.node}`);
+    if (!pool || !pool.all.has(s)) {
+      s.close();
+      return;
+    }
+    pool.put(s, entry, reusable, reset);
+  }
+
+  /** the node is no longer where transactions go: close what is idle there, end transactions in flight */
+  drainNode(node: string, why: string, onlyIfAny = false): void {
+    let n = 0;
+    for (const p of this.pools.values()) {
+      if (p.node !== node || p.drained) continue;
+      n += p.all.size;
+      p.drain();
+    }
+    let ended = 0;
+    for (const c of [...this.clients]) {
+      if (c.server?.node !== node) continue;
+      ended++;
+      c.terminate(SQLSTATE.adminShutdown, `terminating connection because of failover: ${why}`, 'The transaction in flight was lost; reconnect and retry it: new transactions go to the current primary.');
+    }
+    if (n > 0 || ended > 0 || !onlyIfAny) this.log.warn({ node, serverConnections: n, clientsEnded: ended, why }, 'pool drained');
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  /** resolves once no server connection is in use (PAUSE answers then) */
+  async whenQuiet(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      let busy = 0;
+      for (const p of this.pools.values()) busy += p.active;
+      if (busy === 0) return true;
+      if (Date.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  resume(): void {
+    this.paused = false;
+    for (const r of this.resumeWaiters.splice(0)) r();
+  }
+
+  stop(): void {
+    for (const c of [...this.clients]) c.terminate(SQLSTATE.adminShutdown, 'terminating connection because pgha-proxy is shutting down');
+    for (const p of this.pools.values()) {
+      p.drain();
+      for (const s of p.all) s.close();
+    }
+  }
+}

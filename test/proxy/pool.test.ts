@@ -1,0 +1,312 @@
+/**
+ * pgha-proxy --pool-mode against a real PostgreSQL 15, with real clients (psql, node-postgres,
+ * pgbench): the proxy authenticates clients itself (SCRAM-SHA-256 and MD5, failing as PostgreSQL
+ * fails: 28P01) and logs in to the server with the auth file's entries (plain, MD5 hash, SCRAM
+ * secret); the pool size holds and clients queue; transaction mode carries 20 clients over 2 server
+ * connections, startup settings and named prepared statements across them (node-postgres named
+ * queries, pgbench -M prepared); LISTEN is refused with 0A000; session mode resets a connection
+ * between clients; cancels reach the server a client is on; the console (psql -d pgha) answers
+ * SHOW POOLS/CLIENTS/SERVERS, PAUSE and RESUME.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import pg from 'pg';
+import { serialize } from 'pg-protocol';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
+import { startProxy, type RunningProxy } from '../support/proxy.js';
+
+const run = promisify(execFile);
+
+let primary: PgCluster;
+let txn: RunningProxy;
+let session: RunningProxy;
+let authFile: string;
+
+const PASSWORDS = { scram_user: 'scram-secret', md5_user: 'md5-secret', plain_user: 'plain-secret', admin: 'admin-secret' };
+
+const client = (p: RunningProxy, user: keyof typeof PASSWORDS, cfg: pg.ClientConfig = {}) => new pg.Client({ host: '127.0.0.1', port: p.port, user, password: PASSWORDS[user], database: 'postgres', ...cfg });
+
+async function psql(port: number, user: string, password: string, sql: string, db = 'postgres'): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const args = ['-X', '-At', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(port), '-U', user, '-d', db, '-c', sql];
+  try {
+    const r = await run(join(primary.clientBinDir, 'psql'), args, { env: { ...process.env, PGPASSWORD: password, PGCONNECT_TIMEOUT: '10' } });
+    return { status: 0, stdout: r.stdout.trim(), stderr: r.stderr.trim() };
+  } catch (e) {
+    const x = e as { code?: number; stdout?: string; stderr?: string };
+    return { status: typeof x.code === 'number' ? x.code : -1, stdout: (x.stdout ?? '').trim(), stderr: (x.stderr ?? '').trim() };
+  }
+}
+
+/** the fields of the console's SHOW POOLS row of a user */
+async function poolRow(p: RunningProxy, user: string): Promise<string[]> {
+  const r = await psql(p.port, 'admin', PASSWORDS.admin, 'SHOW POOLS', 'pgha');
+  return r.stdout.split('\n').find((l) => l.startsWith(`postgres|${user}|`))?.split('|') ?? [];
+}
+
+/** the first authentication request a server (or the proxy) sends a user: 5 MD5, 10 SASL */
+async function firstAuthCode(port: number, user: string): Promise<number> {
+  const s = connect({ host: '127.0.0.1', port });
+  await new Promise((r) => s.once('connect', r));
+  s.write(serialize.startup({ user, database: 'postgres' }));
+  const b = await new Promise<Buffer>((resolve) => {
+    let buf = Buffer.alloc(0);
+    s.on('data', (c: Buffer) => {
+      buf = Buffer.concat([buf, c]);
+      if (buf.length >= 9) resolve(buf);
+    });
+  });
+  s.destroy();
+  expect(String.fromCharCode(b[0])).toBe('R');
+  return b.readInt32BE(5);
+}
+
+async function errorOf(p: Promise<unknown>): Promise<{ code?: string; message: string }> {
+  try {
+    await p;
+  } catch (e) {
+    return e as { code?: string; message: string };
+  }
+  throw new Error('expected an error');
+}
+
+beforeAll(async () => {
+  primary = await PgCluster.init({ name: 'proxy-pool', conf: { max_connections: 100 } });
+  const hba = join(primary.dataDir, 'pg_hba.conf');
+  const { readFileSync } = await import('node:fs');
+  writeFileSync(hba, 'host all scram_user 127.0.0.1/32 scram-sha-256\nhost all plain_user 127.0.0.1/32 scram-sha-256\nhost all md5_user 127.0.0.1/32 md5\nhost all admin 127.0.0.1/32 scram-sha-256\n' + readFileSync(hba, 'utf8'));
+  await primary.start();
+  primary.psql(`SET password_encryption = 'scram-sha-256'; CREATE ROLE scram_user LOGIN PASSWORD '${PASSWORDS.scram_user}'; CREATE ROLE plain_user LOGIN PASSWORD '${PASSWORDS.plain_user}'; CREATE ROLE admin LOGIN PASSWORD '${PASSWORDS.admin}';`);
+  primary.psql(`SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD '${PASSWORDS.md5_user}';`);
+  primary.psql('GRANT ALL ON SCHEMA public TO scram_user, plain_user, md5_user; CREATE TABLE pooled (id serial PRIMARY KEY, who text, pid int); GRANT ALL ON pooled, pooled_id_seq TO scram_user, plain_user, md5_user;');
+  // the file holds what pg_authid holds for two users (a SCRAM secret, an MD5 hash) and plain passwords for the others
+  const secrets = Object.fromEntries((await primary.rows<{ rolname: string; rolpassword: string }>("SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('scram_user', 'md5_user')")).map((r) => [r.rolname, r.rolpassword]));
+  expect(secrets.scram_user).toMatch(/^SCRAM-SHA-256\$/);
+  expect(secrets.md5_user).toMatch(/^md5/);
+  const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-'));
+  authFile = join(dir, 'userlist.txt');
+  writeFileSync(authFile, `; PgBouncer's format\n"scram_user" "${secrets.scram_user}"\n"md5_user" "${secrets.md5_user}"\n"plain_user" "${PASSWORDS.plain_user}"\n"admin" "${PASSWORDS.admin}"\n"postgres" "unused"\n`, { mode: 0o600 });
+  const common = ['--backend-sslmode', 'disable', '--auth-file', authFile, '--admin-users', 'admin'];
+  txn = await startProxy([primary.port], ['--pool-mode', 'transaction', '--pool-size', '2', ...common]);
+  session = await startProxy([primary.port], ['--pool-mode', 'session', '--pool-size', '1', ...common]);
+}, 180_000);
+
+afterAll(async () => {
+  await txn?.stop();
+  await session?.stop();
+  await cleanupAll();
+});
+
+describe('pgha-proxy --pool-mode', () => {
+  it('authenticates clients itself: SCRAM for SCRAM and plain entries, MD5 for MD5 entries, as the server asks them', async () => {
+    // the server's own choice per user, and the proxy's
+    expect(await firstAuthCode(primary.port, 'scram_user')).toBe(10);
+    expect(await firstAuthCode(txn.port, 'scram_user')).toBe(10);
+    expect(await firstAuthCode(primary.port, 'md5_user')).toBe(5);
+    expect(await firstAuthCode(txn.port, 'md5_user')).toBe(5);
+    expect(await firstAuthCode(txn.port, 'plain_user')).toBe(10);
+    for (const user of ['scram_user', 'md5_user', 'plain_user'] as const) {
+      const r = await psql(txn.port, user, PASSWORDS[user], 'SELECT current_user');
+      expect(r.stderr, user).toBe('');
+      expect(r.stdout).toBe(user);
+      const c = client(txn, user);
+      await c.connect();
+      expect((await c.query('SELECT current_user AS u')).rows[0].u).toBe(user);
+      await c.end();
+    }
+  });
+
+  it('a wrong password or an unknown user fails with 28P01 and the message PostgreSQL gives', async () => {
+    for (const user of ['scram_user', 'md5_user', 'plain_user'] as const) {
+      const direct = await errorOf(new pg.Client({ host: '127.0.0.1', port: primary.port, user, password: 'wrong', database: 'postgres' }).connect());
+      const pooled = await errorOf(client(txn, user, { password: 'wrong' }).connect());
+      expect(pooled.code, user).toBe(direct.code);
+      expect(pooled.code).toBe('28P01');
+      expect(pooled.message).toBe(direct.message);
+      const r = await psql(txn.port, user, 'wrong', 'SELECT 1');
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain(`password authentication failed for user "${user}"`);
+    }
+    const unknown = await errorOf(new pg.Client({ host: '127.0.0.1', port: txn.port, user: 'nobody', password: 'x', database: 'postgres' }).connect());
+    expect(unknown.code).toBe('28P01');
+    expect(unknown.message).toBe('password authentication failed for user "nobody"');
+  });
+
+  it('transaction mode: 20 clients run their transactions over 2 server connections, queueing for them', async () => {
+    const clients = await Promise.all(Array.from({ length: 20 }, async (_, i) => {
+      const c = client(txn, 'plain_user', { application_name: `client-${i}` });
+      await c.connect();
+      return c;
+    }));
+    const rounds = Number(process.env.PGHA_POOL_ROUNDS ?? 5);
+    const seen = new Set<number>();
+    await Promise.all(clients.map(async (c, i) => {
+      for (let r = 0; r < rounds; r++) {
+        await c.query('BEGIN');
+        const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+        // the client's own startup setting, on whichever server connection it landed
+        expect((await c.query("SELECT current_setting('application_name') AS a")).rows[0].a).toBe(`client-${i}`);
+        await c.query('INSERT INTO pooled (who, pid) VALUES ($1, $2)', [`client-${i}`, pid]);
+        await c.query('COMMIT');
+        seen.add(pid);
+      }
+    }));
+    expect(seen.size).toBeGreaterThanOrEqual(1);
+    expect(seen.size).toBeLessThanOrEqual(2);
+    expect(Number(await primary.sql("SELECT count(*) FROM pooled WHERE who LIKE 'client-%'"))).toBe(20 * rounds);
+    // the server itself says how many connections plain_user has
+    expect(Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'plain_user'"))).toBeLessThanOrEqual(2);
+    await Promise.all(clients.map((c) => c.end()));
+  });
+
+  it('the pool size holds: a third transaction waits for one of 2 server connections (cl_waiting in SHOW POOLS), then runs', async () => {
+    const cs = await Promise.all([0, 1, 2].map(async () => {
+      const c = client(txn, 'md5_user');
+      await c.connect();
+      return c;
+    }));
+    const busy = cs.slice(0, 2).map((c) => c.query('SELECT pg_sleep(1.5)'));
+    await sleep(300);
+    const started = Date.now();
+    const third = cs[2].query('SELECT 42 AS x');
+    let row: string[] = [];
+    await waitFor(async () => (row = await poolRow(txn, 'md5_user'))[4] === '1', 5000, 'cl_waiting 1');
+    // database, user, node, cl_active, cl_waiting, sv_active, sv_idle, sv_login, …
+    expect(row.slice(3, 6)).toEqual(['2', '1', '2']);
+    expect((await third).rows[0].x).toBe(42);
+    expect(Date.now() - started).toBeGreaterThan(500);
+    await Promise.all(busy);
+    await Promise.all(cs.map((c) => c.end()));
+  });
+
+  it('transaction mode: named prepared statements follow each client to any server connection (node-postgres, pgbench -M prepared)', async () => {
+    const clients = await Promise.all(Array.from({ length: 12 }, async () => {
+      const c = client(txn, 'scram_user');
+      await c.connect();
+      return c;
+    }));
+    await Promise.all(clients.map(async (c, i) => {
+      for (let r = 0; r < 6; r++) {
+        // two statements with one name per client text, and one that differs per client
+        expect((await c.query({ name: 'add', text: 'SELECT $1::int + 1 AS x', values: [i * 100 + r] })).rows[0].x).toBe(i * 100 + r + 1);
+        expect((await c.query({ name: `mine-${i}`, text: `SELECT $1::text || '-${i}' AS s`, values: [String(r)] })).rows[0].s).toBe(`${r}-${i}`);
+      }
+    }));
+    await Promise.all(clients.map((c) => c.end()));
+    // the statements live on the server under the proxy's names, at most one copy per server connection
+    const bench = join(primary.clientBinDir, 'pgbench');
+    primary.pgbench(['-i', '-s', '1', '-q']);
+    primary.psql('GRANT ALL ON ALL TABLES IN SCHEMA public TO plain_user');
+    // one client per thread: pgbench prepares a client's statements with a blocking PQprepare, which
+    // under any transaction pooler waits for a server connection that the thread's other clients,
+    // idle in their transactions, hold (PgBouncer deadlocks the same way)
+    const { stdout } = await run(bench, ['-h', '127.0.0.1', '-p', String(txn.port), '-U', 'plain_user', '-M', 'prepared', '-c', '6', '-j', '6', '-t', '50', 'postgres'], { env: { ...process.env, PGPASSWORD: PASSWORDS.plain_user } });
+    expect(stdout).toMatch(/number of transactions actually processed: 300\/300/);
+    expect(stdout).toMatch(/number of failed transactions: 0 /);
+    for (const mode of ['simple', 'extended']) {
+      const r = await run(bench, ['-h', '127.0.0.1', '-p', String(txn.port), '-U', 'plain_user', '-M', mode, '-S', '-c', '6', '-j', '2', '-t', '50', 'postgres'], { env: { ...process.env, PGPASSWORD: PASSWORDS.plain_user } });
+      expect(r.stdout, mode).toMatch(/number of transactions actually processed: 300\/300/);
+    }
+  });
+
+  it('transaction mode: a failed extended-protocol statement and a missing statement answer as the server does, and the client goes on', async () => {
+    const c = client(txn, 'scram_user');
+    await c.connect();
+    const e1 = await errorOf(c.query({ name: 'bad', text: 'SELECT * FROM no_such_table' }));
+    expect(e1.code).toBe('42P01');
+    expect((await c.query({ name: 'good', text: 'SELECT 7 AS x' })).rows[0].x).toBe(7);
+    const e2 = await errorOf(c.query({ text: 'SELECT 1/0' }));
+    expect(e2.code).toBe('22012');
+    expect((await c.query({ name: 'good', text: 'SELECT 7 AS x' })).rows[0].x).toBe(7);
+    await c.end();
+  });
+
+  it('transaction mode: LISTEN is refused with 0A000 (feature_not_supported); the client goes on', async () => {
+    const c = client(txn, 'scram_user');
+    await c.connect();
+    const e = await errorOf(c.query('LISTEN some_channel'));
+    expect(e.code).toBe('0A000');
+    expect(e.message).toContain('transaction pool mode');
+    expect((await c.query('SELECT 1 AS x')).rows[0].x).toBe(1);
+    await c.end();
+  });
+
+  it('session mode: the next client on the same server connection finds it reset (settings, prepared statements, temporary tables)', async () => {
+    const a = client(session, 'plain_user');
+    await a.connect();
+    const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    await a.query("SET work_mem = '77MB'");
+    await a.query('PREPARE s AS SELECT 1');
+    await a.query('CREATE TEMP TABLE leftover (x int)');
+    await a.end();
+    const b = client(session, 'plain_user');
+    await b.connect();
+    const r = (await b.query("SELECT pg_backend_pid() AS pid, current_setting('work_mem') AS wm, (SELECT count(*)::int FROM pg_prepared_statements) AS ps, to_regclass('pg_temp.leftover') IS NULL AS gone")).rows[0];
+    expect(r.pid).toBe(pidA);
+    // the server's own default, asked directly
+    expect(r.wm).toBe(await primary.sql("SELECT current_setting('work_mem')"));
+    expect(r.ps).toBe(0);
+    expect(r.gone).toBe(true);
+    // a session keeps its state while it lasts (LISTEN included)
+    await b.query('LISTEN ch');
+    await b.query('PREPARE t AS SELECT 2');
+    expect((await b.query('EXECUTE t')).rows[0]['?column?']).toBe(2);
+    await b.end();
+  });
+
+  it('a CancelRequest with the key the proxy gave reaches the server the client is on', async () => {
+    const c = client(txn, 'plain_user');
+    await c.connect();
+    const q = c.query('SELECT pg_sleep(30)');
+    await sleep(300);
+    const conn = (c as unknown as { processID: number; secretKey: number });
+    const s = connect({ host: '127.0.0.1', port: txn.port });
+    await new Promise((r) => s.once('connect', r));
+    s.end(serialize.cancel(conn.processID, conn.secretKey));
+    const e = await errorOf(q);
+    expect(e.code).toBe('57014');
+    expect((await c.query('SELECT 1 AS x')).rows[0].x).toBe(1);
+    await c.end();
+  });
+
+  it('the console: SHOW POOLS / CLIENTS / SERVERS for an admin user, refused to others; PAUSE holds new transactions until RESUME', async () => {
+    const pools = await psql(txn.port, 'admin', PASSWORDS.admin, 'SHOW POOLS', 'pgha');
+    expect(pools.stderr).toBe('');
+    expect(pools.stdout).toMatch(new RegExp(`^postgres\\|plain_user\\|127\\.0\\.0\\.1:${primary.port}\\|`, 'm'));
+    const c = client(txn, 'plain_user');
+    await c.connect();
+    const clients = await psql(txn.port, 'admin', PASSWORDS.admin, 'SHOW CLIENTS', 'pgha');
+    expect(clients.stdout).toMatch(/^plain_user\|postgres\|idle\|/m);
+    const servers = await psql(txn.port, 'admin', PASSWORDS.admin, 'SHOW SERVERS', 'pgha');
+    // every server connection listed is one the server has, by its pid
+    const pids = servers.stdout.split('\n').map((l) => Number(l.split('|')[4]));
+    const real = new Set((await primary.rows<{ pid: number }>('SELECT pid FROM pg_stat_activity')).map((r) => r.pid));
+    expect(pids.length).toBeGreaterThan(0);
+    for (const p of pids) expect(real.has(p)).toBe(true);
+    const refused = await psql(txn.port, 'plain_user', PASSWORDS.plain_user, 'SHOW POOLS', 'pgha');
+    expect(refused.status).not.toBe(0);
+    expect(refused.stderr).toContain('not allowed to connect to the console database');
+    const bad = await psql(txn.port, 'admin', PASSWORDS.admin, 'SHOW NOTHING', 'pgha');
+    expect(bad.stderr).toContain('unknown pgha console command');
+
+    // PAUSE and RESUME through one console session
+    const con = new pg.Client({ host: '127.0.0.1', port: txn.port, user: 'admin', password: PASSWORDS.admin, database: 'pgha' });
+    await con.connect();
+    await con.query('PAUSE');
+    let done = false;
+    const q = c.query('SELECT 5 AS x').then((r) => {
+      done = true;
+      return r;
+    });
+    await sleep(500);
+    expect(done).toBe(false);
+    await con.query('RESUME');
+    expect((await q).rows[0].x).toBe(5);
+    await con.end();
+    await c.end();
+  });
+});
