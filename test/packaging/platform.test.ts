@@ -58,6 +58,11 @@ describe('platform packages', () => {
     expect(platformArchAbi()).toBe(parseTriple(host!).platformArchABI);
   });
 
+  it('CHANGELOG.md has an entry for the version in package.json', () => {
+    const log = readFileSync(join(ROOT, 'CHANGELOG.md'), 'utf8');
+    expect(log).toMatch(new RegExp(`^## ${pkg.version.replace(/\./g, '\\.')} — \\d{4}-\\d{2}-\\d{2}$`, 'm'));
+  });
+
   it('the checkout lists no optionalDependencies: a clean clone installs with `npm ci` before any platform package is published', () => {
     // npm ci refuses a lockfile without the entries, and unpublished packages cannot be locked;
     // scripts/pack.mjs (and `napi pre-publish` in a release) add them to the published package.json
