@@ -92,6 +92,7 @@ function build(setExit: (c: number) => void): Command {
           allowReclone: o.allowReclone === true,
           dryRun: o.dryRun === true,
           log: o.json ? undefined : (m) => process.stderr.write(m + '\n'),
+          progress: !o.json,
         });
         if (o.json) printJson(r);
         else {
@@ -187,7 +188,7 @@ function build(setExit: (c: number) => void): Command {
     .action(async (o) => {
       const { migrateSlots, allLive, SlotMigrationRefused } = await import('../slots/migrate.js');
       try {
-        const r = await migrateSlots({ from: o.from, to: o.to, token: resolveToken(o), replace: o.replace === true, dryRun: o.dryRun === true, log: o.json ? undefined : (m) => process.stderr.write(m + '\n') });
+        const r = await migrateSlots({ from: o.from, to: o.to, token: resolveToken(o), replace: o.replace === true, dryRun: o.dryRun === true, log: o.json ? undefined : (m) => process.stderr.write(m + '\n'), progress: !o.json });
         if (o.json) printJson(r);
         else for (const x of r.slots) process.stdout.write(`${x.name}: ${x.action} from the ${x.source}; live: ${x.live ? `restart ${x.live.restartLsn}, confirmed ${x.live.confirmedFlush}, ${x.live.walStatus}` : 'no'}\n`);
         setExit(r.dryRun || allLive(r) ? EXIT_OK : EXIT_ERROR);

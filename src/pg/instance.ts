@@ -42,6 +42,8 @@ export interface RunOptions {
   /** added to the scrubbed environment */
   env?: Record<string, string>;
   timeoutMs?: number;
+  /** each chunk of the tool's stderr as it comes (a --progress report) */
+  onStderr?: (chunk: string) => void;
 }
 
 /**
@@ -181,6 +183,10 @@ export class PgInstance {
       };
       child.stdout.on('data', keep(out));
       child.stderr.on('data', keep(err));
+      if (opts.onStderr) {
+        const onStderr = opts.onStderr;
+        child.stderr.on('data', (d: Buffer) => onStderr(d.toString('utf8')));
+      }
       let timedOut = false;
       let killTimer: NodeJS.Timeout | undefined;
       const timer = opts.timeoutMs

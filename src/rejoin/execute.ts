@@ -19,6 +19,7 @@ import { ownLikeDirectory } from '../ship/files.js';
 import { activeImplementation } from '../native/index.js';
 import { probeSegmentHeader, scanWalStream, type SegmentVisit } from '../wal/stream.js';
 import { lostTransactions } from './lost-transactions.js';
+import { parseToolProgress, progress, type Progress } from '../log/progress.js';
 import { decide, describeStep, planRejoin, reclonePlan, rewindSegments, type RejoinPath, type RejoinPlan } from './plan.js';
 
 export interface RejoinOptions {
@@ -37,6 +38,8 @@ export interface RejoinOptions {
   slot?: string;
   timeoutMs?: number;
   log?: (msg: string) => void;
+  /** progress bars on stderr while WAL is fetched and pg_rewind or pg_basebackup copy (only when it is a terminal) */
+  progress?: boolean;
 }
 
 export interface RejoinResult {
@@ -50,6 +53,21 @@ export interface RejoinResult {
   movedAside?: string;
   /** the plan carried out (or, in a dry run, that would be), one line per step */
   steps: string[];
+}
+
+/** a bar fed by a PostgreSQL tool's --progress lines on stderr (created at the first report) */
+function toolProgress(label: string, enabled: boolean): { onStderr: ((chunk: string) => void) | undefined; stop: () => void } {
+  if (!enabled || !process.stderr.isTTY) return { onStderr: undefined, stop: () => undefined };
+  let bar: Progress | null = null;
+  return {
+    onStderr: (chunk) => {
+      const p = parseToolProgress(chunk);
+      if (!p) return;
+      bar ??= progress({ label, total: p.total, unit: 'kB' });
+      bar.update(p.done, p.total);
+    },
+    stop: () => bar?.stop(),
+  };
 }
 
 export class RejoinRefused extends Error {}
@@ -180,7 +198,8 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
       try {
         const d = await new AgentClient(url, opts.token).download(name, scratch ?? pgwal);
         result.fetched.push({ name, from: url, size: d.size, sha256: d.sha256 });
-        log(`rejoin: ${scratch ? 'would fetch' : 'fetched'} ${name} (${d.size} bytes) from ${url}, sha256 verified`);
+        // with a progress bar on the terminal the bar says it, file by file lines would break it
+        if (scratch || !(opts.progress === true && process.stderr.isTTY)) log(`rejoin: ${scratch ? 'would fetch' : 'fetched'} ${name} (${d.size} bytes) from ${url}, sha256 verified`);
         return join(scratch ?? pgwal, name);
       } catch {
         // try the next peer
@@ -274,18 +293,25 @@ async function carryOut(plan: RejoinPlan, c: Carrying): Promise<RejoinResult> {
       case 'report-lost-transactions':
         await reportLost(step.forkLsn, c);
         break;
-      case 'fetch-wal':
+      case 'fetch-wal': {
+        const bar = progress({ label: 'rejoin: fetching WAL', total: step.names.length, unit: 'files', enabled: opts.progress === true && !opts.dryRun });
         try {
           // in parallel: a receiving agent is bound by hashing and copying on one core
           const queue = [...step.names];
           await Promise.all(Array.from({ length: FETCH_CONCURRENCY }, async () => {
-            for (let n = queue.shift(); n !== undefined; n = queue.shift()) await c.fetchWal(n, step.from);
+            for (let n = queue.shift(); n !== undefined; n = queue.shift()) {
+              await c.fetchWal(n, step.from);
+              bar.increment();
+            }
           }));
         } catch (e) {
           if (!(e instanceof RejoinRefused)) throw e;
           return fallBack(e.message, opts.allowReclone === true);
+        } finally {
+          bar.stop();
         }
         break;
+      }
       case 'checkpoint-source':
         if (opts.dryRun) return result;
         await withNodeSql(sys, (q) => q.query('CHECKPOINT'), 10_000);
@@ -305,11 +331,14 @@ async function carryOut(plan: RejoinPlan, c: Carrying): Promise<RejoinResult> {
         // pg_rewind copies every non-relation file from the source, configuration included (the node
         // would come up with the source's port and settings): keep this node's own and put them back
         const saved = new Map(NODE_CONFIG_FILES.filter((f) => existsSync(join(opts.pgdata, f))).map((f) => [f, readFileSync(join(opts.pgdata, f))]));
+        const bar = toolProgress('rejoin: pg_rewind copying', opts.progress === true);
         try {
-          await node.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--no-ensure-shutdown', '--progress'], { timeoutMs: c.timeoutMs });
+          await node.run('pg_rewind', ['--target-pgdata', opts.pgdata, '--source-server', `${conninfo(sys, appName)} dbname=postgres`, '--write-recovery-conf', '--no-ensure-shutdown', '--progress'], { timeoutMs: c.timeoutMs, onStderr: bar.onStderr });
         } catch (e) {
           if (!(e instanceof PgToolError)) throw e;
           return fallBack(`pg_rewind failed: ${e.stderr.split('\n').filter(Boolean).slice(-2).join(' | ')}`, plan.onRewindFailure === 'reclone');
+        } finally {
+          bar.stop();
         }
         for (const [f, bytes] of saved) writeFileSync(join(opts.pgdata, f), bytes);
         break;
@@ -328,7 +357,13 @@ async function carryOut(plan: RejoinPlan, c: Carrying): Promise<RejoinResult> {
         const args = ['-D', opts.pgdata, '-d', conninfo(sys, appName), '-R', '-X', 'stream', '-c', 'fast'];
         // the slot is created by pg_basebackup unless it is there already (the agent makes it first)
         if (step.slot) args.push('-S', step.slot, ...((await sourceHasSlot(sys, step.slot)) ? [] : ['-C']));
-        await cloner.run('pg_basebackup', args);
+        const bar = toolProgress('rejoin: pg_basebackup', opts.progress === true);
+        if (opts.progress === true) args.push('--progress');
+        try {
+          await cloner.run('pg_basebackup', args, { onStderr: bar.onStderr });
+        } finally {
+          bar.stop();
+        }
         // the clone carries the source's configuration: this node keeps its own (port, hba, settings)
         for (const f of NODE_CONFIG_FILES.filter((f) => f !== 'postgresql.auto.conf')) {
           if (existsSync(join(aside, f))) writeFileSync(join(opts.pgdata, f), readFileSync(join(aside, f)));

@@ -17,6 +17,7 @@ import { AgentClient } from '../ship/client.js';
 import { readSlotFiles } from './files.js';
 import { planSlotMigration, type LiveSlot } from './migration-plan.js';
 import { waitUp, withSql, type NodeSystem, type SlotsListing } from './sync.js';
+import { progress } from '../log/progress.js';
 
 export class SlotMigrationRefused extends Error {}
 
@@ -29,6 +30,8 @@ export interface MigrateOptions {
   replace?: boolean;
   dryRun?: boolean;
   log?: (m: string) => void;
+  /** a progress bar on stderr over the slots copied and advanced (only when it is a terminal) */
+  progress?: boolean;
 }
 
 export interface MigratedSlot {
@@ -134,10 +137,14 @@ export async function migrateSlots(opts: MigrateOptions): Promise<MigrateResult>
   const result: MigrateResult = { dryRun: opts.dryRun === true, restartedTarget: false, slots: [] };
   if (!opts.dryRun) {
     const installs = plans.filter((p) => p.action === 'installed');
+    const bar = progress({ label: 'slots: copying', total: installs.length + plans.filter((x) => x.action === 'advanced').length, unit: 'slots', enabled: opts.progress === true });
     if (plan.restartTarget) {
       await target.delete('instance/current');
       try {
-        for (const p of installs) await target.put(`slotFile/${p.name}`, p.bytes!, createHash('sha256').update(p.bytes!).digest('hex'));
+        for (const p of installs) {
+          await target.put(`slotFile/${p.name}`, p.bytes!, createHash('sha256').update(p.bytes!).digest('hex'));
+          bar.increment();
+        }
       } finally {
         await target.post('instance/current');
         result.restartedTarget = true;
@@ -147,9 +154,11 @@ export async function migrateSlots(opts: MigrateOptions): Promise<MigrateResult>
     await withSql(tsys, async (c) => {
       for (const p of plans.filter((x) => x.action === 'advanced')) {
         await c.query('SELECT pg_replication_slot_advance($1, $2::pg_lsn)', [p.name, formatLsn(p.target)]);
+        bar.increment();
         log(`slots: ${p.name} advanced to ${formatLsn(p.target)} on ${tsys.name}`);
       }
     });
+    bar.stop();
   }
   const after = await withSql(tsys, (c) =>
     c.query<{ slot_name: string; restart_lsn: string; confirmed_flush_lsn: string; wal_status: string }>(
