@@ -258,19 +258,19 @@ export class ProxyServer implements ProxyContext {
     return this.byBackend.get(name)?.size ?? 0;
   }
 
-  cancelFor(pid: number, key: Buffer): void {
+  cancelFor(pid: number, key: Buffer): Promise<void> {
     // a pooled client's key is the proxy's own: the cancel goes to the server it is on now
     if (this.pool?.cancel(pid, key)) {
       this.stats.cancelsForwarded++;
-      return;
+      return Promise.resolve();
     }
     const target = this.cancels.find(pid, key);
     if (!target) {
       this.stats.cancelsUnknown++;
-      return;
+      return Promise.resolve();
     }
     this.stats.cancelsForwarded++;
-    void this.sendCancel(target, pid, key).catch((e) => this.log.warn({ backend: addressText(target), err: (e as Error).message }, 'could not forward cancel request'));
+    return this.sendCancel(target, pid, key).catch((e) => this.log.warn({ backend: addressText(target), err: (e as Error).message }, 'could not forward cancel request'));
   }
 
   private async sendCancel(target: BackendAddress, pid: number, key: Buffer): Promise<void> {
@@ -280,7 +280,15 @@ export class ProxyServer implements ProxyContext {
     s.on('error', () => undefined);
     // CancelRequest: Int32 length, Int32 80877102, Int32 pid, then the key (4 bytes in 3.0)
     const head = key.length === 4 ? serialize.cancel(pid, key.readInt32BE(0)) : cancelPacket(pid, key);
+    // the server closes this connection once the backend has been signalled: resolved then (or
+    // after the connect timeout), so a client's cancel connection can be closed at the same point
+    const closed = new Promise<void>((resolve) => {
+      s.once('close', () => resolve());
+      setTimeout(resolve, this.cfg.connectTimeoutMs).unref();
+    });
+    s.resume();
     s.end(head);
+    await closed;
   }
 
   pickReader(): BackendState | null {

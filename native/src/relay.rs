@@ -30,8 +30,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct RelayEvent {
     pub id: u32,
-    /// client-eof, client-error, backend-eof, backend-error, client-protocol, backend-protocol,
-    /// backend-fatal (informational: the session goes on until the server closes)
+    /// client-eof (informational: the client closed its side without Terminate, so did the relay
+    /// towards the server, and the session goes on until the server closes), client-error,
+    /// backend-eof, backend-error, client-protocol, backend-protocol, backend-fatal (informational:
+    /// the session goes on until the server closes)
     pub kind: &'static str,
     pub detail: String,
     /// SQLSTATE of a FATAL/PANIC ErrorResponse the server sent, if any
@@ -191,17 +193,25 @@ struct Session {
     backend_walker: Walker,
     status: Arc<AtomicU8>,
     client_terminated: bool,
-    /// the client closed its side after Terminate: nothing more is read from it, while the server's
-    /// last answer still goes to it until the server closes
+    /// the client closed its side (after Terminate or not): nothing more is read from it, while the
+    /// server's last answer still goes to it until the server closes
     client_eof: bool,
     messages_at_ready: u64,
+    /// the server waits for COPY data (CopyInResponse/CopyBothResponse seen, no CopyDone/CopyFail or
+    /// ReadyForQuery since): a client that vanishes now is seen by the server itself
+    copy_in: bool,
+    /// the session ended on an error of the client's connection (a reset): the server's connection
+    /// is reset too when the session is finished without anything for it, as it would be directly
+    client_failed: bool,
     backend_fatal: Option<String>,
     ended: bool,
 }
 
 impl Session {
+    /// a query runs for a client that did not say goodbye (and the server is not reading COPY data
+    /// from it): what JavaScript cancels when the client vanishes — the rule of client-session.ts
     fn busy(&self) -> bool {
-        !self.client_terminated && self.client_walker.messages > self.messages_at_ready
+        !self.client_terminated && !self.copy_in && self.client_walker.messages > self.messages_at_ready
     }
 }
 
@@ -211,6 +221,15 @@ struct Drain {
     out: Vec<u8>,
     off: usize,
     deadline: Instant,
+}
+
+/// close with a TCP reset once the last descriptor of the socket is closed (SO_LINGER 0)
+fn reset_on_close(sock: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    unsafe {
+        libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &l as *const libc::linger as *const libc::c_void, std::mem::size_of::<libc::linger>() as libc::socklen_t);
+    }
 }
 
 impl Drain {
@@ -297,7 +316,11 @@ impl Drop for Relay {
 
 const READY_FOR_QUERY: u8 = b'Z';
 const ERROR_RESPONSE: u8 = b'E';
+const COPY_IN_RESPONSE: u8 = b'G';
+const COPY_BOTH_RESPONSE: u8 = b'W';
 const TERMINATE: u8 = b'X';
+const COPY_DONE: u8 = b'c';
+const COPY_FAIL: u8 = b'f';
 
 fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, counters: Arc<Counters>) {
     let mut events = Events::with_capacity(1024);
@@ -332,12 +355,14 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
                                 backend,
                                 c2b: Direction { pending: Vec::new(), pending_off: 0 },
                                 b2c: Direction { pending: Vec::new(), pending_off: 0 },
-                                client_walker: Walker::new(max_frontend, &[TERMINATE]),
-                                backend_walker: Walker::new(i32::MAX as u32, &[READY_FOR_QUERY, ERROR_RESPONSE]),
+                                client_walker: Walker::new(max_frontend, &[TERMINATE, COPY_DONE, COPY_FAIL]),
+                                backend_walker: Walker::new(i32::MAX as u32, &[READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE, COPY_BOTH_RESPONSE]),
                                 status,
                                 client_terminated: false,
                                 client_eof: false,
                                 messages_at_ready: 0,
+                                copy_in: false,
+                                client_failed: false,
                                 backend_fatal: None,
                                 ended: false,
                             };
@@ -367,10 +392,18 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
                                     }
                                 }
                                 let mut to_b = s.c2b.pending.split_off(s.c2b.pending_off);
+                                let reset_backend = to_backend.is_none() && s.client_failed;
                                 if let Some(bytes) = to_backend {
                                     if s.client_walker.at_boundary() {
                                         to_b.extend_from_slice(&bytes);
                                     }
+                                }
+                                if reset_backend {
+                                    // the client's connection failed: the server's is reset, not
+                                    // closed in order (the JavaScript side closes its descriptor too)
+                                    counters.sessions.fetch_sub(1, Ordering::Relaxed);
+                                    reset_on_close(&s.backend);
+                                    continue;
                                 }
                                 counters.sessions.fetch_sub(1, Ordering::Relaxed);
                                 let deadline = Instant::now() + DRAIN_LIMIT;
@@ -426,6 +459,7 @@ fn end(poll: &mut Poll, id: u32, s: &mut Session, kind: &'static str, detail: St
         return;
     }
     s.ended = true;
+    s.client_failed = kind == "client-error";
     let _ = poll.registry().deregister(&mut s.client);
     let _ = poll.registry().deregister(&mut s.backend);
     sink.emit(RelayEvent {
@@ -472,16 +506,27 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
         let src = if from_client { &mut s.client } else { &mut s.backend };
         let n = match src.read(buf) {
             Ok(0) => {
-                if from_client && s.client_terminated && s.client_walker.at_boundary() {
-                    // the client said goodbye and closed its side, as a client may that still reads:
-                    // the server ends the session itself after answering what it was sent, and its
-                    // answer still goes to the client; the server sees our side closed too
+                if from_client {
+                    // the client closed its side (after Terminate, as a client may that still reads,
+                    // or vanishing): as on a direct connection the server sees our side closed —
+                    // never a Terminate the client did not send — and what it still answers goes to
+                    // the client; the server's close ends the session
                     s.client_eof = true;
                     let _ = s.backend.shutdown(Shutdown::Write);
+                    if !s.client_terminated {
+                        // no Terminate: JavaScript decides about cancelling a running query
+                        sink.emit(RelayEvent {
+                            id,
+                            kind: "client-eof",
+                            detail: "connection closed".into(),
+                            sqlstate: s.backend_fatal.clone(),
+                            client_terminated: false,
+                            busy: s.busy(),
+                        });
+                    }
                     return;
                 }
-                let kind = if from_client { "client-eof" } else { "backend-eof" };
-                return end(poll, id, s, kind, "connection closed".into(), sink);
+                return end(poll, id, s, "backend-eof", "connection closed".into(), sink);
             }
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -494,13 +539,19 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
         let data = &buf[..n];
         if from_client {
             let mut terminated = false;
+            let mut copy_end = false;
             let r = s.client_walker.feed(data, &mut |t, _| {
                 if t == TERMINATE {
                     terminated = true;
+                } else if t == COPY_DONE || t == COPY_FAIL {
+                    copy_end = true;
                 }
             });
             if terminated {
                 s.client_terminated = true;
+            }
+            if copy_end {
+                s.copy_in = false;
             }
             if let Err(msg) = r {
                 return end(poll, id, s, "client-protocol", msg, sink);
@@ -510,8 +561,12 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
             let mut ready: Option<u8> = None;
             let mut fatal: Option<(String, String)> = None;
             let (mut readies, mut idles) = (0u64, 0u64);
+            let mut copy_in: Option<bool> = None;
             let r = s.backend_walker.feed(data, &mut |t, body| {
-                if t == READY_FOR_QUERY && !body.is_empty() {
+                if t == COPY_IN_RESPONSE || t == COPY_BOTH_RESPONSE {
+                    copy_in = Some(true);
+                } else if t == READY_FOR_QUERY && !body.is_empty() {
+                    copy_in = Some(false);
                     ready = Some(body[0]);
                     readies += 1;
                     if body[0] == b'I' {
@@ -531,6 +586,9 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
             if let Some(st) = ready {
                 s.status.store(st, Ordering::Relaxed);
                 s.messages_at_ready = s.client_walker.messages;
+            }
+            if let Some(c) = copy_in {
+                s.copy_in = c;
             }
             if let Some((sev, code)) = fatal {
                 s.backend_fatal = Some(code.clone());

@@ -52,6 +52,17 @@ export class ClientSession {
   private backendSentFatal = false;
   /** the client sent Terminate: the server closing next is the normal end */
   private clientTerminated = false;
+  /** the client's connection failed (reset): the server's is reset too, as it would be directly */
+  private clientFailed = false;
+  /** the client closed its side without Terminate: so has the proxy towards the server, which ends the session */
+  private clientGone = false;
+  /** a cancel request went out for this session's running query */
+  private cancelSent = false;
+  /**
+   * the server waits for COPY data (CopyInResponse seen, no CopyDone/CopyFail or ReadyForQuery
+   * since): a client that vanishes now is seen by the server itself, nothing to cancel
+   */
+  private copyIn = false;
   private cancelId: string | null = null;
   private backendKey: { pid: number; key: Buffer } | null = null;
   private clientMessagesAtReady = 0;
@@ -75,13 +86,16 @@ export class ClientSession {
     this.clientWalker = new MessageWalker({
       peer: `client ${socket.remoteAddress}:${socket.remotePort}`,
       maxLength: PQ_LARGE_MESSAGE_LIMIT,
-      wanted: (t) => t === FRONTEND.terminate,
-      onMessage: () => (this.clientTerminated = true),
+      wanted: (t) => t === FRONTEND.terminate || COPY_END.has(t),
+      onMessage: (t) => {
+        if (t === FRONTEND.terminate) this.clientTerminated = true;
+        else this.copyIn = false;
+      },
     });
     this.backendWalker = new MessageWalker({
       peer: 'backend',
       maxLength: 0x7fffffff,
-      wanted: (t) => t === BACKEND.readyForQuery || t === BACKEND.backendKeyData || t === BACKEND.errorResponse,
+      wanted: (t) => t === BACKEND.readyForQuery || t === BACKEND.backendKeyData || t === BACKEND.errorResponse || COPY_IN.has(t),
       maxCollect: 64 * 1024,
       onMessage: (t, body) => this.onBackendMessage(t, body),
     });
@@ -121,7 +135,10 @@ export class ClientSession {
 
   private attachStartup(s: Socket): void {
     s.on('data', this.onStartupData);
-    s.on('error', (e) => this.close(`client error: ${e.message}`));
+    s.on('error', (e) => {
+      this.clientFailed = true;
+      this.close(`client error: ${e.message}`);
+    });
     s.on('close', () => {
       // as PostgreSQL: logged ("incomplete startup packet"), nothing to answer
       if (this.phase === 'startup' && this.reader.buffered > 0) this.ctx.log.info({ session: this.id, client: this.client.remoteAddress, bytes: this.reader.buffered }, 'incomplete startup packet');
@@ -177,8 +194,13 @@ export class ClientSession {
         if (this.reader.buffered > 0) throw new ProtocolError('received unencrypted data after GSSAPI encryption request', 8);
         return false;
       case 'cancel':
-        if (p.key) this.ctx.cancelFor(p.pid, p.key);
-        this.close('cancel request handled');
+        // as the postmaster: the connection closes once the server has taken the request, so a
+        // client that waits for that (libpq's PQcancel does) knows its query has been signalled
+        this.client.off('data', this.onStartupData);
+        // a client that closes its side at once still gets its connection closed only then
+        this.client.allowHalfOpen = true;
+        if (p.key) void this.ctx.cancelFor(p.pid, p.key).finally(() => this.close('cancel request handled'));
+        else this.close('cancel request handled');
         return true;
       case 'startup':
         this.client.off('data', this.onStartupData);
@@ -362,17 +384,30 @@ export class ClientSession {
     return Boolean(mine?.raw && theirs?.raw && mine.raw.equals(theirs.raw));
   }
 
-  /** the client closed its side (Node relay) */
+  /**
+   * the client closed its side (Node relay). As on a direct connection the server sees its side
+   * closed — never a Terminate the client did not send — and what it still answers goes to the
+   * client until it closes (a client may half-close after Terminate and still read).
+   */
   private clientEnded(): void {
     if (this.phase !== 'relay' || this.native) return;
     const b = this.backend;
-    if (this.clientTerminated && this.clientWalker.atBoundary && b && !b.destroyed) {
-      // it said goodbye first: the server answers what it was sent and closes, and that answer still
-      // goes to the client (as from PostgreSQL itself); the server sees our side closed too
-      b.end();
-      return;
+    if (!b || b.destroyed) return this.close('client closed');
+    if (!this.clientTerminated) {
+      this.clientGone = true;
+      this.cancelIfVanishedMidQuery();
     }
-    this.close('client closed');
+    b.end();
+  }
+
+  /**
+   * a client that vanished (no Terminate) while its query runs: cancel the query so it does not run
+   * on for nobody — not while the server reads COPY data from it (it sees the client go itself)
+   */
+  private cancelIfVanishedMidQuery(busy = this.clientWalker.messages > this.clientMessagesAtReady && !this.copyIn): void {
+    if (this.cancelSent || this.clientTerminated || !busy || !this.backendKey || !this.backend || this.backend.destroyed) return;
+    this.cancelSent = true;
+    void this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
   }
 
   private fromClient(chunk: Buffer): void {
@@ -396,7 +431,9 @@ export class ClientSession {
   }
 
   private onBackendMessage(type: number, body: Buffer): void {
-    if (type === BACKEND.readyForQuery) {
+    if (COPY_IN.has(type)) this.copyIn = true;
+    else if (type === BACKEND.readyForQuery) {
+      this.copyIn = false;
       // queries and transactions answered (the first ReadyForQuery only ends the startup)
       if (this.readySeen) {
         this.ctx.stats.ready++;
@@ -447,7 +484,7 @@ export class ClientSession {
     c.removeAllListeners('drain');
     b.removeAllListeners('drain');
     try {
-      this.ctx.relay!.add(this.id, ch.fd!, bh.fd!, PQ_LARGE_MESSAGE_LIMIT);
+      this.ctx.relay!.add(this.id, ch.fd, bh.fd, PQ_LARGE_MESSAGE_LIMIT);
     } catch (e) {
       this.ctx.log.warn({ session: this.id, err: (e as Error).message }, 'native relay refused the session');
       return this.terminate({ severity: 'FATAL', code: SQLSTATE.connectionFailure, message: `pgha-proxy: ${(e as Error).message}` }, 'native relay refused');
@@ -468,11 +505,18 @@ export class ClientSession {
     this.backendSentFatal ||= Boolean(e.sqlstate);
     switch (e.kind) {
       case 'client-eof':
+        // the client closed its side without Terminate; the relay closed ours towards the server
+        // (no Terminate) and still relays what it answers until it closes: the end of the session.
+        // A client that said goodbye did not vanish mid-query, nor one the server reads COPY data
+        // from (busy is false then): nothing to cancel
+        this.clientGone = true;
+        if (e.busy) this.cancelIfVanishedMidQuery(true);
+        return;
       case 'client-error':
-        // a client that said goodbye (Terminate) did not vanish mid-query: nothing to cancel
-        if (e.busy && !e.clientTerminated && this.backendKey) this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
-        this.finishNative(null, e.clientTerminated ? null : serialize.end());
-        return this.close(e.kind === 'client-eof' ? 'client closed' : `client error: ${e.detail}`);
+        if (e.busy) this.cancelIfVanishedMidQuery(true);
+        // the relay resets the server's connection, as the client's was
+        this.finishNative(null, null);
+        return this.close(`client error: ${e.detail}`);
       case 'backend-eof':
       case 'backend-error':
         return this.backendGone(e.kind === 'backend-eof' ? 'connection closed' : e.detail);
@@ -495,7 +539,7 @@ export class ClientSession {
 
   private backendGone(why: string): void {
     if (this.phase === 'closed') return;
-    if (this.clientTerminated) return this.close('client terminated');
+    if (this.clientTerminated || this.clientGone) return this.close(this.clientTerminated ? 'client terminated' : 'client closed');
     const name = this.backendName!;
     const state = this.ctx.monitor.state(name);
     if (!this.backendSentFatal) this.ctx.monitor.suspect(name, `session lost its backend: ${why}`);
@@ -573,11 +617,7 @@ export class ClientSession {
     this.phase = 'closed';
     if (this.startupTimer) clearTimeout(this.startupTimer);
     if (this.authTimer) clearTimeout(this.authTimer);
-    // a client that vanished while its query runs: cancel the query so it does not run on for nobody
-    // (one that sent Terminate did not vanish: the server ends that session itself)
-    if (wasRelay && !this.native && !this.clientTerminated && this.backendKey && this.backend && !this.backend.destroyed && this.clientWalker.messages > this.clientMessagesAtReady) {
-      this.ctx.cancelFor(this.backendKey.pid, this.backendKey.key);
-    }
+    if (wasRelay && !this.native) this.cancelIfVanishedMidQuery();
     if (this.cancelId) this.ctx.cancels.remove(this.cancelId);
     if (this.native) {
       // only close our descriptors: a shutdown() here would cut the relay's duplicates too
@@ -589,9 +629,12 @@ export class ClientSession {
       this.ctx.log.debug({ session: this.id, backend: this.backendName, why }, 'session closed');
       return;
     }
+    // the client went without Terminate (a Terminate of its own has been relayed already): the server
+    // sees what it would see directly, its connection closed — or reset, when the client's was —
+    // never a Terminate it was not sent (inside COPY that is a protocol error)
     if (this.backend && !this.backend.destroyed) {
-      if (this.clientWalker.atBoundary) this.backend.end(serialize.end());
-      else this.backend.destroy();
+      if (this.clientFailed) resetSocket(this.backend);
+      else this.backend.end();
     }
     if (!this.client.destroyed && !this.client.writableEnded) this.client.end();
     this.ctx.detach(this);

@@ -32,8 +32,11 @@ export interface ProxyContext {
   /** the native relay sessions are handed to after startup (null: Node relays everything) */
   relay: ProxyRelay | null;
   nativeSessions: Map<number, ClientSession>;
-  /** send a CancelRequest to the server that owns this key (unknown keys are ignored, as PostgreSQL does) */
-  cancelFor(pid: number, key: Buffer): void;
+  /**
+   * send a CancelRequest to the server that owns this key (unknown keys are ignored, as PostgreSQL
+   * does); resolved once the server has taken it (it closed that connection), never rejected
+   */
+  cancelFor(pid: number, key: Buffer): Promise<void>;
   /** the backend for a read-only session */
   pickReader(): BackendState | null;
   /**

@@ -1,0 +1,127 @@
+/**
+ * A client in COPY FROM STDIN that disappears, through both relays, compared with the same client
+ * straight at PostgreSQL: what the server logs for that backend must be the same. A client that
+ * vanishes without Terminate must look to the server as it does directly (its socket closes: the
+ * server logs `unexpected EOF`), not as a Terminate inside COPY (`unexpected message type 0x58`),
+ * and the server must not receive a cancel request the client never sent. A client that does send
+ * Terminate inside COPY, or a cancel request first, gets what it gets directly.
+ */
+import { connect, type Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { serialize } from 'pg-protocol';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
+import { startProxy, type RunningProxy } from '../support/proxy.js';
+
+let server: PgCluster;
+const proxies: Record<'native' | 'node', RunningProxy> = {} as never;
+
+beforeAll(async () => {
+  server = await PgCluster.init({ name: 'proxy-copy-cancel', conf: { log_line_prefix: '%m [%p] ' } });
+  await server.start();
+  server.psql('CREATE TABLE copy_target (a int, b text)');
+  for (const relay of ['native', 'node'] as const) proxies[relay] = await startProxy([server.port], ['--backend-sslmode', 'disable', '--relay', relay]);
+}, 120_000);
+
+afterAll(async () => {
+  for (const p of Object.values(proxies)) await p?.stop();
+  await cleanupAll();
+});
+
+const serverLog = () => readFileSync(join(server.root, 'server.log'), 'utf8');
+
+interface Wire {
+  s: Socket;
+  pid: number;
+  key: number;
+  /** everything received so far */
+  got: () => Buffer;
+}
+
+/** log in (trust) and read up to the first ReadyForQuery, keeping BackendKeyData */
+async function login(port: number): Promise<Wire> {
+  const s = connect({ host: '127.0.0.1', port });
+  s.on('error', () => undefined);
+  await new Promise((r) => s.once('connect', r));
+  let buf = Buffer.alloc(0);
+  s.on('data', (b: Buffer) => (buf = Buffer.concat([buf, b])));
+  s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
+  await waitFor(async () => buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49])), 10_000, 'first ReadyForQuery');
+  const k = buf.indexOf(Buffer.from([0x4b, 0, 0, 0, 12]));
+  expect(k, 'BackendKeyData').toBeGreaterThanOrEqual(0);
+  return { s, pid: buf.readInt32BE(k + 5), key: buf.readInt32BE(k + 9), got: () => buf };
+}
+
+/** the types of the whole messages in a server stream after the startup phase */
+function messageTypes(buf: Buffer): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 5 <= buf.length; i += 1 + buf.readInt32BE(i + 1)) out.push(String.fromCharCode(buf[i]));
+  return out;
+}
+
+/** a CancelRequest as libpq's PQcancel sends it: then wait until the server (or proxy) closes that connection */
+async function cancel(port: number, pid: number, key: number): Promise<void> {
+  const c = connect({ host: '127.0.0.1', port });
+  c.on('error', () => undefined);
+  await new Promise((r) => c.once('connect', r));
+  c.write(serialize.cancel(pid, key));
+  c.resume();
+  await new Promise((r) => c.once('close', r));
+}
+
+type Ending = 'close' | 'reset' | 'terminate' | 'cancel, then close' | 'cancel, then terminate';
+
+/** start COPY FROM STDIN, send a row, end as told; the server's log lines about that backend */
+async function copyThenVanish(port: number, ending: Ending): Promise<string[]> {
+  const w = await login(port);
+  const logFrom = serverLog().length;
+  w.s.write(serialize.query('COPY copy_target FROM STDIN'));
+  await waitFor(async () => messageTypes(w.got()).includes('G'), 10_000, 'CopyInResponse');
+  w.s.write(serialize.copyData(Buffer.from('1\tone\n')));
+  await sleep(50);
+  if (ending.startsWith('cancel')) await cancel(port, w.pid, w.key);
+  if (ending.endsWith('terminate')) w.s.end(serialize.end());
+  else if (ending === 'reset') w.s.resetAndDestroy();
+  else w.s.end();
+  // the backend is gone, and a cancel request sent on its behalf had time to arrive
+  await waitFor(async () => server.psql(`SELECT count(*) FROM pg_stat_activity WHERE pid = ${w.pid}`).trim() === '0', 10_000, `backend ${w.pid} gone`);
+  await sleep(400);
+  w.s.destroy();
+  const lines = serverLog().slice(logFrom).split('\n');
+  const out: string[] = [];
+  let mine = false;
+  for (const l of lines) {
+    const m = /^\S+ \S+ \S+ \[(\d+)\] (.*)$/.exec(l);
+    if (m) {
+      mine = Number(m[1]) === w.pid || m[2].includes(`PID ${w.pid} `);
+      if (mine) out.push(m[2].replace(String(w.pid), 'PID'));
+    } else if (mine && l.startsWith('\t')) out.push(l);
+  }
+  return out;
+}
+
+const endings: Ending[] = ['close', 'reset', 'terminate', 'cancel, then close', 'cancel, then terminate'];
+const direct: Partial<Record<Ending, string[]>> = {};
+
+describe('COPY FROM STDIN, then the client goes', () => {
+  it('straight at PostgreSQL: what the server logs for each ending', async () => {
+    for (const e of endings) {
+      direct[e] = await copyThenVanish(server.port, e);
+      console.log(`direct, ${e}:\n  ${direct[e]!.join('\n  ')}`);
+      expect(direct[e]!.length, e).toBeGreaterThan(0);
+    }
+    expect(direct.close!.join('\n')).toMatch(/unexpected EOF on client connection/);
+    expect(direct.terminate!.join('\n')).toMatch(/unexpected message type 0x58 during COPY from stdin/);
+  });
+
+  for (const relay of ['native', 'node'] as const) {
+    it(`through the ${relay} relay the server logs the same lines`, async () => {
+      expect(Object.keys(direct)).toHaveLength(endings.length);
+      for (const e of endings) {
+        const got = await copyThenVanish(proxies[relay].port, e);
+        expect(got, `${relay} relay, ${e}`).toEqual(direct[e]);
+      }
+    });
+  }
+});
