@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, waitFor } from '../harness/cluster.js';
 import { stopAgentProcesses } from '../support/agents.js';
 import { askInRecovery, HaCluster, type HaNode } from '../support/ha-cluster.js';
+import { pgha } from '../support/cli.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -133,6 +134,20 @@ describe('status page on the admin port (headless Chromium)', () => {
     const oldRole = (await shownRoles(page))[p0.address];
     expect(['down', 'fenced', 'standby']).toContain(oldRole);
     if (oldRole === 'standby') expect(await askInRecovery(p0)).toBe('true');
+
+    // the same in the terminal: pgha list (pgha status), and its JSON
+    const list = await pgha(['list', '--proxy', ha!.proxy.admin]);
+    expect(list.status, list.stderr).toBe(0);
+    expect(list.stdout).toContain(`primary: ${p1!.address}`);
+    const lineOf = (addr: string) => list.stdout.split('\n').find((l) => l.startsWith(addr + ' ')) ?? '';
+    expect(lineOf(p1!.address)).toMatch(/\bprimary\b/);
+    expect(list.stdout).toMatch(new RegExp(`failover \\(auto\\) \\S+: ${p0.address.replace(/\./g, '\\.')} -> ${p1!.address.replace(/\./g, '\\.')} promoted in`));
+    expect(list.stdout).toMatch(/^ {4}detect \d+ ms · confirm \d+ ms · fence \d+ ms · prepare \d+ ms · promote \d+ ms · reroute \d+ ms/m);
+    const json = await pgha(['status', '--json', '--proxy', ha!.proxy.admin]);
+    const s = JSON.parse(json.stdout) as { failovers: Array<{ from: string; to: string; phases: Array<{ name: string; ms: number }> }> };
+    const f = s.failovers.find((x) => x.from === p0.address)!;
+    expect(f.to).toBe(p1!.address);
+    expect(f.phases.slice(0, 6).map((x) => x.name)).toEqual(['detect', 'confirm', 'fence', 'prepare', 'promote', 'reroute']);
 
     // wait (a while) for the automatic rejoin, so the picture shows the whole cluster again
     await ha!.waitHealthy(90_000).catch(() => undefined);
