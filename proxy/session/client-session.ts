@@ -26,6 +26,26 @@ type Phase = 'startup' | 'connecting' | 'relay' | 'closed';
 
 let nextId = 1;
 
+/** CopyInResponse, CopyBothResponse: from here the server reads COPY data from the client */
+const COPY_IN = new Set([0x47, 0x57]);
+/** CopyDone, CopyFail: the client's end of COPY data */
+const COPY_END = new Set([0x63, 0x66]);
+
+/** close with a TCP reset (under TLS: the TCP connection it runs on) */
+function resetSocket(s: Socket): void {
+  const tcp = s instanceof TLSSocket ? ((s as unknown as { _parent?: Socket | null })._parent ?? null) : s;
+  try {
+    if (tcp) {
+      tcp.resetAndDestroy();
+      s.destroy();
+      return;
+    }
+  } catch {
+    // not a TCP handle
+  }
+  s.destroy();
+}
+
 /** SQLSTATEs with which a server says it is going away: worth an immediate health check */
 const SERVER_GOING_AWAY = new Set(['57P01', '57P02', '57P03', '58P01']);
 
@@ -484,7 +504,7 @@ export class ClientSession {
     c.removeAllListeners('drain');
     b.removeAllListeners('drain');
     try {
-      this.ctx.relay!.add(this.id, ch.fd, bh.fd, PQ_LARGE_MESSAGE_LIMIT);
+      this.ctx.relay!.add(this.id, ch.fd!, bh.fd!, PQ_LARGE_MESSAGE_LIMIT);
     } catch (e) {
       this.ctx.log.warn({ session: this.id, err: (e as Error).message }, 'native relay refused the session');
       return this.terminate({ severity: 'FATAL', code: SQLSTATE.connectionFailure, message: `pgha-proxy: ${(e as Error).message}` }, 'native relay refused');
