@@ -5,7 +5,7 @@
  * key of its schema (so a flag added without its schema line fails here); examples/pgha.yaml parses.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -113,6 +113,14 @@ describe('cluster file', () => {
     const a = loadAgentConfig({ config: f, name: 'n1', pgPort: '7777' }, { PGHA_PG_BIN: '/opt/pg/bin' }, (w) => warnings.push(w));
     expect(a).toMatchObject({ name: 'n1', pgdata: join(dir, 'data/n1'), pgPort: 7777, pgBin: '/opt/pg/bin', host: '127.0.0.1', port: 8010, token: 'cluster-token-0123456789', peers: { n2: 'http://127.0.0.1:8011' }, autoRejoinIntervalMs: 1000 });
     expect(() => loadProxyConfig({ name: 'p1', listen: '127.0.0.1:1', backend: ['127.0.0.1:2'] }, {})).toThrow(/--name picks a proxy of a cluster config file: give --config FILE/);
+    // a file that others may read is worth a warning only when it holds the token itself
+    (await import('node:fs')).chmodSync(f, 0o644);
+    loadAgentConfig({ config: f, name: 'n1' }, {}, (w) => warnings.push(w));
+    expect(warnings).toEqual([]);
+    const inline = file(CLUSTER.replace('tokenFile: secrets/token', 'token: inline-token-0123456789'));
+    (await import('node:fs')).chmodSync(inline, 0o644);
+    expect(loadAgentConfig({ config: inline, name: 'n1' }, {}, (w) => warnings.push(w)).token).toBe('inline-token-0123456789');
+    expect(warnings).toEqual([`pgha: warning: config file ${inline} is readable by group or others (mode 0644); it holds the agents' token: chmod 600 ${inline}`]);
   });
 
   it('JSON is accepted as well', () => {
@@ -173,6 +181,15 @@ describe('cluster file', () => {
   it('a YAML syntax error names the line and column', () => {
     const f = file('nodes:\n  - name: n1\n   dataDir: x\n');
     expect(errorOf(() => loadClusterConfig(f))).toMatch(new RegExp(`^${f}:3:\\d+: `));
+  });
+
+  it('the README\'s "Run a cluster" file parses too', () => {
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const at = readme.indexOf('## Run a cluster');
+    const yaml = /```yaml\n([^]*?)```/.exec(readme.slice(at))![1];
+    const c = loadClusterConfig(file(yaml));
+    expect(c.nodes.map((x) => x.name)).toEqual(['n1', 'n2', 'n3']);
+    expect(c.proxies.map((p) => p.name)).toEqual(['p1']);
   });
 
   it('examples/pgha.yaml parses: 3 nodes, proxies, every daemon gets its part', () => {
