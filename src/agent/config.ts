@@ -128,12 +128,13 @@ export function loadAgentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = proc
     autoRejoinIntervalMs?: number | string;
   } = {};
   if (flags.config) {
-    warnIfExposed(flags.config, 'config file', warn);
     try {
       file = agentSettingsFromFile(flags.config, flags.name ?? env.PGHA_NODE_NAME);
     } catch (e) {
       throw new ConfigError(e instanceof ConfigFileError ? e.message : `${flags.config}: ${(e as Error).message}`);
     }
+    // only a file holding the token is a secret (a cluster file naming a tokenFile may be shared with the proxies' user)
+    if (file.token) warnIfExposed(flags.config, 'config file', warn);
   }
   const listen = flags.listen ?? env.PGHA_LISTEN ?? file.listen ?? `${file.host ?? '127.0.0.1'}:${file.port ?? 8079}`;
   const { host, port } = parseListen(listen);

@@ -7,7 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { appendFileSync, chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -85,6 +85,13 @@ function readSecret(path: string, what: string): string {
   }
 }
 
+/** may this user write into the directory (by its mode bits; supplementary groups and ACLs not looked at)? */
+function writableBy(dir: string, u: { uid: number; gid: number }): boolean {
+  const st = statSync(dir);
+  if (u.uid === 0) return true;
+  return Boolean((st.uid === u.uid && st.mode & 0o200) || (st.gid === u.gid && st.mode & 0o020) || st.mode & 0o002);
+}
+
 export interface InitResult {
   ok: true;
   primary: string;
@@ -135,6 +142,11 @@ export async function executeInit(plan: InitPlan, c: ClusterConfig, o: ExecuteOp
   const user = await osUser(plan.osUser);
   if (!asRoot && process.getuid?.() !== user.uid) refusals.push(`run pgha init as root or as ${plan.osUser} (postgres.osUser), who will own the data directories`);
   if (asRoot && user.uid === 0) refusals.push('postgres.osUser: PostgreSQL does not run as root; name an unprivileged user');
+  // the server's socket and lock file go into the socket directory: it must be the owner's to write
+  for (const sock of new Set(plan.nodes.map((n) => String(n.nodeSettings.unix_socket_directories)))) {
+    // one that is not there yet is made by init, for the owner
+    if (existsSync(sock) && !writableBy(sock, user)) refusals.push(`postgres.socketDir: ${sock} is not writable by ${plan.osUser}${c.postgres.socketDir ? '' : ' (by default the socket directory is the data directories\' parent)'}: set postgres.socketDir or give ${plan.osUser} the directory`);
+  }
   const superPw = c.postgres.superuserPasswordFile ? readSecret(c.postgres.superuserPasswordFile, 'postgres.superuserPasswordFile') : null;
   const replPw = c.postgres.replicationPasswordFile ? readSecret(c.postgres.replicationPasswordFile, 'postgres.replication.passwordFile') : null;
   if (refusals.length) throw new InitRefused(refusals);
@@ -191,9 +203,14 @@ export async function executeInit(plan: InitPlan, c: ClusterConfig, o: ExecuteOp
     log(`${p.name}: started on port ${p.pgPort}`);
 
     step = `roles and slots on ${p.name}`;
-    const client = new pg.Client({ host: '127.0.0.1', port: p.pgPort, user: plan.superuser, database: 'postgres', password: superPw ?? undefined, connectionTimeoutMillis: 10_000 });
-    client.on('error', () => undefined);
-    await client.connect();
+    /** the primary's SQL, as the superuser (with its password when there is one) */
+    const connectPrimary = async (): Promise<pg.Client> => {
+      const c = new pg.Client({ host: '127.0.0.1', port: p.pgPort, user: plan.superuser, database: 'postgres', password: superPw ?? undefined, connectionTimeoutMillis: 10_000 });
+      c.on('error', () => undefined);
+      await c.connect();
+      return c;
+    };
+    const client = await connectPrimary();
     try {
       for (const s of plan.sql) await client.query(s);
       if (replPw !== null && plan.replicationUser !== plan.superuser) {
@@ -231,12 +248,17 @@ export async function executeInit(plan: InitPlan, c: ClusterConfig, o: ExecuteOp
     const timeout = o.streamTimeoutMs ?? 120_000;
     const deadline = Date.now() + timeout;
     let streaming = new Set<string>();
-    while (standbys.length) {
-      const rows = await primary.query<{ slot_name: string }>("SELECT s.slot_name FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE r.state = 'streaming'");
-      streaming = new Set(rows.map((r) => r.slot_name));
-      if (standbys.every((s) => streaming.has(s.slot))) break;
-      if (Date.now() > deadline) throw new InitFailed(`not streaming within ${timeout / 1000} s: ${standbys.filter((s) => !streaming.has(s.slot)).map((s) => s.name).join(', ')}`);
-      await sleep(200);
+    const watch = standbys.length ? await connectPrimary() : null;
+    try {
+      while (watch) {
+        const { rows } = await watch.query<{ slot_name: string }>("SELECT s.slot_name FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE r.state = 'streaming'");
+        streaming = new Set(rows.map((r) => r.slot_name));
+        if (standbys.every((s) => streaming.has(s.slot))) break;
+        if (Date.now() > deadline) throw new InitFailed(`not streaming within ${timeout / 1000} s: ${standbys.filter((s) => !streaming.has(s.slot)).map((s) => s.name).join(', ')}`);
+        await sleep(200);
+      }
+    } finally {
+      await watch?.end().catch(() => undefined);
     }
     if (standbys.length) log(`${standbys.map((s) => s.name).join(', ')}: streaming from ${p.name}`);
 

@@ -600,7 +600,7 @@ describe('secrets: the token from a file or the environment, not the command lin
 
   it('pgha agent takes --token-file (over PGHA_TOKEN) and warns about a readable config file', async () => {
     const config = join(dir, 'agent.json');
-    writeFileSync(config, JSON.stringify({ autoRejoin: false }));
+    writeFileSync(config, JSON.stringify({ autoRejoin: false, token: 'a-config-file-token-not-used' }));
     chmodSync(config, 0o644);
     const agent = await startAgentProcess('tokenfile', p, ENV_TOKEN, {}, { extraArgs: ['--token-file', tokenFile, '--config', config] });
     try {

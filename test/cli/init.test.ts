@@ -22,10 +22,28 @@ const config = join(root, 'pgha.yaml');
 const daemons: ChildProcess[] = [];
 let ports: { pg: number[]; agent: number[]; proxy: number; admin: number };
 
-function psql(port: number, sql: string): string {
-  const r = spawnSync(join(BIN, 'psql'), ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-c', sql], { encoding: 'utf8' });
+function psqlRun(port: number, sql: string, env: Record<string, string> = {}) {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PG')));
+  return spawnSync(join(BIN, 'psql'), ['-X', '-q', '-At', '-w', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-c', sql], { encoding: 'utf8', env: { ...clean, ...env } });
+}
+
+function psql(port: number, sql: string, env: Record<string, string> = {}): string {
+  const r = psqlRun(port, sql, env);
   if (r.status !== 0) throw new Error(`psql -p ${port} -c ${sql}: ${r.stderr}`);
   return r.stdout.trim();
+}
+
+/** stop the servers pg_ctl daemonized, by the PIDs in their postmaster.pid */
+async function stopServers(dataDirs: string[]): Promise<void> {
+  for (const d of dataDirs) {
+    const pidFile = join(d, 'postmaster.pid');
+    if (!existsSync(pidFile)) continue;
+    const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+    if (pid > 0 && processAlive(pid)) {
+      process.kill(pid, 'SIGQUIT');
+      await waitFor(async () => !processAlive(pid), 15_000, `postmaster ${pid} to stop`).catch(() => process.kill(pid, 'SIGKILL'));
+    }
+  }
 }
 
 function init(args: string[]): { status: number; stdout: string; stderr: string } {
@@ -66,16 +84,8 @@ afterAll(async () => {
   await waitFor(async () => daemons.every((d) => d.exitCode !== null || d.signalCode !== null), 15_000, 'daemons to stop').catch(() => {
     for (const d of daemons) if (d.exitCode === null) d.kill('SIGKILL');
   });
-  // the servers init started (pg_ctl daemonized them): stopped by PID from their postmaster.pid
-  for (const n of ['n1', 'n2', 'n3']) {
-    const pidFile = join(root, 'data', n, 'postmaster.pid');
-    if (!existsSync(pidFile)) continue;
-    const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-    if (pid > 0 && processAlive(pid)) {
-      process.kill(pid, 'SIGQUIT');
-      await waitFor(async () => !processAlive(pid), 15_000, `postmaster ${pid} to stop`).catch(() => process.kill(pid, 'SIGKILL'));
-    }
-  }
+  // the servers init started (pg_ctl daemonized them)
+  await stopServers(['n1', 'n2', 'n3'].map((n) => join(root, 'data', n)));
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -171,5 +181,60 @@ describe('pgha init --config', () => {
     const r = spawnSync(process.execPath, [PGHA, 'init', '--config', bad], { encoding: 'utf8' });
     expect(r.status).toBe(2);
     expect(r.stderr).toBe(`pgha init: ${bad}: nodes[1].pgPort: expected a port number 1-65535, got "abc"\n`);
+  });
+});
+
+describe('pgha init with passwords', () => {
+  const root2 = mkdtempSync(join(tmpdir(), 'pgha-init-scram-'));
+  chmodSync(root2, 0o755);
+  afterAll(async () => {
+    await stopServers(['a', 'b'].map((n) => join(root2, 'data', n)));
+    rmSync(root2, { recursive: true, force: true });
+  });
+
+  it('scram-sha-256, a replication role of its own, data checksums: the standby streams as that role', async () => {
+    const [pa, pb, aa, ab] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    writeFileSync(join(root2, 'su'), 'su-secret-Ω-1\n', { mode: 0o600 });
+    writeFileSync(join(root2, 'repl'), "repl'secret-2\n", { mode: 0o600 });
+    const cfg = join(root2, 'pgha.yaml');
+    writeFileSync(
+      cfg,
+      `pgBin: ${BIN}
+postgres:
+  auth: scram-sha-256
+  superuserPasswordFile: su
+  replication: { user: replicator, passwordFile: repl }
+  dataChecksums: true
+  walLevel: replica
+nodes:
+  - { name: a, dataDir: a, pgPort: ${pa}, agent: { listen: "127.0.0.1:${aa}" } }
+  - { name: b, dataDir: b, pgPort: ${pb}, agent: { listen: "127.0.0.1:${ab}" } }
+`,
+    );
+    // the data directories' parent is the socket directory: root's here, so refused, nothing touched
+    const refused = spawnSync(process.execPath, [PGHA, 'init', '--config', cfg], { encoding: 'utf8', timeout: 60_000 });
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toBe(`pgha init: refused (nothing touched): postgres.socketDir: ${root2} is not writable by postgres (by default the socket directory is the data directories' parent): set postgres.socketDir or give postgres the directory\n`);
+    expect(readdirSync(root2).sort()).toEqual(['pgha.yaml', 'repl', 'su']);
+    writeFileSync(cfg, readFileSync(cfg, 'utf8').replace('dataDir: a,', 'dataDir: data/a,').replace('dataDir: b,', 'dataDir: data/b,'));
+    const r = spawnSync(process.execPath, [PGHA, 'init', '--config', cfg], { encoding: 'utf8', timeout: 180_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^cluster ready: a primary, b streaming/);
+    expect(r.stdout).toMatch(/note: pg_hba asks members for a scram-sha-256 password/);
+    // the superuser's password is the file's; without it the server refuses
+    const su = { PGPASSWORD: 'su-secret-Ω-1' };
+    expect(psql(pa, "SELECT rolreplication, rolcanlogin FROM pg_roles WHERE rolname = 'replicator'", su)).toBe('t|t');
+    const none = psqlRun(pa, 'SELECT 1');
+    expect(none.status).not.toBe(0);
+    expect(none.stderr).toMatch(/password/);
+    expect(psql(pa, "SELECT usename, state FROM pg_stat_replication", su)).toBe('replicator|streaming');
+    expect(psql(pb, "SELECT pg_is_in_recovery(), current_setting('data_checksums'), current_setting('wal_level')", su)).toBe('t|on|replica');
+    // the replication role's password works (and is the file's)
+    const repl = spawnSync(join(BIN, 'psql'), ['-X', '-At', '-w', '-h', '127.0.0.1', '-p', String(pa), '-U', 'replicator', '-d', 'replication=true', '-c', 'IDENTIFY_SYSTEM'], { encoding: 'utf8', env: { PATH: process.env.PATH!, PGPASSWORD: "repl'secret-2" } });
+    expect(repl.status, repl.stderr).toBe(0);
+    const ctl = spawnSync('runuser', ['-u', 'postgres', '--', join(BIN, 'pg_controldata'), join(root2, 'data', 'a')], { encoding: 'utf8' }).stdout;
+    expect(ctl).toMatch(/Data page checksum version:\s+1/);
+    // initdb's copy of the password file is gone
+    expect(readdirSync(join(root2, 'data')).filter((f) => f.startsWith('.pgha-init-'))).toEqual([]);
   });
 });
