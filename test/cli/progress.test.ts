@@ -1,15 +1,18 @@
 /**
  * Progress bars (src/log/progress.ts): drawn only on a terminal, nothing on a pipe or with JSON;
  * fed by a real pg_basebackup --progress (what a re-clone runs), whose last report matches the
- * size of the backup it wrote (du -sk --apparent-size).
+ * size of the backup it wrote (du -sk --apparent-size); and `pgha rejoin --allow-reclone` of a
+ * stranger node shows its pg_basebackup bar on a real pseudo-terminal (script(1)), not on a pipe.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, chmodSync, chownSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanupAll, PgCluster } from '../harness/cluster.js';
+import { cleanupAll, PgCluster, waitFor } from '../harness/cluster.js';
+import { startAgent, stopAgents } from '../support/agents.js';
+import { PGHA, pgha } from '../support/cli.js';
 import { PgInstance } from '../../src/pg/instance.js';
 import { parseToolProgress, progress } from '../../src/log/progress.js';
 
@@ -31,6 +34,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
+  await stopAgents();
   await cleanupAll();
 }, 60_000);
 
@@ -78,5 +82,35 @@ describe('progress bars', () => {
     expect(parseToolProgress('  1234/56789 kB (2%), 0/1 tablespace\r 5000/56789 kB (8%), 0/1 tablespace\r')).toEqual({ done: 5000, total: 56789 });
     expect(parseToolProgress('pg_rewind: 120/4096 kB (2%) copied')).toEqual({ done: 120, total: 4096 });
     expect(parseToolProgress('pg_basebackup: checkpoint completed')).toBeNull();
+  });
+
+  it('pgha rejoin re-cloning a node: a pg_basebackup bar on a terminal, none on a pipe', async () => {
+    const token = 'progress-test-token-0123456789';
+    const url = await startAgent('primary', primary, token);
+    for (const where of ['terminal', 'pipe'] as const) {
+      const stranger = await PgCluster.init({ name: `progress-stranger-${where}` });
+      await stranger.start();
+      stranger.stop('fast');
+      const args = ['rejoin', '--pgdata', stranger.dataDir, '--source', url, '--token', token, '--pg-bin', stranger.binDir, '--allow-reclone'];
+      let out: string;
+      if (where === 'terminal') {
+        // script(1) runs it on a pseudo-terminal of its own and copies what it writes to our pipe
+        const s = spawn('script', ['-qfec', [process.execPath, PGHA, ...args].map((a) => `'${a}'`).join(' '), '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, TERM: 'xterm' } });
+        let text = '';
+        s.stdout.on('data', (d: Buffer) => (text += d.toString()));
+        const code = await new Promise<number | null>((r) => s.once('close', r));
+        expect(code, text).toBe(0);
+        out = text;
+        expect(out).toMatch(/rejoin: pg_basebackup \[[^\]]*\] 100% (\d+)\/\1 kB/);
+      } else {
+        const r = await pgha(args);
+        expect(r.status, r.stderr).toBe(0);
+        out = r.stdout + r.stderr;
+        expect(out).not.toMatch(/pg_basebackup \[|\d+% \d+\/\d+ kB/);
+      }
+      expect(out).toMatch(/rejoined: reclone/);
+      await waitFor(async () => (await stranger.sql("SELECT count(*) FROM pg_class WHERE relname = 'filler'")) === '1', 30_000, 'the clone has the primary\'s table');
+      await stranger.cleanup();
+    }
   });
 });
