@@ -388,6 +388,10 @@ export class ProxyServer implements ProxyContext {
     dcs.on('leader', (on: boolean) => {
       if (on) void this.onLeadership().catch((err) => log.error({ err: (err as Error).message }, 'taking over as leader failed'));
     });
+    // a leader back from safe mode: what went down meanwhile is handled now
+    dcs.on('safe-mode', (safe: boolean) => {
+      if (!safe && dcs.isLeader) void this.onLeadership().catch((err) => log.error({ err: (err as Error).message }, 'leaving safe mode failed'));
+    });
     // etcd not answering yet must not hold the proxy's start: it keeps trying in the background,
     // and routes nowhere until it has read the recorded primary
     void dcs.start().catch((err) => log.error({ err: (err as Error).message }, 'etcd: could not start'));

@@ -76,6 +76,8 @@ export class Coordinator extends EventEmitter {
   primaryLease: PrimaryLeaseRecord | null = null;
   private unwatch: Unwatch[] = [];
   private lastSync = '';
+  private safeModeTimer: NodeJS.Timeout | null = null;
+  private wasSafe = true;
 
   constructor(readonly o: CoordinatorOptions) {
     super();
@@ -98,6 +100,17 @@ export class Coordinator extends EventEmitter {
   async start(): Promise<void> {
     await this.election.start();
     await this.watchAll();
+    // 'safe-mode' (true/false) on every change: a leader back from safe mode looks again at what it
+    // may have missed meanwhile (a primary that went down while it could not decide)
+    this.safeModeTimer = setInterval(() => {
+      const safe = this.safeMode;
+      if (safe !== this.wasSafe) {
+        this.wasSafe = safe;
+        this.o.log?.(safe ? 'warn' : 'info', safe ? 'safe mode: etcd does not answer — routing to the last recorded primary, deciding nothing' : 'etcd answers: out of safe mode');
+        this.emit('safe-mode', safe);
+      }
+    }, 250);
+    this.safeModeTimer.unref?.();
   }
 
   private async watchAll(): Promise<void> {
@@ -248,6 +261,7 @@ export class Coordinator extends EventEmitter {
   }
 
   async stop(): Promise<void> {
+    if (this.safeModeTimer) clearInterval(this.safeModeTimer);
     await this.election.stop();
     for (const u of this.unwatch.splice(0)) await u();
     await this.lease.stop(true);
