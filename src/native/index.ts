@@ -129,6 +129,17 @@ export function platformArchAbi(platform: string = process.platform, arch: strin
 
 const firstLine = (e: unknown): string => (e instanceof Error ? e.message : String(e)).split('\n')[0]!;
 
+/**
+ * Why the platform package for `platform` is not there, given the main package's optionalDependencies
+ * (the published package lists every platform package; a checkout lists none).
+ */
+export function missingPlatformPackage(scope: string, platform: string, optionalDependencies: Record<string, string>): string {
+  const name = `${scope}-${platform}`;
+  if (name in optionalDependencies) return `${name} is not installed (installed with --omit=optional or --no-optional, or from a lockfile made on another platform?)`;
+  const prebuilt = Object.keys(optionalDependencies).filter((n) => n.startsWith(`${scope}-`)).map((n) => n.slice(scope.length + 1));
+  return `no prebuilt addon for ${platform} (prebuilt: ${prebuilt.join(', ')})`;
+}
+
 /** where the addon was loaded from (a package name or a file) */
 let loadedFrom: string | undefined;
 
@@ -172,11 +183,7 @@ function loadBinding(): { binding: Binding | null; from?: string; reason?: strin
       why.push(`${name} failed to load: ${firstLine(e)}`);
     }
   } else if (Object.keys(prebuilt).length > 0) {
-    why.push(
-      name in prebuilt
-        ? `${name} is not installed (installed with --omit=optional or --no-optional, or from a lockfile made on another platform?)`
-        : `no prebuilt addon for ${platform} (prebuilt: ${Object.keys(prebuilt).map((n) => n.slice(scope.length + 1)).join(', ')})`,
-    );
+    why.push(missingPlatformPackage(scope, platform, prebuilt));
   }
 
   // 2. the addon built from source in a checkout

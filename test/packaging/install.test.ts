@@ -5,7 +5,7 @@
  * own pg_waldump. `npm run pack` is skipped when .pack/stamp.json says the tarballs were made from
  * the same inputs (scripts/pack.mjs --if-stale); cargo rebuilds nothing when native/ is unchanged.
  */
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { execFile, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -44,6 +44,15 @@ function userEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
+/** a long child process without blocking the worker (vitest's RPC must keep answering) */
+function runAsync(cmd: string, args: string[], opts: { cwd: string; env: NodeJS.ProcessEnv }): Promise<{ status: number; output: string }> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { ...opts, encoding: 'utf8', maxBuffer: 1 << 26 }, (err, stdout, stderr) =>
+      resolve({ status: err ? (typeof err.code === 'number' ? err.code : 1) : 0, output: `${stdout}\n${stderr}` }),
+    );
+  });
+}
+
 function run(cmd: string, args: string[], env = userEnv()): SpawnSyncReturns<string> {
   return spawnSync(cmd, args, { encoding: 'utf8', env, cwd: work, maxBuffer: 1 << 28 });
 }
@@ -58,20 +67,21 @@ function tarList(tgz: string): string[] {
   return r.stdout.trim().split('\n').sort();
 }
 
-beforeAll(() => {
-  const pack = spawnSync(process.execPath, [join(ROOT, 'scripts', 'pack.mjs'), '--if-stale'], { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 26 });
-  if (pack.status !== 0) throw new Error(`npm run pack failed:\n${pack.stdout}\n${pack.stderr}`);
+beforeAll(async () => {
+  const pack = await runAsync(process.execPath, [join(ROOT, 'scripts', 'pack.mjs'), '--if-stale'], { cwd: ROOT, env: process.env });
+  if (pack.status !== 0) throw new Error(`npm run pack failed:\n${pack.output}`);
   stamp = JSON.parse(readFileSync(join(PACK, 'stamp.json'), 'utf8'));
 
   mkdirSync(bin, { recursive: true });
   mkdirSync(prefix, { recursive: true });
   symlinkSync(process.execPath, join(bin, 'node'));
   symlinkSync('/bin/sh', join(bin, 'sh'));
-  const r = run(process.execPath, [
-    npmCli(), 'install', '-g', '--prefix', prefix, '--no-audit', '--no-fund', '--no-update-notifier', '--prefer-offline',
-    join(PACK, stamp.main), join(PACK, stamp.platform),
-  ]);
-  if (r.status !== 0) throw new Error(`npm install -g failed:\n${r.stdout}\n${r.stderr}`);
+  const r = await runAsync(
+    process.execPath,
+    [npmCli(), 'install', '-g', '--prefix', prefix, '--no-audit', '--no-fund', '--no-update-notifier', '--prefer-offline', join(PACK, stamp.main), join(PACK, stamp.platform)],
+    { cwd: work, env: userEnv() },
+  );
+  if (r.status !== 0) throw new Error(`npm install -g failed:\n${r.output}`);
 }, 900_000);
 
 describe('installed from the tarballs, without a Rust toolchain', () => {

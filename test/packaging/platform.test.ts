@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseTriple, readNapiConfig } from '@napi-rs/cli';
-import { platformArchAbi } from '../../src/native/index.js';
+import { missingPlatformPackage, platformArchAbi } from '../../src/native/index.js';
 import { ROOT } from '../support/cli.js';
 
 const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
@@ -56,6 +56,15 @@ describe('platform packages', () => {
     const host = /host: (\S+)/.exec(spawnSync('rustc', ['-vV'], { encoding: 'utf8' }).stdout)?.[1];
     expect(host).toBeDefined();
     expect(platformArchAbi()).toBe(parseTriple(host!).platformArchABI);
+  });
+
+  it('the loader names what is missing: a platform without a prebuilt addon, or one not installed', async () => {
+    const napi = await readNapiConfig(join(ROOT, 'package.json'));
+    const published = Object.fromEntries(napi.targets.map((t) => [`${napi.packageName}-${t.platformArchABI}`, pkg.version]));
+    expect(missingPlatformPackage(napi.packageName, parseTriple('x86_64-pc-windows-msvc').platformArchABI, published)).toBe(
+      'no prebuilt addon for win32-x64-msvc (prebuilt: linux-x64-gnu, linux-arm64-gnu, linux-x64-musl, linux-arm64-musl, darwin-x64, darwin-arm64)',
+    );
+    expect(missingPlatformPackage(napi.packageName, 'linux-arm64-musl', published)).toMatch(/^@pgha\/native-linux-arm64-musl is not installed \(installed with --omit=optional/);
   });
 
   it('CHANGELOG.md has an entry for the version in package.json', () => {
