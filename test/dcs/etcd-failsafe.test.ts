@@ -12,11 +12,16 @@
  *    watches carry on (quorum), nobody self-fences.
  * A process "cut off from etcd" talks to it through a TCP relay that black-holes traffic.
  */
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadAgentConfig } from '../../src/agent/config.js';
+import { buildAgent } from '../../src/agent/server.js';
 import { AgentSession, type FailsafeAnswer, type FailsafeRequest } from '../../src/dcs/agent-session.js';
 import { Coordinator } from '../../src/dcs/coordinator.js';
 import type { PrimaryRecord } from '../../src/dcs/keys.js';
-import { sleep, waitFor } from '../harness/cluster.js';
+import { pg15BinDir, sleep, waitFor } from '../harness/cluster.js';
 import { etcdGate, startEtcd, startEtcdCluster, type EtcdServer, type Gate } from '../support/etcd.js';
 
 let etcd: EtcdServer;
@@ -204,6 +209,59 @@ describe('etcd unreachable: safe mode and DCS failsafe', () => {
     expect(Date.now()).toBeGreaterThanOrEqual(cover);
     for (const g of Object.values(gates)) g.heal();
   }, 60_000);
+
+  it('configuration and bad input: --dcs-failsafe needs --etcd; POST dcs/failsafe checks its body, answers no while etcd answers, promises (and refuses node/promote) when it does not', async () => {
+    const cfg = (flags: object, env: NodeJS.ProcessEnv = {}) => loadAgentConfig({ name: 'n1', pgdata: '/x', token: 'a-token-of-sixteen-chars', ...flags }, env, () => undefined);
+    const e = { etcd: '127.0.0.1:2379', cluster: 'main' };
+    expect(cfg({ ...e, dcsFailsafe: true }).dcsFailsafe).toBe(true);
+    expect(cfg(e, { PGHA_DCS_FAILSAFE: '1' }).dcsFailsafe).toBe(true);
+    expect(cfg(e).dcsFailsafe).toBe(false);
+    expect(() => cfg({ dcsFailsafe: true })).toThrow('--dcs-failsafe needs --etcd URL[,URL…] and --cluster NAME');
+    expect(() => cfg(e, { PGHA_DCS_FAILSAFE: 'maybe' })).toThrow('PGHA_DCS_FAILSAFE="maybe": expected 1/0, true/false, on/off or yes/no');
+
+    // an agent (its PostgreSQL not running) on etcd through a relay, and one without etcd
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-failsafe-route-'));
+    open.push({ stop: async () => rmSync(dir, { recursive: true, force: true }) });
+    mkdirSync(join(dir, 'pg_wal'));
+    const token = 'failsafe-route-token-0123';
+    const g = await gate(etcd.port);
+    const base = { host: '127.0.0.1', port: 0, pgdata: dir, token, peers: {}, pgBin: pg15BinDir(), pgPort: 1, pgHost: '127.0.0.1', replUser: 'postgres', autoRejoin: false };
+    const withEtcd = buildAgent({ ...base, name: 'n2', etcd: [g.url], cluster: clusterName(), etcdTtl: FS_TTL }, { logger: false }).app;
+    const without = buildAgent({ ...base, name: 'n3' }, { logger: false }).app;
+    open.push({ stop: () => withEtcd.close() }, { stop: () => without.close() });
+    // over real HTTP (the agent's error path lingers on the request's socket)
+    const urls = new Map<typeof withEtcd, string>();
+    for (const app of [withEtcd, without]) urls.set(app, await app.listen({ host: '127.0.0.1', port: 0 }));
+    const post = async (app: typeof withEtcd, path: string, body: unknown, auth = true) => {
+      const r = await fetch(`${urls.get(app)}${path}`, { method: 'POST', headers: { ...(auth ? { authorization: `Bearer ${token}` } : {}), 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      const json = (await r.json()) as Record<string, unknown> & { message?: string; reason?: string; until?: number };
+      return { statusCode: r.status, json: () => json };
+    };
+    const bad = await post(withEtcd, '/api/pg/v1/dcs/failsafe', { member: 'n1' });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json().message).toBe('POST dcs/failsafe: expected a JSON body {"member": NAME, "pg": "HOST:PORT"}');
+    const noDcs = await post(without, '/api/pg/v1/dcs/failsafe', { member: 'n1', pg: '10.0.0.1:5432' });
+    expect(noDcs.statusCode).toBe(409);
+    expect(noDcs.json()).toMatchObject({ error: 'NO_DCS' });
+    const unauth = await post(without, '/api/pg/v1/dcs/failsafe', {}, false);
+    expect(unauth.statusCode).toBe(401);
+    // etcd answers this agent: no
+    const no = await post(withEtcd, '/api/pg/v1/dcs/failsafe', { member: 'n1', pg: '10.0.0.1:5432' });
+    expect(no.statusCode).toBe(200);
+    expect(no.json()).toMatchObject({ ok: false, member: 'n2', until: null });
+    expect(no.json().reason).toMatch(/etcd answers this member/);
+    // etcd unreachable for it (and its server not a primary): ok, and no promotion for one TTL
+    g.cut();
+    const t0 = Date.now();
+    const ok = await post(withEtcd, '/api/pg/v1/dcs/failsafe', { member: 'n1', pg: '10.0.0.1:5432' });
+    expect(ok.json()).toMatchObject({ ok: true, member: 'n2', reason: null });
+    expect(ok.json().until!).toBeGreaterThanOrEqual(t0 + FS_TTL * 1000);
+    const promote = await post(withEtcd, '/api/pg/v1/node/promote', {});
+    expect(promote.statusCode).toBe(409);
+    expect(promote.json()).toMatchObject({ error: 'FAILSAFE_PROMISE' });
+    expect(promote.json().message).toMatch(/confirmed to n1 \(a primary in DCS failsafe mode/);
+    g.heal();
+  }, 30_000);
 
   it('3 etcd members, the raft leader killed: leadership, the primary lease, decisions and watches carry on', async () => {
     const ec = await startEtcdCluster(3);

@@ -157,10 +157,10 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
   // are brought live right after (the old primary's files if readable, else the synced copies)
   app.post('/api/pg/v1/node/promote', async (req) => {
     jobs.assertIdle('POST node/promote');
-    if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
     // a failsafe promise to a primary that runs without etcd (src/dcs/agent-session.ts)
     const blocked = ctx.dcs?.promotionBlocked();
     if (blocked) throw new ShipError(blocked, 409, 'FAILSAFE_PROMISE');
+    if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
     await pg.promote();
     const from = (req.body as { migrateSlotsFrom?: string } | undefined)?.migrateSlotsFrom;
     if (!from) return current();
