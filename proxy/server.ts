@@ -533,6 +533,7 @@ export class ProxyServer implements ProxyContext {
       adminToken: this.cfg.adminToken,
       switchover: (to) => this.switchover(to),
       failover: (to) => this.manualFailover(to),
+      log: this.log.child({ part: 'admin' }),
     });
     this.admin = app;
     return address;

@@ -4,7 +4,8 @@
  * only with the admin bearer token (refused when none is configured).
  */
 import { timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { RoutineAtDebug } from '../../src/log/requests.js';
 import type { Registry } from 'prom-client';
 import type { BackendAddress } from '../backend/connect.js';
 import { FailoverError, type FailoverReport } from '../failover/failover.js';
@@ -18,6 +19,8 @@ export interface AdminSurface {
   adminToken: string | undefined;
   switchover(to: string | undefined): Promise<FailoverReport>;
   failover(to: string): Promise<FailoverReport>;
+  /** requests are logged here: reads that answered (/status, /metrics, the page) at debug, actions and refusals at info */
+  log?: FastifyBaseLogger;
 }
 
 function tokenMatches(header: string | undefined, token: string): boolean {
@@ -28,7 +31,7 @@ function tokenMatches(header: string | undefined, token: string): boolean {
 }
 
 export async function startAdmin(addr: BackendAddress, s: AdminSurface): Promise<{ app: FastifyInstance; address: BackendAddress }> {
-  const app = Fastify({ logger: false });
+  const app = s.log ? Fastify({ loggerInstance: s.log, logController: new RoutineAtDebug() }) : Fastify({ logger: false });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
   app.get('/status', async () => s.status());
   // the read-only status page: what /status says, drawn; no token, as /status

@@ -320,6 +320,8 @@ export class HealthMonitor extends EventEmitter {
         lastError: null,
       });
       n.failingSince = null;
+      // a routine poll: debug
+      this.opts.log.debug({ backend: n.state.name, ms: Number(process.hrtime.bigint() - started) / 1e6, inRecovery: r.inRecovery, lsn: r.lsn }, 'health check');
     } catch (e) {
       if (e instanceof ServerAnsweredError) {
         // alive but refusing this check (e.g. 53300 too many clients): not a step toward a failover

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, freePort, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { startAgentProcess, stopAgentProcesses, type AgentProcess } from '../support/agents.js';
 import { pgha } from '../support/cli.js';
-import { PROXY_CLI } from '../support/proxy.js';
+import { PROXY_CLI, startProxy } from '../support/proxy.js';
 import { logFormat } from '../../src/log/log.js';
 
 const TOKEN = 'log-format-test-token-0123456789';
@@ -96,6 +96,35 @@ describe('log format and levels', () => {
     expect(text).toMatch(/INFO: request completed .*"status": ?401/);
     expect(text.split('\n').filter((l) => l.startsWith('{'))).toEqual([]);
     await agent.stop();
+  });
+
+  it("pgha-proxy: its admin port's polls and its health checks only at debug; an action refused at info", async () => {
+    for (const level of ['info', 'debug'] as const) {
+      const proxy = await startProxy([primary.port], ['--health-interval', '200', '--log-level', level], { env: { PGHA_TOKEN: TOKEN } });
+      for (let i = 0; i < 3; i++) expect((await fetch(`${proxy.admin}/status`)).status).toBe(200);
+      expect((await fetch(`${proxy.admin}/metrics`)).status).toBe(200);
+      expect((await fetch(`${proxy.admin}/`)).status).toBe(200);
+      expect((await fetch(`${proxy.admin}/switchover`, { method: 'POST' })).status).toBe(401);
+      await sleep(600);
+      await proxy.stop();
+      const lines = jsonLines(proxy.log());
+      const requests = lines.filter((l) => l.msg === 'request completed');
+      const atInfo = requests.filter((l) => l.level >= 30).map((l) => `${l.method} ${l.url} ${l.status}`);
+      expect(atInfo, level).toEqual(['POST /switchover 401']);
+      const checks = lines.filter((l) => l.msg === 'health check');
+      if (level === 'info') {
+        expect(requests.filter((l) => l.level < 30)).toEqual([]);
+        expect(checks).toEqual([]);
+      } else {
+        const debug = requests.filter((l) => l.level === 20).map((l) => `${l.method} ${l.url} ${l.status}`);
+        expect(debug.filter((x) => x === 'GET /status 200').length).toBeGreaterThanOrEqual(3);
+        expect(debug).toContain('GET /metrics 200');
+        expect(debug).toContain('GET / 200');
+        expect(checks.length).toBeGreaterThan(0);
+        expect(checks.every((l) => l.level === 20)).toBe(true);
+      }
+      expect(lines.find((l) => l.msg === 'pgha-proxy listening')?.level).toBe(30);
+    }
   });
 
   it('pgha agent and pgha-proxy refuse another format with one line and exit 2', async () => {
