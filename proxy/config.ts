@@ -29,6 +29,8 @@ export interface ProxyConfig {
   migrateSlots: boolean;
   /** TLS towards clients: PEM certificate and key */
   tls: { cert: Buffer; key: Buffer } | null;
+  /** --client-tls-ca: clients must present a certificate from this CA whose CN is their user (as pg_hba `cert`) */
+  clientTlsCa: Buffer | null;
   backendTls: BackendTls;
   startupTimeoutMs: number;
   /** authentication (startup packet to the first ReadyForQuery) must end within this */
@@ -118,6 +120,9 @@ export interface ProxyFlags {
   tlsKey?: string;
   backendSslmode?: string;
   backendSslrootcert?: string;
+  backendSslcert?: string;
+  backendSslkey?: string;
+  clientTlsCa?: string;
   startupTimeout?: string | number;
   authTimeout?: string | number;
   connectTimeout?: string | number;
@@ -215,6 +220,11 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
   if (!BACKEND_SSL_MODES.includes(mode)) throw new ProxyConfigError(`--backend-sslmode must be one of ${BACKEND_SSL_MODES.join(', ')}, got "${f.backendSslmode}"`);
   const ca = f.backendSslrootcert ? file(f.backendSslrootcert, '--backend-sslrootcert') : undefined;
   if ((mode === 'verify-ca' || mode === 'verify-full') && !ca) throw new ProxyConfigError(`--backend-sslmode ${mode} needs --backend-sslrootcert FILE`);
+  if (Boolean(f.backendSslcert) !== Boolean(f.backendSslkey)) throw new ProxyConfigError('--backend-sslcert and --backend-sslkey go together');
+  if (f.backendSslcert && mode === 'disable') throw new ProxyConfigError('--backend-sslcert needs TLS towards the servers: --backend-sslmode is disable');
+  const backendCert = f.backendSslcert ? { cert: file(f.backendSslcert, '--backend-sslcert'), key: file(f.backendSslkey!, '--backend-sslkey') } : {};
+  if (f.clientTlsCa && !tls) throw new ProxyConfigError('--client-tls-ca needs --tls-cert and --tls-key (client certificates come over TLS)');
+  const clientTlsCa = f.clientTlsCa ? file(f.clientTlsCa, '--client-tls-ca') : null;
 
   const healthTimeoutMs = int(f.healthTimeout, '--health-timeout', 1, 2000);
   let etcd: ProxyConfig['etcd'] = null;
@@ -246,7 +256,8 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     token,
     migrateSlots: f.migrateSlots === true,
     tls,
-    backendTls: { mode, ca },
+    clientTlsCa,
+    backendTls: { mode, ca, ...backendCert },
     startupTimeoutMs: int(f.startupTimeout, '--startup-timeout', 1, 10_000),
     authTimeoutMs: int(f.authTimeout, '--auth-timeout', 1, 15_000),
     connectTimeoutMs: int(f.connectTimeout, '--connect-timeout', 1, healthTimeoutMs),
@@ -263,6 +274,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     warnings: [
       ...fileWarnings,
       f.tlsKey ? looseModeWarning(f.tlsKey, '--tls-key') : null,
+      f.backendSslkey ? looseModeWarning(f.backendSslkey, '--backend-sslkey') : null,
       flags.config && (fromFile.token || fromFile.adminToken || fromFile.healthPassword) ? looseModeWarning(flags.config, 'config file with a secret') : null,
     ].filter((w): w is string => w !== null),
     etcd,

@@ -101,7 +101,8 @@ export class ProxyServer implements ProxyContext {
     log?: Logger,
   ) {
     this.log = log ?? pino({ level: cfg.logLevel, base: { svc: 'pgha-proxy' } });
-    this.secureContext = cfg.tls ? createSecureContext({ cert: cfg.tls.cert, key: cfg.tls.key }) : null;
+    // with --client-tls-ca clients are asked for a certificate it signed (checked by the session)
+    this.secureContext = cfg.tls ? createSecureContext({ cert: cfg.tls.cert, key: cfg.tls.key, ca: cfg.clientTlsCa ?? undefined }) : null;
     this.monitor = new HealthMonitor({
       backends: cfg.backends,
       intervalMs: cfg.healthIntervalMs,

@@ -13,6 +13,9 @@ export interface BackendTls {
   mode: BackendSslMode;
   /** PEM CA bundle for verify-ca / verify-full */
   ca?: Buffer;
+  /** PEM certificate and key presented to a server that asks for one (pg_hba `cert`, clientcert=…) */
+  cert?: Buffer;
+  key?: Buffer;
 }
 
 export interface BackendAddress {
@@ -88,6 +91,8 @@ function handshake(s: Socket, addr: BackendAddress, tls: BackendTls, timeoutMs: 
       socket: s,
       servername: tls.mode === 'verify-full' && !/^[\d.:]+$/.test(addr.host) ? addr.host : undefined,
       ca: tls.ca,
+      cert: tls.cert,
+      key: tls.key,
       rejectUnauthorized: verify,
       // verify-ca checks the chain only; verify-full also the host name (Node's default check)
       checkServerIdentity: tls.mode === 'verify-full' ? undefined : () => undefined,

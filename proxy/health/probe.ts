@@ -158,17 +158,19 @@ const refusesSsl = new Set<string>();
 const NO_SSL = 'The server does not support SSL connections';
 
 export function pgSsl(tls: BackendTls, addr?: BackendAddress): pg.ClientConfig['ssl'] {
+  // --backend-sslcert/--backend-sslkey: presented to a server that asks for a certificate
+  const own = tls.cert ? { cert: tls.cert, key: tls.key } : {};
   switch (tls.mode) {
     case 'disable':
       return false;
     case 'prefer':
-      return addr && refusesSsl.has(`${addr.host}:${addr.port}`) ? false : { rejectUnauthorized: false };
+      return addr && refusesSsl.has(`${addr.host}:${addr.port}`) ? false : { rejectUnauthorized: false, ...own };
     case 'require':
-      return { rejectUnauthorized: false };
+      return { rejectUnauthorized: false, ...own };
     case 'verify-ca':
-      return { rejectUnauthorized: true, ca: tls.ca, checkServerIdentity: () => undefined };
+      return { rejectUnauthorized: true, ca: tls.ca, checkServerIdentity: () => undefined, ...own };
     case 'verify-full':
-      return { rejectUnauthorized: true, ca: tls.ca };
+      return { rejectUnauthorized: true, ca: tls.ca, ...own };
   }
 }
 

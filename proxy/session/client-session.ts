@@ -72,6 +72,8 @@ export class ClientSession {
   private backendSentFatal = false;
   /** the client sent Terminate: the server closing next is the normal end */
   private clientTerminated = false;
+  /** --client-tls-ca: the client presented a certificate the CA signed */
+  private clientCertValid = false;
   /** the client's connection failed (reset): the server's is reset too, as it would be directly */
   private clientFailed = false;
   /** the client closed its side without Terminate: so has the proxy towards the server, which ends the session */
@@ -222,15 +224,22 @@ export class ClientSession {
         if (p.key) void this.ctx.cancelFor(p.pid, p.key).finally(() => this.close('cancel request handled'));
         else this.close('cancel request handled');
         return true;
-      case 'startup':
+      case 'startup': {
         this.client.off('data', this.onStartupData);
         this.client.pause();
+        const certRefusal = this.clientCertRefusal(p.params.user);
+        if (certRefusal) {
+          this.ctx.log.info({ session: this.id, client: this.client.remoteAddress, user: p.params.user }, certRefusal);
+          this.refuse({ severity: 'FATAL', code: SQLSTATE.invalidAuthorizationSpecification, message: certRefusal });
+          return true;
+        }
         if (this.ctx.pool) {
           this.toPool(p, this.reader.takeRest());
           return true;
         }
         void this.connect(p, this.reader.takeRest());
         return true;
+      }
     }
   }
 
@@ -278,12 +287,27 @@ export class ClientSession {
       isServer: true,
       secureContext: this.ctx.secureContext!,
       ALPNProtocols: unread ? ['postgresql'] : undefined,
+      // --client-tls-ca: ask for a certificate; none is refused after the startup packet, as
+      // PostgreSQL's cert method does, and one the CA did not sign ends the connection here
+      requestCert: this.ctx.cfg.clientTlsCa !== null,
+      rejectUnauthorized: false,
     });
     this.tls = true;
     this.sslDone = this.gssDone = true;
     this.client = t;
     t.on('secure', () => {
       t.setNoDelay?.(true);
+      if (this.ctx.cfg.clientTlsCa && t.getPeerCertificate()?.raw) {
+        // (a TLSSocket made without a tls.Server does not set .authorized: ask OpenSSL's verdict)
+        const verify = (t as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle?.verifyError?.() ?? null;
+        if (verify) {
+          // PostgreSQL fails the TLS handshake itself for a certificate its ssl_ca_file did not sign
+          this.ctx.log.info({ session: this.id, client: this.client.remoteAddress, err: verify.code ?? verify.message }, 'client certificate refused');
+          t.destroy();
+          return this.close('client certificate refused');
+        }
+        this.clientCertValid = true;
+      }
       if (unencryptedData) this.fail(new ProtocolError('received unencrypted data after SSL request', 8), 'unencrypted data after SSL request');
     });
     this.attachStartup(t);
@@ -347,6 +371,22 @@ export class ClientSession {
     this.ctx.attach(this);
     log.debug({ session: this.id, backend: this.backendName, user: this.user, db: this.database }, 'session connected');
     this.startRelay(p.raw, rest);
+  }
+
+  /**
+   * --client-tls-ca: what PostgreSQL's cert method answers (auth.c, FATAL 28000) when the client has
+   * no valid certificate, or one whose CN is not the user it logs in as (compared as strcmp does;
+   * no user name map); null when it may go on
+   */
+  private clientCertRefusal(user: string): string | null {
+    if (!this.ctx.cfg.clientTlsCa) return null;
+    const t = this.client;
+    const cert = t instanceof TLSSocket && this.clientCertValid ? t.getPeerCertificate() : null;
+    if (!cert?.raw) return 'connection requires a valid client certificate';
+    const cn = cert.subject?.CN as string | string[] | undefined;
+    const name = Array.isArray(cn) ? cn[0] : cn;
+    if (!name || name !== user) return `certificate authentication failed for user "${user}"`;
+    return null;
   }
 
   private startRelay(startup: Buffer, rest: Buffer): void {
