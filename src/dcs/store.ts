@@ -81,7 +81,9 @@ export class ClusterStore {
         'grpc.initial_reconnect_backoff_ms': 100,
         'grpc.min_reconnect_backoff_ms': 100,
         'grpc.max_reconnect_backoff_ms': 1000,
-        'grpc.keepalive_time_ms': 2000,
+        // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time): it would answer
+        // with GOAWAY "too many pings" and drop the connection
+        'grpc.keepalive_time_ms': 5000,
         'grpc.keepalive_timeout_ms': 2000,
         'grpc.keepalive_permit_without_calls': 1,
       },
