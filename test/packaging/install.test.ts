@@ -6,7 +6,7 @@
  * the same inputs (scripts/pack.mjs --if-stale); cargo rebuilds nothing when native/ is unchanged.
  */
 import { execFile, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -100,6 +100,24 @@ describe('installed from the tarballs, without a Rust toolchain', () => {
     expect(pkg.scripts).toBeUndefined();
     expect(pkg.devDependencies).toBeUndefined();
     expect(pkg.optionalDependencies?.[stamp.platformName]).toBe(VERSION);
+  });
+
+  it("the main package's optionalDependencies are what `napi pre-publish` writes in a release job", async () => {
+    // a release job's tree: package.json, npm/<platform>/ with each addon in (stand-ins here)
+    const rel = join(work, 'release');
+    mkdirSync(rel);
+    copyFileSync(join(ROOT, 'package.json'), join(rel, 'package.json'));
+    for (const dir of readdirSync(join(ROOT, 'npm'))) {
+      mkdirSync(join(rel, 'npm', dir), { recursive: true });
+      for (const f of readdirSync(join(ROOT, 'npm', dir))) copyFileSync(join(ROOT, 'npm', dir, f), join(rel, 'npm', dir, f));
+      writeFileSync(join(rel, 'npm', dir, `pgha-native.${dir}.node`), 'stand-in');
+    }
+    const r = await runAsync(process.execPath, [join(ROOT, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js'), 'pre-publish', '-t', 'npm', '--skip-optional-publish', '--no-gh-release'], { cwd: rel, env: process.env });
+    expect(r.status, r.output).toBe(0);
+    const released = JSON.parse(readFileSync(join(rel, 'package.json'), 'utf8')) as { optionalDependencies: Record<string, string> };
+    const packed = JSON.parse(readFileSync(join(prefix, 'lib', 'node_modules', 'pgha', 'package.json'), 'utf8')) as { optionalDependencies: Record<string, string> };
+    expect(Object.keys(released.optionalDependencies)).toHaveLength(readdirSync(join(ROOT, 'npm')).length);
+    expect(packed.optionalDependencies).toEqual(released.optionalDependencies);
   });
 
   it('pgwal native --json: the addon from the platform package', () => {
