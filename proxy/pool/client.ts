@@ -313,6 +313,10 @@ export class PooledClient implements PoolClient {
   private pump(): void {
     if (this.phase !== 'ready' || this.inbox.length === 0) return;
     if (this.console) return void this.consolePump();
+    if (!this.server && !this.acquiring) {
+      const now = this.mgr.acquireNow(this);
+      if (now) this.link(now);
+    }
     if (!this.server) {
       if (this.acquiring) return;
       this.acquiring = true;

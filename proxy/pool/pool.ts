@@ -270,6 +270,20 @@ export class PoolManager {
     return b ? (this.pools.get(`${user}\0${database}\0${b.name}`)?.loginParams ?? null) : null;
   }
 
+  /** an idle server connection on the primary at once, when one is there and nobody waits for it (no promise, no pause) */
+  acquireNow(c: PoolClient): ServerConn | null {
+    if (this.paused || c.kind !== 'rw') return null;
+    const b = this.host.monitor.primary;
+    if (!b) return null;
+    const p = this.pools.get(`${c.user}\0${c.database}\0${b.name}`);
+    if (!p || p.drained || p.waiters.length > 0) return null;
+    const s = p.idle.pop();
+    if (!s) return null;
+    s.state = 'active';
+    s.client = c;
+    return s;
+  }
+
   /**
    * a server connection for the client's next transaction (or session): on the primary (the
    * read-only port: a standby), waiting for one while there is none, up to --primary-wait

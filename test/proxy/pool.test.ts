@@ -18,7 +18,7 @@ import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
-import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { PROXY_CLI, startProxy, type RunningProxy } from '../support/proxy.js';
 
 const run = promisify(execFile);
 
@@ -271,6 +271,64 @@ describe('pgha-proxy --pool-mode', () => {
     expect(e.code).toBe('57014');
     expect((await c.query('SELECT 1 AS x')).rows[0].x).toBe(1);
     await c.end();
+  });
+
+  it('--auth-query: a user missing from the auth file is looked up on the server (its SCRAM secret) and logs in to the server with the ClientKey of its proof', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-aq-'));
+    const file = join(dir, 'userlist.txt');
+    writeFileSync(file, '"postgres" "unused-with-trust"\n', { mode: 0o600 });
+    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--pool-mode', 'transaction', '--auth-file', file, '--auth-user', 'postgres', '--auth-query', "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND rolcanlogin"]);
+    try {
+      const c = client(p, 'scram_user');
+      await c.connect();
+      expect((await c.query('SELECT current_user AS u')).rows[0].u).toBe('scram_user');
+      await c.end();
+      const wrong = await errorOf(client(p, 'scram_user', { password: 'nope' }).connect());
+      expect(wrong.code).toBe('28P01');
+      const md5 = client(p, 'md5_user');
+      await md5.connect();
+      expect((await md5.query('SELECT current_user AS u')).rows[0].u).toBe('md5_user');
+      await md5.end();
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it('bad pool configuration: one line on stderr, exit 2', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-bad-'));
+    const bad = join(dir, 'bad.txt');
+    writeFileSync(bad, '"ok" "pw"\nuser-without-quotes pw\n');
+    const badScram = join(dir, 'badscram.txt');
+    writeFileSync(badScram, '"u" "SCRAM-SHA-256$4096:c2FsdA==$short:short"\n');
+    const hashed = join(dir, 'hashed.txt');
+    writeFileSync(hashed, `"postgres" "md5${'0'.repeat(32)}"\n`);
+    const base = ['--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${primary.port}`];
+    const cases: Array<[string[], RegExp]> = [
+      [['--pool-size', '5'], /^pgha-proxy: --pool-size needs --pool-mode session\|transaction$/],
+      [['--pool-mode', 'transaction'], /^pgha-proxy: --pool-mode needs --auth-file FILE/],
+      [['--pool-mode', 'statement', '--auth-file', authFile], /^pgha-proxy: --pool-mode must be session or transaction, got "statement"$/],
+      [['--pool-mode', 'session', '--auth-file', authFile, '--auth-type', 'plain'], /^pgha-proxy: --auth-type must be scram-sha-256 or md5, got "plain"$/],
+      [['--pool-mode', 'session', '--auth-file', join(dir, 'missing.txt')], /^pgha-proxy: --auth-file .*missing\.txt: ENOENT$/],
+      [['--pool-mode', 'session', '--auth-file', bad], new RegExp(`^pgha-proxy: ${bad.replace(/[.]/g, '\\.')}:2: expected "user" "password"`)],
+      [['--pool-mode', 'session', '--auth-file', badScram], /:1: malformed SCRAM-SHA-256 secret/],
+      [['--pool-mode', 'session', '--auth-file', authFile, '--auth-query', 'SELECT 1'], /^pgha-proxy: --auth-query needs --auth-user USER/],
+      [['--pool-mode', 'session', '--auth-file', authFile, '--auth-user', 'ghost'], /^pgha-proxy: --auth-user ghost is not in --auth-file/],
+      [['--pool-mode', 'session', '--auth-file', hashed, '--auth-user', 'postgres'], /^pgha-proxy: --auth-user postgres needs a plain password/],
+      [['--pool-mode', 'session', '--auth-file', authFile, '--pool-size', '0'], /^pgha-proxy: --pool-size must be an integer ≥ 1, got "0"$/],
+    ];
+    for (const [args, re] of cases) {
+      let r: { code?: number; stderr?: string };
+      try {
+        await run(process.execPath, [PROXY_CLI, ...base, ...args], { timeout: 20_000 });
+        r = { code: 0, stderr: '' };
+      } catch (e) {
+        r = e as { code?: number; stderr?: string };
+      }
+      const err = (r.stderr ?? '').trim();
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(err.split('\n'), args.join(' ')).toHaveLength(1);
+      expect(err, args.join(' ')).toMatch(re);
+    }
   });
 
   it('the console: SHOW POOLS / CLIENTS / SERVERS for an admin user, refused to others; PAUSE holds new transactions until RESUME', async () => {

@@ -1,0 +1,171 @@
+/**
+ * pgha-proxy --pool-mode against PgBouncer (Debian package, installed when missing) in the same
+ * mode, on one PostgreSQL 15 (scale 10, fsync off), both authenticating clients with SCRAM-SHA-256
+ * from the same userlist.txt and pooling 20 server connections:
+ *   - pgbench -C -S (a new connection per transaction): direct, PgBouncer transaction, pgha-proxy transaction
+ *   - pgbench -S -c 16 -j 2, -M simple / extended / prepared: PgBouncer vs pgha-proxy, transaction mode
+ *   - the same in session mode: PgBouncer session, pgha-proxy --pool-mode session, and pgha-proxy's
+ *     relay without pooling (today's default mode, native relay)
+ * CPU per transaction is user+system time of the pooler process itself. One run of each.
+ *   npx tsx bench/pool.ts [seconds per pgbench run=8]
+ * Writes bench/results/pool.json and prints a Markdown table.
+ */
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cleanupAll, freePort, PgCluster, waitFor } from '../test/harness/cluster.js';
+import { startProxy, type RunningProxy } from '../test/support/proxy.js';
+
+const secs = Number(process.argv[2] ?? 8);
+const here = dirname(fileURLToPath(import.meta.url));
+const PASSWORD = 'bench-pool-secret';
+const POOL = 20;
+
+function pgbouncerBin(): string {
+  for (const p of ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer']) if (existsSync(p)) return p;
+  console.error('installing pgbouncer (Debian package)…');
+  const apt = (args: string[]) => spawnSync('apt-get', args, { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  if (apt(['install', '-y', '-q', 'pgbouncer']).status !== 0) {
+    apt(['update', '-q']);
+    if (apt(['install', '-y', '-q', 'pgbouncer']).status !== 0) throw new Error('could not install pgbouncer');
+  }
+  return '/usr/sbin/pgbouncer';
+}
+
+const cpuMs = (pid: number) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
+};
+
+const canConnect = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const s = connect({ host: '127.0.0.1', port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+
+const started: number[] = [];
+
+async function startPgbouncer(pgPort: number, mode: 'session' | 'transaction', userlist: string): Promise<{ port: number; pid: number; proc: ChildProcess }> {
+  const bin = pgbouncerBin();
+  const dir = mkdtempSync(join(tmpdir(), `pgha-bench-pgbouncer-${mode}-`));
+  const port = await freePort();
+  writeFileSync(join(dir, 'userlist.txt'), readFileSync(userlist));
+  writeFileSync(
+    join(dir, 'pgbouncer.ini'),
+    `[databases]
+postgres = host=127.0.0.1 port=${pgPort} dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = ${join(dir, 'userlist.txt')}
+pool_mode = ${mode}
+max_client_conn = 2000
+default_pool_size = ${POOL}
+server_tls_sslmode = disable
+ignore_startup_parameters = extra_float_digits
+logfile = ${join(dir, 'pgbouncer.log')}
+pidfile = ${join(dir, 'pgbouncer.pid')}
+`,
+  );
+  const asRoot = process.getuid?.() === 0;
+  if (asRoot) {
+    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }));
+    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }));
+    chownSync(dir, uid, gid);
+    chownSync(join(dir, 'userlist.txt'), uid, gid);
+  }
+  const cmd = asRoot ? `exec setpriv --reuid=postgres --regid=postgres --init-groups ${bin} ${join(dir, 'pgbouncer.ini')}` : `exec ${bin} ${join(dir, 'pgbouncer.ini')}`;
+  const proc = spawn('sh', ['-c', `ulimit -n $(ulimit -Hn) && ${cmd}`], { stdio: 'ignore' });
+  started.push(proc.pid!);
+  await waitFor(async () => canConnect(port), 15_000, 'pgbouncer listening');
+  const child = spawnSync('pgrep', ['-P', String(proc.pid), 'pgbouncer'], { encoding: 'utf8' }).stdout.trim();
+  return { port, pid: Number(child.split('\n')[0] || proc.pid), proc };
+}
+
+interface Row {
+  case: string;
+  target: string;
+  tps: number;
+  failed: string;
+  cpuUsPerTx: number | null;
+  error?: string;
+}
+
+try {
+  const c = await PgCluster.init({ name: 'bench-pool', conf: { max_connections: 300, shared_buffers: '256MB', fsync: 'off', synchronous_commit: 'off' } });
+  await c.start();
+  const dir = mkdtempSync(join(tmpdir(), 'pgha-bench-pool-'));
+  const userlist = join(dir, 'userlist.txt');
+  writeFileSync(userlist, `"postgres" "${PASSWORD}"\n`, { mode: 0o600 });
+  const bench = join(c.clientBinDir, 'pgbench');
+  const pgbench = (port: number, args: string[]): { out: string; err: string } => {
+    const r = spawnSync(bench, ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', ...args, 'postgres'], { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, PGPASSWORD: PASSWORD } });
+    return { out: r.stdout, err: r.stderr };
+  };
+  execFileSync(bench, ['-h', '127.0.0.1', '-p', String(c.port), '-U', 'postgres', '-i', '-s', '10', '-q', 'postgres']);
+  const proxyArgs = (mode: 'session' | 'transaction') => ['--backend-sslmode', 'disable', '--pool-mode', mode, '--pool-size', String(POOL), '--auth-file', userlist, '--log-level', 'warn'];
+  const txnBouncer = await startPgbouncer(c.port, 'transaction', userlist);
+  const sesBouncer = await startPgbouncer(c.port, 'session', userlist);
+  const txnProxy: RunningProxy = await startProxy([c.port], proxyArgs('transaction'));
+  const sesProxy: RunningProxy = await startProxy([c.port], proxyArgs('session'));
+  const relay: RunningProxy = await startProxy([c.port], ['--backend-sslmode', 'disable', '--log-level', 'warn']);
+  const rows: Row[] = [];
+  const measure = (label: string, target: string, port: number, pid: number | null, args: string[]) => {
+    const cpu0 = pid ? cpuMs(pid) : 0;
+    const { out, err } = pgbench(port, [...args, '-T', String(secs), '-n']);
+    const tps = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
+    const txs = Number(/actually processed: (\d+)/.exec(out)?.[1] ?? 0);
+    const failed = /number of failed transactions: (\d+)/.exec(out)?.[1] ?? '?';
+    const aborted = /(\d+) of \d+ clients? aborted|client \d+ aborted/.exec(err + out);
+    const row: Row = { case: label, target, tps, failed, cpuUsPerTx: pid && txs > 0 ? ((cpuMs(pid) - cpu0) * 1000) / txs : null };
+    if (!(tps > 0) || aborted) row.error = (err.split('\n').find((l) => /error|abort|FATAL/i.test(l)) ?? 'no tps').slice(0, 160);
+    rows.push(row);
+    console.error(`${label.padEnd(34)} ${target.padEnd(28)} ${Number.isFinite(tps) ? tps.toFixed(0) : '—'} tps${row.cpuUsPerTx !== null ? `, ${row.cpuUsPerTx.toFixed(1)} CPU µs/tx` : ''}${row.error ? `  (${row.error})` : ''}`);
+  };
+  // a new connection per transaction
+  const conn = ['-C', '-S', '-M', 'simple', '-c', '16', '-j', '2'];
+  measure('-C -S -c 16 (transaction)', 'direct', c.port, null, conn);
+  measure('-C -S -c 16 (transaction)', 'PgBouncer transaction', txnBouncer.port, txnBouncer.pid, conn);
+  measure('-C -S -c 16 (transaction)', 'pgha-proxy transaction', txnProxy.port, txnProxy.pid, conn);
+  for (const mode of ['simple', 'extended', 'prepared']) {
+    const args = ['-S', '-M', mode, '-c', '16', '-j', '2'];
+    measure(`-S -c 16 -M ${mode} (transaction)`, 'PgBouncer transaction', txnBouncer.port, txnBouncer.pid, args);
+    measure(`-S -c 16 -M ${mode} (transaction)`, 'pgha-proxy transaction', txnProxy.port, txnProxy.pid, args);
+  }
+  for (const mode of ['simple', 'extended', 'prepared']) {
+    const args = ['-S', '-M', mode, '-c', '16', '-j', '2'];
+    measure(`-S -c 16 -M ${mode} (session)`, 'direct', c.port, null, args);
+    measure(`-S -c 16 -M ${mode} (session)`, 'PgBouncer session', sesBouncer.port, sesBouncer.pid, args);
+    measure(`-S -c 16 -M ${mode} (session)`, 'pgha-proxy --pool-mode session', sesProxy.port, sesProxy.pid, args);
+    measure(`-S -c 16 -M ${mode} (session)`, 'pgha-proxy relay (no pooling)', relay.port, relay.pid, args);
+  }
+  const version = execFileSync(pgbouncerBin(), ['--version'], { encoding: 'utf8' }).split('\n')[0];
+  const result = { date: new Date().toISOString(), command: `npx tsx bench/pool.ts ${secs}`, machine: `${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores, PostgreSQL ${c.psql('SHOW server_version').trim()}, ${version}`, setup: `scale 10, fsync off, pool size ${POOL}, SCRAM-SHA-256 clients, TCP 127.0.0.1, ${secs} s per run`, rows };
+  mkdirSync(join(here, 'results'), { recursive: true });
+  writeFileSync(join(here, 'results', 'pool.json'), JSON.stringify(result, null, 2) + '\n');
+  console.log(`${result.machine}; ${result.setup}\n`);
+  console.log('| case | target | TPS | failed | CPU µs/tx of the pooler |');
+  console.log('|---|---|---:|---:|---:|');
+  for (const r of rows) console.log(`| ${r.case} | ${r.target} | ${Number.isFinite(r.tps) ? r.tps.toFixed(0) : '—'} | ${r.failed}${r.error ? ` (${r.error})` : ''} | ${r.cpuUsPerTx === null ? '—' : r.cpuUsPerTx.toFixed(1)} |`);
+  for (const p of [txnProxy, sesProxy, relay]) await p.stop();
+  for (const b of [txnBouncer, sesBouncer]) process.kill(b.pid, 'SIGTERM');
+} finally {
+  for (const pid of started) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  await cleanupAll();
+}
+process.exit(0);
