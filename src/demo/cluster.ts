@@ -318,6 +318,7 @@ export async function bringUp(c: DemoCluster, procs: ProcessSet, say: (line: str
   say(`agents: ${c.nodes.map((n) => `${n.name} ${n.agentUrl}`).join(', ')} (automatic rejoin on)`);
   await startProxy(c, procs);
   say(`pgha-proxy: clients on 127.0.0.1:${c.proxy.port}, admin ${c.proxy.admin} (--auto-failover --migrate-slots, health every 200 ms)`);
+  say(`  watch it: open ${c.proxy.admin}/ in a browser, or run pgha status --proxy ${c.proxy.admin} --watch 1`);
 
   // the logical slot: copies on the standbys (installed with a restart of each standby by its agent)
   for (const s of standbys) await syncSlot(c, n1, s);
