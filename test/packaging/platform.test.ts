@@ -4,7 +4,7 @@
  * and the install scripts name this machine's package the way the CLI names every target.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -65,6 +65,23 @@ describe('platform packages', () => {
       'no prebuilt addon for win32-x64-msvc (prebuilt: linux-x64-gnu, linux-arm64-gnu, linux-x64-musl, linux-arm64-musl, darwin-x64, darwin-arm64)',
     );
     expect(missingPlatformPackage(napi.packageName, 'linux-arm64-musl', published)).toMatch(/^@pgha\/native-linux-arm64-musl is not installed \(installed with --omit=optional/);
+  });
+
+  it('prepack refuses to pack build output whose source is gone, naming it', () => {
+    const root = join(work, 'stale');
+    for (const d of ['scripts', 'src', 'dist/src']) mkdirSync(join(root, d), { recursive: true });
+    copyFileSync(join(ROOT, 'scripts', 'prepack.mjs'), join(root, 'scripts', 'prepack.mjs'));
+    symlinkSync(join(ROOT, 'node_modules'), join(root, 'node_modules'));
+    writeFileSync(join(root, 'tsconfig.json'), JSON.stringify({ compilerOptions: { outDir: 'dist', rootDir: '.', module: 'NodeNext', target: 'ES2022', types: [], skipLibCheck: true }, include: ['src/**/*.ts'] }));
+    writeFileSync(join(root, 'src', 'kept.ts'), 'export const kept = 1;\n');
+    writeFileSync(join(root, 'dist', 'src', 'removed.js'), 'export const removed = 1;\n');
+    const r = spawnSync(process.execPath, [join(root, 'scripts', 'prepack.mjs')], { encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim()).toBe('pgha prepack: dist/ holds build output with no source (dist/src/removed.js): remove dist/ and pack again');
+    rmSync(join(root, 'dist', 'src', 'removed.js'));
+    const ok = spawnSync(process.execPath, [join(root, 'scripts', 'prepack.mjs')], { encoding: 'utf8' });
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(readdirSync(join(root, 'dist', 'src'))).toEqual(['kept.js']);
   });
 
   it('CHANGELOG.md has an entry for the version in package.json', () => {
