@@ -20,6 +20,7 @@ import { SaslOfferFilter } from '../protocol/sasl-offer.js';
 import { StartupReader, unsupportedProtocol, type StartupPacket } from '../protocol/startup.js';
 import type { RelayEvent } from '../../src/native/index.js';
 import type { ProxyContext } from './context.js';
+import { socketHandle } from './socket-handle.js';
 
 export type PortKind = 'rw' | 'ro';
 type Phase = 'startup' | 'connecting' | 'relay' | 'closed';
@@ -531,10 +532,9 @@ export class ClientSession {
     if (this.native || this.phase !== 'relay' || this.tls || 'encrypted' in b) return;
     if (!this.clientWalker.atBoundary || !this.backendWalker.atBoundary) return;
     if (c.writableLength > 0 || b.writableLength > 0 || c.readableLength > 0 || b.readableLength > 0) return;
-    type Handle = { fd?: number; readStop?: () => number };
-    const ch = (c as unknown as { _handle?: Handle })._handle;
-    const bh = (b as unknown as { _handle?: Handle })._handle;
-    if (!ch?.readStop || !bh?.readStop || !(ch.fd! >= 0) || !(bh.fd! >= 0)) return;
+    const ch = socketHandle(c);
+    const bh = socketHandle(b);
+    if (!ch || !bh) return;
     ch.readStop();
     bh.readStop();
     c.pause();
@@ -544,7 +544,7 @@ export class ClientSession {
     c.removeAllListeners('drain');
     b.removeAllListeners('drain');
     try {
-      this.ctx.relay!.add(this.id, ch.fd!, bh.fd!, PQ_LARGE_MESSAGE_LIMIT);
+      this.ctx.relay!.add(this.id, ch.fd, bh.fd, PQ_LARGE_MESSAGE_LIMIT);
     } catch (e) {
       this.ctx.log.warn({ session: this.id, err: (e as Error).message }, 'native relay refused the session');
       return this.terminate({ severity: 'FATAL', code: SQLSTATE.connectionFailure, message: `pgha-proxy: ${(e as Error).message}` }, 'native relay refused');
