@@ -140,9 +140,6 @@ export function missingPlatformPackage(scope: string, platform: string, optional
   return `no prebuilt addon for ${platform} (prebuilt: ${prebuilt.join(', ')})`;
 }
 
-/** where the addon was loaded from (a package name or a file) */
-let loadedFrom: string | undefined;
-
 function loadBinding(): { binding: Binding | null; from?: string; reason?: string } {
   if (process.env.PGHA_NATIVE === '0') return { binding: null, reason: 'disabled by PGHA_NATIVE=0' };
   const req = createRequire(import.meta.url);
@@ -205,7 +202,8 @@ function loadBinding(): { binding: Binding | null; from?: string; reason?: strin
 const loaded = loadBinding();
 const binding: Binding | null = loaded.binding;
 const reason: string | undefined = loaded.reason;
-loadedFrom = loaded.from;
+/** where the addon was loaded from (a package name or a file) */
+const loadedFrom: string | undefined = loaded.from;
 
 let warned = binding !== null || process.env.PGHA_NATIVE === '0';
 /** one line on stderr the first time a TypeScript twin answers in place of a missing addon */
