@@ -20,7 +20,7 @@ import { SaslOfferFilter } from '../protocol/sasl-offer.js';
 import { StartupReader, unsupportedProtocol, type StartupPacket } from '../protocol/startup.js';
 import type { RelayEvent } from '../../src/native/index.js';
 import type { ProxyContext } from './context.js';
-import { socketHandle } from './socket-handle.js';
+import { peerVerifyError, socketHandle, tcpSocketUnder } from './socket-handle.js';
 
 export type PortKind = 'rw' | 'ro';
 type Phase = 'startup' | 'connecting' | 'relay' | 'closed';
@@ -34,7 +34,7 @@ const COPY_END = new Set([0x63, 0x66]);
 
 /** close with a TCP reset (under TLS: the TCP connection it runs on) */
 function resetSocket(s: Socket): void {
-  const tcp = s instanceof TLSSocket ? ((s as unknown as { _parent?: Socket | null })._parent ?? null) : s;
+  const tcp = tcpSocketUnder(s);
   try {
     if (tcp) {
       tcp.resetAndDestroy();
@@ -300,7 +300,7 @@ export class ClientSession {
       t.setNoDelay?.(true);
       if (this.ctx.cfg.clientTlsCa && t.getPeerCertificate()?.raw) {
         // (a TLSSocket made without a tls.Server does not set .authorized: ask OpenSSL's verdict)
-        const verify = (t as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle?.verifyError?.() ?? null;
+        const verify = peerVerifyError(t);
         if (verify) {
           // PostgreSQL fails the TLS handshake itself for a certificate its ssl_ca_file did not sign
           this.ctx.log.info({ session: this.id, client: this.client.remoteAddress, err: verify.code ?? verify.message }, 'client certificate refused');

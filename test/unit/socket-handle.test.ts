@@ -55,3 +55,39 @@ describe('socketHandle (the native hand-over of a TCP socket)', () => {
     expect(socketHandle(s)).toBeNull();
   });
 });
+
+describe('TLS internals the proxy relies on', () => {
+  it('peerVerifyError: null for a client certificate the CA signed, the reason for one it did not; tcpSocketUnder: the TCP socket below', async () => {
+    const { makeCerts } = await import('../support/tls.js');
+    const { readFileSync } = await import('node:fs');
+    const { TLSSocket, connect: tlsConnect, createSecureContext } = await import('node:tls');
+    const { peerVerifyError, tcpSocketUnder } = await import('../../proxy/session/socket-handle.js');
+    const ours = makeCerts('pgha-test');
+    const foreign = makeCerts('stranger');
+    const verdictFor = async (client: typeof ours): Promise<{ error: string | null; tcpIsParent: boolean }> => {
+      const server = createServer();
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const accepted = new Promise<Socket>((r) => server.once('connection', r));
+      const c = tlsConnect({ port: (server.address() as { port: number }).port, host: '127.0.0.1', ca: readFileSync(ours.caCert), cert: readFileSync(client.cert), key: readFileSync(client.key), checkServerIdentity: () => undefined });
+      c.on('error', () => undefined);
+      const raw = await accepted;
+      const t = new TLSSocket(raw, {
+        isServer: true,
+        secureContext: createSecureContext({ cert: readFileSync(ours.cert), key: readFileSync(ours.key), ca: readFileSync(ours.caCert) }),
+        requestCert: true,
+        rejectUnauthorized: false,
+      });
+      await new Promise((r) => t.once('secure', r));
+      const v = peerVerifyError(t);
+      const result = { error: v ? (v.code ?? v.message) : null, tcpIsParent: tcpSocketUnder(t) === raw };
+      t.destroy();
+      c.destroy();
+      server.close();
+      return result;
+    };
+    expect(await verdictFor(ours)).toEqual({ error: null, tcpIsParent: true });
+    const refused = await verdictFor(foreign);
+    expect(refused.error).toMatch(/UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT/);
+    expect(refused.tcpIsParent).toBe(true);
+  });
+});
