@@ -117,10 +117,26 @@ describe('throughput counters and the Grafana dashboard, against real scrapes', 
       const bench = join(ha!.nodes[0].pg.clientBinDir, 'pgbench');
       const { stdout } = await run(bench, ['-h', '127.0.0.1', '-p', String(proxy.port), '-U', 'postgres', '-n', '-M', 'extended', '-c', '2', '-j', '1', '-t', String(TX), db]);
       expect(stdout).toMatch(new RegExp(`number of transactions actually processed: ${2 * TX}/${2 * TX}`));
-      // the server's counts arrive when its backends end (the proxy closes them as pgbench disconnects)
-      await waitFor(async () => (await xacts(db)) - x0 >= 2 * TX, 15_000, 'pg_stat_database caught up');
-      await sleep(1500);
-      const dx = (await xacts(db)) - x0;
+      // the server's counts arrive when its backends end (the proxy closes them as pgbench
+      // disconnects): wait until they are all in and the count holds still
+      let last = -1;
+      const seen: number[] = [];
+      await waitFor(
+        async () => {
+          const now = (await xacts(db)) - x0;
+          seen.push(now);
+          const still = now === last && now >= 2 * TX;
+          last = now;
+          if (!still) await sleep(700);
+          return still;
+        },
+        60_000,
+        'pg_stat_database caught up',
+      ).catch((e: Error) => {
+        throw new Error(`${e.message}: transactions counted ${seen.join(', ')}`);
+      });
+      const dx = last;
+      console.log(`${relay}: pg_stat_database transactions seen ${seen.join(', ')}`);
       const after = await scrape(`${proxy.admin}/metrics`);
       const dt = sample(after, 'pgha_proxy_transactions_total') - sample(before, 'pgha_proxy_transactions_total');
       const dq = sample(after, 'pgha_proxy_queries_total') - sample(before, 'pgha_proxy_queries_total');
