@@ -59,6 +59,8 @@ const T = {
   password: 0x70,
 } as const;
 
+const NOOP = (): void => undefined;
+
 const LISTEN_RE = /^(?:\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*(LISTEN)\b/i;
 
 export class PooledClient implements PoolClient {
@@ -75,7 +77,25 @@ export class PooledClient implements PoolClient {
   private readonly settings = new Map<string, { name: string; value: string }>();
   private entry: UserEntry | null = null;
   private readonly framer = new Framer('client', PQ_LARGE_MESSAGE_LIMIT);
-  private serverFramer: Framer | null = null;
+  /** per chunk from the server: what goes to the client, and whether the transaction ended */
+  private serverOut = new Out();
+  private serverRelease = false;
+  private readonly onServerData = (c: Buffer) => this.fromServer(c);
+  private readonly onServerGone = (why: string) => this.serverGone(why);
+  private readonly onServerFrame = (type: number, msg: Buffer) => {
+    const out = this.serverOut;
+    if (this.onServerMessage(this.server!, type, msg, out)) this.serverRelease = true;
+    // answers the proxy gives itself come when every answer before them has
+    while (this.queue.length > 0 && this.queue[0].act === 'fake') out.add(this.queue.shift()!.reply!);
+  };
+  private readonly onClientFrame = (type: number, msg: Buffer) => {
+    if (this.phase === 'auth') {
+      if (!this.authStep) throw new Error(`message type ${String.fromCharCode(type)} before authentication was asked for`);
+      return this.authStep(type, msg);
+    }
+    if (type === T.terminate) return this.close('client terminated');
+    this.inbox.push(msg);
+  };
   private authStep: ((type: number, msg: Buffer) => void) | null = null;
   private readonly inbox: Buffer[] = [];
   private acquiring = false;
@@ -294,15 +314,7 @@ export class PooledClient implements PoolClient {
   private fromClient(chunk: Buffer): void {
     if (this.phase === 'closed') return;
     try {
-      this.framer.feed(chunk, (type, msg) => {
-        if (this.phase === 'auth') {
-          if (!this.authStep) throw new Error(`message type ${String.fromCharCode(type)} before authentication was asked for`);
-          return this.authStep(type, msg);
-        }
-        if (type === T.terminate) return this.close('client terminated');
-        // a view into the chunk: kept only while it is here
-        this.inbox.push(msg);
-      });
+      this.framer.feed(chunk, this.onClientFrame);
     } catch (e) {
       this.mgr.log.warn({ client: this.id, err: (e as Error).message }, 'client protocol violation');
       return this.fatal(SQLSTATE.protocolViolation, `pgha-proxy: ${(e as Error).message}`);
@@ -356,9 +368,8 @@ export class PooledClient implements PoolClient {
   private link(s: ServerConn): void {
     this.server = s;
     this.transactions++;
-    this.serverFramer = new Framer(`server ${s.node}`, 0x7fffffff);
-    s.onData = (c) => this.fromServer(c);
-    s.onGone = (why) => this.serverGone(why);
+    s.onData = this.onServerData;
+    s.onGone = this.onServerGone;
     // settings the client asked for that the server connection does not have
     const sets: string[] = [];
     for (const [k, { name, value }] of this.settings) {
@@ -487,15 +498,12 @@ export class PooledClient implements PoolClient {
   private fromServer(chunk: Buffer): void {
     const s = this.server;
     if (!s || this.phase === 'closed') return;
-    const out = new Out();
-    let release = false;
+    const out = this.serverOut;
+    this.serverRelease = false;
     try {
-      this.serverFramer!.feed(chunk, (type, msg) => {
-        if (this.onServerMessage(s, type, msg, out)) release = true;
-        // answers the proxy gives itself come when every answer before them has
-        while (this.queue.length > 0 && this.queue[0].act === 'fake') out.add(this.queue.shift()!.reply!);
-      });
+      s.framer.feed(chunk, this.onServerFrame);
     } catch (e) {
+      out.take();
       if (e instanceof SetFailed) {
         return this.fatal(e.fields.C ?? SQLSTATE.protocolViolation, `pgha-proxy: a startup setting of this client failed on the server: ${e.fields.M ?? ''}`);
       }
@@ -506,7 +514,7 @@ export class PooledClient implements PoolClient {
       s.socket.pause();
       this.socket.once('drain', () => s.socket.resume());
     }
-    if (release && this.server === s) this.unlink(true);
+    if (this.serverRelease && this.server === s) this.unlink(true);
   }
 
   /** one server message: relayed, dropped (the proxy's own request) or acted on; true: the transaction is over */
@@ -580,11 +588,10 @@ export class PooledClient implements PoolClient {
     const s = this.server;
     if (!s) return;
     this.server = null;
-    this.serverFramer = null;
-    s.onData = () => undefined;
-    s.onGone = () => undefined;
+    s.onData = NOOP;
+    s.onGone = NOOP;
     if (s.socket.isPaused()) s.socket.resume();
-    const clean = reusable && this.pendingReady === 0 && !this.partial && s.txStatus === 'I' && this.queue.length === 0;
+    const clean = reusable && this.pendingReady === 0 && !this.partial && s.txStatus === 'I' && this.queue.length === 0 && s.framer.atBoundary;
     if (!clean && s.state !== 'closed' && this.pendingReady > 0) this.mgr.sendCancelTo(s);
     this.queue.length = 0;
     this.pendingReady = 0;

@@ -12,7 +12,6 @@ import type { ProxyConfig } from '../config.js';
 import type { BackendState, HealthMonitor, PrimaryChange } from '../health/monitor.js';
 import { SQLSTATE } from '../protocol/codes.js';
 import { Authenticator, type UserEntry } from './auth.js';
-import { Framer } from './framer.js';
 import { ServerConn, ServerLoginError } from './server-conn.js';
 
 export interface PoolSettings {
@@ -96,6 +95,7 @@ export class Pool {
           this.loginParams ??= new Map(srv.params);
           this.all.add(srv);
           srv.onClosed = () => this.forget(srv, entry);
+          srv.idleData = (chunk) => this.unexpected(srv, chunk);
           srv.state = 'active';
           w.resolve(srv);
         },
@@ -123,7 +123,7 @@ export class Pool {
       s.close();
       return;
     }
-    s.onData = (chunk) => this.unexpected(s, chunk);
+    s.onData = s.idleData;
     if (reset && this.mgr.settings.resetQuery) {
       s.state = 'idle';
       this.resetThenIdle(s, entry);
@@ -139,7 +139,7 @@ export class Pool {
   }
 
   private resetThenIdle(s: ServerConn, entry: UserEntry): void {
-    const f = new Framer(`server ${s.node}`, 1 << 30);
+    const f = s.framer;
     s.state = 'active';
     s.onData = (chunk) => {
       try {
@@ -148,7 +148,7 @@ export class Pool {
           if (t === 0x5a) {
             s.txStatus = String.fromCharCode(msg[5]) as 'I';
             s.prepared.clear();
-            s.onData = (c) => this.unexpected(s, c);
+            s.onData = s.idleData;
             if (s.txStatus !== 'I' || this.drained) s.close();
             else this.toIdle(s, entry);
           } else if (t === 0x53) {

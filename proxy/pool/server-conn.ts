@@ -47,6 +47,10 @@ export class ServerConn {
   onGone: (why: string) => void = () => undefined;
   /** the pool's own note of the end */
   onClosed: () => void = () => undefined;
+  /** what the pool does with bytes from this connection while it is idle (set once by the pool) */
+  idleData: (chunk: Buffer) => void = () => undefined;
+  /** the server's stream, framed (at a message boundary whenever no client is linked) */
+  readonly framer: Framer;
 
   private constructor(
     readonly socket: Socket,
@@ -54,7 +58,9 @@ export class ServerConn {
     readonly address: BackendAddress,
     readonly user: string,
     readonly database: string,
-  ) {}
+  ) {
+    this.framer = new Framer(`server ${node}`, 0x7fffffff);
+  }
 
   static async open(o: { node: string; address: BackendAddress; tls: BackendTls; timeoutMs: number; entry: UserEntry; database: string; log?: (msg: string) => void }): Promise<ServerConn> {
     const socket = await connectBackend(o.address, o.tls, o.timeoutMs);
