@@ -147,6 +147,7 @@ const SCRIPT = `
       fact(head, 'leader proxy', l ? l.id + (l.admin ? ' (' + l.admin + ')' : '') : 'NONE').id = 'leader';
       fact(head, 'this proxy', s.leader.isLeader ? 'leader' : 'follower');
     }
+    if (s.dcs && s.dcs.safeMode) fact(head, 'etcd', 'SAFE MODE: not deciding', 'stale');
     fact(head, 'clients', s.clients.rw + ' rw, ' + s.clients.ro + ' ro');
     fact(head, 'updated', when || new Date().toLocaleTimeString()).id = 'updated';
     var topo = document.getElementById('topology');

@@ -29,6 +29,7 @@ export function renderStatus(s: ProxyStatus): string {
     `clients: ${s.clients.rw} read-write, ${s.clients.ro} read-only   synchronous: ${sync ? `${sync.method} ${sync.k} of ${sync.members.join(', ')}` : 'none'}${s.synchronous?.mode && s.synchronous.mode !== 'off' ? ` (managed: ${s.synchronous.mode})` : ''}`,
   );
   // several proxies on etcd: who decides
+  if (s.dcs?.safeMode) out.push(`SAFE MODE: etcd does not answer this proxy (${s.dcs.reachable ? 'its lease is in doubt' : 'unreachable'}): it keeps routing to the last recorded primary and decides nothing`);
   if (s.leader && s.etcd) {
     const l = s.leader.leader;
     out.push(
