@@ -54,7 +54,14 @@ async function readRegular(path: string, max: number): Promise<Buffer> {
 const hex = (n: number | bigint, w: number) => `0x${n.toString(16).toUpperCase().padStart(w, '0')}`;
 
 /** The checks of a WAL segment (or .partial) file before it is archived; returns the cluster facts it carries. */
-export async function checkSegment(path: string, name: string, buf: Buffer, partial: boolean): Promise<{ systemId: bigint; segmentSize: number; pgVersion: number }> {
+export async function checkSegment(
+  path: string,
+  name: string,
+  buf: Buffer,
+  partial: boolean,
+  /** called with the header's facts before the scan (the repository's system check) */
+  beforeScan?: (facts: { systemId: bigint; segmentSize: number; pgVersion: number }) => Promise<void>,
+): Promise<{ systemId: bigint; segmentSize: number; pgVersion: number }> {
   if (buf.length < SIZE_OF_XLOG_LONG_PHD) {
     throw new RepoProblem(`${path}: truncated WAL segment: ${buf.length} bytes, shorter than its ${SIZE_OF_XLOG_LONG_PHD}-byte long page header`);
   }
@@ -77,6 +84,7 @@ export async function checkSegment(path: string, name: string, buf: Buffer, part
   const pageTli = buf.readUInt32LE(4);
   if (pageTli > info.tli) throw new RepoProblem(`${path}: offset 4: the first page is of timeline ${pageTli}, after the name's timeline ${info.tli}`);
   const systemId = buf.readBigUInt64LE(24);
+  await beforeScan?.({ systemId, segmentSize, pgVersion: major });
   const r = await activeImplementation().scanWalAsync(buf, { bufLsn: own, carry: null, mode: 'stats' });
   if (r.end && !partial) {
     throw new RepoProblem(`${path}: damaged WAL segment: at ${formatLsn(r.end.lsn)} (offset ${Number(r.end.lsn - own)}): ${r.end.reason}: ${r.end.message}`);
@@ -92,8 +100,9 @@ export async function pushWal(repo: Repository, path: string, opts: { compressio
   let buf: Buffer;
   if (info.kind === 'segment' || info.kind === 'partial') {
     buf = await readRegular(path, MAX_SEGMENT_BYTES);
-    const facts = await checkSegment(path, name, buf, info.kind === 'partial');
-    await repo.ensureConfig({ systemId: facts.systemId.toString(), segmentSize: facts.segmentSize, pgVersion: facts.pgVersion, compression: opts.compression }, `WAL segment ${path}`);
+    await checkSegment(path, name, buf, info.kind === 'partial', async (facts) => {
+      await repo.ensureConfig({ systemId: facts.systemId.toString(), segmentSize: facts.segmentSize, pgVersion: facts.pgVersion, compression: opts.compression }, `WAL segment ${path}`);
+    });
   } else if (info.kind === 'history') {
     buf = await readRegular(path, MAX_HISTORY_BYTES);
     try {
