@@ -13,6 +13,8 @@ import { registerClusterCommands } from './commands/cluster.js';
 import { registerStatusCommand } from './commands/status.js';
 import { registerDemoCommand } from './commands/demo.js';
 import { registerInitCommand } from './commands/init.js';
+import { registerBackupCommands } from './commands/backup.js';
+import { registerArchiveCommands } from './commands/archive.js';
 import { registerSlotsCommands } from './commands/slots.js';
 
 function build(setExit: (c: number) => void): Command {
@@ -25,6 +27,8 @@ function build(setExit: (c: number) => void): Command {
   registerClusterCommands(program, setExit);
   registerDemoCommand(program, setExit);
   registerInitCommand(program, setExit);
+  registerBackupCommands(program, setExit);
+  registerArchiveCommands(program, setExit);
   registerSlotsCommands(program, setExit);
   return program;
 }

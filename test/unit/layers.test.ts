@@ -23,11 +23,13 @@ const ALLOWED: Record<string, string[]> = {
   'src/ship': ['src/formats', 'src/native', 'src/wal', 'src/datadir', 'src/pg', 'src/inspect'],
   'src/rejoin': LIBRARY,
   'src/slots': LIBRARY,
+  // backups and the WAL archive: bytes, the scanner, PostgreSQL's tools; no HA part
+  'src/backup': ['src/formats', 'src/native', 'src/wal', 'src/datadir', 'src/pg'],
   'src/dcs': LIBRARY,
   'src/agent': [...LIBRARY, 'src/dcs'],
   'src/demo': [...LIBRARY, 'src/dcs', 'src/agent'],
   'src/init': [...LIBRARY],
-  'src/cli': [...LIBRARY, 'src/dcs', 'src/agent', 'src/demo', 'src/init'],
+  'src/cli': [...LIBRARY, 'src/dcs', 'src/agent', 'src/demo', 'src/init', 'src/backup'],
   proxy: ['src/formats', 'src/native', 'src/ship', 'src/dcs', 'src/slots/member-slot.ts', 'src/config'],
 };
 
