@@ -61,6 +61,9 @@ const T = {
 
 const NOOP = (): void => undefined;
 
+/** a transaction's start, which changes nothing on the server before it is answered */
+const BEGIN_RE = /^\s*(BEGIN|START\s+TRANSACTION)(\s+(TRANSACTION|WORK|ISOLATION\s+LEVEL|READ|WRITE|ONLY|COMMITTED|UNCOMMITTED|REPEATABLE|SERIALIZABLE|DEFERRABLE|NOT|,)+)*\s*;?\s*$/i;
+
 const LISTEN_RE = /^(?:\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*(LISTEN)\b/i;
 
 export class PooledClient implements PoolClient {
@@ -109,6 +112,12 @@ export class PooledClient implements PoolClient {
   /** the proxy's own SET on the linked server failed */
   private setFailed: Record<string, string> | null = null;
   private readonly statements = new Map<string, ClientStatement>();
+  /**
+   * what was sent on the linked server connection while it can still be sent again elsewhere:
+   * only BEGIN / START TRANSACTION, nothing answered yet (null: not any more)
+   */
+  private replay: Buffer[] | null = null;
+  private answered = false;
   private readonly console: boolean;
   transactions = 0;
 
@@ -370,6 +379,8 @@ export class PooledClient implements PoolClient {
     this.transactions++;
     s.onData = this.onServerData;
     s.onGone = this.onServerGone;
+    this.replay = [];
+    this.answered = false;
     // settings the client asked for that the server connection does not have
     const sets: string[] = [];
     for (const [k, { name, value }] of this.settings) {
@@ -386,6 +397,10 @@ export class PooledClient implements PoolClient {
 
   private toServer(msg: Buffer, out: Out): void {
     const type = msg[0];
+    if (this.replay !== null) {
+      if (type === T.query && BEGIN_RE.test(msg.toString('utf8', 5, msg.length - 1))) this.replay.push(msg);
+      else this.replay = null;
+    }
     const txn = this.mgr.settings.mode === 'transaction';
     switch (type) {
       case T.query: {
@@ -510,6 +525,7 @@ export class PooledClient implements PoolClient {
       return this.fatal(SQLSTATE.protocolViolation, `pgha-proxy: ${(e as Error).message}`);
     }
     const b = out.take();
+    if (b) this.answered = true;
     if (b && !this.socket.write(b) && !s.socket.isPaused()) {
       s.socket.pause();
       this.socket.once('drain', () => s.socket.resume());
@@ -556,7 +572,11 @@ export class PooledClient implements PoolClient {
       case 0x45: {
         const f = noticeFields(msg.subarray(5));
         const sev = errorSeverity(f);
-        if (sev === 'FATAL' || sev === 'PANIC') this.serverSentFatal = true;
+        if (sev === 'FATAL' || sev === 'PANIC') {
+          // the server is going away before it answered a BEGIN: sent again elsewhere, the client never knows
+          if (this.replay !== null && this.replay.length > 0 && !this.answered) return false;
+          this.serverSentFatal = true;
+        }
         if (!head) {
           out.add(msg);
           return false;
@@ -603,6 +623,17 @@ export class PooledClient implements PoolClient {
     const s = this.server;
     if (!s || this.phase === 'closed') return;
     this.server = null;
+    if (this.replay !== null && this.replay.length > 0 && !this.answered && !this.serverSentFatal) {
+      // nothing but BEGIN went there and nothing came back: begin again on a server connection that works
+      this.mgr.log.info({ client: this.id, node: s.node, why }, 'server connection lost before BEGIN was answered: sent again');
+      this.inbox.unshift(...this.replay);
+      this.replay = null;
+      this.queue.length = 0;
+      this.pendingReady = 0;
+      this.partial = false;
+      this.transactions--;
+      return this.pump();
+    }
     if (this.serverSentFatal) return this.close(`server ended the session: ${why}`);
     const state = this.mgr.host.monitor.state(s.node);
     const moved = this.kind === 'rw' && state && state.role !== 'primary';
@@ -636,6 +667,17 @@ export class PooledClient implements PoolClient {
 
   cancel(): void {
     if (this.server) this.mgr.sendCancelTo(this.server);
+  }
+
+  failover(why: string): void {
+    const s = this.server;
+    if (!s || this.phase === 'closed') return;
+    if (this.replay !== null && this.replay.length > 0 && !this.answered && !this.serverSentFatal) {
+      s.onGone = NOOP;
+      s.close();
+      return this.serverGone(`failover: ${why}`);
+    }
+    this.terminate(SQLSTATE.adminShutdown, `terminating connection because of failover: ${why}`, 'The transaction in flight was lost; reconnect and retry it: new transactions go to the current primary.');
   }
 
   /** end the client from the proxy's side with a FATAL (failover with a transaction in flight, shutdown) */

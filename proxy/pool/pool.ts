@@ -112,7 +112,16 @@ export class Pool {
     this.all.delete(s);
     const i = this.idle.indexOf(s);
     if (i >= 0) this.idle.splice(i, 1);
+    // one connection lost by the server's side: its idle neighbours on that node are suspect too
+    if (s.lost) this.mgr.nodeTrouble(s.node, 'a pooled server connection was lost');
     this.pump(entry);
+  }
+
+  /** close the idle connections (the node may be going away; new ones are opened as needed) */
+  closeIdle(): number {
+    const idle = this.idle.splice(0);
+    for (const s of idle) s.close();
+    return idle.length;
   }
 
   /** a client is done with a server: reset (session mode) and back to the pool, or closed */
@@ -167,6 +176,7 @@ export class Pool {
   private unexpected(s: ServerConn, chunk: Buffer): void {
     this.mgr.log.info({ server: s.id, node: s.node, bytes: chunk.length }, 'idle server connection spoke: closed');
     s.close();
+    this.mgr.nodeTrouble(s.node, 'an idle pooled server connection spoke (a FATAL before it closes)');
   }
 
   /** close idle connections; waiters go looking for the new primary */
@@ -199,6 +209,8 @@ export interface PoolClient {
   server: ServerConn | null;
   /** the proxy ends this client (failover with a transaction in flight, shutdown) */
   terminate(code: string, message: string, hint?: string): void;
+  /** the node of its server connection is no longer where transactions go: carry on elsewhere if nothing was lost, else end */
+  failover(why: string): void;
   /** a request to cancel what this client runs */
   cancel(): void;
   describe(): Record<string, string | number | null>;
@@ -340,9 +352,21 @@ export class PoolManager {
     for (const c of [...this.clients]) {
       if (c.server?.node !== node) continue;
       ended++;
-      c.terminate(SQLSTATE.adminShutdown, `terminating connection because of failover: ${why}`, 'The transaction in flight was lost; reconnect and retry it: new transactions go to the current primary.');
+      c.failover(why);
     }
     if (n > 0 || ended > 0 || !onlyIfAny) this.log.warn({ node, serverConnections: n, clientsEnded: ended, why }, 'pool drained');
+  }
+
+  /**
+   * a server connection on this node ended from the server's side: close the node's other idle
+   * connections before a transaction is sent to one that is about to go the same way (a postmaster
+   * killed: its backends exit one by one), and have the node checked now
+   */
+  nodeTrouble(node: string, why: string): void {
+    let n = 0;
+    for (const p of this.pools.values()) if (p.node === node) n += p.closeIdle();
+    if (n > 0) this.log.info({ node, closed: n, why }, 'closed the idle pooled connections of a node in trouble');
+    this.host.monitor.suspect(node, why);
   }
 
   pause(): void {

@@ -188,9 +188,13 @@ export class ServerConn {
     });
   }
 
+  /** the server (or the network) ended the connection, not the pool */
+  lost = false;
+
   private gone(why: string): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    this.lost = true;
     this.socket.destroy();
     this.onGone(why);
     this.onClosed();
