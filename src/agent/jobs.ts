@@ -3,7 +3,7 @@
  * run in the background with a state that can be polled (GET jobs, GET jobs/:id). The history keeps
  * the newest jobs only; each keeps the last lines of its log.
  */
-import { ShipError } from '../ship/files.js';
+import { AgentApiError } from './api-error.js';
 
 export type JobState = 'running' | 'succeeded' | 'failed';
 
@@ -44,7 +44,7 @@ export class Jobs {
   /** 409 BUSY while a job runs */
   assertIdle(what: string): void {
     const r = this.running;
-    if (r) throw new ShipError(`${what}: job ${r.id} (${r.kind}) is running; poll GET /api/pg/v1/jobs/${r.id}`, 409, 'BUSY');
+    if (r) throw new AgentApiError(`${what}: job ${r.id} (${r.kind}) is running; poll GET /api/pg/v1/jobs/${r.id}`, 409, 'BUSY');
   }
 
   /**

@@ -11,7 +11,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { setAgentCa } from '../ship/client.js';
 import { Registry, collectDefaultMetrics, Counter, Gauge } from 'prom-client';
 import { PgInstance } from '../pg/instance.js';
-import { removeStaleTempFiles, ShipError } from '../ship/files.js';
+import { removeStaleTempFiles } from '../ship/files.js';
 import { walDir } from '../datadir/node-state.js';
 import { FormatError } from '../formats/errors.js';
 import { writeFence } from '../datadir/fence.js';
@@ -19,6 +19,7 @@ import { AgentSession } from '../dcs/agent-session.js';
 import { AutoRejoinLoop } from './auto-rejoin.js';
 import type { AgentConfig } from './config.js';
 import { Jobs } from './jobs.js';
+import { apiAnswer } from './api-error.js';
 import { registerInstanceRoutes } from './routes/instance.js';
 import { registerLsnRoutes } from './routes/lsn.js';
 import { DEFAULT_UPLOAD_TIMEOUTS, registerWalRoutes, type UploadTimeouts } from './routes/wal.js';
@@ -166,9 +167,11 @@ export function buildAgent(cfg: AgentConfig, opts: BuildOptions = {}): { app: Fa
     // goes out, the rest is read and dropped for a moment so the sender sees the answer rather than
     // a reset; a body still arriving after that (2 s, 8 MiB) has its connection closed
     if (!req.raw.complete) lingerThenClose(req.raw, reply.raw);
-    if (err instanceof ShipError) {
-      req.log.warn({ err: err.message, code: err.code }, 'request refused');
-      return reply.code(err.status).send({ error: err.code, message: err.message });
+    // a refusal: the agent's own, WAL shipping's, a slot file's
+    const refused = apiAnswer(err);
+    if (refused) {
+      req.log.warn({ err: refused.message, code: refused.code }, 'request refused');
+      return reply.code(refused.status).send({ error: refused.code, message: refused.message });
     }
     if (err instanceof FormatError) {
       // a file of this node that cannot be read as what it must be: name it, with the offset

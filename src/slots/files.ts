@@ -8,11 +8,21 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, rea
 import { join } from 'node:path';
 import { FormatError } from '../formats/errors.js';
 import { parseSlotState, type SlotState } from '../formats/replslot.js';
-import { fsyncPath, ownLikeDirectory, ShipError } from '../ship/files.js';
+import { fsyncPath, ownLikeDirectory } from '../ship/files.js';
+
+/** a slot name PostgreSQL would refuse ('bad-name'), or a state file for another slot than asked ('wrong-slot') */
+export class SlotFileError extends Error {
+  constructor(
+    message: string,
+    readonly reason: 'bad-name' | 'wrong-slot',
+  ) {
+    super(message);
+  }
+}
 
 /** ReplicationSlotValidateName: lower-case letters, digits and underscores, at most 63 bytes */
 export function checkSlotName(name: string): void {
-  if (!/^[a-z0-9_]{1,63}$/.test(name)) throw new ShipError(`invalid replication slot name ${JSON.stringify(name)}`, 400, 'BAD_SLOT_NAME');
+  if (!/^[a-z0-9_]{1,63}$/.test(name)) throw new SlotFileError(`invalid replication slot name ${JSON.stringify(name)}`, 'bad-name');
 }
 
 export interface SlotFile {
@@ -43,7 +53,7 @@ export function installSlotFile(pgdata: string, bytes: Uint8Array, expectedName?
   const state = parseSlotState(bytes, { file: 'uploaded slot state' });
   checkSlotName(state.name);
   if (expectedName !== undefined && state.name !== expectedName) {
-    throw new ShipError(`the file is for slot ${state.name}, not ${expectedName}`, 422, 'BAD_SLOT_FILE');
+    throw new SlotFileError(`the file is for slot ${state.name}, not ${expectedName}`, 'wrong-slot');
   }
   const root = join(pgdata, 'pg_replslot');
   const dir = join(root, state.name);

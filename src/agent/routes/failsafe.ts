@@ -6,16 +6,16 @@
 import type { FastifyInstance } from 'fastify';
 import type { FailsafeAnswer, FailsafeRequest } from '../../dcs/agent-session.js';
 import { AgentClient } from '../../ship/client.js';
-import { ShipError } from '../../ship/files.js';
+import { AgentApiError } from '../api-error.js';
 import type { AgentContext } from '../server.js';
 
 export function registerFailsafeRoutes(app: FastifyInstance, ctx: AgentContext): void {
   app.post('/api/pg/v1/dcs/failsafe', async (req) => {
     const body = (req.body ?? {}) as Partial<FailsafeRequest>;
     if (typeof body.member !== 'string' || !body.member || typeof body.pg !== 'string' || !body.pg) {
-      throw new ShipError('POST dcs/failsafe: expected a JSON body {"member": NAME, "pg": "HOST:PORT"}', 400, 'BAD_REQUEST');
+      throw new AgentApiError('POST dcs/failsafe: expected a JSON body {"member": NAME, "pg": "HOST:PORT"}', 400, 'BAD_REQUEST');
     }
-    if (!ctx.dcs) throw new ShipError('this agent runs without --etcd: it has no view of the cluster on etcd', 409, 'NO_DCS');
+    if (!ctx.dcs) throw new AgentApiError('this agent runs without --etcd: it has no view of the cluster on etcd', 409, 'NO_DCS');
     return ctx.dcs.answerFailsafe({ member: body.member, pg: body.pg });
   });
 }

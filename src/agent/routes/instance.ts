@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { fenceText, isFenced, writeFence } from '../../datadir/fence.js';
 import { AgentClient } from '../../ship/client.js';
-import { ShipError } from '../../ship/files.js';
+import { AgentApiError } from '../api-error.js';
 import { rejoin, RejoinRefused } from '../../rejoin/execute.js';
 import { migrateSlots } from '../../slots/migrate.js';
 import { nodeState } from '../node-status.js';
@@ -81,7 +81,7 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
 
   const refuseIfFenced = () => {
     if (isFenced(cfg.pgdata)) {
-      throw new ShipError(`this node is fenced (${fenceText(cfg.pgdata)}): rejoin it (pgha rejoin / POST instance/slave) first`, 409, 'FENCED');
+      throw new AgentApiError(`this node is fenced (${fenceText(cfg.pgdata)}): rejoin it (pgha rejoin / POST instance/slave) first`, 409, 'FENCED');
     }
   };
 
@@ -118,7 +118,7 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
   app.post('/api/pg/v1/instance/slave', async (req, reply) => {
     jobs.assertIdle('POST instance/slave');
     const primary = await findPrimary(ctx);
-    if (!primary) throw new ShipError('no peer is a primary: cannot start as a standby', 409, 'NO_PRIMARY');
+    if (!primary) throw new AgentApiError('no peer is a primary: cannot start as a standby', 409, 'NO_PRIMARY');
     const body = (req.body ?? {}) as { allowReclone?: boolean };
     ctx.lifecycle.stoppedOnRequest = false;
     return asJob(req, reply, 'rejoin', async (log) => {
@@ -159,8 +159,8 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
     jobs.assertIdle('POST node/promote');
     // a failsafe promise to a primary that runs without etcd (src/dcs/agent-session.ts)
     const blocked = ctx.dcs?.promotionBlocked();
-    if (blocked) throw new ShipError(blocked, 409, 'FAILSAFE_PROMISE');
-    if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
+    if (blocked) throw new AgentApiError(blocked, 409, 'FAILSAFE_PROMISE');
+    if (!pg.isRunning()) throw new AgentApiError('PostgreSQL is not running', 409, 'NOT_RUNNING');
     await pg.promote();
     const from = (req.body as { migrateSlotsFrom?: string } | undefined)?.migrateSlotsFrom;
     if (!from) return current();
@@ -185,7 +185,7 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
   });
 
   app.get('/api/pg/v1/in_recovery', async () => {
-    if (!pg.isRunning()) throw new ShipError('PostgreSQL is not running', 409, 'NOT_RUNNING');
+    if (!pg.isRunning()) throw new AgentApiError('PostgreSQL is not running', 409, 'NOT_RUNNING');
     const [r] = await pg.query<{ rec: boolean }>('SELECT pg_is_in_recovery() AS rec');
     return { in_recovery: r.rec ? 't' : 'f' };
   });

@@ -6,7 +6,7 @@ import { parseTimelineId } from '../../formats/lsn.js';
 import { validLsnAnswer } from '../../formats/timeline-history.js';
 import { FormatError, LsnFormatError } from '../../formats/errors.js';
 import { AgentClient } from '../../ship/client.js';
-import { ShipError } from '../../ship/files.js';
+import { AgentApiError } from '../api-error.js';
 import { liveLsn } from '../node-status.js';
 import type { AgentContext } from '../server.js';
 
@@ -51,7 +51,7 @@ export function registerLsnRoutes(app: FastifyInstance, ctx: AgentContext): void
     try {
       return validLsnAnswer(readNodeHistory(cfg.pgdata, undefined, { onSkip }), parseTimelineId(tliText), lsnText.replace('-', '/')).json;
     } catch (e) {
-      if (e instanceof LsnFormatError) throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
+      if (e instanceof LsnFormatError) throw new AgentApiError((e as Error).message, 400, 'BAD_ARGUMENT');
       throw e;
     }
   };

@@ -16,7 +16,8 @@ import { historyFileName, parseLsn, parseTimelineId, parseWalFileName, segmentOf
 import { parseHistory, type TimelineHistory } from '../../formats/timeline-history.js';
 import { SIZE_OF_XLOG_LONG_PHD } from '../../formats/wal/constants.js';
 import { pageMagicOf } from '../../formats/versions.js';
-import { checkWalName, digestFile, filesToFollow, receiveFile, ShipError } from '../../ship/files.js';
+import { checkWalName, digestFile, filesToFollow, receiveFile } from '../../ship/files.js';
+import { AgentApiError } from '../api-error.js';
 import {
   checkBackupContent,
   checkContentLength,
@@ -82,7 +83,7 @@ export function registerWalRoutes(app: FastifyInstance, ctx: AgentContext, timeo
     try {
       lsn = parseLsn(lsnText.replace('-', '/'));
     } catch (e) {
-      throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
+      throw new AgentApiError((e as Error).message, 400, 'BAD_ARGUMENT');
     }
     const pos = await serverPosition(ctx, control);
     const names = filesToFollow(dir, readNodeHistory(ctx.cfg.pgdata, control, { onSkip }), control.walSegmentSize, tli, lsn, {
@@ -97,7 +98,7 @@ export function registerWalRoutes(app: FastifyInstance, ctx: AgentContext, timeo
     try {
       tli = parseTimelineId(tliText);
     } catch (e) {
-      throw new ShipError((e as Error).message, 400, 'BAD_ARGUMENT');
+      throw new AgentApiError((e as Error).message, 400, 'BAD_ARGUMENT');
     }
     return list(tli, lsnText);
   };
@@ -109,7 +110,7 @@ export function registerWalRoutes(app: FastifyInstance, ctx: AgentContext, timeo
   app.get<{ Params: { name: string } }>('/api/pg/v1/walFiles/:name', async (req) => {
     const segSize = readControl(ctx.cfg.pgdata).walSegmentSize;
     const info = parseWalFileName(req.params.name, segSize);
-    if (!info || info.segno === undefined) throw new ShipError(`not a WAL segment name: ${JSON.stringify(req.params.name)}`, 400, 'BAD_NAME');
+    if (!info || info.segno === undefined) throw new AgentApiError(`not a WAL segment name: ${JSON.stringify(req.params.name)}`, 400, 'BAD_NAME');
     const start = segmentStartLsn(info.segno, segSize);
     return list(info.tli, `${(start >> 32n).toString(16)}/${(start & 0xffffffffn).toString(16)}`);
   });
@@ -118,7 +119,7 @@ export function registerWalRoutes(app: FastifyInstance, ctx: AgentContext, timeo
     const { name } = req.params;
     checkWalName(name);
     const path = join(dir, name);
-    if (!existsSync(path)) throw new ShipError(`${name} is not in pg_wal on ${ctx.cfg.name}`, 404, 'NOT_FOUND');
+    if (!existsSync(path)) throw new AgentApiError(`${name} is not in pg_wal on ${ctx.cfg.name}`, 404, 'NOT_FOUND');
     const d = await digestFile(path, name);
     ctx.metrics.bytesSent.inc(d.size);
     reply.header('content-type', 'application/octet-stream').header('content-length', String(d.size)).header('x-checksum', `sha256:${d.sha256}`);
@@ -130,15 +131,15 @@ export function registerWalRoutes(app: FastifyInstance, ctx: AgentContext, timeo
     checkWalName(name);
     const header = String(req.headers['x-checksum'] ?? '');
     const m = /^sha256:([0-9a-f]{64})$/.exec(header);
-    if (!m) throw new ShipError('X-Checksum: sha256:<64 lower-case hex digits> is required', 400, 'BAD_CHECKSUM_HEADER');
+    if (!m) throw new AgentApiError('X-Checksum: sha256:<64 lower-case hex digits> is required', 400, 'BAD_CHECKSUM_HEADER');
     if (typeof req.headers['content-type'] !== 'string' || !req.headers['content-type'].startsWith('application/octet-stream')) {
-      throw new ShipError('Content-Type must be application/octet-stream', 415, 'BAD_CONTENT_TYPE');
+      throw new AgentApiError('Content-Type must be application/octet-stream', 415, 'BAD_CONTENT_TYPE');
     }
     const control = readControl(ctx.cfg.pgdata);
     const segSize = control.walSegmentSize;
     const info = parseWalFileName(name, segSize);
     if (!info || (info.kind !== 'history' && info.segno === undefined)) {
-      throw new ShipError(`not a WAL, history or backup file name for ${segSize}-byte segments: ${JSON.stringify(name)}`, 400, 'BAD_NAME');
+      throw new AgentApiError(`not a WAL, history or backup file name for ${segSize}-byte segments: ${JSON.stringify(name)}`, 400, 'BAD_NAME');
     }
     // before a byte of the body is read: its announced length, and whether the name may be written
     const limits = uploadSize(info, segSize);
