@@ -440,3 +440,30 @@ describe('pgha backup expire: retention', () => {
     expect(prom.stdout).toMatch(/^pgha_backup_last_age_seconds \d+$/m);
   });
 });
+
+describe('pgha backup restore --standby-of', () => {
+  it('a restored node comes up as a new standby of the current primary and streams', async () => {
+    const to = restoreRoot('standby');
+    const port = await freePort();
+    const r = await pgha(['backup', 'restore', '--repo', repo, '--to', to, '--standby-of', standby.conninfo, '--set', `port=${port}`, '--set', `unix_socket_directories=${join(to, '..')}`, '--set', 'listen_addresses=127.0.0.1', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(json(r)).toMatchObject({ signal: 'standby.signal', settings: { primary_conninfo: standby.conninfo } });
+    const s = spawnSync('runuser', ['-u', 'postgres', '--', join(primary.binDir, 'pg_ctl'), '-D', to, '-l', `${to}.log`, '-w', '-t', '120', 'start'], { encoding: 'utf8' });
+    started.push({ dir: to, port });
+    expect(s.status, s.stderr).toBe(0);
+    await insertBatch(standby, 46, 50, 'F');
+    const target = (await standby.sql('SELECT pg_current_wal_lsn()'))!;
+    const c = new pg.Client({ host: '127.0.0.1', port, user: 'postgres', database: 'postgres' });
+    await waitFor(async () => {
+      await c.connect().catch(() => undefined);
+      const row = (await c.query(`SELECT pg_is_in_recovery() AS rec, (SELECT status FROM pg_stat_wal_receiver) AS st, pg_last_wal_replay_lsn() >= $1::pg_lsn AS caught`, [target])).rows[0];
+      return row.rec === true && row.st === 'streaming' && row.caught === true;
+    }, 60_000, 'restored standby streaming');
+    try {
+      expect((await c.query('SELECT id FROM t ORDER BY id')).rows.map((x) => Number(x.id))).toEqual((await standby.rows<{ id: number }>('SELECT id FROM t ORDER BY id')).map((x) => Number(x.id)));
+    } finally {
+      await c.end();
+      stopRestored(to);
+    }
+  });
+});
