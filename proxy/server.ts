@@ -24,6 +24,7 @@ import { CancelRegistry } from './session/cancel-registry.js';
 import { ClientSession, type PortKind } from './session/client-session.js';
 import type { ProxyContext, ProxyStats } from './session/context.js';
 import { Coordinator, type CoordinatorStatus, type DcsStatus } from '../src/dcs/coordinator.js';
+import { rollForward } from './failover/roll-forward.js';
 import type { LeaderRecord } from '../src/dcs/keys.js';
 import { Authenticator } from './pool/auth.js';
 import { PooledClient } from './pool/client.js';
@@ -94,6 +95,8 @@ export class ProxyServer implements ProxyContext {
   /** with --etcd: leadership, the recorded primary, members (started once the admin port is bound) */
   dcs: Coordinator | null = null;
   private recordingFirst = false;
+  /** with --etcd: the leader checks every cycle that the recorded primary is one (rollForwardCheck) */
+  private rollTimer: NodeJS.Timeout | null = null;
   readonly addresses: { rw: BackendAddress | null; ro: BackendAddress | null; admin: BackendAddress | null } = { rw: null, ro: null, admin: null };
 
   constructor(
@@ -184,6 +187,7 @@ export class ProxyServer implements ProxyContext {
   async stop(): Promise<void> {
     this.monitor.stop();
     this.cluster.stop();
+    if (this.rollTimer) clearInterval(this.rollTimer);
     // resign: another proxy leads at once instead of after the TTL
     await this.dcs?.stop().catch((e) => this.log.warn({ err: (e as Error).message }, 'etcd: could not resign'));
     // stop accepting, end the sessions (close() only calls back once they are gone), then wait
@@ -396,6 +400,8 @@ export class ProxyServer implements ProxyContext {
     // etcd not answering yet must not hold the proxy's start: it keeps trying in the background,
     // and routes nowhere until it has read the recorded primary
     void dcs.start().catch((err) => log.error({ err: (err as Error).message }, 'etcd: could not start'));
+    this.rollTimer = setInterval(() => void this.rollForwardCheck('cycle').catch((err) => log.error({ err: (err as Error).message }, 'roll-forward check failed')), Math.max(500, this.cfg.healthIntervalMs));
+    this.rollTimer.unref?.();
   }
 
   /** the agent's node name of a backend: registered on etcd, else learnt from its agent, else null */
@@ -430,11 +436,27 @@ export class ProxyServer implements ProxyContext {
       // this proxy's own record will do
     }
     await this.monitor.checkNow();
-    if (!this.isDecider() || !this.cfg.autoFailover || this.failover.running || this.monitor.primary) return;
-    const recorded = this.monitor.recorded ? this.monitor.state(this.monitor.recorded) : null;
-    if (recorded?.role === 'down') {
-      this.log.warn({ primary: recorded.name }, 'new leader: the recorded primary is down: failing over');
-      await this.runFailover(recorded);
+    await this.rollForwardCheck('new leader');
+  }
+
+  /**
+   * The leader, on taking over and every cycle: is the recorded primary a primary? A standby
+   * recorded by a leader that died (or was refused) before promoting it is promoted now; a recorded
+   * node that is down gets an ordinary failover (roll-forward.ts decides, failover.ts acts).
+   */
+  private async rollForwardCheck(when: string): Promise<void> {
+    const dcs = this.dcs;
+    if (!dcs || !dcs.primaryKnown || !this.isDecider() || this.failover.running || this.monitor.primary) return;
+    const d = rollForward({ recorded: this.monitor.recorded, backends: this.monitor.backends, clusterSystemId: this.monitor.clusterSystemId, leaseHolder: dcs.primaryLease?.pg ?? null });
+    if (d.action === 'failover') {
+      // a failover that found no standby is tried again by retryFailover when the standbys change
+      if (!this.cfg.autoFailover || this.failedAttempt?.from === d.from) return;
+      this.log.warn({ primary: d.from, when }, 'the recorded primary is down: failing over');
+      await this.runFailover(this.monitor.state(d.from)!);
+    } else if (d.action === 'promote') {
+      this.log.warn({ primary: d.target, fence: d.fence, leaseHolder: d.leaseHolder, when }, d.why);
+      const report = await this.failover.complete(this.monitor.state(d.target)!, { fence: d.fence, leaseHolder: d.leaseHolder });
+      this.metrics.failovers.inc({ result: report.error ? 'failed' : 'promoted' });
     }
   }
 

@@ -67,6 +67,8 @@ export interface FailoverReport {
   /** switchover: the old primary streams from the new one */
   oldPrimaryStreaming: boolean | null;
   error: string | null;
+  /** a decision recorded on etcd by an earlier leader, carried out by this one (no new compare-and-swap) */
+  resumed?: boolean;
   /**
    * where the time went, in order: each phase's name and milliseconds. A failover: detect (first
    * failed health check of the old primary → failover start), confirm (re-check, ask its agent),
@@ -224,6 +226,65 @@ export class FailoverController {
     } catch (e) {
       report.error = (e as Error).message;
       log.error({ err: report.error }, 'failover failed');
+      return report;
+    } finally {
+      monitor.hold(false);
+      report.ms ||= Date.now() - started;
+      this.running = false;
+    }
+  }
+
+  /**
+   * Roll forward a decision etcd holds but nobody carried out (roll-forward.ts decided it): the
+   * recorded primary `target` is a standby. The same safety steps as a failover, without a new
+   * compare-and-swap: what still answers as a primary is fenced through its agent (else nothing is
+   * promoted), the primary lease must not be held by another node (released or expired), then slots,
+   * re-pointing, the promotion (a node already promoted is taken as done), re-routing. The report
+   * goes into the history with `resumed: true`.
+   */
+  async complete(target: BackendState, opts: { fence: string[]; leaseHolder: string | null }): Promise<FailoverReport> {
+    const { monitor, log } = this.o;
+    const started = Date.now();
+    const report: FailoverReport = { ...this.newReport('failover', 'auto', opts.leaseHolder ?? opts.fence[0] ?? ''), to: target.name, resumed: true };
+    if (this.running) {
+      report.error = 'a failover or switchover is already running';
+      return report;
+    }
+    this.running = true;
+    this.history.push(report);
+    monitor.hold(true);
+    const phase = phaseClock(report, started);
+    try {
+      for (const name of opts.fence) {
+        monitor.fence(name, `etcd records ${target.name} as the primary`);
+        if ((await this.fenceOld(name, target.name)) !== 'agent') throw new FailoverError(`${name} still answers as a primary and could not be fenced through its agent: not promoting ${target.name} beside it`);
+        report.fenced = 'agent';
+      }
+      phase('fence');
+      const old = opts.leaseHolder ? (monitor.state(opts.leaseHolder) ?? { ...target, name: opts.leaseHolder }) : null;
+      if (old) await this.o.coordinate?.released(old);
+      log.warn({ to: target.name, fenced: opts.fence, leaseHolder: opts.leaseHolder }, 'etcd records a standby as the primary: completing the promotion');
+      const others = monitor.backends.filter((s) => s.name !== target.name && s.role === 'standby' && s.failures === 0);
+      report.slots = await this.prepareTarget(target, monitor.backends.filter((b) => b.name !== target.name).map((b) => b.name));
+      phase('prepare');
+      const repointing = this.repoint(target, others);
+      repointing.catch(() => undefined);
+      await monitor.checkNow([target.name]);
+      if (monitor.state(target.name)?.inRecovery !== false) report.via = await this.promote(target, report.from);
+      report.promotedAt = new Date().toISOString();
+      phase('promote');
+      await monitor.checkNow([target.name]);
+      monitor.hold(false);
+      phase('reroute');
+      report.ms = Date.now() - started;
+      log.warn({ to: target.name, ms: report.ms, phases: report.phases }, 'recorded primary promoted (decision rolled forward)');
+      report.repointed = await repointing;
+      await this.synchronousAfterPromotion(target, others);
+      phase('repoint');
+      return report;
+    } catch (e) {
+      report.error = (e as Error).message;
+      log.error({ err: report.error, to: target.name }, 'completing the recorded promotion failed (tried again next cycle)');
       return report;
     } finally {
       monitor.hold(false);

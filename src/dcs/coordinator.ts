@@ -194,6 +194,9 @@ export class Coordinator extends EventEmitter {
     const next: PrimaryRecord = { ...to, since: new Date().toISOString(), by: this.id };
     const r = await this.store.swapPrimary(cur.raw, next, { kind, trigger, from: cur.value }, guard);
     if (!r.ok) throw new DcsRefused(`etcd refused the change of primary to ${to.backend}: ${r.reason}`);
+    // fault-injection point (tests only, read nowhere else): the decider dies right after recording
+    // the decision, before promoting anything — what the next leader must roll forward
+    if (process.env.PGHA_TEST_CRASH_AFTER_RECORD === '1') process.exit(70);
     this.o.log?.('warn', 'etcd: primary changed', { from, to: to.backend, history: r.history, kind });
     return next;
   }

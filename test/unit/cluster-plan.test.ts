@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { chooseCandidate, rankStandbys } from '../../proxy/failover/candidates.js';
+import { rollForward } from '../../proxy/failover/roll-forward.js';
 import { unknownBackend, type BackendState, type SyncRecord } from '../../proxy/health/monitor.js';
 import { memberSlotName } from '../../proxy/cluster/members.js';
 import { planCluster, synchronousNames, type MemberView } from '../../proxy/cluster/plan.js';
@@ -207,5 +208,41 @@ describe('cluster plan', () => {
   it('does nothing without exactly one healthy primary', () => {
     expect(planCluster([member('a:2'), member('b:3')], { ...OPTS, synchronousMode: 'on' })).toEqual([]);
     expect(planCluster([member('p:1', { role: 'primary' }), member('q:2', { role: 'primary' })], OPTS)).toEqual([]);
+  });
+});
+
+describe('roll forward a recorded decision (several proxies on etcd)', () => {
+  const P = node('h:1', { role: 'primary', inRecovery: false });
+  const S2 = node('h:2');
+  const S3 = node('h:3');
+  const base = { clusterSystemId: '42', leaseHolder: null };
+
+  it('nothing to do when the recorded node is the primary, nothing is recorded, or it is unknown', () => {
+    expect(rollForward({ ...base, recorded: 'h:1', backends: [P, S2, S3] })).toMatchObject({ action: 'none' });
+    expect(rollForward({ ...base, recorded: null, backends: [P, S2, S3] })).toMatchObject({ action: 'none', why: 'no primary recorded on etcd' });
+    expect(rollForward({ ...base, recorded: 'h:9', backends: [P, S2] }).action).toBe('none');
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [node('h:2', { role: 'unknown', inRecovery: null })] }).action).toBe('none');
+  });
+
+  it('a recorded standby (the decider died before promoting it) is promoted; the lease holder and live primaries are named', () => {
+    const deadOld = node('h:1', { role: 'down', inRecovery: false, failures: 3 });
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [deadOld, S2, S3] })).toMatchObject({ action: 'promote', target: 'h:2', fence: [], leaseHolder: null });
+    // the old primary still holds its primary lease: named, to be waited for
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [deadOld, S2, S3], leaseHolder: 'h:1' })).toMatchObject({ action: 'promote', leaseHolder: 'h:1' });
+    // the recorded node itself named as holder blocks nothing
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [deadOld, S2, S3], leaseHolder: 'h:2' })).toMatchObject({ action: 'promote', leaseHolder: null });
+    // the old primary still answers as one (the proxy fenced it, it did not stop): it is fenced first
+    const liveOld = node('h:1', { role: 'fenced', fenced: true, inRecovery: false });
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [liveOld, S2, S3], leaseHolder: 'h:1' })).toMatchObject({ action: 'promote', fence: ['h:1'], leaseHolder: 'h:1' });
+  });
+
+  it('a recorded standby that fails checks, is fenced or is of another system waits', () => {
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [node('h:2', { failures: 1 }), S3] }).action).toBe('wait');
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [node('h:2', { role: 'fenced', fenced: true, reason: 'operator' }), S3] })).toMatchObject({ action: 'wait', why: 'the recorded primary h:2 is fenced (operator)' });
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [node('h:2', { systemId: '7' }), S3] }).action).toBe('wait');
+  });
+
+  it('a recorded node that is down gets an ordinary failover (a new decision)', () => {
+    expect(rollForward({ ...base, recorded: 'h:2', backends: [node('h:1', { role: 'down', failures: 3 }), node('h:2', { role: 'down', failures: 3 }), S3] })).toMatchObject({ action: 'failover', from: 'h:2' });
   });
 });
