@@ -78,7 +78,7 @@ describe('fixtures: PostgreSQL 15', () => {
   });
 });
 
-for (const major of [12, 13, 14, 16, 17]) {
+for (const major of [12, 13, 14, 16, 17, 18]) {
   describe(`fixtures: PostgreSQL ${major}`, () => {
     const exp = read(`pg${major}/expected.json`);
     it('slot files, pg_control and the WAL segment match the server\'s SQL', () => {

@@ -86,6 +86,7 @@ fn major_from_magic(magic: u16) -> Option<u32> {
         0xD110 => Some(15),
         0xD113 => Some(16),
         0xD116 => Some(17),
+        0xD118 => Some(18),
         _ => None,
     }
 }

@@ -539,3 +539,22 @@ fn stats_equal_in_any_chunking() {
     assert_eq!((r1, e1), (r2, e2));
     assert_eq!(s1, s2);
 }
+
+#[test]
+fn page_magic_of_every_supported_major_is_read_and_a_later_one_refused() {
+    // 0xD118: PostgreSQL 18 (read from 18.4 segments); 0xD119 and 0xD120 (development after 18): unknown
+    for (magic, major) in [(0xD101u16, 12u32), (0xD106, 13), (0xD10D, 14), (0xD110, 15), (0xD113, 16), (0xD116, 17), (0xD118, 18)] {
+        let mut w = W::new(1, magic);
+        for _ in 0..20 {
+            w.msg(100);
+        }
+        let o = scan(&w.buf, &params(0, 0));
+        assert_eq!(lsns(&o), w.lsns, "magic {magic:04X} (PG {major})");
+        assert_eq!(super::major_from_magic(magic), Some(major));
+    }
+    for magic in [0xD119u16, 0xD120] {
+        let mut w = W::new(1, magic);
+        w.msg(100);
+        assert_eq!(end(&scan(&w.buf, &params(0, 0))), (BASE, END_BAD_MAGIC), "magic {magic:04X}");
+    }
+}

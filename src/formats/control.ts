@@ -1,6 +1,9 @@
 /**
- * `global/pg_control` (ControlFileData, pg_control.h), PG 12–17. The file is PG_CONTROL_FILE_SIZE
- * (8192) bytes; the struct's CRC-32C over bytes [0, 288) is stored at 288 in every supported major.
+ * `global/pg_control` (ControlFileData, pg_control.h), PG 12–18. The file is PG_CONTROL_FILE_SIZE
+ * (8192) bytes; the struct's CRC-32C over bytes [0, 288) is stored at 288 in 12–17. 18 (pg_control_version
+ * 1800) adds `bool default_char_signedness` after data_checksum_version, at 256: the 32-byte nonce moves
+ * to 257 and the CRC, over [0, 292), to 292 (sizeof stays 296). Verified on 18.4 files: CRC, every
+ * field against pg_control_system()/pg_control_checkpoint()/pg_control_init() (test/multiversion).
  * Layout: shared/reference/pg-formats.md §4. Offsets are named after the struct fields.
  */
 import { crc32c } from './crc32c.js';
@@ -12,6 +15,12 @@ import { majorFromControlVersion, type PgMajor } from './versions.js';
 export const PG_CONTROL_FILE_SIZE = 8192;
 /** offsetof(ControlFileData, crc) in 12–17 */
 export const CONTROL_CRC_OFFSET = 288;
+/** offsetof(ControlFileData, crc) in 18 */
+export const CONTROL_CRC_OFFSET_18 = 292;
+/** where the CRC sits in a major's pg_control */
+export function controlCrcOffset(major: PgMajor): number {
+  return major >= 18 ? CONTROL_CRC_OFFSET_18 : CONTROL_CRC_OFFSET;
+}
 /** sizeof(ControlFileData) */
 export const CONTROL_DATA_SIZE = 296;
 const CHECKPOINT_OFF = 40;
@@ -93,6 +102,8 @@ export interface ControlFile {
   /** 12 only */
   float4ByVal?: boolean;
   dataChecksumVersion: number;
+  /** 18+: whether plain `char` was signed on the platform that ran initdb (pg_control_init().default_char_signedness) */
+  defaultCharSignedness?: boolean;
   mockAuthNonce: string;
   crc: number;
   computedCrc: number;
@@ -166,16 +177,17 @@ export function parseControlFile(bytes: Uint8Array, opts: ParseControlOptions = 
     throw new ControlFileError('unsupported pg_control version', {
       file,
       offset: 8,
-      expected: 'pg_control_version 1201 (PG 12), 1300 (13-16) or 1700 (17) with a matching catalog version',
+      expected: 'pg_control_version 1201 (PG 12), 1300 (13-16), 1700 (17) or 1800 (18) with a matching catalog version',
       got: `pg_control_version ${pgControlVersion}, catalog version ${catalogVersion}`,
     });
   }
-  const crc = new DataView(bytes.buffer, bytes.byteOffset + CONTROL_CRC_OFFSET, 4).getUint32(0, true);
-  const computedCrc = crc32c(bytes.subarray(0, CONTROL_CRC_OFFSET));
+  const crcOffset = controlCrcOffset(major);
+  const crc = new DataView(bytes.buffer, bytes.byteOffset + crcOffset, 4).getUint32(0, true);
+  const computedCrc = crc32c(bytes.subarray(0, crcOffset));
   if (crc !== computedCrc && !opts.allowBadCrc) {
     throw new ControlFileError('incorrect checksum in control file', {
       file,
-      offset: CONTROL_CRC_OFFSET,
+      offset: crcOffset,
       expected: `0x${computedCrc.toString(16).padStart(8, '0')}`,
       got: `0x${crc.toString(16).padStart(8, '0')}`,
     });
@@ -233,6 +245,7 @@ export function parseControlFile(bytes: Uint8Array, opts: ParseControlOptions = 
     r.skip(3);
   }
   const dataChecksumVersion = r.u32();
+  const defaultCharSignedness = major >= 18 ? r.bool() : undefined;
   const nonce = Buffer.from(r.bytesView(32)).toString('hex');
   const state = DB_STATES[stateCode];
   if (state === undefined) {
@@ -280,6 +293,7 @@ export function parseControlFile(bytes: Uint8Array, opts: ParseControlOptions = 
     float8ByVal,
     float4ByVal,
     dataChecksumVersion,
+    defaultCharSignedness,
     mockAuthNonce: nonce,
     crc,
     computedCrc,

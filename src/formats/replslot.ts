@@ -1,6 +1,6 @@
 /**
  * Replication slot state files (`pg_replslot/<slot>/state`): ReplicationSlotOnDisk (slot.c) wrapping
- * ReplicationSlotPersistentData (slot.h), PG 12–17. Layouts: shared/reference/pg-formats.md §3.
+ * ReplicationSlotPersistentData (slot.h), PG 12–18 (18 writes 17's layout byte for byte). Layouts: shared/reference/pg-formats.md §3.
  * The major version is identified by (version, length); the CRC covers bytes [8, 16 + length).
  */
 import { crc32c } from './crc32c.js';
@@ -22,9 +22,12 @@ export type SlotInvalidation = 'none' | 'wal_removed' | 'rows_removed' | 'wal_le
 const INVALIDATION: readonly SlotInvalidation[] = ['none', 'wal_removed', 'rows_removed', 'wal_level_insufficient'];
 
 export interface SlotState {
-  /** major version whose layout the file has (12–14 and 15 share SLOT_VERSION 2; length tells 12/13) */
+  /**
+   * major version whose layout the file has (12–14 and 15 share SLOT_VERSION 2; length tells 12/13).
+   * A layout several majors write (14/15, 17/18) reports the newest unless `preferVersion` names another.
+   */
   pgVersion: PgMajor;
-  /** majors that write this exact layout (14 and 15 are byte-identical) */
+  /** majors that write this exact layout (14 and 15 are byte-identical, so are 17 and 18) */
   possibleVersions: PgMajor[];
   magic: number;
   checksum: number;
@@ -51,7 +54,7 @@ export interface SlotState {
   /** 14+ */
   twoPhaseAt?: Lsn;
   twoPhase?: boolean;
-  /** 17 */
+  /** 17+ (synced: made by slot synchronisation on a standby; failover: synchronised to standbys) */
   synced?: boolean;
   failover?: boolean;
 }
@@ -62,13 +65,13 @@ function layoutOf(version: number, length: number): PgMajor[] | undefined {
   if (version === 2 && length === 168) return [13];
   if (version === 2 && length === 184) return [14, 15];
   if (version === 3 && length === 184) return [16];
-  if (version === 5 && length === 184) return [17];
+  if (version === 5 && length === 184) return [17, 18];
   return undefined;
 }
 
 export interface ParseSlotOptions {
   file?: string;
-  /** when the file's layout fits several majors (14/15), which one to report */
+  /** when the file's layout fits several majors (14/15, 17/18), which one to report */
   preferVersion?: PgMajor;
   /** do not throw on a checksum mismatch (report checksumValid=false instead) */
   allowBadChecksum?: boolean;
@@ -102,7 +105,7 @@ export function parseSlotState(bytes: Uint8Array, opts: ParseSlotOptions = {}): 
     throw new SlotStateError('replication slot file has an unsupported version/length', {
       file,
       offset: 8,
-      expected: 'version 2 (PG 12-15) with length 160/168/184, 3 (16) or 5 (17) with length 184',
+      expected: 'version 2 (PG 12-15) with length 160/168/184, 3 (16) or 5 (17-18) with length 184',
       got: `version ${version}, length ${length}`,
     });
   }
@@ -245,7 +248,7 @@ export function editSlotState(original: Uint8Array, edit: SlotEdit, opts: ParseS
   const next: SlotState = { ...parsed, ...edit };
   if (edit.persistency !== undefined) next.persistencyCode = PERSISTENCY.indexOf(edit.persistency);
   if ((edit.failover !== undefined || edit.synced !== undefined) && parsed.pgVersion < 17) {
-    throw new SlotStateError('failover/synced exist only in PostgreSQL 17 slot files', { file: opts.file, got: `PG ${parsed.pgVersion} layout` });
+    throw new SlotStateError('failover/synced exist only in PostgreSQL 17+ slot files', { file: opts.file, got: `PG ${parsed.pgVersion} layout` });
   }
   if ((edit.twoPhase !== undefined || edit.twoPhaseAt !== undefined) && parsed.pgVersion < 14) {
     throw new SlotStateError('two_phase exists only in PostgreSQL 14+ slot files', { file: opts.file, got: `PG ${parsed.pgVersion} layout` });

@@ -6,9 +6,9 @@ import { closeSync, constants, existsSync, fstatSync, openSync, readSync, statSy
 import { basename, join } from 'node:path';
 import { FormatError, NotRegularFileError } from '../formats/errors.js';
 import { crc32c } from '../formats/crc32c.js';
-import { CONTROL_CRC_OFFSET, PG_CONTROL_FILE_SIZE } from '../formats/control.js';
+import { CONTROL_CRC_OFFSET, CONTROL_CRC_OFFSET_18, PG_CONTROL_FILE_SIZE } from '../formats/control.js';
 import { SLOT_MAGIC } from '../formats/replslot.js';
-import { KNOWN_PAGE_MAGICS, majorFromControlVersion } from '../formats/versions.js';
+import { KNOWN_PAGE_MAGICS, KNOWN_PAGE_MAGICS_TEXT, SUPPORTED_RANGE, majorFromControlVersion } from '../formats/versions.js';
 
 export type DetectedKind = 'segment' | 'wal-dir' | 'datadir' | 'history' | 'slot' | 'control';
 
@@ -44,7 +44,8 @@ export function detect(path: string): Detected {
   }
   // pg_control: a valid CRC, or a known pg_control_version with its catalog version (so a damaged or
   // short copy still gets pg_control's own error, with the offset)
-  const crcOk = head.length >= CONTROL_CRC_OFFSET + 4 && crc32c(head.subarray(0, CONTROL_CRC_OFFSET)) === head.readUInt32LE(CONTROL_CRC_OFFSET);
+  const crcAt = (off: number) => head.length >= off + 4 && crc32c(head.subarray(0, off)) === head.readUInt32LE(off);
+  const crcOk = crcAt(CONTROL_CRC_OFFSET) || crcAt(CONTROL_CRC_OFFSET_18);
   const versionOk = head.length >= 16 && majorFromControlVersion(head.readUInt32LE(8), head.readUInt32LE(12)) !== undefined;
   if ((crcOk && size === PG_CONTROL_FILE_SIZE) || versionOk) return { kind: 'control', path, size };
   if (basename(path) === 'pg_control') return { kind: 'control', path, size };
@@ -54,7 +55,7 @@ export function detect(path: string): Detected {
     throw new FormatError('wal', 'WAL segment of an unsupported PostgreSQL version', {
       file: path,
       offset: 0,
-      expected: 'XLOG_PAGE_MAGIC of PG 12-17 (D101, D106, D10D, D110, D113, D116)',
+      expected: `XLOG_PAGE_MAGIC of ${SUPPORTED_RANGE} (${KNOWN_PAGE_MAGICS_TEXT})`,
       got: head.readUInt16LE(0).toString(16).toUpperCase(),
     });
   }

@@ -108,6 +108,7 @@ export function controlView(path: string, c: ControlFile) {
     float8ByVal: c.float8ByVal,
     dataChecksums: c.dataChecksumVersion !== 0,
     dataChecksumVersion: c.dataChecksumVersion,
+    ...(c.defaultCharSignedness === undefined ? {} : { defaultCharSignedness: c.defaultCharSignedness }),
     mockAuthenticationNonce: c.mockAuthNonce,
     crc: c.crc,
     crcValid: c.crcValid,

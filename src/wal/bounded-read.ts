@@ -11,7 +11,7 @@ import { FileTooLargeError, NotRegularFileError, type FormatKind } from '../form
 export const MAX_CONTROL_FILE_BYTES = 8192;
 /** a timeline history file: one short line per switch; 1 MiB is thousands of timelines */
 export const MAX_HISTORY_FILE_BYTES = 1 << 20;
-/** ReplicationSlotOnDisk: 16 bytes + at most 184 bytes of slot data (PG 12–17) */
+/** ReplicationSlotOnDisk: 16 bytes + at most 184 bytes of slot data (PG 12–18) */
 export const MAX_SLOT_STATE_BYTES = 200;
 /** a backup history file (`.backup`): a dozen short lines */
 export const MAX_BACKUP_HISTORY_BYTES = 64 << 10;

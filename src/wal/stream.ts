@@ -8,7 +8,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { WalFormatError } from '../formats/errors.js';
 import { formatLsn, segmentOf, segmentStartLsn, type Lsn } from '../formats/lsn.js';
-import { majorFromPageMagic, type PgMajor } from '../formats/versions.js';
+import { KNOWN_PAGE_MAGICS_TEXT, SUPPORTED_RANGE, majorFromPageMagic, type PgMajor } from '../formats/versions.js';
 import {
   STATS_ENTRY_SIZE,
   STATS_SLOTS,
@@ -102,7 +102,7 @@ export function probeSegmentHeader(path: string): { magic: number; segmentSize: 
       throw new WalFormatError('not a WAL segment of a supported PostgreSQL version: unknown page magic', {
         file: path,
         offset: 0,
-        expected: 'XLOG_PAGE_MAGIC of PG 12-17 (0xD101 ... 0xD116)',
+        expected: `XLOG_PAGE_MAGIC of ${SUPPORTED_RANGE} (${KNOWN_PAGE_MAGICS_TEXT})`,
         got: `0x${magic.toString(16).toUpperCase().padStart(4, '0')}`,
       });
     }

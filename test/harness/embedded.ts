@@ -15,6 +15,7 @@ export const EMBEDDED_VERSIONS: Record<number, string> = {
   14: '14.23.0-beta.17',
   16: '16.14.0-beta.17',
   17: '17.10.0-beta.17',
+  18: '18.4.0-beta.17',
 };
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');

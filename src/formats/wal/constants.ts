@@ -15,7 +15,7 @@ export const XLP_SYSID_OFF = 24;
 export const XLP_SEG_SIZE_OFF = 32;
 export const XLP_XLOG_BLCKSZ_OFF = 36;
 
-// xlp_info bits (12–17)
+// xlp_info bits (12–18: 18.4 pages carry XLP_BKP_REMOVABLE 0x0004 like 17; its removal is later than 18)
 export const XLP_FIRST_IS_CONTRECORD = 0x0001;
 export const XLP_LONG_HEADER = 0x0002;
 export const XLP_BKP_REMOVABLE = 0x0004;

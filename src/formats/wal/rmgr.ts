@@ -1,6 +1,8 @@
 /**
- * Resource managers (rmgrlist.h: id = line order) and their record-type names, as pg_waldump's
- * rmgrdesc `*_identify(info)` functions print them for PostgreSQL 15. An unknown opcode prints
+ * Resource managers (rmgrlist.h: id = line order, the same 22 in 12–18) and their record-type names,
+ * as pg_waldump's rmgrdesc `*_identify(info)` functions print them for PostgreSQL 15 (pg_waldump), and
+ * 16, 17, 18 (pg_walinspect's record_type, which calls the same functions): names that differ by
+ * major take the major (Database 15+, Heap2 17+). An unknown opcode prints
  * `UNKNOWN (%X)` like pg_waldump; ids 128–255 are custom rmgrs (`custom###`).
  */
 import { RM_XACT_ID, XLOG_XACT_OPMASK, XLR_INFO_MASK } from './constants.js';
@@ -89,16 +91,31 @@ const IDENTIFY: Record<number, Identify> = {
   6: table({ 0x00: 'ZERO_OFF_PAGE', 0x10: 'ZERO_MEM_PAGE', 0x20: 'CREATE_ID', 0x30: 'TRUNCATE_ID' }),
   7: table({ 0x00: 'UPDATE' }),
   8: table({ 0x00: 'LOCK', 0x10: 'RUNNING_XACTS', 0x20: 'INVALIDATIONS' }),
-  9: heapLike({
-    0x00: 'REWRITE',
-    0x10: 'PRUNE',
-    0x20: 'VACUUM',
-    0x30: 'FREEZE_PAGE',
-    0x40: 'VISIBLE',
-    0x50: 'MULTI_INSERT',
-    0x60: 'LOCK_UPDATED',
-    0x70: 'NEW_CID',
-  }),
+  9: (info, major) =>
+    heapLike(
+      major >= 17
+        ? {
+            // 17 folded PRUNE/VACUUM/FREEZE_PAGE into one prune record logged three ways (heapdesc.c)
+            0x00: 'REWRITE',
+            0x10: 'PRUNE_ON_ACCESS',
+            0x20: 'PRUNE_VACUUM_SCAN',
+            0x30: 'PRUNE_VACUUM_CLEANUP',
+            0x40: 'VISIBLE',
+            0x50: 'MULTI_INSERT',
+            0x60: 'LOCK_UPDATED',
+            0x70: 'NEW_CID',
+          }
+        : {
+            0x00: 'REWRITE',
+            0x10: 'PRUNE',
+            0x20: 'VACUUM',
+            0x30: 'FREEZE_PAGE',
+            0x40: 'VISIBLE',
+            0x50: 'MULTI_INSERT',
+            0x60: 'LOCK_UPDATED',
+            0x70: 'NEW_CID',
+          },
+    )(info, major),
   10: heapLike({
     0x00: 'INSERT',
     0x10: 'DELETE',
@@ -125,6 +142,21 @@ const IDENTIFY: Record<number, Identify> = {
     0xc0: 'VACUUM',
     0xd0: 'REUSE_PAGE',
     0xe0: 'META_CLEANUP',
+  }),
+  12: table({
+    0x00: 'INIT_META_PAGE',
+    0x10: 'INIT_BITMAP_PAGE',
+    0x20: 'INSERT',
+    0x30: 'ADD_OVFL_PAGE',
+    0x40: 'SPLIT_ALLOCATE_PAGE',
+    0x50: 'SPLIT_PAGE',
+    0x60: 'SPLIT_COMPLETE',
+    0x70: 'MOVE_PAGE_CONTENTS',
+    0x80: 'SQUEEZE_PAGE',
+    0x90: 'DELETE',
+    0xa0: 'SPLIT_CLEANUP',
+    0xb0: 'UPDATE_META_PAGE',
+    0xc0: 'VACUUM_ONE_PAGE',
   }),
   15: table({ 0x00: 'LOG' }),
   18: table({ 0x00: 'ZEROPAGE', 0x10: 'TRUNCATE' }),
