@@ -15,6 +15,9 @@ pub fn crc32c_js(data: &[u8], init: Option<u32>) -> u32 {
     crc32c::crc32c_append(init.unwrap_or(0), data)
 }
 
+/// The scan state carried from one call to the next, as JavaScript sees it (wal_scan::Carry in Rust).
+/// Its fields are those of ScanCarry in src/formats/wal/contract.ts: tsc checks the two against each
+/// other through the generated binding.d.ts (src/native/index.ts).
 #[napi(object)]
 pub struct JsCarry {
     pub next_page_lsn: BigInt,
@@ -28,7 +31,6 @@ pub struct JsCarry {
     pub partial: Option<Buffer>,
     pub partial_tot_len: u32,
     pub random_access: bool,
-    pub skip_to_lsn: BigInt,
     pub partial_crosses_segment: bool,
 }
 
@@ -91,7 +93,6 @@ fn carry_to_js(c: Carry) -> JsCarry {
         partial: c.partial.map(Buffer::from),
         partial_tot_len: c.partial_tot_len,
         random_access: c.random_access,
-        skip_to_lsn: BigInt::from(0u64),
         partial_crosses_segment: c.partial_crosses_segment,
     }
 }
@@ -161,7 +162,7 @@ impl Task for ScanTask {
 
 /// The same scan on the libuv thread pool, so the caller can read the next file meanwhile.
 /// The buffer must not be modified until the promise settles.
-#[napi(js_name = "scanWalAsync")]
+#[napi(js_name = "scanWalAsync", ts_return_type = "Promise<JsScanResult>")]
 pub fn scan_wal_async(buf: Buffer, options: JsScanOptions) -> Result<AsyncTask<ScanTask>> {
     let params = params_of(&options)?;
     let carry = options.carry.map(carry_from_js);
@@ -218,7 +219,7 @@ impl Task for MapTask {
 
 /// Map the first `length` bytes of a file (read-only); resolves to an opaque handle for
 /// `scanMappedAsync`. Mapping segment N+1 while N is scanned keeps both cores busy.
-#[napi(js_name = "mapWalFileAsync")]
+#[napi(js_name = "mapWalFileAsync", ts_return_type = "Promise<MappedWal>")]
 pub fn map_wal_file_async(path: String, length: u32) -> AsyncTask<MapTask> {
     AsyncTask::new(MapTask { path, length: length as usize })
 }
@@ -245,17 +246,11 @@ impl Task for ScanMappedTask {
 }
 
 /// Scan a mapped file (from `mapWalFileAsync`) on the thread pool.
-#[napi(js_name = "scanMappedAsync")]
+#[napi(js_name = "scanMappedAsync", ts_return_type = "Promise<JsScanResult>")]
 pub fn scan_mapped_async(map: &MappedWal, options: JsScanOptions) -> Result<AsyncTask<ScanMappedTask>> {
     let params = params_of(&options)?;
     let carry = options.carry.map(carry_from_js);
     Ok(AsyncTask::new(ScanMappedTask { map: map.inner.clone(), params, carry }))
-}
-
-/// `scanSegment` is the name the design uses for the one-call-per-segment scan; same as `scanWal`.
-#[napi(js_name = "scanSegment")]
-pub fn scan_segment_js(buf: &[u8], options: JsScanOptions) -> Result<JsScanResult> {
-    scan_wal_js(buf, options)
 }
 
 pub struct Sha256FileTask {
@@ -285,7 +280,7 @@ impl Task for Sha256FileTask {
 }
 
 /// SHA-256 (hex) of a whole file, computed on the thread pool.
-#[napi(js_name = "sha256FileAsync")]
+#[napi(js_name = "sha256FileAsync", ts_return_type = "Promise<string>")]
 pub fn sha256_file_async(path: String) -> AsyncTask<Sha256FileTask> {
     AsyncTask::new(Sha256FileTask { path })
 }
@@ -325,7 +320,7 @@ pub struct ProxyRelay {
 
 #[napi]
 impl ProxyRelay {
-    #[napi(constructor)]
+    #[napi(constructor, ts_args_type = "onEvent: (event: JsRelayEvent) => void")]
     pub fn new(on_event: RelayCallback) -> Result<Self> {
         let inner = relay::Relay::start(Box::new(TsfnSink(on_event))).map_err(|e| Error::from_reason(format!("relay: {e}")))?;
         Ok(ProxyRelay { inner })

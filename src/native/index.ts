@@ -1,6 +1,6 @@
 /**
- * Loads the native addon once and exposes it behind the contract of ./contract.ts. Where it comes from,
- * in order:
+ * Loads the native addon once and exposes it behind the scan contract of ../formats/wal/contract.ts.
+ * Where it comes from, in order:
  *  1. $NAPI_RS_NATIVE_LIBRARY_PATH, when set (a .node file chosen by hand);
  *  2. the prebuilt platform package `@pgha/native-<platform>` (linux-x64-gnu, darwin-arm64, …), an
  *     optionalDependency of the published package — what `npm install -g pgha` uses;
@@ -17,62 +17,35 @@ import { crc32c as tsCrc32c } from '../formats/crc32c.js';
 import { scanWal as tsScanWal } from '../formats/wal/scan.js';
 import { endReasonFromCode, type ScanCarry, type ScanOptions, type ScanResult } from '../formats/wal/contract.js';
 
-/** The shape the generated binding (native/binding.d.ts) exports. */
-/** the binding's carry: the contract's, with `partial` as an optional Buffer */
-type JsCarry = Omit<ScanCarry, 'partial'> & { partial?: Buffer };
-interface JsScanOptions {
-  bufLsn: bigint;
-  carry?: JsCarry;
-  mode: string;
-  startLsn?: bigint;
-  endLsn?: bigint;
-}
-interface JsScanResult {
-  count: number;
-  records: Buffer;
-  stats: Buffer;
-  endLsn?: bigint;
-  endReason?: number;
-  endMessage?: string;
-  reachedEndLsn: boolean;
-  carry: JsCarry;
-  firstRecordLsn: bigint;
-  lastRecordLsn: bigint;
-  lastRecordEndLsn: bigint;
-}
-/** A file mapped by the addon (opaque); release() unmaps it once scanned. */
-export interface MappedFile {
-  release(): void;
-}
-interface Binding {
-  crc32c(data: Uint8Array, init?: number | null): number;
-  scanWal(buf: Uint8Array, options: JsScanOptions): JsScanResult;
-  scanWalAsync(buf: Uint8Array, options: JsScanOptions): Promise<JsScanResult>;
-  mapWalFileAsync(path: string, length: number): Promise<MappedFile>;
-  scanMappedAsync(map: MappedFile, options: JsScanOptions): Promise<JsScanResult>;
-  sha256FileAsync(path: string): Promise<string>;
-  ProxyRelay: new (onEvent: (e: RelayEvent) => void) => ProxyRelay;
-}
+/**
+ * The binding's types are the ones napi generates from native/src/lib.rs (`napi build --dts`, into
+ * native/binding.d.ts, committed so that a checkout without Rust type-checks too; every build rewrites
+ * it). Only types are imported: the addon itself is loaded below.
+ */
+type Binding = typeof import('../../native/binding.js');
+type JsCarry = import('../../native/binding.js').JsCarry;
+type JsScanOptions = import('../../native/binding.js').JsScanOptions;
+type JsScanResult = import('../../native/binding.js').JsScanResult;
 
-/** what the proxy's native relay reports about a session it carries */
-export interface RelayEvent {
-  id: number;
-  /** client-eof, client-error, backend-eof, backend-error, client-protocol, backend-protocol, backend-fatal */
-  kind: string;
-  detail: string;
-  sqlstate?: string;
-  clientTerminated: boolean;
-  busy: boolean;
-}
+/** true when A and B have the same keys with mutually assignable types */
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+// The carried scan state crosses the language boundary field by field: the contract's ScanCarry and
+// the binding's JsCarry must have the same fields; only `partial` differs (null vs an optional Buffer).
+// A field added on one side only fails this line at compile time.
+const carryFieldsMatch: Same<Omit<ScanCarry, 'partial'>, Omit<JsCarry, 'partial'>> = true;
+void carryFieldsMatch;
+
+/** A file mapped by the addon (opaque); release() unmaps it once scanned. */
+export type MappedFile = InstanceType<Binding['MappedWal']>;
+
+/**
+ * what the proxy's native relay reports about a session it carries; `kind` is client-eof,
+ * client-error, backend-eof, backend-error, client-protocol, backend-protocol or backend-fatal
+ */
+export type RelayEvent = import('../../native/binding.js').JsRelayEvent;
 
 /** pgha-proxy's native relay (native/src/relay.rs): sessions handed over after startup */
-export interface ProxyRelay {
-  add(id: number, clientFd: number, backendFd: number, maxFrontendLength: number): void;
-  finish(id: number, toClient?: Buffer | null, toBackend?: Buffer | null): void;
-  txStatus(id: number): string | null;
-  /** [bytes from clients, bytes to clients, sessions] */
-  counters(): number[];
-}
+export type ProxyRelay = InstanceType<Binding['ProxyRelay']>;
 
 /** the native relay, or null without the addon (the proxy then relays in TypeScript) */
 export function nativeProxyRelay(onEvent: (e: RelayEvent) => void): ProxyRelay | null {
@@ -227,6 +200,9 @@ function carryToJs(c: ScanCarry | null): JsCarry | undefined {
   return { ...rest, partial: partial ? Buffer.from(partial.buffer, partial.byteOffset, partial.byteLength) : undefined };
 }
 
+/** a Buffer view of the same bytes (no copy): the async scan keeps a reference to a Buffer */
+const asBuffer = (u: Uint8Array): Buffer => (Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength));
+
 function optionsToJs(o: ScanOptions): JsScanOptions {
   return { bufLsn: o.bufLsn, carry: carryToJs(o.carry), mode: o.mode, startLsn: o.startLsn, endLsn: o.endLsn };
 }
@@ -272,7 +248,7 @@ export const nativeImplementation: Implementation | null = binding
         name: 'native',
         crc32c: (data: Uint8Array, init?: number) => b.crc32c(data, init ?? 0),
         scanWal: (buf: Uint8Array, options: ScanOptions) => resultFromJs(b.scanWal(buf, optionsToJs(options))),
-        scanWalAsync: async (buf: Uint8Array, options: ScanOptions) => resultFromJs(await b.scanWalAsync(buf, optionsToJs(options))),
+        scanWalAsync: async (buf: Uint8Array, options: ScanOptions) => resultFromJs(await b.scanWalAsync(asBuffer(buf), optionsToJs(options))),
         mapFile: (path: string, length: number) => b.mapWalFileAsync(path, length),
         scanMapped: async (map: MappedFile, options: ScanOptions) => resultFromJs(await b.scanMappedAsync(map, optionsToJs(options))),
       } satisfies Implementation;
@@ -283,8 +259,6 @@ const active: Implementation = nativeImplementation ?? tsImplementation;
 
 export const crc32c = (data: Uint8Array, init?: number): number => (warned ? active : (warnFallback(), active)).crc32c(data, init);
 export const scanWal = (buf: Uint8Array, options: ScanOptions): ScanResult => (warned ? active : (warnFallback(), active)).scanWal(buf, options);
-/** the design's name for the one-call-per-segment scan */
-export const scanSegment = scanWal;
 export const scanWalAsync = (buf: Uint8Array, options: ScanOptions): Promise<ScanResult> => (warnFallback(), active.scanWalAsync(buf, options));
 export const activeImplementation = (): Implementation => (warnFallback(), active);
 

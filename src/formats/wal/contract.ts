@@ -74,8 +74,6 @@ export interface ScanCarry {
   partialTotLen: number;
   /** true when the next record (first read) must satisfy the random-access xl_prev rule */
   randomAccess: boolean;
-  /** after an XLOG_SWITCH the rest of the segment is skipped: this is the LSN where reading resumes */
-  skipToLsn: bigint;
   /** 1 = partial record started in an earlier segment than the current page */
   partialCrossesSegment: boolean;
 }

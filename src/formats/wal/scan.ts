@@ -498,7 +498,6 @@ class Scanner {
       partial,
       partialTotLen: partial ? this.partialTotLen : 0,
       randomAccess: this.randomAccess,
-      skipToLsn: 0n,
       partialCrossesSegment: partial ? this.partialCrossesSegment : false,
     };
     return {
