@@ -225,6 +225,21 @@ describe('pgha-proxy --pool-mode', () => {
     await c.end();
   });
 
+  it('transaction mode: a pooled server connection ended by the server while idle (pg_terminate_backend) costs the client nothing', async () => {
+    const c = client(txn, 'md5_user');
+    await c.connect();
+    const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+    // every idle server connection of md5_user ended from the server's side
+    await primary.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'md5_user'");
+    await waitFor(async () => (await primary.sql('SELECT count(*) FROM pg_stat_activity WHERE pid = $1', [pid])) === '0', 10_000, 'the backend gone');
+    for (let i = 0; i < 3; i++) {
+      const r = (await c.query('SELECT pg_backend_pid() AS pid, 1 AS x')).rows[0];
+      expect(r.x).toBe(1);
+      expect(r.pid).not.toBe(pid);
+    }
+    await c.end();
+  });
+
   it('transaction mode: LISTEN is refused with 0A000 (feature_not_supported); the client goes on', async () => {
     const c = client(txn, 'scram_user');
     await c.connect();
