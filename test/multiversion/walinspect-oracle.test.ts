@@ -8,9 +8,11 @@
  *  - `pgwal inspect --records` equals `pg_get_wal_records_info()` record for record (LSN, end, prev,
  *    xid, rmgr, record type, lengths) and ends valid WAL where the server's reader ends it,
  *  - pg_control equals pg_control_system()/pg_control_checkpoint()/pg_control_init()/pg_control_recovery(),
- *  - slot state files equal pg_replication_slots (17/18: failover, synced).
+ *  - slot state files equal pg_replication_slots (17/18: failover, synced),
+ *  - after a promote, the timeline history file's switchpoint is the END_OF_RECOVERY record's LSN.
  * Each major's cluster is started once. PGHA_WALINSPECT_TX sets pgbench's transaction count (default 300).
  */
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -332,5 +334,32 @@ for (const major of MAJORS) {
       if (major >= 17) expect(views.find((s) => s.name === 'cdcfail')?.failover).toBe(true);
       expect(views.find((s) => s.name === 'cdc2pc')?.twoPhase).toBe(true);
     });
+
+    it('a promote writes a timeline history whose switchpoint is where the server\'s reader finds END_OF_RECOVERY on the new timeline', async () => {
+      // after the tests above read the killed server's files: start it again as a standby with no
+      // primary (crash recovery, then standby mode), and promote it
+      writeFileSync(join(c.dataDir, 'standby.signal'), '');
+      await c.start();
+      expect(await c.sql('SELECT pg_promote(true, 60)')).toBe('true');
+      await c.checkpoint();
+      const [first] = await c.rows(`SELECT start_lsn::text, record_type FROM pg_get_wal_records_info($1, 'FFFFFFFF/FFFFFFFF') WHERE resource_manager = 'XLOG' AND record_type = 'END_OF_RECOVERY' LIMIT 1`, [walEnd]);
+      const [cp] = await c.rows('SELECT timeline_id, prev_timeline_id, checkpoint_lsn::text FROM pg_control_checkpoint()');
+      const insert = (await c.sql('SELECT pg_current_wal_insert_lsn()'))!;
+      await c.kill9();
+      const hist = pgwalJson<{ timeline: number; entries: Array<{ parentTimeline: number; switchpoint: string }> }>(['inspect', join(c.walDir, '00000002.history')]);
+      expect(hist.timeline).toBe(2);
+      expect(hist.entries.map((e) => e.parentTimeline)).toEqual([1]);
+      expect(first?.record_type).toBe('END_OF_RECOVERY');
+      expect(norm(hist.entries[0].switchpoint)).toBe(norm(first.start_lsn as string));
+      expect(cp).toMatchObject({ timeline_id: 2, prev_timeline_id: 2 });
+      const lsnView = pgwalJson<{ timeLineID: string; chkPoint: string; lastLsn: string }>(['lsn', '--pgdata', c.dataDir]);
+      expect(lsnView.timeLineID).toBe('2');
+      expect(norm(lsnView.chkPoint)).toBe(norm(cp.checkpoint_lsn as string));
+      expect(norm(lsnView.lastLsn)).toBeGreaterThanOrEqual(norm(insert));
+      // the directory is read across the switch: timeline 2, and the record at the switchpoint is END_OF_RECOVERY
+      const rec = pgwalJson<{ recordList: Array<{ lsn: string; type: string }> }>(['inspect', '--records', '--start', hist.entries[0].switchpoint, '--limit', '1', c.walDir]);
+      expect(rec.recordList[0]).toMatchObject({ type: 'END_OF_RECOVERY' });
+      expect(norm(rec.recordList[0].lsn)).toBe(norm(hist.entries[0].switchpoint));
+    }, 120_000);
   });
 }
