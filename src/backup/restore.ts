@@ -248,7 +248,8 @@ async function unpack(repo: Repository, m: BackupManifest, to: string, onProgres
           size += c.length;
           for (let off = 0; off < c.length; ) off += (await fh.write(c, off, c.length - off)).bytesWritten;
         }
-        await fh.sync();
+        // no fsync per file: a restored directory starts with backup_label, and PostgreSQL syncs
+        // the whole data directory before it begins recovery (SyncDataDirectory)
       } finally {
         await fh.close();
       }
