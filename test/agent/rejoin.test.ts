@@ -100,13 +100,17 @@ describe('agent: security and WAL file shipping', () => {
     const wrong = await put(name, data, 'f'.repeat(64));
     expect(wrong.status).toBe(422);
     expect((await api(url, `walFile/${name}`, { method: 'PUT', body: new Uint8Array(data), headers: { 'content-type': 'application/octet-stream' } })).status).toBe(400);
-    // an interrupted upload: announce the whole segment, send half, then drop the connection
-    await new Promise<void>((resolve) => {
-      const u = new URL(`${url}/api/pg/v1/walFile/${name}`);
-      const req = request({ host: u.hostname, port: u.port, path: u.pathname, method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/octet-stream', 'content-length': String(data.length), 'x-checksum': `sha256:${sha}` } });
-      req.on('error', () => resolve());
-      req.write(data.subarray(0, data.length / 2), () => setTimeout(() => (req.destroy(), setTimeout(resolve, 300)), 100));
-    });
+    // an interrupted upload: announce the whole segment, send half; once the agent is receiving it (its
+    // temp file is there), drop the connection — the agent then removes the temp file and stores nothing
+    const temps = () => readdirSync(walDir).filter((n) => n.startsWith('.pgha-tmp'));
+    const u = new URL(`${url}/api/pg/v1/walFile/${name}`);
+    const req = request({ host: u.hostname, port: u.port, path: u.pathname, method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/octet-stream', 'content-length': String(data.length), 'x-checksum': `sha256:${sha}` } });
+    const closed = new Promise<void>((resolve) => req.on('error', () => resolve()).on('close', () => resolve()));
+    req.write(data.subarray(0, data.length / 2));
+    await waitFor(async () => temps().length === 1, 10_000, 'the agent receiving the upload (its temp file in pg_wal)');
+    req.destroy();
+    await closed;
+    await waitFor(async () => temps().length === 0, 10_000, "the interrupted upload's temp file removed");
     expect(readdirSync(walDir).sort()).toEqual(before);
     // two concurrent uploads of one file end with one correct file: one creates it, the other finds it there
     const [a, b] = await Promise.all([put(name, data, sha), put(name, data, sha)]);
