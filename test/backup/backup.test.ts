@@ -133,7 +133,8 @@ beforeAll(async () => {
   repo = primary.ownedDir('repo');
   primary.writeConf({ archive_mode: 'on', archive_command: `'${process.execPath}' '${PGHA}' archive push %p --repo '${repo}'` });
   await primary.start();
-  standby = await primary.createStandby({ name: 'bk-s' });
+  // archive_mode = always on the standby: it pushes the same segments as the primary (idempotent)
+  standby = await primary.createStandby({ name: 'bk-s', conf: { archive_mode: 'always' } });
   await primary.sql('CREATE TABLE t (id int PRIMARY KEY, batch text NOT NULL)');
 }, 180_000);
 
@@ -159,8 +160,11 @@ describe('pgha backup: a failover, then point-in-time restores', () => {
     await insertBatch(primary, 21, 30, 'C');
     // the target: the commit time of the last row of C, as PostgreSQL recorded it
     state.timeAfterC = (await primary.sql("SELECT max(pg_xact_commit_timestamp(xmin))::text FROM t WHERE batch = 'C'"))!;
-    await switchAndArchive(primary);
+    const closed = await switchAndArchive(primary);
     await primary.waitForReplay(standby);
+    // the standby archived the same segments: each push found the primary's copy, byte for byte
+    await waitFor(async () => (await archivedWal(standby)) >= closed, 60_000, `${closed} archived by the standby`);
+    expect(await standby.sql('SELECT failed_count FROM pg_stat_archiver')).toBe('0');
     // failover: the primary goes, the standby is promoted (timeline 2) and archives from then on
     primary.stop('fast');
     await standby.promote();
