@@ -61,6 +61,19 @@ const T = {
 
 const NOOP = (): void => undefined;
 
+/**
+ * can the query text of a Query message start with one of these letters (either case)? false only
+ * when its first character after white space is another letter or digit: a cheap test before a regex
+ */
+function mayStartWith(msg: Buffer, a: number, b: number): boolean {
+  let i = 5;
+  while (i < msg.length && (msg[i] === 0x20 || (msg[i] >= 0x09 && msg[i] <= 0x0d))) i++;
+  const c = msg[i] & 0xdf;
+  if (c === a || c === b) return true;
+  // comments and anything that is not a plain letter: let the regex decide
+  return !((c >= 0x41 && c <= 0x5a) || (msg[i] >= 0x30 && msg[i] <= 0x39));
+}
+
 /** a transaction's start, which changes nothing on the server before it is answered */
 const BEGIN_RE = /^\s*(BEGIN|START\s+TRANSACTION)(\s+(TRANSACTION|WORK|ISOLATION\s+LEVEL|READ|WRITE|ONLY|COMMITTED|UNCOMMITTED|REPEATABLE|SERIALIZABLE|DEFERRABLE|NOT|,)+)*\s*;?\s*$/i;
 
@@ -398,7 +411,7 @@ export class PooledClient implements PoolClient {
   private toServer(msg: Buffer, out: Out): void {
     const type = msg[0];
     if (this.replay !== null) {
-      if (type === T.query && BEGIN_RE.test(msg.toString('utf8', 5, msg.length - 1))) this.replay.push(msg);
+      if (type === T.query && mayStartWith(msg, 0x42, 0x53) && BEGIN_RE.test(msg.toString('utf8', 5, msg.length - 1))) this.replay.push(msg);
       else this.replay = null;
     }
     const txn = this.mgr.settings.mode === 'transaction';
@@ -408,8 +421,7 @@ export class PooledClient implements PoolClient {
         this.partial = false;
         if (txn) {
           this.queue.push({ t: type, act: 'fwd' });
-          const text = msg.toString('utf8', 5, msg.length - 1);
-          if (LISTEN_RE.test(text)) return out.add(queryMessage(notSupported('LISTEN')));
+          if (mayStartWith(msg, 0x4c, 0x4c) && LISTEN_RE.test(msg.toString('utf8', 5, msg.length - 1))) return out.add(queryMessage(notSupported('LISTEN')));
         }
         return out.add(msg);
       }

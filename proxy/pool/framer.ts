@@ -47,32 +47,42 @@ export class Framer {
   }
 }
 
-/** what goes to one socket for one chunk: contiguous views merged */
+/** what goes to one socket for one chunk: contiguous views merged (one view made per run, at the end) */
 export class Out {
   private parts: Buffer[] = [];
-  private cur: Buffer | null = null;
+  private base: Buffer | null = null;
+  private start = 0;
+  private end = 0;
 
   add(b: Buffer): void {
-    const c = this.cur;
-    if (c && c.buffer === b.buffer && c.byteOffset + c.length === b.byteOffset) {
-      this.cur = Buffer.from(c.buffer, c.byteOffset, c.length + b.length);
-      return;
+    if (this.base !== null) {
+      if (this.base.buffer === b.buffer && this.end === b.byteOffset) {
+        this.end += b.length;
+        return;
+      }
+      this.parts.push(this.run());
     }
-    if (c) this.parts.push(c);
-    this.cur = b;
+    this.base = b;
+    this.start = b.byteOffset;
+    this.end = b.byteOffset + b.length;
+  }
+
+  private run(): Buffer {
+    const b = this.base!;
+    return b.byteOffset === this.start && b.length === this.end - this.start ? b : Buffer.from(b.buffer, this.start, this.end - this.start);
   }
 
   get empty(): boolean {
-    return this.cur === null;
+    return this.base === null;
   }
 
   /** everything collected, as one buffer (nothing: null); the collector is empty afterwards */
   take(): Buffer | null {
-    const c = this.cur;
-    if (!c) return null;
-    this.cur = null;
-    if (this.parts.length === 0) return c;
-    this.parts.push(c);
+    if (this.base === null) return null;
+    const last = this.run();
+    this.base = null;
+    if (this.parts.length === 0) return last;
+    this.parts.push(last);
     const all = Buffer.concat(this.parts);
     this.parts = [];
     return all;
