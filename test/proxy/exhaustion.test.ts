@@ -45,6 +45,30 @@ function stalledStartup(port: number, user: string): Promise<{ socket: Socket; f
   });
 }
 
+type Status = Awaited<ReturnType<RunningProxy['status']>>;
+type Backend = Status['backends'][number];
+
+/**
+ * Polls the proxy's /status until `count` more health checks of `name` have ended (each a new
+ * lastCheck), running `each` on what /status says after every one seen: the checks that must not
+ * fail are counted, not waited for by the clock.
+ */
+async function duringChecks(name: string, count: number, each: (b: Backend, s: Status) => void, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = (await proxy!.status()).backends.find((b) => b.name === name)!.lastCheck;
+  for (let seen = 0; seen < count; ) {
+    if (Date.now() > deadline) throw new Error(`only ${seen} of ${count} health checks of ${name} ended within ${timeoutMs} ms`);
+    await sleep(50);
+    const s = await proxy!.status();
+    const b = s.backends.find((x) => x.name === name)!;
+    if (b.lastCheck !== last) {
+      last = b.lastCheck;
+      seen++;
+      each(b, s);
+    }
+  }
+}
+
 describe('connection exhaustion does not cause a failover', () => {
   it('through the proxy and straight at the server, under --auto-failover: the primary stays primary', async () => {
     const primary = await PgCluster.init({ name: 'exhaust', conf: { max_connections: 20, password_encryption: 'scram-sha-256', authentication_timeout: '60s' } });
@@ -73,10 +97,12 @@ describe('connection exhaustion does not cause a failover', () => {
     const challenged = replies.filter((r) => r !== null && r[0] === 0x52); // AuthenticationSASL
     expect(challenged.length).toBe(capacity);
     expect(refused.length).toBe(25 - capacity!);
-    await sleep(1500); // several health periods while the slots are held
-    let s = await proxy.status();
-    expect(s.primary).toBe(name);
-    expect(s.backends.find((b) => b.name === name)).toMatchObject({ role: 'primary', failures: 0 });
+    // five health checks while the slots are held: each answered, the primary stays primary
+    await duringChecks(name, 5, (b, s) => {
+      expect(b.sessions, 'the stalled authentications still hold their slots').toBe(capacity);
+      expect(s.primary).toBe(name);
+      expect(b).toMatchObject({ role: 'primary', failures: 0 });
+    });
     // stalled authentications are dropped after --auth-timeout, as the server's authentication_timeout would
     await waitFor(async () => (await proxy!.status()).backends.find((b) => b.name === name)!.sessions === 0, 10_000, 'stalled sessions dropped');
     for (const x of viaProxy) x.socket.destroy();
@@ -88,11 +114,13 @@ describe('connection exhaustion does not cause a failover', () => {
     const alive = (await (await fetch(`${agents[0]}/api/pg/v1/alive`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as { running: boolean; answers: boolean; detail: string };
     expect(alive).toMatchObject({ running: true, answers: true });
     expect(alive.detail).toMatch(/53300/);
-    await sleep(2000); // ten health periods: three failures would have made it down
-    s = await proxy.status();
-    expect(s.failovers).toEqual([]);
-    expect(s.primary).toBe(name);
-    expect(s.backends.find((b) => b.name === name)).toMatchObject({ role: 'primary', failures: 0 });
+    // ten health checks answered with 53300 (three failures would have made it down): no failover
+    await duringChecks(name, 10, (b, s) => {
+      expect(b.lastError).toMatch(/53300/);
+      expect(s.failovers).toEqual([]);
+      expect(s.primary).toBe(name);
+      expect(b).toMatchObject({ role: 'primary', failures: 0 });
+    });
     expect(await standby.sql('SELECT pg_is_in_recovery()')).toBe('true');
     for (const x of direct) x.socket.destroy();
     // and a real failure is still a failure
