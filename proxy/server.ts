@@ -25,6 +25,7 @@ import { ClientSession, type PortKind } from './session/client-session.js';
 import type { ProxyContext, ProxyStats } from './session/context.js';
 import { Coordinator, type CoordinatorStatus, type DcsStatus } from '../src/dcs/coordinator.js';
 import { rollForward } from './failover/roll-forward.js';
+import { memberSlotsOnPrimary } from './cluster/plan.js';
 import type { LeaderRecord } from '../src/dcs/keys.js';
 import { Authenticator } from './pool/auth.js';
 import { PooledClient } from './pool/client.js';
@@ -97,6 +98,8 @@ export class ProxyServer implements ProxyContext {
   private recordingFirst = false;
   /** with --etcd: the leader checks every cycle that the recorded primary is one (rollForwardCheck) */
   private rollTimer: NodeJS.Timeout | null = null;
+  /** a completion that failed (e.g. refused by a --dcs-failsafe promise) is tried again from then on */
+  private rollRetryAt = 0;
   readonly addresses: { rw: BackendAddress | null; ro: BackendAddress | null; admin: BackendAddress | null } = { rw: null, ro: null, admin: null };
 
   constructor(
@@ -142,6 +145,13 @@ export class ProxyServer implements ProxyContext {
       synchronousCount: cfg.synchronousCount,
       // with etcd only the leader manages the cluster
       busy: () => this.failover.running || !this.isDecider(),
+      // with etcd the leader records the member slots on the primary (`slots`)
+      onRound: cfg.etcd && cfg.memberSlots
+        ? (view) => {
+            const rec = memberSlotsOnPrimary(view);
+            if (rec) void this.dcs?.publishSlots(rec);
+          }
+        : undefined,
     });
     this.relay = cfg.relay === 'native' ? nativeProxyRelay((e) => this.nativeSessions.get(e.id)?.onRelayEvent(e)) : null;
     if (cfg.relay === 'native' && !this.relay) this.log.warn('native relay unavailable (addon not built): relaying in Node');
@@ -454,9 +464,11 @@ export class ProxyServer implements ProxyContext {
       this.log.warn({ primary: d.from, when }, 'the recorded primary is down: failing over');
       await this.runFailover(this.monitor.state(d.from)!);
     } else if (d.action === 'promote') {
+      if (Date.now() < this.rollRetryAt) return;
       this.log.warn({ primary: d.target, fence: d.fence, leaseHolder: d.leaseHolder, when }, d.why);
       const report = await this.failover.complete(this.monitor.state(d.target)!, { fence: d.fence, leaseHolder: d.leaseHolder });
       this.metrics.failovers.inc({ result: report.error ? 'failed' : 'promoted' });
+      this.rollRetryAt = report.error ? Date.now() + Math.max(1000, (this.cfg.etcd?.ttlSeconds ?? 2) * 500) : 0;
     }
   }
 

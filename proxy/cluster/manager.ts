@@ -19,6 +19,8 @@ export interface ManagerOptions extends PlanOptions {
   intervalMs: number;
   /** true while a failover or switchover runs */
   busy: () => boolean;
+  /** after each round this manager ran (not busy): the nodes as it last saw them (the leader records them on etcd) */
+  onRound?: (view: MemberView[]) => void;
 }
 
 export interface ActionResult {
@@ -87,6 +89,7 @@ export class ClusterManager {
         await this.apply(a);
       }
       if (actions.length) await this.o.monitor.checkNow([...new Set(actions.map((a) => a.on))]);
+      if (!this.o.busy()) this.o.onRound?.(this.view());
       return actions;
     } finally {
       this.running = false;

@@ -55,6 +55,21 @@ export function synchronousNames(apps: string[], mode: SynchronousMode, count: n
   return `ANY ${Math.min(count, names.length)} (${names.map(quoteName).join(', ')})`;
 }
 
+/**
+ * What the leader records on etcd (`slots`): the member slots on the one healthy primary, as its
+ * last check saw them, each with the backend whose slot it is. Null without exactly one.
+ */
+export function memberSlotsOnPrimary(members: MemberView[]): { primary: string; slots: Array<{ slot: string; member: string | null }> } | null {
+  const primaries = members.filter((m) => m.role === 'primary' && m.healthy);
+  if (primaries.length !== 1) return null;
+  const [p] = primaries;
+  const slots = p.slots
+    .filter((s) => isMemberSlot(s.name))
+    .map((s) => ({ slot: s.name, member: members.find((m) => m.slot === s.name)?.name ?? null }))
+    .sort((a, b) => (a.slot < b.slot ? -1 : a.slot > b.slot ? 1 : 0));
+  return { primary: p.name, slots };
+}
+
 export function planCluster(members: MemberView[], opts: PlanOptions): ClusterAction[] {
   const actions: ClusterAction[] = [];
   const primaries = members.filter((m) => m.role === 'primary' && m.healthy);

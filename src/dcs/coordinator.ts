@@ -8,7 +8,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { LeaderElection } from './election.js';
-import { recordNames, type HistoryRecord, type LeaderRecord, type MemberRecord, type PrimaryLeaseRecord, type PrimaryRecord, type SyncRecordView } from './keys.js';
+import { recordNames, type HistoryRecord, type LeaderRecord, type MemberRecord, type PrimaryLeaseRecord, type PrimaryRecord, type SlotsRecordView, type SyncRecordView } from './keys.js';
 import { LeaseKeeper } from './lease.js';
 import { ClusterStore, processId, type Unwatch } from './store.js';
 
@@ -59,6 +59,10 @@ export interface DcsStatus {
   isLeader: boolean;
   /** the members registered on etcd (agents), as last read */
   members: MemberRecord[];
+  /** the member slots on the primary the leader manages (etcd's `slots`), as last read */
+  slots: SlotsRecordView | null;
+  /** the primary's synchronous standbys (etcd's `sync`: synchronous_standby_names, who was sync), as last read */
+  sync: SyncRecordView | null;
   lastError: string | null;
 }
 
@@ -74,6 +78,10 @@ export class Coordinator extends EventEmitter {
   primaryKnown = false;
   members: MemberRecord[] = [];
   primaryLease: PrimaryLeaseRecord | null = null;
+  /** etcd's `slots` and `sync`, watched */
+  slots: SlotsRecordView | null = null;
+  sync: SyncRecordView | null = null;
+  private lastSlots = '';
   private unwatch: Unwatch[] = [];
   private lastSync = '';
   private safeModeTimer: NodeJS.Timeout | null = null;
@@ -132,6 +140,8 @@ export class Coordinator extends EventEmitter {
             this.primaryLease = v.value;
           }),
         );
+        this.unwatch.push(await this.store.watch<SlotsRecordView>(keys.slots, (v) => void (this.slots = v.value)));
+        this.unwatch.push(await this.store.watch<SyncRecordView>(keys.sync, (v) => void (this.sync = v.value)));
         return true;
       } catch (e) {
         this.store.noteError(e);
@@ -226,6 +236,18 @@ export class Coordinator extends EventEmitter {
     });
   }
 
+  /** the leader records the member slots on the primary (written only when they changed) */
+  async publishSlots(rec: SlotsRecordView | null): Promise<void> {
+    if (!this.isLeader) return;
+    const text = JSON.stringify(rec);
+    if (text === this.lastSlots) return;
+    this.lastSlots = text;
+    await this.store.putSlots(rec ? { ...rec, at: new Date().toISOString() } : null).catch((e) => {
+      this.lastSlots = '';
+      this.store.noteError(e);
+    });
+  }
+
   status(): CoordinatorStatus {
     return {
       endpoints: this.store.endpoints,
@@ -259,6 +281,8 @@ export class Coordinator extends EventEmitter {
       id: this.id,
       isLeader: this.isLeader,
       members: this.members,
+      slots: this.slots,
+      sync: this.sync,
       lastError: this.store.health.lastError,
     };
   }

@@ -7,6 +7,7 @@
  *   primary-lease    held by the primary's agent while it may take writes  PrimaryLeaseRecord (bound to its lease)
  *   history/<n>      every change of primary, n = 1, 2, … (zero-padded)    HistoryRecord
  *   sync             who acknowledged commits at the primary's last answer SyncRecordView
+ *   slots            the member slots on the primary (the leader manages)  SlotsRecordView
  *   members/<name>   one per agent: its PostgreSQL and its URL             MemberRecord (bound to its lease)
  */
 
@@ -50,6 +51,7 @@ export interface ClusterKeys {
   primary: string;
   primaryLease: string;
   sync: string;
+  slots: string;
   members: string;
   member(name: string): string;
   history: string;
@@ -64,6 +66,7 @@ export function clusterKeys(cluster: string): ClusterKeys {
     primary: `${base}primary`,
     primaryLease: `${base}primary-lease`,
     sync: `${base}sync`,
+    slots: `${base}slots`,
     members: `${base}members/`,
     member: (name) => `${base}members/${encodeURIComponent(name)}`,
     history: `${base}history/`,
@@ -132,6 +135,17 @@ export interface SyncRecordView {
   retiring?: string[];
   synchronousStandbyNames: string;
   at: string;
+}
+
+/**
+ * The member slots (pgha_<member>) on the primary as the leader's cluster manager last saw them
+ * (pg_replication_slots there): the slots it creates and keeps so every other member can stream.
+ */
+export interface SlotsRecordView {
+  primary: string;
+  /** by slot name; `member`: the backend whose slot it is, null when no backend of the proxy has that name */
+  slots: Array<{ slot: string; member: string | null }>;
+  at?: string;
 }
 
 /** JSON of an object record, null for a missing key or anything that is not a JSON object */

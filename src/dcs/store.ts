@@ -21,6 +21,7 @@ import {
   type MemberRecord,
   type PrimaryLeaseRecord,
   type PrimaryRecord,
+  type SlotsRecordView,
   type SyncRecordView,
 } from './keys.js';
 
@@ -292,6 +293,15 @@ export class ClusterStore {
   async putSync(rec: SyncRecordView | null): Promise<void> {
     if (rec) await this.call(() => this.client.put(this.keys.sync).value(JSON.stringify(rec)).exec());
     else await this.call(() => this.client.delete().key(this.keys.sync).exec());
+  }
+
+  async putSlots(rec: SlotsRecordView | null): Promise<void> {
+    if (rec) await this.call(() => this.client.put(this.keys.slots).value(JSON.stringify(rec)).exec());
+    else await this.call(() => this.client.delete().key(this.keys.slots).exec());
+  }
+
+  async slots(): Promise<SlotsRecordView | null> {
+    return (await this.read<SlotsRecordView>(this.keys.slots)).value;
   }
 
   async sync(): Promise<SyncRecordView | null> {

@@ -20,6 +20,14 @@
  *      acknowledged after the self-fence, and every write the synchronous one got acknowledged is
  *      there. The time from the cut to the first write on the new primary is measured.
  *
+ *  (d) the leader dies right after recording a new primary on etcd, before promoting it (the
+ *      fault-injection point PGHA_TEST_CRASH_AFTER_RECORD=1): the other proxy, leading after the
+ *      TTL, completes the recorded promotion (no new decision), exactly one primary, nothing lost.
+ *
+ * Also: the member slots and the synchronous standbys the leader records on etcd (`slots`, `sync`,
+ * read raw with the etcd3 client) against pg_replication_slots and synchronous_standby_names on
+ * the primary, and `pgha status` (table and --json) naming the leader proxy and safe mode.
+ *
  * After each step the old primary is back as a streaming standby (its agent's automatic rejoin,
  * following the primary etcd records); at the end every write acknowledged through either proxy is
  * on every node and the counter equals the rows.
@@ -31,6 +39,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Etcd3 } from 'etcd3';
 import { ClusterStore } from '../../src/dcs/store.js';
 import type { PrimaryLeaseRecord } from '../../src/dcs/keys.js';
 import { cleanupAll, freePort, processAlive, sleep, waitFor } from '../harness/cluster.js';
@@ -149,6 +158,39 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
       expect(out.stdout).toContain(`leader: ${leaderId} (${leader.admin})`);
       expect(out.stdout).toMatch(p === leader ? /this proxy: \S+ \(leader\)/ : /this proxy: \S+ \(follower\)/);
       expect(out.stdout).toContain(`recorded primary: ${first.address}`);
+      expect(out.stdout).toMatch(new RegExp(`^leader proxy +${leaderId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
+      expect(out.stdout).toMatch(/^safe mode +no$/m);
+      const js = await pgha(['status', '--proxy', p.admin, '--json']);
+      expect(JSON.parse(js.stdout)).toMatchObject({ leaderProxy: leaderId, safeMode: false, dcs: { leader: leaderId, safeMode: false, cluster: CLUSTER } });
+    }
+    // the member slots and the synchronous standbys on etcd, read raw, against the primary itself
+    {
+      const raw = new Etcd3({ hosts: [etcdUrl] });
+      const onPrimary = async () => ({
+        slots: ((await first.pg.sql("SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots WHERE slot_type = 'physical' AND slot_name LIKE 'pgha\\_%'")) ?? '').split(',').filter(Boolean),
+        ssn: (await first.pg.sql('SHOW synchronous_standby_names')) ?? '',
+      });
+      let seen = '';
+      try {
+        await waitFor(
+          async () => {
+            const slots = JSON.parse((await raw.get(`/pgha/${CLUSTER}/slots`).string()) ?? 'null') as { primary: string; slots: Array<{ slot: string; member: string | null }> } | null;
+            const sync = JSON.parse((await raw.get(`/pgha/${CLUSTER}/sync`).string()) ?? 'null') as { primary: string; synchronousStandbyNames: string } | null;
+            const pg = await onPrimary();
+            seen = JSON.stringify({ slots, sync, pg });
+            return slots?.primary === first.address && JSON.stringify(slots.slots.map((x) => x.slot)) === JSON.stringify(pg.slots) && sync?.primary === first.address && sync.synchronousStandbyNames === pg.ssn;
+          },
+          20_000,
+          'etcd slots and sync = the primary\'s pg_replication_slots and synchronous_standby_names',
+        );
+      } finally {
+        await raw.close();
+        console.log(`etcd slots/sync vs the primary: ${seen}`);
+      }
+      const pg = await onPrimary();
+      expect(pg.slots.length, 'a member slot for each standby on the primary').toBe(2);
+      // /status dcs shows them, on both proxies
+      for (const p of ha.proxies) await waitFor(async () => (await p.status()).dcs?.slots?.slots.length === 2, 10_000, '/status dcs.slots');
     }
     // a switchover asked of the follower is refused with the leader's address
     const refused = await fetch(`${others[0].admin}/switchover`, { method: 'POST', headers: { authorization: `Bearer ${'ha-cluster-test-token-0123456789'}`, 'content-type': 'application/json' }, body: '{}' });
@@ -323,6 +365,57 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
       console.log(`(c) all streaming again after ${Date.now() - t0} ms`);
     }
 
+    // ---------------------------------------------------------------- (d) the leader dies between the record and the promotion
+    {
+      const [l0, f0] = [leader, others[0]];
+      // a proxy that exits right after its compare-and-swap (fault-injection point) becomes the leader:
+      // the follower goes, the crashing one starts, the leader resigns
+      await loads.get(f0)!.stop();
+      await f0.stop();
+      ha.proxies.splice(ha.proxies.indexOf(f0), 1);
+      const crashing = await ha.addProxy({ PGHA_TEST_CRASH_AFTER_RECORD: '1' });
+      await loads.get(l0)!.stop();
+      await l0.stop();
+      ha.proxies.splice(ha.proxies.indexOf(l0), 1);
+      await waitFor(async () => (await crashing.status()).leader?.isLeader === true, TTL * 1000 + 5000, '(d) the crashing proxy leads');
+      const next = await ha.addProxy();
+      startLoad(next);
+      ({ leader, others } = await leaderOf(ha.proxies));
+      expect(leader).toBe(crashing);
+      const crashId = (await crashing.status()).leader!.id;
+      await sleep(1000);
+      const old = await ha.primary();
+      const historyBefore = (await store.history()).length;
+      const t0 = Date.now();
+      await old.pg.kill9({ waitOrphans: false });
+      await waitFor(async () => !processAlive(crashing.pid), 30_000, '(d) the leader exits right after recording its decision');
+      const crashedAt = Date.now();
+      ha.proxies.splice(ha.proxies.indexOf(crashing), 1);
+      expect(crashing.log()).not.toMatch(/failover: promoting/);
+      const history = await store.history();
+      expect(history.length, '(d) the decision recorded once').toBe(historyBefore + 1);
+      const h = history.at(-1)!;
+      expect(h).toMatchObject({ kind: 'failover', from: { backend: old.address }, by: crashId });
+      const recorded = h.to.backend;
+      expect((await store.primary()).value?.backend).toBe(recorded);
+      // nobody promoted it: still a standby when the leader died
+      expect(await ha.node(recorded).pg.sql('SELECT pg_is_in_recovery()')).toBe('true');
+      await waitFor(async () => (await next.status()).primary === recorded, TTL * 1000 + 10_000, '(d) the other proxy completes the recorded promotion');
+      const rolled = Date.now() - crashedAt;
+      const st = await next.status();
+      expect(st.leader?.isLeader).toBe(true);
+      const rep = st.failovers.filter((f) => f.resumed);
+      expect(rep).toHaveLength(1);
+      expect(rep[0]).toMatchObject({ to: recorded, error: null });
+      // no new decision: the history holds the one the dead leader recorded
+      expect((await store.history()).length).toBe(historyBefore + 1);
+      expect(await routedTo(next)).toBe(recorded);
+      expect(await ha.primariesBySql()).toEqual([recorded]);
+      console.log(`(d) leader died after recording ${ha.node(recorded).name} (${crashedAt - t0} ms after kill -9 of ${old.name}); the other proxy promoted it and routes to it ${rolled} ms later (TTL ${TTL} s; completion ${rep[0].ms} ms: ${rep[0].phases.map((p) => `${p.name} ${p.ms}`).join(', ')})`);
+      expect(rolled).toBeLessThan(TTL * 1000 + 8000);
+      await ha.waitHealthy(120_000, '(d) old primary back as a standby');
+    }
+
     // ---------------------------------------------------------------- nothing lost through either proxy
     const reports = await Promise.all(allLoads().map((l) => l.stop()));
     for (const [i, l] of allLoads().entries()) {
@@ -335,7 +428,7 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
       }
     }
     const kinds = (await store.history()).map((h) => h.kind);
-    expect(kinds).toEqual(['bootstrap', 'failover', 'failover', 'failover']);
+    expect(kinds).toEqual(['bootstrap', 'failover', 'failover', 'failover', 'failover']);
     console.log(`two-proxies: ${Date.now() - t00} ms in all`);
   }, 600_000);
 });

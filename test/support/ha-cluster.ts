@@ -66,9 +66,9 @@ export class HaCluster {
     return this.proxies[0];
   }
 
-  /** one more pgha-proxy with the same arguments as the others */
-  async addProxy(): Promise<RunningProxy> {
-    const p = await startProxy(this.proxyLaunch.backends, this.proxyLaunch.args, { env: { PGHA_TOKEN: HA_TOKEN }, read: this.proxyLaunch.read });
+  /** one more pgha-proxy with the same arguments as the others (and `env` in its environment) */
+  async addProxy(env: NodeJS.ProcessEnv = {}): Promise<RunningProxy> {
+    const p = await startProxy(this.proxyLaunch.backends, this.proxyLaunch.args, { env: { PGHA_TOKEN: HA_TOKEN, ...env }, read: this.proxyLaunch.read });
     this.proxies.push(p);
     return p;
   }

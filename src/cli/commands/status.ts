@@ -36,6 +36,24 @@ export function renderStatus(s: ProxyStatus): string {
       `leader: ${l ? `${l.id}${l.admin ? ` (${l.admin})` : ''}` : 'NONE'}   this proxy: ${s.leader.id} (${s.leader.isLeader ? 'leader' : 'follower'})   etcd: ${s.etcd.endpoints.join(',')} cluster ${s.etcd.cluster} ${s.etcd.healthy ? 'healthy' : `UNREACHABLE${s.etcd.lastError ? ` (${s.etcd.lastError})` : ''}`}   recorded primary: ${s.etcd.primary?.backend ?? 'none'}`,
     );
   }
+  if (s.dcs) {
+    const d = s.dcs;
+    out.push('');
+    out.push(
+      table(
+        [
+          ['leader proxy', d.leader ?? 'NONE'],
+          ['this proxy', `${d.id} (${d.isLeader ? 'leader' : 'follower'})`],
+          ['safe mode', d.safeMode ? `YES (etcd ${d.reachable ? 'answers, the lease is in doubt' : 'unreachable'})` : 'no'],
+          ['etcd', `cluster ${d.cluster}, revision ${d.revision}, ${d.reachable ? 'reachable' : 'UNREACHABLE'}${d.lastError && !d.reachable ? ` (${d.lastError})` : ''}`],
+          ['members', d.members.map((m) => `${m.name}=${m.pg}`).join(', ') || '-'],
+          ['member slots', d.slots ? `on ${d.slots.primary}: ${d.slots.slots.map((x) => x.slot).join(', ') || 'none'}` : '-'],
+          ['synchronous', d.sync ? `on ${d.sync.primary}: '${d.sync.synchronousStandbyNames}' (${d.sync.members.join(', ') || 'none'})` : '-'],
+        ],
+        ['dcs', 'value'],
+      ).trimEnd(),
+    );
+  }
   out.push('');
   out.push(
     table(
@@ -87,7 +105,8 @@ export function registerStatusCommand(program: Command, setExit: (c: number) => 
       const once = async (): Promise<boolean> => {
         const { status, body } = await askProxy<ProxyStatus>(url, '/status');
         if (status !== 200) throw new Error(`${url}/status: HTTP ${status}`);
-        if (o.json) printJson(body);
+        // --json: the /status document; with etcd the deciding proxy and safe mode also at the top
+        if (o.json) printJson(body.dcs ? { ...body, leaderProxy: body.dcs.leader, safeMode: body.dcs.safeMode } : body);
         else process.stdout.write(renderStatus(body));
         return body.primary !== null;
       };
