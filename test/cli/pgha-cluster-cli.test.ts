@@ -1,7 +1,7 @@
 /** `pgha status|switchover|failover` against a proxy that is not there: exit 2 and one line naming what failed. */
 import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { freePort } from '../harness/cluster.js';
+import { freePort, waitFor } from '../harness/cluster.js';
 import { PGHA, pgha } from '../support/cli.js';
 
 describe('pgha status / switchover / failover without a proxy', () => {
@@ -21,7 +21,8 @@ describe('pgha status / switchover / failover without a proxy', () => {
     const child = spawn(process.execPath, [PGHA, 'status', '--proxy', `http://127.0.0.1:${port}`, '--watch', '0.2']);
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    await new Promise((r) => setTimeout(r, 1500));
+    const refreshes = () => out.match(/every 0\.2 s, Ctrl-C to stop/g)?.length ?? 0;
+    await waitFor(async () => refreshes() >= 3, 15_000, 'three refreshes of pgha status --watch');
     child.kill('SIGINT');
     await new Promise((r) => child.once('close', r));
     expect(out.match(/every 0\.2 s, Ctrl-C to stop/g)!.length).toBeGreaterThanOrEqual(3);
