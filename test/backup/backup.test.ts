@@ -140,6 +140,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const s of started) stopRestored(s.dir);
+  // the standby archives into the repository under the primary's directory: it goes first
+  await standby?.cleanup();
   await cleanupAll();
 });
 
