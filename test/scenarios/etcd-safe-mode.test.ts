@@ -26,6 +26,7 @@ import { cleanupAll, freePort, pg15BinDir, sleep, waitFor } from '../harness/clu
 import { stopAgentProcesses } from '../support/agents.js';
 import { startEtcd, type EtcdServer } from '../support/etcd.js';
 import { HaCluster, type HaNode } from '../support/ha-cluster.js';
+import { pgha } from '../support/cli.js';
 import type { RunningProxy } from '../support/proxy.js';
 import { WriteLoad } from '../support/write-load.js';
 import { allRouteTo, killPrimaryLoop, leaderOf, routedTo } from './etcd-kill-loop.js';
@@ -144,6 +145,17 @@ describe('two proxies on etcd: clients across the proxies, repeated failover, et
       await etcd.halt();
       await waitFor(async () => (await Promise.all(ha!.proxies.map((p) => p.status()))).every((s) => s.dcs!.safeMode && !s.dcs!.reachable && !s.leader!.isLeader), TTL * 1000 + 5000, 'both proxies in safe mode');
       console.log(`(a) etcd stopped: both proxies in safe mode after ${Date.now() - t0} ms`);
+      // pgha status says so, in its dcs table and in --json
+      for (const p of ha.proxies) {
+        const js = await pgha(['status', '--proxy', p.admin, '--json']);
+        expect(js.status, js.stderr).toBe(0);
+        const doc = JSON.parse(js.stdout) as { safeMode: boolean; leaderProxy: string | null; dcs: { leader: string | null } };
+        expect(doc).toMatchObject({ safeMode: true, dcs: { safeMode: true, reachable: false } });
+        expect(doc.leaderProxy).toBe(doc.dcs.leader);
+        const out = await pgha(['status', '--proxy', p.admin]);
+        expect(out.stdout).toMatch(/^safe mode +YES \(etcd unreachable\)$/m);
+        expect(out.stdout).toMatch(/^leader proxy +\S+$/m);
+      }
       // past the TTL the primary still runs (DCS failsafe: every member confirmed) and takes writes through both proxies
       await sleep(2 * TTL * 1000);
       const health = (await (await fetch(`${primary.agentUrl}/health`)).json()) as { etcd: { healthy: boolean; selfFences: number; failsafe: { active: boolean; lastRound: { ok: boolean; answers: Array<{ member: string; ok: boolean }> } } } };
