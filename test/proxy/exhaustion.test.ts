@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { startAgent, stopAgents } from '../support/agents.js';
-import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { duringHealthChecks, startProxy, type RunningProxy } from '../support/proxy.js';
 
 const TOKEN = 'exhaustion-test-token-0123456789';
 let proxy: RunningProxy | null = null;
@@ -45,30 +45,6 @@ function stalledStartup(port: number, user: string): Promise<{ socket: Socket; f
   });
 }
 
-type Status = Awaited<ReturnType<RunningProxy['status']>>;
-type Backend = Status['backends'][number];
-
-/**
- * Polls the proxy's /status until `count` more health checks of `name` have ended (each a new
- * lastCheck), running `each` on what /status says after every one seen: the checks that must not
- * fail are counted, not waited for by the clock.
- */
-async function duringChecks(name: string, count: number, each: (b: Backend, s: Status) => void, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last = (await proxy!.status()).backends.find((b) => b.name === name)!.lastCheck;
-  for (let seen = 0; seen < count; ) {
-    if (Date.now() > deadline) throw new Error(`only ${seen} of ${count} health checks of ${name} ended within ${timeoutMs} ms`);
-    await sleep(50);
-    const s = await proxy!.status();
-    const b = s.backends.find((x) => x.name === name)!;
-    if (b.lastCheck !== last) {
-      last = b.lastCheck;
-      seen++;
-      each(b, s);
-    }
-  }
-}
-
 describe('connection exhaustion does not cause a failover', () => {
   it('through the proxy and straight at the server, under --auto-failover: the primary stays primary', async () => {
     const primary = await PgCluster.init({ name: 'exhaust', conf: { max_connections: 20, password_encryption: 'scram-sha-256', authentication_timeout: '60s' } });
@@ -98,7 +74,7 @@ describe('connection exhaustion does not cause a failover', () => {
     expect(challenged.length).toBe(capacity);
     expect(refused.length).toBe(25 - capacity!);
     // five health checks while the slots are held: each answered, the primary stays primary
-    await duringChecks(name, 5, (b, s) => {
+    await duringHealthChecks(proxy, name, 5, (b, s) => {
       expect(b.sessions, 'the stalled authentications still hold their slots').toBe(capacity);
       expect(s.primary).toBe(name);
       expect(b).toMatchObject({ role: 'primary', failures: 0 });
@@ -115,7 +91,7 @@ describe('connection exhaustion does not cause a failover', () => {
     expect(alive).toMatchObject({ running: true, answers: true });
     expect(alive.detail).toMatch(/53300/);
     // ten health checks answered with 53300 (three failures would have made it down): no failover
-    await duringChecks(name, 10, (b, s) => {
+    await duringHealthChecks(proxy, name, 10, (b, s) => {
       expect(b.lastError).toMatch(/53300/);
       expect(s.failovers).toEqual([]);
       expect(s.primary).toBe(name);

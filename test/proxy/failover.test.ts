@@ -11,7 +11,7 @@ import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { startAgent, stopAgents } from '../support/agents.js';
-import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { duringHealthChecks, startProxy, type RunningProxy } from '../support/proxy.js';
 import { LEDGER_DDL, WriteLoad } from '../support/write-load.js';
 
 const TOKEN = 'failover-test-token';
@@ -110,10 +110,11 @@ describe('pgha-proxy failover', () => {
     expect(report.firstCommitAfter(killedAt)).not.toBeNull();
     // the old primary restarted by someone: it comes back as a primary on timeline 1 and stays fenced
     await primary.start();
-    await sleep(1000);
-    const after = await proxy.status();
-    expect(after.primary).toBe(name(standbys[0]));
-    expect(after.backends.find((b) => b.name === name(primary))).toMatchObject({ role: 'fenced', timeline: 1 });
+    await waitFor(async () => (await proxy!.status()).backends.find((b) => b.name === name(primary))!.lastError === null, 10_000, 'the restarted old primary answering health checks');
+    await duringHealthChecks(proxy, name(primary), 3, (b, after) => {
+      expect(after.primary).toBe(name(standbys[0]));
+      expect(b).toMatchObject({ role: 'fenced', timeline: 1 });
+    });
     const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'postgres', database: 'postgres' });
     c.on('error', () => undefined);
     await c.connect();
@@ -164,7 +165,11 @@ describe('pgha-proxy failover', () => {
     for (const p of pids) process.kill(p, 'SIGSTOP');
     await sleep(1500);
     for (const p of pids) process.kill(p, 'SIGCONT');
-    await sleep(1500);
+    // five health checks after it resumes: it answers, and nobody failed it over
+    await duringHealthChecks(proxy, name(primary), 5, (_b, s) => {
+      expect(s.primary).toBe(name(primary));
+      expect(s.failovers).toHaveLength(0);
+    });
     const report = await load.stop();
     const s = await proxy.status();
     expect(s.primary).toBe(name(primary));

@@ -13,6 +13,33 @@ import type { ProxyStatus } from '../../proxy/server.js';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const PROXY_CLI = join(root, 'dist', 'proxy', 'cli.js');
 
+/**
+ * Polls the proxy's /status until `count` more health checks of backend `name` have ended (each a
+ * new lastCheck), running `each` on what /status says after every one seen: checks that must not
+ * change anything are counted, not waited for by the clock.
+ */
+export async function duringHealthChecks(
+  proxy: Pick<RunningProxy, 'status'>,
+  name: string,
+  count: number,
+  each: (backend: ProxyStatus['backends'][number], status: ProxyStatus) => void,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = (await proxy.status()).backends.find((b) => b.name === name)!.lastCheck;
+  for (let seen = 0; seen < count; ) {
+    if (Date.now() > deadline) throw new Error(`only ${seen} of ${count} health checks of ${name} ended within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+    const s = await proxy.status();
+    const b = s.backends.find((x) => x.name === name)!;
+    if (b.lastCheck !== last) {
+      last = b.lastCheck;
+      seen++;
+      each(b, s);
+    }
+  }
+}
+
 const running = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const p of running) p.kill('SIGKILL');
