@@ -116,7 +116,8 @@ describe('synchronous mode managed by pgha', () => {
     await c.connect();
     let done = false;
     const commit = c.query('INSERT INTO ledger VALUES (-2, 0, -2)').then(() => (done = true));
-    await sleep(2000);
+    // the commit is seen waiting for a synchronous standby on the primary, not merely not done yet
+    await waitFor(async () => (await n1.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")) === '1', 10_000, 'the commit waiting in SyncRep');
     expect(done).toBe(false);
     const started = await agent(n2, 'POST', 'instance/current');
     expect(started.status, `${await started.text()}\n${n2.agent.log().slice(-3000)}`).toBe(200);
