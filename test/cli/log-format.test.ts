@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, freePort, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { startAgentProcess, stopAgentProcesses, type AgentProcess } from '../support/agents.js';
 import { pgha } from '../support/cli.js';
-import { PROXY_CLI, startProxy } from '../support/proxy.js';
+import { duringHealthChecks, PROXY_CLI, startProxy } from '../support/proxy.js';
 import { logFormat } from '../../src/log/log.js';
 
 const TOKEN = 'log-format-test-token-0123456789';
@@ -108,7 +108,8 @@ describe('log format and levels', () => {
       expect((await fetch(`${proxy.admin}/metrics`)).status).toBe(200);
       expect((await fetch(`${proxy.admin}/`)).status).toBe(200);
       expect((await fetch(`${proxy.admin}/switchover`, { method: 'POST' })).status).toBe(401);
-      await sleep(600);
+      // three health checks done (each seen in /status) before the log is read: at info none is logged
+      await duringHealthChecks(proxy, `127.0.0.1:${primary.port}`, 3, () => undefined);
       await proxy.stop();
       const lines = jsonLines(proxy.log());
       const requests = lines.filter((l) => l.msg === 'request completed');
