@@ -186,7 +186,12 @@ function dataPathTests(p: () => RunningProxy, tag: string, base: number, relay: 
       sock.on('data', (b) => (received += b.length));
       await sleep(300);
       sock.pause();
-      await sleep(2000);
+      // the back-pressure reaches the server: its backend waits to write to the proxy (ClientWrite)
+      await waitFor(
+        async () => Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'ClientWrite' AND query LIKE 'SELECT repeat(''z'', 2000)%'")) === 1,
+        20_000,
+        'the server blocked writing the result (ClientWrite)',
+      );
       const paused = p().rssKiB();
       const atPause = received;
       sock.resume();
