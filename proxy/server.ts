@@ -466,7 +466,10 @@ export class ProxyServer implements ProxyContext {
     } else if (d.action === 'promote') {
       if (Date.now() < this.rollRetryAt) return;
       this.log.warn({ primary: d.target, fence: d.fence, leaseHolder: d.leaseHolder, when }, d.why);
-      const report = await this.failover.complete(this.monitor.state(d.target)!, { fence: d.fence, leaseHolder: d.leaseHolder });
+      // the primary the recorded decision moved away from (its history entry), for the report
+      const from = (await dcs.store.history().catch(() => [])).filter((h) => h.to.backend === d.target).at(-1)?.from?.backend ?? null;
+      if (this.failover.running || !this.isDecider()) return;
+      const report = await this.failover.complete(this.monitor.state(d.target)!, { fence: d.fence, leaseHolder: d.leaseHolder, from });
       this.metrics.failovers.inc({ result: report.error ? 'failed' : 'promoted' });
       this.rollRetryAt = report.error ? Date.now() + Math.max(1000, (this.cfg.etcd?.ttlSeconds ?? 2) * 500) : 0;
     }

@@ -242,10 +242,10 @@ export class FailoverController {
    * re-pointing, the promotion (a node already promoted is taken as done), re-routing. The report
    * goes into the history with `resumed: true`.
    */
-  async complete(target: BackendState, opts: { fence: string[]; leaseHolder: string | null }): Promise<FailoverReport> {
+  async complete(target: BackendState, opts: { fence: string[]; leaseHolder: string | null; from?: string | null }): Promise<FailoverReport> {
     const { monitor, log } = this.o;
     const started = Date.now();
-    const report: FailoverReport = { ...this.newReport('failover', 'auto', opts.leaseHolder ?? opts.fence[0] ?? ''), to: target.name, resumed: true };
+    const report: FailoverReport = { ...this.newReport('failover', 'auto', opts.from ?? opts.leaseHolder ?? opts.fence[0] ?? ''), to: target.name, resumed: true };
     if (this.running) {
       report.error = 'a failover or switchover is already running';
       return report;

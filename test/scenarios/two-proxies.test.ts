@@ -406,7 +406,7 @@ describe('two proxies on etcd: one decision, self-fencing on partition', () => {
       expect(st.leader?.isLeader).toBe(true);
       const rep = st.failovers.filter((f) => f.resumed);
       expect(rep).toHaveLength(1);
-      expect(rep[0]).toMatchObject({ to: recorded, error: null });
+      expect(rep[0]).toMatchObject({ from: old.address, to: recorded, error: null });
       // no new decision: the history holds the one the dead leader recorded
       expect((await store.history()).length).toBe(historyBefore + 1);
       expect(await routedTo(next)).toBe(recorded);
