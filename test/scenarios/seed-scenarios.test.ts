@@ -290,9 +290,18 @@ describe.each(VARIANTS)('one pgha-proxy, $label (3 nodes, synchronous replicatio
       const json = await pgha(['status', '--proxy', ha.proxy.admin, '--json']);
       expect(json.status, json.stderr).toBe(0);
       status = JSON.parse(json.stdout) as ProxyStatus;
-      const t = await pgha(['status', '--proxy', ha.proxy.admin]);
-      expect(t.status, t.stderr).toBe(0);
-      text = t.stdout;
+      // the table, read the same way (a second snapshot: a health check may land in between, so
+      // wait, with a deadline, until it shows every standby streaming in the quorum as the JSON did)
+      const deadline = Date.now() + 15_000;
+      for (;;) {
+        const t = await pgha(['status', '--proxy', ha.proxy.admin]);
+        expect(t.status, t.stderr).toBe(0);
+        text = t.stdout;
+        const rows = text.split('\n');
+        const settled = standbys.every((n) => /\bstandby\b.*\bstreaming\b.*\bquorum\b/.test(rows.find((l) => l.trimStart().startsWith(n.address)) ?? ''));
+        if (settled || Date.now() > deadline) break;
+        await sleep(250);
+      }
       // a few seconds of reads and writes
       const left = 4000 - (Date.now() - t0);
       if (left > 0) await sleep(left);
