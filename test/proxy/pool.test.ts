@@ -277,7 +277,7 @@ describe('pgha-proxy --pool-mode', () => {
     const c = client(txn, 'plain_user');
     await c.connect();
     const q = c.query('SELECT pg_sleep(30)');
-    await sleep(300);
+    await waitFor(async () => (await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")) === '1', 10_000, 'the query running on the server');
     const conn = (c as unknown as { processID: number; secretKey: number });
     const s = connect({ host: '127.0.0.1', port: txn.port });
     await new Promise((r) => s.once('connect', r));
@@ -375,7 +375,8 @@ describe('pgha-proxy --pool-mode', () => {
       done = true;
       return r;
     });
-    await sleep(500);
+    // the transaction is seen held (waiting in SHOW CLIENTS) before it is asserted not done
+    await waitFor(async () => /^plain_user\|postgres\|waiting\|/m.test((await psql(txn.port, 'admin', PASSWORDS.admin, 'SHOW CLIENTS', 'pgha')).stdout), 10_000, 'the client waiting while paused');
     expect(done).toBe(false);
     await con.query('RESUME');
     expect((await q).rows[0].x).toBe(5);
