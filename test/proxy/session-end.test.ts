@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { serialize } from 'pg-protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanupAll, PgCluster, sleep } from '../harness/cluster.js';
+import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { startProxy, type RunningProxy } from '../support/proxy.js';
 import { rawSession } from '../support/raw-client.js';
 
@@ -88,7 +88,9 @@ for (const relay of ['native', 'node'] as const) {
           s.destroy();
         }),
       );
-      await sleep(800);
+      // the server finished those queries and ended the sessions: a cancel forwarded on a goodbye
+      // would have been sent while they ran
+      await waitFor(async () => (await server.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.2)'")) === '0', 10_000, 'the sessions that said goodbye ended by the server');
       expect(await forwardedCancels(p)).toBe(before);
       expect(serverLog().slice(logBefore)).not.toMatch(/in cancel request did not match any process/);
     });
