@@ -8,16 +8,17 @@ import { hostname } from 'node:os';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
-import { serialize } from 'pg-protocol';
 import { nativeProxyRelay, type ProxyRelay } from '../src/native/index.js';
-import { addressText, connectBackend, type BackendAddress } from './backend/connect.js';
+import { addressText, type BackendAddress } from './backend/connect.js';
 import type { ProxyConfig } from './config.js';
 import { FailoverController, FailoverError, type FailoverReport } from './failover/failover.js';
 import { startAdmin } from './admin/http.js';
 import { ClusterManager } from './cluster/manager.js';
 import { MemberDirectory } from './cluster/members.js';
-import { HealthMonitor, lsnOrNull, type BackendState, type PrimaryChange, type SyncRecord } from './health/monitor.js';
+import { HealthMonitor, type BackendState, type PrimaryChange, type SyncRecord } from './health/monitor.js';
 import { proxyMetrics } from './admin/metrics.js';
+import { CancelForwarder } from './cancel/forwarder.js';
+import { ReaderRouter } from './router/reader.js';
 import { errorResponse } from './protocol/backend-messages.js';
 import { SQLSTATE } from './protocol/codes.js';
 import { CancelRegistry } from './session/cancel-registry.js';
@@ -90,7 +91,8 @@ export class ProxyServer implements ProxyContext {
   private servers: Server[] = [];
   private admin: FastifyInstance | null = null;
   private readonly metrics: ReturnType<typeof proxyMetrics>;
-  private readerTurn = 0;
+  private readonly readers: ReaderRouter;
+  private readonly cancelForwarder: CancelForwarder;
   /** the last automatic failover that promoted no one, and which standbys answered then */
   private failedAttempt: { from: string; standbys: string } | null = null;
   /** with --etcd: leadership, the recorded primary, members (started once the admin port is bound) */
@@ -156,6 +158,8 @@ export class ProxyServer implements ProxyContext {
     this.relay = cfg.relay === 'native' ? nativeProxyRelay((e) => this.nativeSessions.get(e.id)?.onRelayEvent(e)) : null;
     if (cfg.relay === 'native' && !this.relay) this.log.warn('native relay unavailable (addon not built): relaying in Node');
     this.pool = cfg.pool ? this.makePool(cfg.pool) : null;
+    this.readers = new ReaderRouter({ primary: () => this.monitor.primary, backends: () => this.monitor.backends, sessionsOn: (n) => this.sessionsOn(n) }, cfg.readMaxLagBytes);
+    this.cancelForwarder = new CancelForwarder({ registry: this.cancels, backendTls: cfg.backendTls, connectTimeoutMs: cfg.connectTimeoutMs, log: this.log, stats: this.stats, pool: () => this.pool });
     this.metrics = proxyMetrics(this);
     this.monitor.onCheck = (name, seconds, ok) => this.metrics.healthLatency.observe({ backend: name, ok: String(ok) }, seconds);
     this.monitor.on('primary', (c: PrimaryChange) => this.onPrimaryChange(c));
@@ -175,7 +179,7 @@ export class ProxyServer implements ProxyContext {
 
   private makePool(pc: NonNullable<ProxyConfig['pool']>): NonNullable<ProxyServer['pool']> {
     const auth = new Authenticator(pc.users, pc.authQuery ? { ...pc.authQuery, target: () => this.monitor.primary?.address ?? null, ssl: this.cfg.backendTls.mode !== 'disable' && this.cfg.backendTls.mode !== 'prefer', timeoutMs: this.cfg.connectTimeoutMs } : null);
-    const host = { cfg: this.cfg, monitor: this.monitor, log: this.log, pickReader: () => this.pickReader(), sendCancel: (t: BackendAddress, pid: number, key: Buffer) => this.sendCancel(t, pid, key) };
+    const host = { cfg: this.cfg, monitor: this.monitor, log: this.log, pickReader: () => this.pickReader(), sendCancel: (t: BackendAddress, pid: number, key: Buffer) => this.cancelForwarder.send(t, pid, key) };
     const mgr = new PoolManager(host, { mode: pc.mode, size: pc.size, resetQuery: pc.resetQuery, adminUsers: pc.adminUsers, authType: pc.authType }, auth);
     return Object.assign(mgr, { adopt: (socket: Socket, params: Record<string, string>, rest: Buffer, kind: PortKind, tls: boolean) => void new PooledClient(mgr, socket, params, rest, kind, tls) });
   }
@@ -274,52 +278,11 @@ export class ProxyServer implements ProxyContext {
   }
 
   cancelFor(pid: number, key: Buffer): Promise<void> {
-    // a pooled client's key is the proxy's own: the cancel goes to the server it is on now
-    if (this.pool?.cancel(pid, key)) {
-      this.stats.cancelsForwarded++;
-      return Promise.resolve();
-    }
-    const target = this.cancels.find(pid, key);
-    if (!target) {
-      this.stats.cancelsUnknown++;
-      return Promise.resolve();
-    }
-    this.stats.cancelsForwarded++;
-    return this.sendCancel(target, pid, key).catch((e) => this.log.warn({ backend: addressText(target), err: (e as Error).message }, 'could not forward cancel request'));
-  }
-
-  private async sendCancel(target: BackendAddress, pid: number, key: Buffer): Promise<void> {
-    // PostgreSQL reads a CancelRequest on a fresh connection; TLS only when the backend demands it
-    const mode = this.cfg.backendTls.mode === 'prefer' ? 'disable' : this.cfg.backendTls.mode;
-    const s = await connectBackend(target, { ...this.cfg.backendTls, mode }, this.cfg.connectTimeoutMs);
-    s.on('error', () => undefined);
-    // CancelRequest: Int32 length, Int32 80877102, Int32 pid, then the key (4 bytes in 3.0)
-    const head = key.length === 4 ? serialize.cancel(pid, key.readInt32BE(0)) : cancelPacket(pid, key);
-    // the server closes this connection once the backend has been signalled: resolved then (or
-    // after the connect timeout), so a client's cancel connection can be closed at the same point
-    const closed = new Promise<void>((resolve) => {
-      s.once('close', () => resolve());
-      setTimeout(resolve, this.cfg.connectTimeoutMs).unref();
-    });
-    s.resume();
-    s.end(head);
-    await closed;
+    return this.cancelForwarder.forward(pid, key);
   }
 
   pickReader(): BackendState | null {
-    const primary = this.monitor.primary;
-    const primaryLsn = lsnOrNull(primary?.lsn ?? null);
-    const ok = this.monitor.backends.filter((b) => {
-      if (b.role !== 'standby' || b.failures > 0) return false;
-      if (primaryLsn === null) return true;
-      const replay = lsnOrNull(b.replayLsn) ?? 0n;
-      return primaryLsn - replay <= BigInt(this.cfg.readMaxLagBytes);
-    });
-    if (ok.length === 0) return primary;
-    // fewest sessions first; ties take turns
-    ok.sort((a, b) => this.sessionsOn(a.name) - this.sessionsOn(b.name));
-    const least = ok.filter((b) => this.sessionsOn(b.name) === this.sessionsOn(ok[0].name));
-    return least[this.readerTurn++ % least.length];
+    return this.readers.pick();
   }
 
   // ---------------------------------------------------------------- following the primary
@@ -594,13 +557,4 @@ export class ProxyServer implements ProxyContext {
     this.metrics.failovers.inc({ result: report.error ? 'failed' : 'promoted' });
     return report;
   }
-}
-
-function cancelPacket(pid: number, key: Buffer): Buffer {
-  const b = Buffer.alloc(12 + key.length);
-  b.writeInt32BE(b.length, 0);
-  b.writeInt32BE(80877102, 4);
-  b.writeInt32BE(pid, 8);
-  key.copy(b, 12);
-  return b;
 }

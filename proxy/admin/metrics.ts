@@ -3,11 +3,26 @@
  * read at scrape time, so relaying a chunk costs no label lookup.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { ProxyServer } from '../server.js';
+import type { FailoverReport } from '../failover/failover.js';
+import type { BackendState } from '../health/monitor.js';
+import type { ProxyStats } from '../session/context.js';
+
+/** What the metrics read from the proxy at scrape time (the proxy server implements it). */
+export interface MetricsSource {
+  sessions: Iterable<{ kind: string; phase: string }>;
+  accepted: { rw: number; ro: number };
+  stats: ProxyStats;
+  /** the native relay's counters: [bytes from clients, bytes to clients, …, queries, transactions] */
+  relay: { counters(): number[] } | null;
+  monitor: { backends: readonly BackendState[]; timeline: number };
+  failover: { history: readonly FailoverReport[] };
+  sessionsOn(name: string): number;
+  isDecider(): boolean;
+}
 
 type Sample = [labels: Record<string, string>, value: number];
 
-export function proxyMetrics(proxy: ProxyServer): { registry: Registry; healthLatency: Histogram<'backend' | 'ok'>; failovers: Counter<'result'> } {
+export function proxyMetrics(proxy: MetricsSource): { registry: Registry; healthLatency: Histogram<'backend' | 'ok'>; failovers: Counter<'result'> } {
   const registry = new Registry();
   /** a gauge read from the proxy's state when Prometheus scrapes */
   const scraped = (name: string, help: string, labelNames: string[], read: () => Sample[]) =>
