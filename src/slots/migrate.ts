@@ -36,7 +36,7 @@ export interface MigrateOptions {
 
 export interface MigratedSlot {
   name: string;
-  source: 'old-primary' | 'synced-copy';
+  source: 'old-primary' | 'synced-copy' | 'server-synced';
   action: 'advanced' | 'installed' | 'already-current';
   restartLsn: string;
   confirmedFlush: string;
@@ -116,7 +116,8 @@ export async function migrateSlots(opts: MigrateOptions): Promise<MigrateResult>
     if (rec) throw new SlotMigrationRefused(`${opts.to} is still in recovery: promote it first`);
     return (
       await c.query<LiveSlot>(
-        'SELECT slot_name, plugin, datoid::int AS datoid, slot_type, catalog_xmin::text AS catalog_xmin, restart_lsn::text AS restart_lsn, confirmed_flush_lsn::text AS confirmed_flush_lsn FROM pg_replication_slots',
+        // failover and synced exist from PostgreSQL 17 on: read through to_jsonb so 15 and 16 give null
+        "SELECT slot_name, plugin, datoid::int AS datoid, slot_type, catalog_xmin::text AS catalog_xmin, restart_lsn::text AS restart_lsn, confirmed_flush_lsn::text AS confirmed_flush_lsn, (to_jsonb(s)->>'failover')::boolean AS failover, (to_jsonb(s)->>'synced')::boolean AS synced FROM pg_replication_slots s",
       )
     ).rows;
   });

@@ -17,6 +17,10 @@ export interface LiveSlot {
   catalog_xmin: string | null;
   restart_lsn: string | null;
   confirmed_flush_lsn: string | null;
+  /** PostgreSQL 17+: the slot is a failover slot (its changes wait for synchronized_standby_slots) */
+  failover?: boolean | null;
+  /** PostgreSQL 17+: the server's slotsync worker made and keeps this copy (stays true after a promote) */
+  synced?: boolean | null;
 }
 
 export interface SlotMigrationFacts {
@@ -35,7 +39,8 @@ export interface SlotMigrationFacts {
 
 export interface SlotPlan {
   name: string;
-  source: 'old-primary' | 'synced-copy';
+  /** server-synced: PostgreSQL 17+'s own slot synchronisation kept this copy (pg_replication_slots.synced) */
+  source: 'old-primary' | 'synced-copy' | 'server-synced';
   action: 'advanced' | 'installed' | 'already-current';
   /** the state file to install (action installed) */
   bytes: Buffer | null;
@@ -63,10 +68,20 @@ export function planSlotMigration(f: SlotMigrationFacts): SlotMigrationPlan {
     const o = oldSlots.find((s) => s.state.name === name);
     const existing = f.live.find((r) => r.slot_name === name);
     if (!o) {
-      slots.push({ name, source: 'synced-copy', action: 'already-current', bytes: null, target: parseLsn(existing!.confirmed_flush_lsn ?? '0/0'), restart: parseLsn(existing!.restart_lsn ?? '0/0') });
+      slots.push({ name, source: existing!.synced === true ? 'server-synced' : 'synced-copy', action: 'already-current', bytes: null, target: parseLsn(existing!.confirmed_flush_lsn ?? '0/0'), restart: parseLsn(existing!.restart_lsn ?? '0/0') });
       continue;
     }
     const st = o.state;
+    // PostgreSQL 17+ kept this slot itself (sync_replication_slots): it is already live and the server's
+    // own; it is only moved forward when the old primary's consumer confirmed further (never installed)
+    if (existing?.synced === true && existing.slot_type === 'logical' && existing.plugin === st.plugin) {
+      const oldTliS = f.old?.timeline ?? f.history.timeline;
+      const spS = switchpointOf(f.history, oldTliS);
+      const wantedS = spS !== null && spS !== undefined && st.confirmedFlush > spS ? spS : st.confirmedFlush;
+      const current = parseLsn(existing.confirmed_flush_lsn ?? '0/0');
+      slots.push({ name, source: 'server-synced', action: current < wantedS ? 'advanced' : 'already-current', bytes: null, target: current < wantedS ? wantedS : current, restart: parseLsn(existing.restart_lsn ?? '0/0') });
+      continue;
+    }
     const oldTli = f.old?.timeline ?? f.history.timeline;
     const sp = switchpointOf(f.history, oldTli);
     if (sp === undefined) {
@@ -98,4 +113,22 @@ export function planSlotMigration(f: SlotMigrationFacts): SlotMigrationPlan {
     }
   }
   return { slots, refusals, restartTarget: refusals.length === 0 && slots.some((s) => s.action === 'installed') };
+}
+
+/** a standby's PostgreSQL 17+ slot synchronisation, as `slots sync` sees it */
+export interface ServerSlotSync {
+  /** the standby's sync_replication_slots (false on 15/16, where the setting does not exist) */
+  syncReplicationSlots: boolean;
+}
+
+/**
+ * `slots sync`'s choice for one primary logical slot: copy it ourselves, or leave it to the server.
+ * A failover slot on a standby running sync_replication_slots is the slotsync worker's: a copy we made
+ * would be a same-named slot it did not create, which it refuses to sync (and a synced copy cannot be
+ * advanced by us). Returns null to copy, or the reason to skip.
+ */
+export function serverSyncSkip(primary: { name: string; failover?: boolean | null }, standby: ServerSlotSync, standbyCopy: { synced?: boolean | null } | null): string | null {
+  if (standbyCopy?.synced === true) return `${primary.name}: synced by the server (pg_replication_slots.synced on the standby)`;
+  if (primary.failover === true && standby.syncReplicationSlots) return `${primary.name}: a failover slot and the standby runs sync_replication_slots: the server's slotsync worker keeps it`;
+  return null;
 }

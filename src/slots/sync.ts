@@ -13,6 +13,7 @@ import { withNodeSql } from '../pg/node-sql.js';
 import { parseLsn, formatLsn } from '../formats/lsn.js';
 import { parseSlotState } from '../formats/replslot.js';
 import { AgentClient } from '../ship/client.js';
+import { serverSyncSkip } from './migration-plan.js';
 
 export interface NodeSystem {
   name: string;
@@ -46,6 +47,8 @@ export interface SyncedSlot {
   copyConfirmedFlush: string | null;
   /** bytes the copy trails the primary's confirmed_flush */
   lagBytes: number | null;
+  /** not copied by us: PostgreSQL 17+'s own slot synchronisation keeps it (the reason) */
+  skipped: string | null;
 }
 
 export interface SyncResult {
@@ -91,7 +94,25 @@ export async function syncOnce(fromUrl: string, toUrl: string, token: string, lo
     }
   });
 
-  const primarySlots = (await from.get<SlotsListing>('slots')).slots.filter((s) => s.live?.slot_type === 'logical');
+  // PostgreSQL 17+: failover slots the standby's slotsync worker keeps (sync_replication_slots) are the
+  // server's; a copy of ours would be a same-named slot the worker did not create, which it refuses
+  const primaryFailover = await withSql(psys, (c) =>
+    c.query<{ slot_name: string; failover: boolean | null }>("SELECT slot_name, (to_jsonb(s)->>'failover')::boolean AS failover FROM pg_replication_slots s WHERE slot_type = 'logical'"),
+  );
+  const standbyServerSync = await withSql(ssys, async (c) => ({
+    on: (await c.query<{ v: string | null }>("SELECT current_setting('sync_replication_slots', true) AS v")).rows[0].v === 'on',
+    synced: (await c.query<{ slot_name: string; synced: boolean | null }>("SELECT slot_name, (to_jsonb(s)->>'synced')::boolean AS synced FROM pg_replication_slots s")).rows,
+  }));
+  const skip = new Map<string, string>();
+  for (const p of primaryFailover.rows) {
+    const reason = serverSyncSkip({ name: p.slot_name, failover: p.failover }, { syncReplicationSlots: standbyServerSync.on }, standbyServerSync.synced.find((r) => r.slot_name === p.slot_name) ?? null);
+    if (reason !== null) {
+      skip.set(p.slot_name, reason);
+      log(`slots: skipped ${reason}`);
+    }
+  }
+
+  const primarySlots = (await from.get<SlotsListing>('slots')).slots.filter((s) => s.live?.slot_type === 'logical' && !skip.has(s.name));
   const standbySlots = (await to.get<SlotsListing>('slots')).slots;
   const missing = primarySlots.filter((p) => !standbySlots.some((s) => s.name === p.name && s.live));
   let restarted = false;
@@ -136,6 +157,12 @@ export async function syncOnce(fromUrl: string, toUrl: string, token: string, lo
     const replay = parseLsn((await c.query('SELECT pg_last_wal_replay_lsn()::text AS l')).rows[0].l);
     for (const p of primaryLive.rows) {
       const target = parseLsn(p.confirmed_flush_lsn) < replay ? parseLsn(p.confirmed_flush_lsn) : replay;
+      if (skip.has(p.slot_name)) {
+        const c2 = (await c.query<{ c: string | null }>('SELECT confirmed_flush_lsn::text AS c FROM pg_replication_slots WHERE slot_name = $1', [p.slot_name])).rows[0];
+        const copyLsn = c2?.c ?? null;
+        result.push({ name: p.slot_name, installed: false, primaryConfirmedFlush: p.confirmed_flush_lsn, copyConfirmedFlush: copyLsn, lagBytes: copyLsn === null ? null : Number(parseLsn(p.confirmed_flush_lsn) - parseLsn(copyLsn)), skipped: skip.get(p.slot_name)! });
+        continue;
+      }
       const copy = (await c.query<{ c: string | null }>('SELECT confirmed_flush_lsn::text AS c FROM pg_replication_slots WHERE slot_name = $1', [p.slot_name])).rows[0];
       let copyLsn = copy?.c ?? null;
       if (copy && copyLsn !== null && parseLsn(copyLsn) < target) {
@@ -148,6 +175,7 @@ export async function syncOnce(fromUrl: string, toUrl: string, token: string, lo
         primaryConfirmedFlush: p.confirmed_flush_lsn,
         copyConfirmedFlush: copyLsn,
         lagBytes: copyLsn === null ? null : Number(parseLsn(p.confirmed_flush_lsn) - parseLsn(copyLsn)),
+        skipped: null,
       });
     }
   });

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import type { SlotState } from '../../src/formats/replslot.js';
 import type { TimelineHistory } from '../../src/formats/timeline-history.js';
-import { planSlotMigration, type LiveSlot, type SlotMigrationFacts } from '../../src/slots/migration-plan.js';
+import { planSlotMigration, serverSyncSkip, type LiveSlot, type SlotMigrationFacts } from '../../src/slots/migration-plan.js';
 
 /** the new primary left timeline 1 at 0/3000060 */
 const history: TimelineHistory = { timeline: 2, entries: [{ parentTimeline: 1, switchpoint: 0x3000060n, reason: 'promoted' }] };
@@ -67,5 +67,43 @@ describe('slot migration plan', () => {
   it('with the old primary unreadable, the synced copies on the new primary are taken as they are', () => {
     const plan = planSlotMigration(facts({ old: null, live: [physical, live('copy', '0/2000300')] }));
     expect(plan.slots).toEqual([{ name: 'copy', source: 'synced-copy', action: 'already-current', bytes: null, target: 0x2000300n, restart: 0x2000000n }]);
+  });
+
+  it('a slot PostgreSQL 17+ synced itself (synced = true) is the server\'s: already current, never installed over, even without its WAL listed', () => {
+    const plan = planSlotMigration(
+      facts({
+        old: { timeline: 1, slots: [slot('fo', { confirmedFlush: 0x2000200n })] },
+        live: [physical, live('fo', '0/2000200', { failover: true, synced: true })],
+      }),
+    );
+    expect(plan.refusals).toEqual([]);
+    expect(plan.slots).toEqual([{ name: 'fo', source: 'server-synced', action: 'already-current', bytes: null, target: 0x2000200n, restart: 0x2000000n }]);
+    expect(plan.restartTarget).toBe(false);
+  });
+
+  it('a server-synced slot behind the old primary\'s confirmed_flush is advanced (to the fork point at most); with the old primary unreadable it is taken as it is', () => {
+    const behind = planSlotMigration(facts({ old: { timeline: 1, slots: [slot('fo', { confirmedFlush: 0x3000100n })] }, live: [physical, live('fo', '0/2000180', { failover: true, synced: true })] }));
+    expect(behind.slots.map((s) => [s.name, s.source, s.action, s.target])).toEqual([['fo', 'server-synced', 'advanced', 0x3000060n]]);
+    const gone = planSlotMigration(facts({ old: null, live: [physical, live('fo', '0/2000180', { failover: true, synced: true })] }));
+    expect(gone.slots.map((s) => [s.name, s.source, s.action])).toEqual([['fo', 'server-synced', 'already-current']]);
+  });
+
+  it('a failover slot that was not synced by the server (synced = false) goes the old way: installed from the old primary', () => {
+    const plan = planSlotMigration(facts({ old: { timeline: 1, slots: [slot('fo')] }, walPresent: new Set(['fo']) }));
+    expect(plan.slots.map((s) => [s.name, s.source, s.action])).toEqual([['fo', 'old-primary', 'installed']]);
+  });
+});
+
+describe('slots sync: PostgreSQL 17+ slot synchronisation preferred where the standby has it', () => {
+  it('skips a failover slot when the standby runs sync_replication_slots, and any slot the server synced', () => {
+    expect(serverSyncSkip({ name: 'fo', failover: true }, { syncReplicationSlots: true }, null)).toBe(
+      "fo: a failover slot and the standby runs sync_replication_slots: the server's slotsync worker keeps it",
+    );
+    expect(serverSyncSkip({ name: 'fo', failover: true }, { syncReplicationSlots: false }, { synced: true })).toBe('fo: synced by the server (pg_replication_slots.synced on the standby)');
+  });
+  it('copies a slot ourselves on 15/16 (no failover column), a non-failover slot, or when the standby does not sync', () => {
+    expect(serverSyncSkip({ name: 'a', failover: null }, { syncReplicationSlots: false }, null)).toBeNull();
+    expect(serverSyncSkip({ name: 'b', failover: false }, { syncReplicationSlots: true }, { synced: false })).toBeNull();
+    expect(serverSyncSkip({ name: 'c', failover: true }, { syncReplicationSlots: false }, null)).toBeNull();
   });
 });

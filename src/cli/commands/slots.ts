@@ -51,7 +51,7 @@ export function registerSlotsCommands(program: Command, setExit: (c: number) => 
       const pass = async () => {
         const r = await syncOnce(o.from, o.to, token, o.json ? undefined : (m) => process.stderr.write(m + '\n'));
         if (o.json) printJson(r);
-        else for (const x of r.slots) process.stdout.write(`${x.name}: primary ${x.primaryConfirmedFlush}, copy ${x.copyConfirmedFlush ?? '-'} (${x.lagBytes ?? '?'} bytes behind)${x.installed ? ', installed' : ''}\n`);
+        else for (const x of r.slots) process.stdout.write(`${x.name}: primary ${x.primaryConfirmedFlush}, copy ${x.copyConfirmedFlush ?? '-'} (${x.lagBytes ?? '?'} bytes behind)${x.installed ? ', installed' : ''}${x.skipped ? `, skipped: ${x.skipped}` : ''}\n`);
       };
       await pass();
       if (o.once) return setExit(EXIT_OK);
