@@ -20,7 +20,7 @@ import { activeImplementation } from '../native/index.js';
 import { probeSegmentHeader, scanWalStream, type SegmentVisit } from '../wal/stream.js';
 import { lostTransactions } from './lost-transactions.js';
 import { parseToolProgress, progress, type Progress } from '../log/progress.js';
-import { decide, describeStep, planRejoin, reclonePlan, rewindSegments, type RejoinPath, type RejoinPlan } from './plan.js';
+import { decide, describeStep, planRejoin, reclonePlan, rewindSegments, withTools, type RejoinPath, type RejoinPlan } from './plan.js';
 
 export interface RejoinOptions {
   pgdata: string;
@@ -237,6 +237,8 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
     } else {
       plan = planRejoin(decision, facts);
     }
+    // a build without pg_rewind / pg_basebackup: said before anything changes, in one line
+    plan = withTools(plan, opts.binDir, (tool) => existsSync(join(opts.binDir, tool)), facts);
     result.path = plan.path;
     result.reason = plan.reason;
     if (plan.refusal) throw new RejoinRefused(plan.refusal);

