@@ -4,7 +4,7 @@
  * standbys by pg_basebackup, promote, stop, kill -9 — and every process cleaned up by PID.
  */
 import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -357,6 +357,26 @@ export class PgCluster {
     await s.start();
     await waitFor(async () => (await s.sql('SELECT status FROM pg_stat_wal_receiver')) === 'streaming', 60_000, `${name} streaming`);
     return s;
+  }
+
+  /**
+   * a standby made from a cold copy of this (stopped) primary's data directory — for builds without
+   * pg_basebackup (the embedded PostgreSQL 16-18 packages): the copy without the primary's slots,
+   * standby.signal, primary_conninfo and primary_slot_name (the slot made on the primary by the
+   * caller, before the stop, so it reserves WAL from there). Not started.
+   */
+  coldStandby(opts: { name: string; slot: string; conf?: Record<string, string | number | boolean> }): Promise<PgCluster> {
+    if (this.isRunning()) throw new ToolError(`${this.name}: a cold copy needs the primary stopped`);
+    const s = new PgCluster(opts.name, PgCluster.makeRoot(opts.name), this.binDir, this.clientBinDir, this.libDir, this.netHost);
+    execFileSync('cp', ['-a', this.dataDir, s.dataDir]);
+    for (const f of readdirSync(join(s.dataDir, 'pg_replslot'))) rmSync(join(s.dataDir, 'pg_replslot', f), { recursive: true, force: true });
+    rmSync(join(s.dataDir, 'postmaster.pid'), { force: true });
+    writeFileSync(join(s.dataDir, 'standby.signal'), '');
+    return freePort().then((port) => {
+      s.port = port;
+      s.writeConf({ port, unix_socket_directories: s.socketDir, primary_conninfo: `${this.conninfo} application_name=${opts.name}`, primary_slot_name: opts.slot, ...(opts.conf ?? {}) });
+      return s;
+    });
   }
 
   /** wait until `standby` has replayed everything this primary has written so far */

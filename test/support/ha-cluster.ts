@@ -13,6 +13,7 @@ import { startAgentProcess, type AgentProcess } from './agents.js';
 import { startProxy, type RunningProxy } from './proxy.js';
 import { COUNTER_DDL, LEDGER_DDL, type WriteLoad } from './write-load.js';
 import type { ProxyStatus } from '../../proxy/server.js';
+import { memberSlotName } from '../../src/slots/member-slot.js';
 
 export const HA_TOKEN = 'ha-cluster-test-token-0123456789';
 
@@ -44,6 +45,12 @@ export interface HaClusterOptions {
   beforeAgents?: (nets: Array<NetHost | null>) => Promise<void>;
   /** more `pgha agent` arguments for node i (after agentArgs), e.g. an etcd URL reachable from its net host */
   agentArgsFor?: (i: number, net: NetHost | null) => string[];
+  /**
+   * another PostgreSQL build (test/harness/embedded.ts: initdb, pg_ctl and postgres only): the
+   * standbys are cold copies of the stopped primary (standby.signal, primary_conninfo and
+   * primary_slot_name through the member slot made on the primary first), not pg_basebackup clones
+   */
+  pg?: { binDir: string; libDir: string };
 }
 
 export const FAST_HEALTH = ['--health-interval', '200', '--health-timeout', '1000', '--health-retries', '3', '--health-retry-delay', '100'];
@@ -79,13 +86,22 @@ export class HaCluster {
     for (let i = 0; i < n; i++) nets.push(o.netns ? await createNetHost(`${o.name}-n${i + 1}`) : null);
     await o.beforeAgents?.(nets);
     const conf = { wal_retrieve_retry_interval: '200ms', wal_receiver_timeout: '3s', wal_sender_timeout: '3s', max_wal_size: '256MB', wal_keep_size: '128MB' };
-    const primary = await PgCluster.init({ name: `${o.name}-n1`, netHost: nets[0] ?? undefined, conf: { ...conf, cluster_name: 'n1' } });
+    const primary = await PgCluster.init({ name: `${o.name}-n1`, netHost: nets[0] ?? undefined, binDir: o.pg?.binDir, libDir: o.pg?.libDir, conf: { ...conf, cluster_name: 'n1' } });
     await primary.start();
     await primary.sql(LEDGER_DDL);
     primary.psql(COUNTER_DDL);
     const pgs = [primary];
-    for (let i = 1; i < n; i++) {
-      pgs.push(await primary.createStandby({ name: `${o.name}-n${i + 1}`, netHost: nets[i] ?? undefined, conf: { cluster_name: `n${i + 1}` } }));
+    if (o.pg) {
+      if (o.netns) throw new Error('HaCluster: cold-copy standbys (pg) are made in the root namespace only');
+      for (let i = 1; i < n; i++) await primary.sql(`SELECT pg_create_physical_replication_slot('${memberSlotName(`n${i + 1}`)}', true)`);
+      primary.stop('fast');
+      for (let i = 1; i < n; i++) pgs.push(await primary.coldStandby({ name: `${o.name}-n${i + 1}`, slot: memberSlotName(`n${i + 1}`), conf: { cluster_name: `n${i + 1}` } }));
+      for (const c of pgs) await c.start();
+      for (const c of pgs.slice(1)) await waitFor(async () => (await c.sql('SELECT status FROM pg_stat_wal_receiver')) === 'streaming', 60_000, `${c.name} streaming`);
+    } else {
+      for (let i = 1; i < n; i++) {
+        pgs.push(await primary.createStandby({ name: `${o.name}-n${i + 1}`, netHost: nets[i] ?? undefined, conf: { cluster_name: `n${i + 1}` } }));
+      }
     }
     if (o.sync) {
       // in every node's own configuration, as an operator (or a base backup of it) would have it
