@@ -7,18 +7,23 @@
  * follow path does it (no tool needed); when a rewind would be needed it says in one line that this
  * build has no pg_rewind, and the node stays down (never a second primary).
  */
+import { readdirSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { cleanupAll, waitFor } from '../harness/cluster.js';
+import { cleanupAll, PgCluster, waitFor } from '../harness/cluster.js';
 import { embeddedPostgres } from '../harness/embedded.js';
+import { startAgent, stopAgents } from '../support/agents.js';
+import { pgha } from '../support/cli.js';
 import { HaCluster } from '../support/ha-cluster.js';
 import { WriteLoad } from '../support/write-load.js';
 
 let ha: HaCluster | null = null;
 afterAll(async () => {
+  await stopAgents();
   await ha?.stop();
   await cleanupAll();
 });
 
+const TOKEN = 'ha18-test-token-0123456789';
 const MAJOR = Number(process.env.PGHA_HA_MAJOR ?? 18);
 
 describe(`HA path on PostgreSQL ${MAJOR} (embedded build, cold-copy standbys)`, () => {
@@ -85,4 +90,31 @@ describe(`HA path on PostgreSQL ${MAJOR} (embedded build, cold-copy standbys)`, 
       expect(v.ackedRows).toBeGreaterThan(70);
     }
   }, 240_000);
+
+  it('an old primary that went on writing needs a rewind: pgha rejoin says in one line that this build has no pg_rewind, and changes nothing', async () => {
+    const e = embeddedPostgres(MAJOR);
+    const p = await PgCluster.init({ name: `rw${MAJOR}-p`, binDir: e.binDir, libDir: e.libDir, walSegSizeMB: 1 });
+    await p.start();
+    await p.sql("SELECT pg_create_physical_replication_slot('pgha_s', true)");
+    p.stop('fast');
+    const s = await p.coldStandby({ name: `rw${MAJOR}-s`, slot: 'pgha_s' });
+    await p.start();
+    await s.start();
+    await p.sql('CREATE TABLE t AS SELECT generate_series(1, 100) a');
+    await p.waitForReplay(s);
+    await s.promote();
+    // the old primary goes on alone: its WAL forks from the new timeline
+    await p.sql('INSERT INTO t SELECT generate_series(101, 5000)');
+    p.stop('fast');
+    const url = await startAgent('s', s, TOKEN);
+    const before = readdirSync(p.dataDir).sort();
+    const r = await pgha(['rejoin', '--pgdata', p.dataDir, '--source', url, '--token', TOKEN, '--pg-bin', e.binDir, '--json']);
+    expect(r.status, r.stderr).toBe(1);
+    const out = JSON.parse(r.stdout) as { path: string; reason: string };
+    expect(out.path).toBe('refused');
+    expect(out.reason).toMatch(new RegExp(`^a rewind is needed \\(.+\\) but pg_rewind is not in ${e.binDir.replace(/[.+]/g, '\\$&')} \\(this PostgreSQL build ships without it\\): install it or point --pg-bin at a directory that has it$`));
+    expect(out.reason).not.toContain('\n');
+    expect(readdirSync(p.dataDir).sort()).toEqual(before);
+    expect(p.isRunning()).toBe(false);
+  }, 120_000);
 });
