@@ -1,5 +1,5 @@
 /**
- * The HA path on PostgreSQL 18 (embedded build: initdb, pg_ctl and postgres only): a primary and two
+ * The HA path on PostgreSQL 17 and 18 (embedded builds: initdb, pg_ctl and postgres only): a primary and two
  * standbys made from cold copies of the stopped primary, a `pgha agent` beside each (--pg-bin the
  * embedded bin directory), pgha-proxy with --auto-failover and --synchronous-mode on in front, writes
  * through the proxy. kill -9 of the primary: exactly one new primary (by every node's own SQL), no
@@ -24,9 +24,10 @@ afterAll(async () => {
 });
 
 const TOKEN = 'ha18-test-token-0123456789';
-const MAJOR = Number(process.env.PGHA_HA_MAJOR ?? 18);
+/** the majors to run (default 17 and 18; e.g. PGHA_HA_MAJORS=18 for one) */
+const MAJORS = (process.env.PGHA_HA_MAJORS ?? '17,18').split(',').map(Number);
 
-describe(`HA path on PostgreSQL ${MAJOR} (embedded build, cold-copy standbys)`, () => {
+for (const MAJOR of MAJORS) describe(`HA path on PostgreSQL ${MAJOR} (embedded build, cold-copy standbys)`, () => {
   it('kill -9 of the primary under synchronous replication: one new primary, nothing acknowledged lost, the old primary rejoined or a one-line reason', async () => {
     const e = embeddedPostgres(MAJOR);
     ha = await HaCluster.start({ name: `ha${MAJOR}`, nodes: 3, pg: { binDir: e.binDir, libDir: e.libDir }, proxyArgs: ['--synchronous-mode', 'on'] });
@@ -89,6 +90,8 @@ describe(`HA path on PostgreSQL ${MAJOR} (embedded build, cold-copy standbys)`, 
       expect(Number(r.counter), `${n.name}: counter = rows`).toBe(Number(r.rows));
       expect(v.ackedRows).toBeGreaterThan(70);
     }
+    await ha.stop();
+    ha = null;
   }, 240_000);
 
   it('an old primary that went on writing needs a rewind: pgha rejoin says in one line that this build has no pg_rewind, and changes nothing', async () => {

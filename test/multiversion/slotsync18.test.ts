@@ -1,5 +1,5 @@
 /**
- * PostgreSQL 17+'s own slot synchronisation preferred where the server has it (embedded 18 build):
+ * PostgreSQL 17+'s own slot synchronisation preferred where the server has it (embedded 17 and 18):
  * the standby runs sync_replication_slots = on (hot_standby_feedback, its physical slot on the primary,
  * synchronized_standby_slots there). `pgha slots sync` leaves the failover slot to the server's
  * slotsync worker (skipped, with the reason) and still copies a slot without failover itself; after
@@ -13,7 +13,8 @@ import { startAgent, stopAgents } from '../support/agents.js';
 import { pgha } from '../support/cli.js';
 
 const TOKEN = 'slotsync18-token-0123456789';
-const MAJOR = Number(process.env.PGHA_SLOTSYNC_MAJOR ?? 18);
+/** the majors to run (default 17 and 18, the ones with slot synchronisation) */
+const MAJORS = (process.env.PGHA_SLOTSYNC_MAJORS ?? '17,18').split(',').map(Number);
 afterAll(async () => {
   await stopAgents();
   await cleanupAll();
@@ -31,7 +32,7 @@ function expectNoneMissing(seen: number[], committed: number[]): void {
   expect(Math.max(...counts.values())).toBeLessThanOrEqual(2);
 }
 
-describe(`PostgreSQL ${MAJOR}'s own slot synchronisation`, () => {
+for (const MAJOR of MAJORS) describe(`PostgreSQL ${MAJOR}'s own slot synchronisation`, () => {
   it('sync skips the server-synced failover slot, migrate reports it already current, the consumer misses nothing after kill -9 + promote', async () => {
     const e = embeddedPostgres(MAJOR);
     const p = await PgCluster.init({ name: `ss${MAJOR}-p`, binDir: e.binDir, libDir: e.libDir, walSegSizeMB: 1 });
