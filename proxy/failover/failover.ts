@@ -139,6 +139,18 @@ export class FailoverController {
     };
   }
 
+  /** take the controller for one failover: false (the report says why) when another operation runs */
+  private begin(report: FailoverReport): boolean {
+    if (this.running) {
+      report.error = 'a failover or switchover is already running';
+      return false;
+    }
+    this.running = true;
+    this.history.push(report);
+    this.o.monitor.hold(true);
+    return true;
+  }
+
   /**
    * The primary is gone (automatic), or an operator says so (`to` given: promote that standby even
    * if the old primary still answers — it is fenced through its agent first).
@@ -147,13 +159,7 @@ export class FailoverController {
     const { monitor, log } = this.o;
     const started = Date.now();
     const report = this.newReport('failover', opts.trigger ?? 'auto', old.name);
-    if (this.running) {
-      report.error = 'a failover or switchover is already running';
-      return report;
-    }
-    this.running = true;
-    this.history.push(report);
-    monitor.hold(true);
+    if (!this.begin(report)) return report;
     const failing = monitor.failingSince(old.name);
     if (report.trigger === 'auto' && failing !== null && failing <= started) report.phases.push({ name: 'detect', ms: started - failing });
     const phase = phaseClock(report, started);
@@ -246,13 +252,7 @@ export class FailoverController {
     const { monitor, log } = this.o;
     const started = Date.now();
     const report: FailoverReport = { ...this.newReport('failover', 'auto', opts.from ?? opts.leaseHolder ?? opts.fence[0] ?? ''), to: target.name, resumed: true };
-    if (this.running) {
-      report.error = 'a failover or switchover is already running';
-      return report;
-    }
-    this.running = true;
-    this.history.push(report);
-    monitor.hold(true);
+    if (!this.begin(report)) return report;
     const phase = phaseClock(report, started);
     try {
       for (const name of opts.fence) {

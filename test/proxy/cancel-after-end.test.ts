@@ -15,36 +15,21 @@
  * cancel request, so its connection must stay open until the postmaster runs again.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
-import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { describe, expect, it } from 'vitest';
+import { sleep, waitFor } from '../harness/cluster.js';
+import { serverBehindBothRelays } from '../support/proxy.js';
 
 const run = promisify(execFile);
 const SESSIONS = Number(process.env.PGHA_CANCEL_SESSIONS ?? 200);
 const WORKERS = 10;
 
-let server: PgCluster;
-const proxies: Record<'native' | 'node', RunningProxy> = {} as never;
-
-beforeAll(async () => {
-  server = await PgCluster.init({ name: 'proxy-cancel-after-end', conf: { max_connections: 100 } });
-  await server.start();
-  server.psql('CREATE TABLE copied (a int)');
-  for (const relay of ['native', 'node'] as const) proxies[relay] = await startProxy([server.port], ['--backend-sslmode', 'disable', '--relay', relay]);
-}, 120_000);
-
-afterAll(async () => {
-  for (const p of Object.values(proxies)) await p?.stop();
-  await cleanupAll();
-});
-
-const serverLog = () => readFileSync(join(server.root, 'server.log'), 'utf8');
+const rig = serverBehindBothRelays({ name: 'proxy-cancel-after-end', conf: { max_connections: 100 }, setup: (s) => s.psql('CREATE TABLE copied (a int)') });
+const { proxies, serverLog } = rig;
 
 /** log in (trust) up to the first ReadyForQuery; the socket, its BackendKeyData and what it received */
 async function login(port: number) {
@@ -72,7 +57,7 @@ const KINDS: Kind[] = ['psql -c', 'node-postgres', 'extended protocol', 'query +
 async function session(port: number, kind: Kind, i: number): Promise<void> {
   switch (kind) {
     case 'psql -c': {
-      const { stdout } = await run(join(server.clientBinDir, 'psql'), ['-X', '-At', '-d', `host=127.0.0.1 port=${port} user=postgres dbname=postgres`, '-c', `select ${i}`]);
+      const { stdout } = await run(join(rig.server.clientBinDir, 'psql'), ['-X', '-At', '-d', `host=127.0.0.1 port=${port} user=postgres dbname=postgres`, '-c', `select ${i}`]);
       expect(stdout.trim()).toBe(String(i));
       return;
     }
@@ -139,7 +124,7 @@ async function runAll(port: number): Promise<{ unmatched: number; wrongKey: numb
     }),
   );
   // every backend of these sessions gone, and a cancel request sent late had time to arrive
-  await waitFor(async () => server.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgha-proxy%'").trim() === '0', 20_000, 'sessions gone');
+  await waitFor(async () => rig.server.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pgha-proxy%'").trim() === '0', 20_000, 'sessions gone');
   await sleep(1000);
   const log = serverLog().slice(from);
   return {
@@ -151,7 +136,7 @@ async function runAll(port: number): Promise<{ unmatched: number; wrongKey: numb
 
 describe(`${SESSIONS} short sessions that end cleanly: no cancel request reaches the server for a session that is gone`, () => {
   it('straight at PostgreSQL (the baseline)', async () => {
-    const r = await runAll(server.port);
+    const r = await runAll(rig.server.port);
     console.log(`direct: ${r.unmatched} unmatched cancel requests, ${r.wrongKey} with a wrong key (${r.ms} ms)`);
     expect(r).toMatchObject({ unmatched: 0, wrongKey: 0 });
   });
@@ -175,8 +160,8 @@ describe(`${SESSIONS} short sessions that end cleanly: no cancel request reaches
 async function cancelWithPostmasterStopped(port: number, halfClose: boolean): Promise<{ closedWhileStopped: boolean; cancelled: boolean }> {
   const w = await login(port);
   w.s.write(serialize.query('SELECT pg_sleep(5)'));
-  await waitFor(async () => server.psql(`SELECT state FROM pg_stat_activity WHERE pid = ${w.pid}`).trim() === 'active', 10_000, 'pg_sleep running');
-  const postmaster = server.pid!;
+  await waitFor(async () => rig.server.psql(`SELECT state FROM pg_stat_activity WHERE pid = ${w.pid}`).trim() === 'active', 10_000, 'pg_sleep running');
+  const postmaster = rig.server.pid!;
   process.kill(postmaster, 'SIGSTOP');
   let closed = false;
   const c = connect({ host: '127.0.0.1', port });
@@ -203,8 +188,8 @@ async function cancelWithPostmasterStopped(port: number, halfClose: boolean): Pr
 describe('a cancel request is answered (its connection closed) only once the server has taken it', () => {
   const expected = { closedWhileStopped: false, cancelled: true };
   it('straight at PostgreSQL (the baseline)', async () => {
-    expect(await cancelWithPostmasterStopped(server.port, false), 'PQcancel-like').toEqual(expected);
-    expect(await cancelWithPostmasterStopped(server.port, true), 'half-close').toEqual(expected);
+    expect(await cancelWithPostmasterStopped(rig.server.port, false), 'PQcancel-like').toEqual(expected);
+    expect(await cancelWithPostmasterStopped(rig.server.port, true), 'half-close').toEqual(expected);
   });
   for (const relay of ['native', 'node'] as const) {
     it(`through pgha-proxy (--relay ${relay})`, async () => {

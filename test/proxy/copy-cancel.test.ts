@@ -7,29 +7,14 @@
  * Terminate inside COPY, or a cancel request first, gets what it gets directly.
  */
 import { connect, type Socket } from 'node:net';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { serialize } from 'pg-protocol';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
-import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { describe, expect, it } from 'vitest';
+import { sleep, waitFor } from '../harness/cluster.js';
+import { serverBehindBothRelays } from '../support/proxy.js';
 
-let server: PgCluster;
-const proxies: Record<'native' | 'node', RunningProxy> = {} as never;
-
-beforeAll(async () => {
-  server = await PgCluster.init({ name: 'proxy-copy-cancel', conf: { log_line_prefix: '%m [%p] ' } });
-  await server.start();
-  server.psql('CREATE TABLE copy_target (a int, b text)');
-  for (const relay of ['native', 'node'] as const) proxies[relay] = await startProxy([server.port], ['--backend-sslmode', 'disable', '--relay', relay]);
-}, 120_000);
-
-afterAll(async () => {
-  for (const p of Object.values(proxies)) await p?.stop();
-  await cleanupAll();
-});
-
-const serverLog = () => readFileSync(join(server.root, 'server.log'), 'utf8');
+const rig = serverBehindBothRelays({ name: 'proxy-copy-cancel', conf: { log_line_prefix: '%m [%p] ' }, setup: (s) => s.psql('CREATE TABLE copy_target (a int, b text)') });
+const { proxies, serverLog } = rig;
 
 interface Wire {
   s: Socket;
@@ -85,7 +70,7 @@ async function copyThenVanish(port: number, ending: Ending): Promise<string[]> {
   else if (ending === 'reset') w.s.resetAndDestroy();
   else w.s.end();
   // the backend is gone, and a cancel request sent on its behalf had time to arrive
-  await waitFor(async () => server.psql(`SELECT count(*) FROM pg_stat_activity WHERE pid = ${w.pid}`).trim() === '0', 10_000, `backend ${w.pid} gone`);
+  await waitFor(async () => rig.server.psql(`SELECT count(*) FROM pg_stat_activity WHERE pid = ${w.pid}`).trim() === '0', 10_000, `backend ${w.pid} gone`);
   await sleep(400);
   w.s.destroy();
   const lines = serverLog().slice(logFrom).split('\n');
@@ -107,7 +92,7 @@ const direct: Partial<Record<Ending, string[]>> = {};
 describe('COPY FROM STDIN, then the client goes', () => {
   it('straight at PostgreSQL: what the server logs for each ending', async () => {
     for (const e of endings) {
-      direct[e] = await copyThenVanish(server.port, e);
+      direct[e] = await copyThenVanish(rig.server.port, e);
       console.log(`direct, ${e}:\n  ${direct[e]!.join('\n  ')}`);
       expect(direct[e]!.length, e).toBeGreaterThan(0);
     }

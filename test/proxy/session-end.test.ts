@@ -6,32 +6,18 @@
  * is not one that vanished mid-query: no cancel request is sent for it.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { serialize } from 'pg-protocol';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
-import { startProxy, type RunningProxy } from '../support/proxy.js';
+import { describe, expect, it } from 'vitest';
+import { sleep, waitFor } from '../harness/cluster.js';
+import { serverBehindBothRelays, type RunningProxy } from '../support/proxy.js';
 import { rawSession } from '../support/raw-client.js';
 
 const run = promisify(execFile);
 
-let server: PgCluster;
-const proxies: Record<'native' | 'node', RunningProxy> = {} as never;
-
-beforeAll(async () => {
-  server = await PgCluster.init({ name: 'proxy-session-end', conf: { max_connections: 300 } });
-  await server.start();
-  for (const relay of ['native', 'node'] as const) proxies[relay] = await startProxy([server.port], ['--backend-sslmode', 'disable', '--relay', relay]);
-}, 120_000);
-
-afterAll(async () => {
-  for (const p of Object.values(proxies)) await p?.stop();
-  await cleanupAll();
-});
-
-const serverLog = () => readFileSync(join(server.root, 'server.log'), 'utf8');
+const rig = serverBehindBothRelays({ name: 'proxy-session-end', conf: { max_connections: 300 } });
+const { proxies, serverLog } = rig;
 const forwardedCancels = async (p: RunningProxy) => Number(/pgha_proxy_cancel_requests\{result="forwarded"\} (\d+)/.exec(await p.metrics())?.[1] ?? NaN);
 
 /** log in, send a query and Terminate in one write (and close our side when `halfClose`), read until EOF or 3 s */
@@ -72,7 +58,7 @@ for (const relay of ['native', 'node'] as const) {
       const p = proxies[relay];
       const before = await forwardedCancels(p);
       const logBefore = serverLog().length;
-      const psql = join(server.clientBinDir, 'psql');
+      const psql = join(rig.server.clientBinDir, 'psql');
       for (let i = 0; i < 30; i++) {
         const { stdout } = await run(psql, ['-X', '-At', '-d', `host=127.0.0.1 port=${p.port} user=postgres dbname=postgres`, '-c', 'select 1']);
         expect(stdout.trim()).toBe('1');
@@ -90,7 +76,7 @@ for (const relay of ['native', 'node'] as const) {
       );
       // the server finished those queries and ended the sessions: a cancel forwarded on a goodbye
       // would have been sent while they ran
-      await waitFor(async () => (await server.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.2)'")) === '0', 10_000, 'the sessions that said goodbye ended by the server');
+      await waitFor(async () => (await rig.server.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.2)'")) === '0', 10_000, 'the sessions that said goodbye ended by the server');
       expect(await forwardedCancels(p)).toBe(before);
       expect(serverLog().slice(logBefore)).not.toMatch(/in cancel request did not match any process/);
     });
