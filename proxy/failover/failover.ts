@@ -139,6 +139,15 @@ export class FailoverController {
     };
   }
 
+  /** promoted: the time of it, the new primary checked at once and the write path released to it */
+  private async reroute(report: FailoverReport, target: BackendState, phase: (name: string) => void): Promise<void> {
+    report.promotedAt = new Date().toISOString();
+    phase('promote');
+    await this.o.monitor.checkNow([target.name]);
+    this.o.monitor.hold(false);
+    phase('reroute');
+  }
+
   /** take the controller for one failover: false (the report says why) when another operation runs */
   private begin(report: FailoverReport): boolean {
     if (this.running) {
@@ -213,11 +222,7 @@ export class FailoverController {
       // never two primaries: the old one fenced itself or gave up its primary lease first
       await this.o.coordinate?.released(old);
       report.via = await this.promote(target, old.name);
-      report.promotedAt = new Date().toISOString();
-      phase('promote');
-      await monitor.checkNow([target.name]);
-      monitor.hold(false);
-      phase('reroute');
+      await this.reroute(report, target, phase);
       report.ms = Date.now() - started;
       log.warn({ from: old.name, to: target.name, ms: report.ms, phases: report.phases }, 'failover: promoted');
       // after the write path is back: fence the old node through its agent, re-point standbys
@@ -271,11 +276,7 @@ export class FailoverController {
       repointing.catch(() => undefined);
       await monitor.checkNow([target.name]);
       if (monitor.state(target.name)?.inRecovery !== false) report.via = await this.promote(target, report.from);
-      report.promotedAt = new Date().toISOString();
-      phase('promote');
-      await monitor.checkNow([target.name]);
-      monitor.hold(false);
-      phase('reroute');
+      await this.reroute(report, target, phase);
       report.ms = Date.now() - started;
       log.warn({ to: target.name, ms: report.ms, phases: report.phases }, 'recorded primary promoted (decision rolled forward)');
       report.repointed = await repointing;
@@ -347,11 +348,7 @@ export class FailoverController {
       const repointing = this.repoint(target, others);
       repointing.catch(() => undefined);
       report.via = await this.promote(target, old.name);
-      report.promotedAt = new Date().toISOString();
-      phase('promote');
-      await monitor.checkNow([target.name]);
-      monitor.hold(false);
-      phase('reroute');
+      await this.reroute(report, target, phase);
       report.pauseMs = Date.now() - heldAt;
       report.ms = Date.now() - started;
       log.warn({ from: old.name, to: target.name, pauseMs: report.pauseMs }, 'switchover: promoted');
