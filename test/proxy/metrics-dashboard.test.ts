@@ -153,6 +153,8 @@ describe('throughput counters and the Grafana dashboard, against real scrapes', 
   }
 
   it('after a switchover: every metric the dashboard reads is exported, and every query returns series from Prometheus', async () => {
+    // a switchover needs its target streaming (the proxy refuses one that is not): every node up first
+    await ha!.waitHealthy(60_000);
     const p0 = await ha!.primary();
     const target = ha!.nodes.find((n) => n !== p0)!;
     const r = await fetch(`${ha!.proxy.admin}/switchover`, { method: 'POST', headers: { authorization: `Bearer ${HA_TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ to: target.address }) });
