@@ -22,6 +22,7 @@ import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { describe, expect, it } from 'vitest';
 import { sleep, waitFor } from '../harness/cluster.js';
+import { trustLogin } from '../support/raw-client.js';
 import { serverBehindBothRelays } from '../support/proxy.js';
 
 const run = promisify(execFile);
@@ -31,18 +32,6 @@ const WORKERS = 10;
 const rig = serverBehindBothRelays({ name: 'proxy-cancel-after-end', conf: { max_connections: 100 }, setup: (s) => s.psql('CREATE TABLE copied (a int)') });
 const { proxies, serverLog } = rig;
 
-/** log in (trust) up to the first ReadyForQuery; the socket, its BackendKeyData and what it received */
-async function login(port: number) {
-  const s = connect({ host: '127.0.0.1', port });
-  s.on('error', () => undefined);
-  await new Promise((r) => s.once('connect', r));
-  let buf = Buffer.alloc(0);
-  s.on('data', (b: Buffer) => (buf = Buffer.concat([buf, b])));
-  s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
-  await waitFor(async () => buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49])), 10_000, 'first ReadyForQuery');
-  const k = buf.indexOf(Buffer.from([0x4b, 0, 0, 0, 12]));
-  return { s, pid: buf.readInt32BE(k + 5), key: buf.readInt32BE(k + 9), got: () => buf, closed: new Promise((r) => s.once('close', r)) };
-}
 
 /** ReadyForQuery messages received so far (after the startup's) */
 const readies = (buf: Buffer) => {
@@ -71,14 +60,14 @@ async function session(port: number, kind: Kind, i: number): Promise<void> {
       return;
     }
     case 'query + Terminate in one write': {
-      const w = await login(port);
+      const w = await trustLogin(port);
       w.s.write(Buffer.concat([serialize.query(`select ${i}`), serialize.end()]));
       await w.closed;
       expect(readies(w.got())).toBe(1);
       return;
     }
     case 'idle close without Terminate': {
-      const w = await login(port);
+      const w = await trustLogin(port);
       w.s.write(serialize.query(`select ${i}`));
       await waitFor(async () => readies(w.got()) === 1, 10_000, 'the answer');
       w.s.end();
@@ -86,7 +75,7 @@ async function session(port: number, kind: Kind, i: number): Promise<void> {
       return;
     }
     case 'COPY FROM STDIN': {
-      const w = await login(port);
+      const w = await trustLogin(port);
       w.s.write(serialize.query('COPY copied FROM STDIN'));
       await waitFor(async () => w.got().includes(Buffer.from([0x47, 0, 0, 0, 9])), 10_000, 'CopyInResponse');
       w.s.write(Buffer.concat([serialize.copyData(Buffer.from(`${i}\n`)), serialize.copyDone()]));
@@ -96,7 +85,7 @@ async function session(port: number, kind: Kind, i: number): Promise<void> {
       return;
     }
     case 'cancel after the answer, then Terminate': {
-      const w = await login(port);
+      const w = await trustLogin(port);
       w.s.write(serialize.query(`select ${i}`));
       await waitFor(async () => readies(w.got()) === 1, 10_000, 'the answer');
       // as PQcancel: send the request, wait until the other side closes that connection
@@ -158,7 +147,7 @@ describe(`${SESSIONS} short sessions that end cleanly: no cancel request reaches
  * is cancelled.
  */
 async function cancelWithPostmasterStopped(port: number, halfClose: boolean): Promise<{ closedWhileStopped: boolean; cancelled: boolean }> {
-  const w = await login(port);
+  const w = await trustLogin(port);
   w.s.write(serialize.query('SELECT pg_sleep(5)'));
   await waitFor(async () => rig.server.psql(`SELECT state FROM pg_stat_activity WHERE pid = ${w.pid}`).trim() === 'active', 10_000, 'pg_sleep running');
   const postmaster = rig.server.pid!;

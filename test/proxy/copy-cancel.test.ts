@@ -6,37 +6,18 @@
  * and the server must not receive a cancel request the client never sent. A client that does send
  * Terminate inside COPY, or a cancel request first, gets what it gets directly.
  */
-import { connect, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { serialize } from 'pg-protocol';
 import { describe, expect, it } from 'vitest';
 import { sleep, waitFor } from '../harness/cluster.js';
+import { trustLogin, type TrustSession } from '../support/raw-client.js';
 import { serverBehindBothRelays } from '../support/proxy.js';
 
 const rig = serverBehindBothRelays({ name: 'proxy-copy-cancel', conf: { log_line_prefix: '%m [%p] ' }, setup: (s) => s.psql('CREATE TABLE copy_target (a int, b text)') });
 const { proxies, serverLog } = rig;
 
-interface Wire {
-  s: Socket;
-  pid: number;
-  key: number;
-  /** everything received so far */
-  got: () => Buffer;
-}
 
-/** log in (trust) and read up to the first ReadyForQuery, keeping BackendKeyData */
-async function login(port: number): Promise<Wire> {
-  const s = connect({ host: '127.0.0.1', port });
-  s.on('error', () => undefined);
-  await new Promise((r) => s.once('connect', r));
-  let buf = Buffer.alloc(0);
-  s.on('data', (b: Buffer) => (buf = Buffer.concat([buf, b])));
-  s.write(serialize.startup({ user: 'postgres', database: 'postgres' }));
-  await waitFor(async () => buf.includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49])), 10_000, 'first ReadyForQuery');
-  const k = buf.indexOf(Buffer.from([0x4b, 0, 0, 0, 12]));
-  expect(k, 'BackendKeyData').toBeGreaterThanOrEqual(0);
-  return { s, pid: buf.readInt32BE(k + 5), key: buf.readInt32BE(k + 9), got: () => buf };
-}
 
 /** the types of the whole messages in a server stream after the startup phase */
 function messageTypes(buf: Buffer): string[] {
@@ -59,7 +40,7 @@ type Ending = 'close' | 'reset' | 'terminate' | 'cancel, then close' | 'cancel, 
 
 /** start COPY FROM STDIN, send a row, end as told; the server's log lines about that backend */
 async function copyThenVanish(port: number, ending: Ending): Promise<string[]> {
-  const w = await login(port);
+  const w = await trustLogin(port);
   const logFrom = serverLog().length;
   w.s.write(serialize.query('COPY copy_target FROM STDIN'));
   await waitFor(async () => messageTypes(w.got()).includes('G'), 10_000, 'CopyInResponse');
