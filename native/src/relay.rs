@@ -373,8 +373,8 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
                             sessions.insert(id, s);
                             // bytes may already be waiting in either socket
                             if let Some(s) = sessions.get_mut(&id) {
-                                pump(&mut poll, id, s, true, &mut buf, &*sink, &counters);
-                                pump(&mut poll, id, s, false, &mut buf, &*sink, &counters);
+                                pump(&mut poll, id, s, true, &mut buf, &*sink, &counters, false);
+                                pump(&mut poll, id, s, false, &mut buf, &*sink, &counters, false);
                             }
                         }
                         Command::Finish { id, to_client, to_backend } => {
@@ -439,7 +439,7 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
                 // the side that became writable drains what was pending for it, then its source is read again
                 let dir = if is_client { &s.b2c } else { &s.c2b };
                 if dir.has_pending() {
-                    pump(&mut poll, id, s, !is_client, &mut buf, &*sink, &counters);
+                    pump(&mut poll, id, s, !is_client, &mut buf, &*sink, &counters, false);
                     let dir = if is_client { &s.b2c } else { &s.c2b };
                     if !s.ended && !dir.has_pending() {
                         let (sock, token) = if is_client { (&mut s.client, Token(id as usize * 2)) } else { (&mut s.backend, Token(id as usize * 2 + 1)) };
@@ -448,7 +448,8 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, co
                 }
             }
             if !s.ended && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) {
-                pump(&mut poll, id, s, is_client, &mut buf, &*sink, &counters);
+                let plain = ev.is_readable() && !ev.is_read_closed() && !ev.is_error() && !ev.is_writable();
+                pump(&mut poll, id, s, is_client, &mut buf, &*sink, &counters, plain);
             }
         }
     }
@@ -474,7 +475,16 @@ fn end(poll: &mut Poll, id: u32, s: &mut Session, kind: &'static str, detail: St
 
 /// move bytes from one side to the other until the source would block, ends, or the destination
 /// is full (then the source is not read until the destination drains)
-fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut [u8], sink: &dyn EventSink, counters: &Counters) {
+///
+/// `short_read_drains`: the caller got a readable event without a hang-up or error flag, so a read
+/// shorter than the buffer has emptied the socket — Linux's epoll re-queues an edge-triggered
+/// descriptor on every later arrival (data or FIN), so nothing can be left behind without a new
+/// event (tokio's PollEvented relies on the same). That saves the read that would only say
+/// WouldBlock: one system call per message burst in each direction. With a hang-up flag (a FIN that
+/// may have come with the data, which gives no further edge) or from any other caller, the source
+/// is read until WouldBlock or EOF.
+#[allow(clippy::too_many_arguments)]
+fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut [u8], sink: &dyn EventSink, counters: &Counters, short_read_drains: bool) {
     loop {
         if s.ended {
             return;
@@ -617,6 +627,9 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
             dir.pending.extend_from_slice(&data[off..]);
             let token = Token(id as usize * 2 + usize::from(from_client));
             let _ = poll.registry().reregister(dst, token, Interest::READABLE | Interest::WRITABLE);
+            return;
+        }
+        if short_read_drains && n < buf.len() {
             return;
         }
         // read again: only WouldBlock or EOF says the source is drained (edge-triggered)
