@@ -1,7 +1,10 @@
 #!/usr/bin/env node
 // Produce benchmark WAL: 64 consecutive 16 MiB segments (1 GiB) of real pgbench WAL from a throwaway
 // PostgreSQL 15 cluster, copied to bench/data/wal-1g/. Re-runnable; the cluster is removed afterwards.
-//   node bench/make-wal.mjs [segments=64]
+//   node bench/make-wal.mjs [segments=64] [fpi|dense]
+// fpi (default): a checkpoint every 10 s of pgbench, so full-page images are most of the bytes (~1.2M
+// records per GiB). dense: full_page_writes=off and no checkpoints, so the GiB is ~10M small records
+// (the record walk, not the byte copying, dominates) — written to bench/data/wal-1g-dense/.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chownSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,8 +12,10 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const want = Number(process.argv[2] ?? 64);
+const kind = process.argv[3] ?? 'fpi';
+if (kind !== 'fpi' && kind !== 'dense') throw new Error(`kind must be fpi or dense, not ${kind}`);
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
-const out = join(root, 'bench', 'data', 'wal-1g');
+const out = join(root, 'bench', 'data', kind === 'dense' ? 'wal-1g-dense' : 'wal-1g');
 const bin = process.env.PG_BINDIR ?? '/usr/lib/postgresql/15/bin';
 const asRoot = process.getuid?.() === 0;
 const tmp = mkdtempSync(join(tmpdir(), 'pgha-bench-'));
@@ -30,7 +35,7 @@ try {
   run(join(bin, 'initdb'), ['-D', pgdata, '-A', 'trust', '--no-sync']);
   writeFileSync(
     join(pgdata, 'postgresql.auto.conf'),
-    `port=${port}\nlisten_addresses=''\nunix_socket_directories='${tmp}'\nmax_wal_size='8GB'\nwal_keep_size='4GB'\nfsync=off\nsynchronous_commit=off\ncheckpoint_timeout='30s'\n`,
+    `port=${port}\nlisten_addresses=''\nunix_socket_directories='${tmp}'\nmax_wal_size='8GB'\nwal_keep_size='4GB'\nfsync=off\nsynchronous_commit=off\n${kind === 'dense' ? "checkpoint_timeout='1d'\nfull_page_writes=off\n" : "checkpoint_timeout='30s'\n"}`,
   );
   run(join(bin, 'pg_ctl'), ['-D', pgdata, '-l', join(tmp, 'log'), '-w', 'start']);
   run(join(bin, 'pgbench'), ['-h', tmp, '-p', String(port), '-i', '-s', '20', 'postgres']);
@@ -39,7 +44,7 @@ try {
   const toNum = (l) => { const [h, lo] = l.split('/'); return (BigInt('0x' + h) << 32n) | BigInt('0x' + lo); };
   while (toNum(psql('select pg_current_wal_lsn()')) - toNum(startLsn) < target) {
     run(join(bin, 'pgbench'), ['-h', tmp, '-p', String(port), '-c', '2', '-T', '10', 'postgres']);
-    psql('checkpoint'); // full-page images after each checkpoint, as in production
+    if (kind === 'fpi') psql('checkpoint'); // full-page images after each checkpoint, as in production
   }
   psql('select pg_switch_wal()');
   run(join(bin, 'pg_ctl'), ['-D', pgdata, '-m', 'fast', '-w', 'stop']);

@@ -23,6 +23,12 @@ export declare class ProxyRelay {
   counters(): Array<number>
 }
 
+/** Bytes scanned so far by the `scanWalFilesAsync` it is given to (read while the scan runs). */
+export declare class ScanProgress {
+  constructor()
+  get bytes(): number
+}
+
 /** PostgreSQL CRC-32C of `data`, continuing from a previous finalized value `init`. */
 export declare function crc32c(data: Uint8Array, init?: number | undefined | null): number
 
@@ -44,6 +50,24 @@ export interface JsCarry {
   partialTotLen: number
   randomAccess: boolean
   partialCrossesSegment: boolean
+}
+
+/** What `scanWalFilesAsync` found over a run of segment files (wal_files::RunResult). */
+export interface JsFilesScanResult {
+  /** records counted (a double: a long run can pass 2^32) */
+  count: number
+  /** STATS_SLOTS entries as in JsScanResult.stats */
+  stats: Buffer
+  firstRecordLsn?: bigint
+  lastRecordLsn?: bigint
+  /** the state after the last file scanned (absent when no file was) */
+  carry?: JsCarry
+  endLsn?: bigint
+  /** index into END_REASONS (contract.ts); 'truncated' for a file shorter than a segment */
+  endReason?: number
+  endMessage?: string
+  filesScanned: number
+  bytesScanned: number
 }
 
 export interface JsRelayEvent {
@@ -95,6 +119,14 @@ export declare function scanWal(buf: Uint8Array, options: JsScanOptions): JsScan
  * The buffer must not be modified until the promise settles.
  */
 export declare function scanWalAsync(buf: Buffer, options: JsScanOptions): Promise<JsScanResult>
+
+/**
+ * Scan consecutive segment files (`paths[i]` starts at `bufLsns[i]`) for statistics on `threads`
+ * threads (0: one per core) off the JavaScript thread; the result is that of one sequential pass
+ * (wal_files.rs). Each file's first min(size, segmentSize) bytes are scanned, rounded down to
+ * whole pages of `blockSize`.
+ */
+export declare function scanWalFilesAsync(paths: Array<string>, bufLsns: Array<bigint>, segmentSize: number, blockSize: number, threads: number, progress?: ScanProgress | undefined | null): Promise<JsFilesScanResult>
 
 /** SHA-256 (hex) of a whole file, computed on the thread pool. */
 export declare function sha256FileAsync(path: string): Promise<string>

@@ -21,9 +21,55 @@ pub fn crc32c_append(init: u32, data: &[u8]) -> u32 {
     checksum_combine(ALG, init as u64, crc32c(data) as u64, data.len() as u64) as u32
 }
 
+/// Below this many payload bytes a record's CRC is computed with the CPU's CRC32 instruction
+/// directly (x86-64 SSE4.2): `crc-fast`'s folding pays off on long inputs, while most WAL records
+/// are a few dozen to a few hundred bytes, where setting up a digest costs more than the bytes.
+const SMALL_RECORD: usize = 512;
+
+#[cfg(target_arch = "x86_64")]
+fn have_sse42() -> bool {
+    use std::sync::OnceLock;
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    *HAVE.get_or_init(|| std::arch::is_x86_feature_detected!("sse4.2"))
+}
+
+/// CRC-32C update without the init/final inversions (`crc` is the running, inverted value): eight
+/// bytes per instruction, then at most one 4-, 2- and 1-byte step for the tail (a record's length
+/// need not be a multiple of eight, and its 20 CRC-covered header bytes never are).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+#[inline]
+unsafe fn crc32c_sse42(crc: u32, data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
+    let mut c = crc as u64;
+    let mut words = data.chunks_exact(8);
+    for w in &mut words {
+        c = _mm_crc32_u64(c, u64::from_le_bytes(w.try_into().unwrap()));
+    }
+    let mut c = c as u32;
+    let mut tail = words.remainder();
+    if tail.len() >= 4 {
+        c = _mm_crc32_u32(c, u32::from_le_bytes(tail[..4].try_into().unwrap()));
+        tail = &tail[4..];
+    }
+    if tail.len() >= 2 {
+        c = _mm_crc32_u16(c, u16::from_le_bytes(tail[..2].try_into().unwrap()));
+        tail = &tail[2..];
+    }
+    if let Some(&b) = tail.first() {
+        c = _mm_crc32_u8(c, b);
+    }
+    c
+}
+
 /// WAL record CRC: INIT, COMP(payload), COMP(header[0..20]), FIN (xlogreader.c ValidXLogRecord).
 #[inline]
 pub fn record_crc(payload: &[u8], header20: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if payload.len() < SMALL_RECORD && have_sse42() {
+        // SAFETY: the CPU has SSE4.2 (checked above)
+        return unsafe { !crc32c_sse42(crc32c_sse42(!0, payload), header20) };
+    }
     let mut d = Digest::new(ALG);
     d.update(payload);
     d.update(header20);
@@ -77,5 +123,18 @@ mod tests {
         let payload = &data[24..300];
         let header = &data[0..20];
         assert_eq!(record_crc(payload, header), crc32c_append(crc32c(payload), header));
+    }
+
+    #[test]
+    fn record_crc_small_and_large_paths_agree_with_the_reference() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8).collect();
+        let header = &data[0..20];
+        for start in 20..28 {
+            for len in (0..1100).step_by(7).chain([SMALL_RECORD - 1, SMALL_RECORD, SMALL_RECORD + 1]) {
+                let payload = &data[start..start + len];
+                let want = crc32c_reference(crc32c_reference(0, payload), header);
+                assert_eq!(record_crc(payload, header), want, "start {start} len {len}");
+            }
+        }
     }
 }

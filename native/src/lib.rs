@@ -3,6 +3,7 @@
 
 pub mod crc32c;
 pub mod relay;
+pub mod wal_files;
 pub mod wal_scan;
 
 use napi::bindgen_prelude::*;
@@ -251,6 +252,99 @@ pub fn scan_mapped_async(map: &MappedWal, options: JsScanOptions) -> Result<Asyn
     let params = params_of(&options)?;
     let carry = options.carry.map(carry_from_js);
     Ok(AsyncTask::new(ScanMappedTask { map: map.inner.clone(), params, carry }))
+}
+
+/// What `scanWalFilesAsync` found over a run of segment files (wal_files::RunResult).
+#[napi(object)]
+pub struct JsFilesScanResult {
+    /// records counted (a double: a long run can pass 2^32)
+    pub count: f64,
+    /// STATS_SLOTS entries as in JsScanResult.stats
+    pub stats: Buffer,
+    pub first_record_lsn: Option<BigInt>,
+    pub last_record_lsn: Option<BigInt>,
+    /// the state after the last file scanned (absent when no file was)
+    pub carry: Option<JsCarry>,
+    pub end_lsn: Option<BigInt>,
+    /// index into END_REASONS (contract.ts); 'truncated' for a file shorter than a segment
+    pub end_reason: Option<u32>,
+    pub end_message: Option<String>,
+    pub files_scanned: u32,
+    pub bytes_scanned: f64,
+}
+
+/// Bytes scanned so far by the `scanWalFilesAsync` it is given to (read while the scan runs).
+#[napi]
+pub struct ScanProgress {
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[napi]
+impl ScanProgress {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        ScanProgress { bytes: Default::default() }
+    }
+
+    #[napi(getter)]
+    pub fn bytes(&self) -> f64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64
+    }
+}
+
+pub struct FilesScanTask {
+    files: Vec<wal_files::SegmentInput>,
+    segment_size: u32,
+    block_size: u32,
+    threads: usize,
+    progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Task for FilesScanTask {
+    type Output = wal_files::RunResult;
+    type JsValue = JsFilesScanResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        wal_files::scan_files(&self.files, self.segment_size, self.block_size, self.threads, &self.progress).map_err(|m| Error::new(Status::GenericFailure, m))
+    }
+
+    fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<Self::JsValue> {
+        let stats = Buffer::from(r.stats_bytes());
+        let (end_lsn, end_reason, end_message) = match r.end {
+            Some(e) => (Some(BigInt::from(e.lsn)), Some(e.reason), Some(e.message)),
+            None => (None, None, None),
+        };
+        Ok(JsFilesScanResult {
+            count: r.count as f64,
+            stats,
+            first_record_lsn: r.first.map(BigInt::from),
+            last_record_lsn: r.last.map(BigInt::from),
+            carry: r.carry.map(carry_to_js),
+            end_lsn,
+            end_reason,
+            end_message,
+            files_scanned: r.files_scanned,
+            bytes_scanned: r.bytes_scanned as f64,
+        })
+    }
+}
+
+/// Scan consecutive segment files (`paths[i]` starts at `bufLsns[i]`) for statistics on `threads`
+/// threads (0: one per core) off the JavaScript thread; the result is that of one sequential pass
+/// (wal_files.rs). Each file's first min(size, segmentSize) bytes are scanned, rounded down to
+/// whole pages of `blockSize`.
+#[napi(js_name = "scanWalFilesAsync", ts_return_type = "Promise<JsFilesScanResult>")]
+pub fn scan_wal_files_async(paths: Vec<String>, buf_lsns: Vec<BigInt>, segment_size: u32, block_size: u32, threads: u32, progress: Option<&ScanProgress>) -> Result<AsyncTask<FilesScanTask>> {
+    if paths.len() != buf_lsns.len() {
+        return Err(Error::new(Status::InvalidArg, format!("scanWalFilesAsync: {} paths but {} LSNs", paths.len(), buf_lsns.len())));
+    }
+    if block_size == 0 || !block_size.is_power_of_two() || segment_size == 0 || !segment_size.is_multiple_of(block_size) {
+        return Err(Error::new(Status::InvalidArg, format!("scanWalFilesAsync: segment size {segment_size} is not a multiple of a block size {block_size}")));
+    }
+    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads as usize };
+    let files = paths.into_iter().zip(buf_lsns.iter()).map(|(path, l)| wal_files::SegmentInput { path, buf_lsn: u64_of(l) }).collect();
+    Ok(AsyncTask::new(FilesScanTask { files, segment_size, block_size, threads, progress: progress.map(|p| p.bytes.clone()).unwrap_or_default() }))
 }
 
 pub struct Sha256FileTask {

@@ -97,11 +97,11 @@ fn maxalign(n: usize) -> usize {
 }
 #[inline]
 fn u16le(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
 }
 #[inline]
 fn u32le(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
 }
 #[inline]
 fn u64le(b: &[u8], o: usize) -> u64 {
@@ -132,6 +132,47 @@ fn is_compressed(bimg_info: u8, major: u32) -> bool {
 
 /// Walk the fragment headers of a complete record (`rec` = exactly xl_tot_len bytes).
 pub fn check_record_layout(rec: &[u8], major: u32, block_size: u32) -> Result<Layout, String> {
+    decode_layout(rec, major, block_size).map_err(|e| e.to_string())
+}
+
+/// What DecodeXLogRecord refuses, kept small so that the hot path carries no formatting; the
+/// message (xlogreader.c's wording) is made only when a record is refused.
+#[derive(Debug, Clone, Copy)]
+pub enum LayoutError {
+    Short,
+    OutOfOrder(u8),
+    DataFlagNoData,
+    DataLenNoFlag(i64),
+    HoleBad { hole_offset: i64, hole_length: i64, bimg_len: i64 },
+    HoleMissing { hole_offset: i64, hole_length: i64 },
+    CompressedFull(i64),
+    NeitherHoleNorCompressed(i64),
+    SameRelWithoutRel,
+    InvalidBlockId(u8),
+}
+
+impl std::fmt::Display for LayoutError {
+    #[cold]
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            LayoutError::Short => write!(f, "record with invalid length"),
+            LayoutError::OutOfOrder(id) => write!(f, "out-of-order block_id {id}"),
+            LayoutError::DataFlagNoData => write!(f, "BKPBLOCK_HAS_DATA set, but no data included"),
+            LayoutError::DataLenNoFlag(n) => write!(f, "BKPBLOCK_HAS_DATA not set, but data length is {n}"),
+            LayoutError::HoleBad { hole_offset, hole_length, bimg_len } => {
+                write!(f, "BKPIMAGE_HAS_HOLE set, but hole offset {hole_offset} length {hole_length} block image length {bimg_len}")
+            }
+            LayoutError::HoleMissing { hole_offset, hole_length } => write!(f, "BKPIMAGE_HAS_HOLE not set, but hole offset {hole_offset} length {hole_length}"),
+            LayoutError::CompressedFull(n) => write!(f, "BKPIMAGE_COMPRESSED set, but block image length {n}"),
+            LayoutError::NeitherHoleNorCompressed(n) => write!(f, "neither BKPIMAGE_HAS_HOLE nor BKPIMAGE_COMPRESSED set, but block image length is {n}"),
+            LayoutError::SameRelWithoutRel => write!(f, "BKPBLOCK_SAME_REL set but no previous rel"),
+            LayoutError::InvalidBlockId(id) => write!(f, "invalid block_id {id}"),
+        }
+    }
+}
+
+#[inline]
+fn decode_layout(rec: &[u8], major: u32, block_size: u32) -> Result<Layout, LayoutError> {
     let tot_len = rec.len();
     let mut remaining = tot_len as i64 - SIZE_OF_XLOG_RECORD as i64;
     let mut datatotal: i64 = 0;
@@ -140,126 +181,118 @@ pub fn check_record_layout(rec: &[u8], major: u32, block_size: u32) -> Result<La
     let mut have_rel = false;
     let mut blocks = 0u32;
     let mut fpi_len = 0u32;
-    let short = || Err("record with invalid length".to_string());
+    let short = || Err(LayoutError::Short);
     let bs = block_size as i64;
     while remaining > datatotal {
         let id = rec[p];
         p += 1;
         remaining -= 1;
-        match id {
-            255 => {
-                if remaining < 1 {
-                    return short();
-                }
-                datatotal += rec[p] as i64;
-                remaining -= 1;
-                break;
+        // block references first, the common case (an if-chain: no indirect jump to mispredict)
+        if id <= 32 {
+            if (id as i32) <= max_block_id {
+                return Err(LayoutError::OutOfOrder(id));
             }
-            254 => {
-                if remaining < 4 {
-                    return short();
-                }
-                datatotal += u32le(rec, p) as i64;
-                remaining -= 4;
-                break;
+            max_block_id = id as i32;
+            blocks += 1;
+            if remaining < 3 {
+                return short();
             }
-            253 => {
-                if remaining < 2 {
-                    return short();
-                }
-                p += 2;
-                remaining -= 2;
+            let fork_flags = rec[p];
+            let data_len = u16le(rec, p + 1) as i64;
+            p += 3;
+            remaining -= 3;
+            let has_data = fork_flags & 0x20 != 0;
+            if has_data && data_len == 0 {
+                return Err(LayoutError::DataFlagNoData);
             }
-            252 if major >= 14 => {
-                if remaining < 4 {
-                    return short();
-                }
-                p += 4;
-                remaining -= 4;
+            if !has_data && data_len != 0 {
+                return Err(LayoutError::DataLenNoFlag(data_len));
             }
-            0..=32 => {
-                if (id as i32) <= max_block_id {
-                    return Err(format!("out-of-order block_id {id}"));
-                }
-                max_block_id = id as i32;
-                blocks += 1;
-                if remaining < 3 {
+            datatotal += data_len;
+            if fork_flags & 0x10 != 0 {
+                if remaining < 5 {
                     return short();
                 }
-                let fork_flags = rec[p];
-                let data_len = u16le(rec, p + 1) as i64;
-                p += 3;
-                remaining -= 3;
-                let has_data = fork_flags & 0x20 != 0;
-                if has_data && data_len == 0 {
-                    return Err("BKPBLOCK_HAS_DATA set, but no data included".into());
-                }
-                if !has_data && data_len != 0 {
-                    return Err(format!("BKPBLOCK_HAS_DATA not set, but data length is {data_len}"));
-                }
-                datatotal += data_len;
-                if fork_flags & 0x10 != 0 {
-                    if remaining < 5 {
-                        return short();
-                    }
-                    let bimg_len = u16le(rec, p) as i64;
-                    let hole_offset = u16le(rec, p + 2) as i64;
-                    let bimg_info = rec[p + 4];
-                    p += 5;
-                    remaining -= 5;
-                    let compressed = is_compressed(bimg_info, major);
-                    let has_hole = bimg_info & 0x01 != 0;
-                    let hole_length: i64;
-                    if compressed {
-                        if has_hole {
-                            if remaining < 2 {
-                                return short();
-                            }
-                            hole_length = u16le(rec, p) as i64;
-                            p += 2;
-                            remaining -= 2;
-                        } else {
-                            hole_length = 0;
+                let bimg_len = u16le(rec, p) as i64;
+                let hole_offset = u16le(rec, p + 2) as i64;
+                let bimg_info = rec[p + 4];
+                p += 5;
+                remaining -= 5;
+                let compressed = is_compressed(bimg_info, major);
+                let has_hole = bimg_info & 0x01 != 0;
+                let hole_length: i64;
+                if compressed {
+                    if has_hole {
+                        if remaining < 2 {
+                            return short();
                         }
+                        hole_length = u16le(rec, p) as i64;
+                        p += 2;
+                        remaining -= 2;
                     } else {
-                        hole_length = bs - bimg_len;
+                        hole_length = 0;
                     }
-                    datatotal += bimg_len;
-                    fpi_len += bimg_len as u32;
-                    if has_hole && (hole_offset == 0 || hole_length == 0 || bimg_len == bs) {
-                        return Err(format!(
-                            "BKPIMAGE_HAS_HOLE set, but hole offset {hole_offset} length {hole_length} block image length {bimg_len}"
-                        ));
-                    }
-                    if !has_hole && (hole_offset != 0 || hole_length != 0) {
-                        return Err(format!("BKPIMAGE_HAS_HOLE not set, but hole offset {hole_offset} length {hole_length}"));
-                    }
-                    if compressed && bimg_len == bs {
-                        return Err(format!("BKPIMAGE_COMPRESSED set, but block image length {bimg_len}"));
-                    }
-                    if !has_hole && !compressed && bimg_len != bs {
-                        return Err(format!(
-                            "neither BKPIMAGE_HAS_HOLE nor BKPIMAGE_COMPRESSED set, but block image length is {bimg_len}"
-                        ));
-                    }
+                } else {
+                    hole_length = bs - bimg_len;
                 }
-                if fork_flags & 0x80 == 0 {
-                    if remaining < 12 {
-                        return short();
-                    }
-                    p += 12;
-                    remaining -= 12;
-                    have_rel = true;
-                } else if !have_rel {
-                    return Err("BKPBLOCK_SAME_REL set but no previous rel".into());
+                datatotal += bimg_len;
+                fpi_len += bimg_len as u32;
+                if has_hole && (hole_offset == 0 || hole_length == 0 || bimg_len == bs) {
+                    return Err(LayoutError::HoleBad { hole_offset, hole_length, bimg_len });
                 }
-                if remaining < 4 {
+                if !has_hole && (hole_offset != 0 || hole_length != 0) {
+                    return Err(LayoutError::HoleMissing { hole_offset, hole_length });
+                }
+                if compressed && bimg_len == bs {
+                    return Err(LayoutError::CompressedFull(bimg_len));
+                }
+                if !has_hole && !compressed && bimg_len != bs {
+                    return Err(LayoutError::NeitherHoleNorCompressed(bimg_len));
+                }
+            }
+            if fork_flags & 0x80 == 0 {
+                if remaining < 12 {
                     return short();
                 }
-                p += 4;
-                remaining -= 4;
+                p += 12;
+                remaining -= 12;
+                have_rel = true;
+            } else if !have_rel {
+                return Err(LayoutError::SameRelWithoutRel);
             }
-            _ => return Err(format!("invalid block_id {id}")),
+            if remaining < 4 {
+                return short();
+            }
+            p += 4;
+            remaining -= 4;
+        } else if id == 255 {
+            if remaining < 1 {
+                return short();
+            }
+            datatotal += rec[p] as i64;
+            remaining -= 1;
+            break;
+        } else if id == 254 {
+            if remaining < 4 {
+                return short();
+            }
+            datatotal += u32le(rec, p) as i64;
+            remaining -= 4;
+            break;
+        } else if id == 253 {
+            if remaining < 2 {
+                return short();
+            }
+            p += 2;
+            remaining -= 2;
+        } else if id == 252 && major >= 14 {
+            if remaining < 4 {
+                return short();
+            }
+            p += 4;
+            remaining -= 4;
+        } else {
+            return Err(LayoutError::InvalidBlockId(id));
         }
     }
     if remaining != datatotal {
@@ -273,6 +306,19 @@ struct EndOfWal {
     message: String,
 }
 type Step<T> = Result<T, EndOfWal>;
+#[cold]
+#[inline(never)]
+fn crc_error(rec_lsn: u64) -> Step<()> {
+    eow(END_CRC_MISMATCH, format!("incorrect resource manager data checksum in record at {}", lsn_text(rec_lsn)))
+}
+
+#[cold]
+#[inline(never)]
+fn layout_error(e: LayoutError, rec_lsn: u64) -> Step<()> {
+    eow(END_BAD_RECORD_BODY, format!("{e} at {}", lsn_text(rec_lsn)))
+}
+
+#[cold]
 fn eow<T>(reason: u32, message: String) -> Step<T> {
     Err(EndOfWal { reason, message })
 }
@@ -547,30 +593,43 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
+    #[inline(always)]
     fn check_header_fields(&self, b: &[u8], off: usize, rec_lsn: u64) -> Step<()> {
-        check_tot_len(u32le(b, off), rec_lsn)?;
-        let rmid = b[off + 17];
-        if !is_valid_rmid(rmid, self.major) {
-            return eow(END_BAD_RECORD_HEADER, format!("invalid resource manager ID {rmid} at {}", lsn_text(rec_lsn)));
-        }
-        let prev = u64le(b, off + 8);
-        let bad = if self.random_access { prev >= rec_lsn } else { prev != self.prev_record_lsn };
-        if bad {
-            return eow(END_PREV_MISMATCH, format!("record with incorrect prev-link {} at {}", lsn_text(prev), lsn_text(rec_lsn)));
+        let h = &b[off..off + SIZE_OF_XLOG_RECORD];
+        let tot_len = u32le(h, 0);
+        let rmid = h[17];
+        let prev = u64le(h, 8);
+        let bad_prev = if self.random_access { prev >= rec_lsn } else { prev != self.prev_record_lsn };
+        if (tot_len as usize) < SIZE_OF_XLOG_RECORD || tot_len > MAX_RECORD_LENGTH || !is_valid_rmid(rmid, self.major) || bad_prev {
+            return self.header_error(h, rec_lsn);
         }
         Ok(())
     }
 
+    /// the first failed header check, in xlogreader's order (off the hot path)
+    #[cold]
+    #[inline(never)]
+    fn header_error(&self, h: &[u8], rec_lsn: u64) -> Step<()> {
+        check_tot_len(u32le(h, 0), rec_lsn)?;
+        let rmid = h[17];
+        if !is_valid_rmid(rmid, self.major) {
+            return eow(END_BAD_RECORD_HEADER, format!("invalid resource manager ID {rmid} at {}", lsn_text(rec_lsn)));
+        }
+        let prev = u64le(h, 8);
+        eow(END_PREV_MISMATCH, format!("record with incorrect prev-link {} at {}", lsn_text(prev), lsn_text(rec_lsn)))
+    }
+
+    #[inline(always)]
     fn complete_record(&mut self, rec: &[u8], rec_lsn: u64, flags: u8, next_pos: Option<usize>) -> Step<()> {
         let tot_len = rec.len();
         let stored = u32le(rec, 20);
         let computed = record_crc(&rec[SIZE_OF_XLOG_RECORD..], &rec[..XL_CRC_COVERED]);
         if computed != stored {
-            return eow(END_CRC_MISMATCH, format!("incorrect resource manager data checksum in record at {}", lsn_text(rec_lsn)));
+            return crc_error(rec_lsn);
         }
-        let layout = match check_record_layout(rec, self.major, self.block_size) {
+        let layout = match decode_layout(rec, self.major, self.block_size) {
             Ok(l) => l,
-            Err(e) => return eow(END_BAD_RECORD_BODY, format!("{e} at {}", lsn_text(rec_lsn))),
+            Err(e) => return layout_error(e, rec_lsn),
         };
         let xid = u32le(rec, 4);
         let info = rec[16];
@@ -739,17 +798,24 @@ impl<'a> Scanner<'a> {
     }
 }
 
+#[inline(always)]
 fn check_tot_len(tot_len: u32, rec_lsn: u64) -> Step<()> {
+    if (tot_len as usize) < SIZE_OF_XLOG_RECORD || tot_len > MAX_RECORD_LENGTH {
+        return tot_len_error(tot_len, rec_lsn);
+    }
+    Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn tot_len_error(tot_len: u32, rec_lsn: u64) -> Step<()> {
     if tot_len == 0 {
         return eow(END_ZEROED, format!("invalid record length at {}: wanted 24, got 0", lsn_text(rec_lsn)));
     }
     if (tot_len as usize) < SIZE_OF_XLOG_RECORD {
         return eow(END_BAD_RECORD_HEADER, format!("invalid record length at {}: wanted 24, got {tot_len}", lsn_text(rec_lsn)));
     }
-    if tot_len > MAX_RECORD_LENGTH {
-        return eow(END_BAD_RECORD_HEADER, format!("record length {tot_len} at {} too long", lsn_text(rec_lsn)));
-    }
-    Ok(())
+    eow(END_BAD_RECORD_HEADER, format!("record length {tot_len} at {} too long", lsn_text(rec_lsn)))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32c as tsCrc32c } from '../formats/crc32c.js';
 import { scanWal as tsScanWal } from '../formats/wal/scan.js';
-import { endReasonFromCode, type ScanCarry, type ScanOptions, type ScanResult } from '../formats/wal/contract.js';
+import { endReasonFromCode, type FilesScanResult, type ScanCarry, type ScanOptions, type ScanResult } from '../formats/wal/contract.js';
 
 /**
  * The binding's types are the ones napi generates from native/src/lib.rs (`napi build --dts`, into
@@ -231,7 +231,15 @@ export interface Implementation {
   mapFile?(path: string, length: number): Promise<MappedFile>;
   /** native only: scan a mapped file on the thread pool */
   scanMapped?(map: MappedFile, options: ScanOptions): Promise<ScanResult>;
+  /** native only: scan consecutive whole files for statistics, one thread per core */
+  scanFiles?(files: Array<{ path: string; bufLsn: bigint }>, segmentSize: number, blockSize: number, onBytes?: (bytesDone: number) => void): Promise<FilesScanResult>;
 }
+
+/** threads for a multi-file scan: PGHA_SCAN_THREADS, or 0 = one per core (decided by the addon) */
+const scanThreads = (): number => {
+  const n = Number(process.env.PGHA_SCAN_THREADS ?? 0);
+  return Number.isInteger(n) && n >= 0 && n <= 256 ? n : 0;
+};
 
 export const tsImplementation: Implementation = {
   name: 'typescript',
@@ -251,6 +259,25 @@ export const nativeImplementation: Implementation | null = binding
         scanWalAsync: async (buf: Uint8Array, options: ScanOptions) => resultFromJs(await b.scanWalAsync(asBuffer(buf), optionsToJs(options))),
         mapFile: (path: string, length: number) => b.mapWalFileAsync(path, length),
         scanMapped: async (map: MappedFile, options: ScanOptions) => resultFromJs(await b.scanMappedAsync(map, optionsToJs(options))),
+        scanFiles: async (files, segmentSize, blockSize, onBytes) => {
+          const progress = onBytes ? new b.ScanProgress() : undefined;
+          const timer = onBytes ? setInterval(() => onBytes(progress!.bytes), 200) : undefined;
+          try {
+            const r = await b.scanWalFilesAsync(files.map((f) => f.path), files.map((f) => f.bufLsn), segmentSize, blockSize, scanThreads(), progress);
+            return {
+              count: r.count,
+              stats: r.stats,
+              firstRecordLsn: r.firstRecordLsn ?? null,
+              lastRecordLsn: r.lastRecordLsn ?? null,
+              carry: r.carry ? { ...r.carry, partial: r.carry.partial ?? null } : null,
+              end: r.endLsn !== undefined && r.endReason !== undefined ? { lsn: r.endLsn, reason: endReasonFromCode(r.endReason), message: r.endMessage ?? '' } : null,
+              filesScanned: r.filesScanned,
+              bytesScanned: r.bytesScanned,
+            };
+          } finally {
+            clearInterval(timer);
+          }
+        },
       } satisfies Implementation;
     })()
   : null;

@@ -5,7 +5,6 @@
  * the libuv pool while the main thread reads segment N+1 into the other buffer, so both cores work.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { WalFormatError } from '../formats/errors.js';
 import { formatLsn, segmentOf, segmentStartLsn, type Lsn } from '../formats/lsn.js';
 import { KNOWN_PAGE_MAGICS_TEXT, SUPPORTED_RANGE, majorFromPageMagic, type PgMajor } from '../formats/versions.js';
@@ -13,11 +12,12 @@ import {
   STATS_ENTRY_SIZE,
   STATS_SLOTS,
   type EndReason,
+  type FilesScanResult,
   type ScanCarry,
   type ScanOptions,
   type ScanResult,
 } from '../formats/wal/contract.js';
-import { recordEntry, type BufferedRange } from '../formats/wal/record.js';
+import type { BufferedRange } from '../formats/wal/record.js';
 import type { MappedFile } from '../native/index.js';
 import type { SegmentFile } from './segments.js';
 
@@ -27,7 +27,10 @@ export interface ScanImplementation {
   /** map files instead of reading them (native addon; used when no visitor needs the bytes) */
   mapFile?(path: string, length: number): Promise<MappedFile>;
   scanMapped?(map: MappedFile, options: ScanOptions): Promise<ScanResult>;
+  /** scan consecutive whole files for statistics on several threads (native addon; see native/src/wal_files.rs) */
+  scanFiles?(files: Array<{ path: string; bufLsn: Lsn }>, segmentSize: number, blockSize: number, onBytes?: (bytesDone: number) => void): Promise<FilesScanResult>;
 }
+
 
 /** What a visitor gets for each scanned segment (valid only during the callback). */
 export interface SegmentVisit {
@@ -85,8 +88,6 @@ export interface StreamScanSummary {
 }
 
 const PAGE_PROBE = 40;
-/** concurrent chains for a directory scan: map+scan tasks on the libuv pool (4 threads by default) */
-const PARALLEL_CHAINS = Number(process.env.PGHA_SCAN_CHAINS ?? 4);
 
 /** Read the long page header at the start of a segment file: segment size and block size. */
 export function probeSegmentHeader(path: string): { magic: number; segmentSize: number; blockSize: number; systemId: bigint; tli: number; pageaddr: bigint } {
@@ -201,25 +202,18 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
   let done = 0;
   const progress = (bytes: number) => opts.onProgress?.(++done, total, bytes);
 
-  const mapped = opts.impl.mapFile !== undefined && opts.impl.scanMapped !== undefined && !opts.onSegment;
-  // Two chains on two cores: the second half is scanned from a fresh start (skipping a continued
-  // record, random-access prev rule) while the first half runs, then the boundary is re-checked
-  // sequentially with the first half's carry. Only the common stats case, where it pays off.
-  const parallel = mapped && opts.parallel !== false && opts.start === undefined && opts.end === undefined && total >= 8 && availableParallelism() > 1;
+  // The common --stats case over whole files: the addon scans them on one thread per core (pieces
+  // from fresh starts, joined by re-checking each boundary in sequence; native/src/wal_files.rs).
+  const parallel = opts.impl.scanFiles !== undefined && !opts.onSegment && opts.parallel !== false && opts.start === undefined && opts.end === undefined && total >= 4;
   let result: ChainResult;
   if (parallel) {
-    // split points; every chain after the first starts fresh and is joined to the one before it
-    const chains = Math.min(PARALLEL_CHAINS, Math.floor(total / 4));
-    const bounds = Array.from({ length: chains + 1 }, (_, j) => startIndex + Math.floor((total * j) / chains));
-    const parts = await Promise.all(bounds.slice(0, -1).map((from, j) => runChain(opts, files, from, bounds[j + 1], null, blockSize, progress)));
-    result = parts[0];
-    for (let j = 1; j < chains; j++) {
-      const k = bounds[j];
-      const joined = await joinChains(opts, files, k, result, parts[j], blockSize);
-      // the fresh start did not line up with the sequential state (damaged WAL): rescan sequentially
-      result = joined ?? mergeChains(result, await runChain(opts, files, k, files.length, result.carry, blockSize, () => undefined));
-      if (!joined || result.end) break;
-    }
+    const run = files.slice(startIndex).map((f) => ({ path: f.path, bufLsn: segmentStartLsn(f.segno, segmentSize) }));
+    const onBytes = opts.onProgress ? (bytes: number) => opts.onProgress!(Math.min(total, Math.floor(bytes / segmentSize)), total, bytes) : undefined;
+    const r = await opts.impl.scanFiles!(run, segmentSize, blockSize, onBytes);
+    const stats = new Float64Array(STATS_SLOTS * 3);
+    addStats(stats, r.stats);
+    result = { count: r.count, stats, first: r.firstRecordLsn, last: r.lastRecordLsn, carry: r.carry, end: r.end, filesScanned: r.filesScanned, bytesScanned: r.bytesScanned };
+    opts.onProgress?.(r.filesScanned, total, r.bytesScanned);
   } else {
     result = await runChain(opts, files, startIndex, files.length, null, blockSize, progress);
   }
@@ -245,63 +239,6 @@ export async function scanWalStream(opts: StreamScanOptions): Promise<StreamScan
     setEnd(summary, at, 'end-of-files', `no WAL file after ${lastFile.name}`, files, segmentSize);
   }
   return summary;
-}
-
-/** `b` continues `a` at files[k]: verify the boundary sequentially and merge, or null if it does not fit */
-async function joinChains(opts: StreamScanOptions, files: SegmentFile[], k: number, a: ChainResult, b: ChainResult, blockSize: number): Promise<ChainResult | null> {
-  if (a.end || !a.carry) return a; // valid WAL ended in the first half
-  if (b.count === 0 || b.first === null) return null;
-  // re-read the start of files[k] with the first half's state, up to and including b's first record
-  const f = files[k];
-  const usable = Math.min(f.size, opts.segmentSize);
-  const map = await opts.impl.mapFile!(f.path, usable - (usable % blockSize));
-  let s: ScanResult;
-  try {
-    s = await opts.impl.scanMapped!(map, {
-      bufLsn: segmentStartLsn(f.segno, opts.segmentSize),
-      carry: a.carry,
-      mode: 'records',
-      endLsn: b.first + 1n,
-    });
-  } finally {
-    map.release();
-  }
-  if (s.end || !s.reachedEndLsn || s.lastRecordLsn !== b.first) return null; // let the sequential scan decide
-  // the last record of the stitch is b's first record: count it once
-  const lastEntry = recordEntry(s.records, s.count - 1);
-  const totLen = lastEntry.totLen;
-  const fpi = lastEntry.fpiLen;
-  const slot = lastEntry.rmid * 16 + (lastEntry.info >> 4);
-  const stitch: ChainResult = {
-    count: s.count - 1,
-    stats: new Float64Array(STATS_SLOTS * 3),
-    first: s.count > 1 ? s.firstRecordLsn : null,
-    last: s.count > 1 ? recordEntry(s.records, s.count - 2).lsn : null,
-    carry: s.carry,
-    end: null,
-    filesScanned: 0,
-    bytesScanned: 0,
-  };
-  addStats(stitch.stats, s.stats);
-  stitch.stats[slot * 3] -= 1;
-  stitch.stats[slot * 3 + 1] -= totLen - fpi;
-  stitch.stats[slot * 3 + 2] -= fpi;
-  return mergeChains(mergeChains(a, stitch), b);
-}
-
-function mergeChains(a: ChainResult, b: ChainResult): ChainResult {
-  const stats = new Float64Array(a.stats);
-  for (let i = 0; i < stats.length; i++) stats[i] += b.stats[i];
-  return {
-    count: a.count + b.count,
-    stats,
-    first: a.first ?? b.first,
-    last: b.last ?? a.last,
-    carry: b.carry ?? a.carry,
-    end: b.end,
-    filesScanned: a.filesScanned + b.filesScanned,
-    bytesScanned: a.bytesScanned + b.bytesScanned,
-  };
 }
 
 /** Scan files[from, to) in order, starting from `carry` (null: a fresh start at files[from]). */

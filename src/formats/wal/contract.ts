@@ -130,3 +130,15 @@ export interface Crc32c {
   /** PostgreSQL CRC-32C (finalized). `init` is a previous finalized result to continue from. */
   crc32c(data: Uint8Array, init?: number): number;
 }
+
+/** what a multi-threaded scan of whole files found: the result of one sequential pass over them */
+export interface FilesScanResult {
+  count: number;
+  stats: Buffer;
+  firstRecordLsn: bigint | null;
+  lastRecordLsn: bigint | null;
+  carry: ScanCarry | null;
+  end: { lsn: bigint; reason: EndReason; message: string } | null;
+  filesScanned: number;
+  bytesScanned: number;
+}
