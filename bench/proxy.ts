@@ -92,7 +92,7 @@ function canConnect(port: number): Promise<boolean> {
 }
 
 /** pgha-proxy through the tests' helper (child process, admin port, ready once it routes to the primary) */
-const proxyFor = (pgPort: number, relay: 'native' | 'node') => startProxy([pgPort], ['--backend-sslmode', 'disable', '--relay', relay, '--log-level', 'warn']);
+const proxyFor = (pgPort: number, relay: 'native' | 'node', extra: string[] = []) => startProxy([pgPort], ['--backend-sslmode', 'disable', '--relay', relay, '--log-level', 'warn', ...extra]);
 
 /** pid of the pgbouncer process (sh execs setpriv, which execs pgbouncer: the same pid) */
 function pgbouncerPid(proc: ChildProcess): number {
@@ -134,14 +134,17 @@ try {
   pgbench(c.port, ['-i', '-s', '10', '-q']);
   const bouncer = await startPgbouncer(c.port);
   const proxy = await proxyFor(c.port, 'native');
-  // the same proxy with its Node relay only, for the select-only cases: what the Rust relay buys
+  // variants for the select-only cases: the proxy with its Node relay only (what the Rust relay
+  // buys), and with one relay thread (PgBouncer's shape) instead of one per core
   const nodeRelay = await proxyFor(c.port, 'node');
-  const targets: Array<[string, number]> = [['direct', c.port], ['pgbouncer', bouncer.port], ['pgha-proxy', proxy.port], ['pgha-proxy node relay', nodeRelay.port]];
+  const oneThread = await proxyFor(c.port, 'native', ['--relay-threads', '1']);
+  const VARIANTS = ['pgha-proxy node relay', 'pgha-proxy 1 relay thread'];
+  const targets: Array<[string, number]> = [['direct', c.port], ['pgbouncer', bouncer.port], ['pgha-proxy', proxy.port], ['pgha-proxy node relay', nodeRelay.port], ['pgha-proxy 1 relay thread', oneThread.port]];
   const tps: Record<string, number[]> = {};
   /** CPU µs per transaction of the proxy process itself (pgha-proxy, PgBouncer) */
   const cpuPerTx: Record<string, number[]> = {};
   const bouncerPid0 = pgbouncerPid(bouncer.proc);
-  const pidOf: Record<string, number | null> = { direct: null, pgbouncer: bouncerPid0, 'pgha-proxy': proxy.pid, 'pgha-proxy node relay': nodeRelay.pid };
+  const pidOf: Record<string, number | null> = { direct: null, pgbouncer: bouncerPid0, 'pgha-proxy': proxy.pid, 'pgha-proxy node relay': nodeRelay.pid, 'pgha-proxy 1 relay thread': oneThread.pid };
   const cases: Array<[string, string[]]> = [];
   for (const mode of ['simple', 'extended', 'prepared']) {
     cases.push([`select-only ${mode}`, ['-S', '-M', mode, '-c', '16', '-j', '2']]);
@@ -151,7 +154,7 @@ try {
   for (let r = 0; r < rounds; r++) {
     for (const [label, args] of cases) {
       for (const [t, port] of r % 2 ? [...targets].reverse() : targets) {
-        if (t === 'pgha-proxy node relay' && !/^select-only (simple|prepared)$/.test(label)) continue;
+        if (VARIANTS.includes(t) && !/^select-only (simple|prepared)$/.test(label)) continue;
         const pid = pidOf[t];
         const cpu0 = pid ? cpuMs(pid) : 0;
         const out = pgbench(port, [...args, '-T', String(secs), '-n']);
@@ -191,15 +194,18 @@ try {
     const b = median(tps[`${label}|pgbouncer`]);
     const p = median(tps[`${label}|pgha-proxy`]);
     const cpu = (t: string) => median(cpuPerTx[`${label}|${t}`] ?? [NaN]);
-    const nodeTps = tps[`${label}|pgha-proxy node relay`];
+    const variant = (t: string) => (tps[`${label}|${t}`] ? { tps: median(tps[`${label}|${t}`]), cpuUsPerTx: cpu(t) } : null);
     return {
-      nodeRelay: nodeTps ? { tps: median(nodeTps), cpuUsPerTx: cpu('pgha-proxy node relay') } : null, case: label, direct: d, pgbouncer: b, proxy: p, proxyVsDirect: p / d, pgbouncerVsDirect: b / d, proxyVsPgbouncer: p / b, cpuUsPerTx: { pgbouncer: cpu('pgbouncer'), proxy: cpu('pgha-proxy') } };
+      nodeRelay: variant('pgha-proxy node relay'),
+      oneRelayThread: variant('pgha-proxy 1 relay thread'),
+      case: label, direct: d, pgbouncer: b, proxy: p, proxyVsDirect: p / d, pgbouncerVsDirect: b / d, proxyVsPgbouncer: p / b, cpuUsPerTx: { pgbouncer: cpu('pgbouncer'), proxy: cpu('pgha-proxy') } };
   });
   const result = {
     date: new Date().toISOString(),
     command: `npx tsx bench/proxy.ts ${secs} ${rounds}`,
     machine: `${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores, PostgreSQL ${c.psql('SHOW server_version').trim()}, PgBouncer ${execFileSync(pgbouncerBin(), ['--version'], { encoding: 'utf8' }).split('\n')[0]}`,
     pgbench: 'scale 10, -c 16 -j 2, TCP 127.0.0.1',
+    relayThreads: 'pgha-proxy: default (one per core, at most 4); variant: --relay-threads 1',
     rows,
     rss: { proxyStartKiB: proxyRssStart, proxy1000IdleKiB: proxyRss1000, pgbouncerStartKiB: bouncerRssStart, pgbouncer1000IdleKiB: bouncerRss1000, error: idleError },
   };
@@ -209,9 +215,11 @@ try {
   console.log('|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) console.log(`| ${r.case} | ${r.direct.toFixed(0)} | ${r.pgbouncer.toFixed(0)} | ${r.proxy.toFixed(0)} | ${r.proxyVsDirect.toFixed(2)} | ${r.pgbouncerVsDirect.toFixed(2)} | ${r.proxyVsPgbouncer.toFixed(2)} | ${r.cpuUsPerTx.pgbouncer.toFixed(1)} | ${r.cpuUsPerTx.proxy.toFixed(1)} |`);
   for (const r of rows) if (r.nodeRelay) console.log(`${r.case}: pgha-proxy with --relay node ${r.nodeRelay.tps.toFixed(0)} tps, ${r.nodeRelay.cpuUsPerTx.toFixed(1)} CPU µs/tx`);
+  for (const r of rows) if (r.oneRelayThread) console.log(`${r.case}: pgha-proxy with --relay-threads 1 ${r.oneRelayThread.tps.toFixed(0)} tps (${(r.oneRelayThread.tps / r.pgbouncer).toFixed(2)}× PgBouncer), ${r.oneRelayThread.cpuUsPerTx.toFixed(1)} CPU µs/tx`);
   console.log(`\nRSS: pgha-proxy ${(proxyRssStart / 1024).toFixed(0)} MiB at start, ${(proxyRss1000 / 1024).toFixed(0)} MiB with 1000 idle clients; PgBouncer ${(bouncerRssStart / 1024).toFixed(1)} MiB, ${(bouncerRss1000 / 1024).toFixed(1)} MiB`);
   await proxy.stop();
   await nodeRelay.stop();
+  await oneThread.stop();
   bouncer.proc.kill('SIGTERM');
   process.kill(bouncerPid, 'SIGTERM');
 } finally {

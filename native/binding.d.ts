@@ -7,9 +7,12 @@ export declare class MappedWal {
   release(): void
 }
 
-/** The proxy's native relay: one thread with an epoll loop for every handed-over session. */
+/**
+ * The proxy's native relay: epoll loops on their own threads (`threads`, default 1) carrying the
+ * handed-over sessions.
+ */
 export declare class ProxyRelay {
-  constructor(onEvent: (event: JsRelayEvent) => void)
+  constructor(onEvent: (event: JsRelayEvent) => void, threads?: number)
   /** take over a session (the descriptors are duplicated; the caller keeps its own) */
   add(id: number, clientFd: number, backendFd: number, maxFrontendLength: number): void
   /**

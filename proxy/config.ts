@@ -2,6 +2,7 @@
  * pgha-proxy configuration: a JSON file (--config) overlaid by command-line flags. Every value is
  * checked here so a bad one is one clear line before anything listens.
  */
+import { availableParallelism } from 'node:os';
 import { readFileSync, statSync } from 'node:fs';
 import { BACKEND_SSL_MODES, addressText, type BackendAddress, type BackendSslMode, type BackendTls } from './backend/connect.js';
 import type { HealthCredentials } from './health/probe.js';
@@ -44,6 +45,8 @@ export interface ProxyConfig {
   logLevel: string;
   /** who moves a session's bytes after startup: the native relay (default when built) or Node */
   relay: 'native' | 'node';
+  /** epoll loops (threads) of the native relay; sessions are spread over them */
+  relayThreads: number;
   /** keep a physical slot for every member on the primary (and copies on the standbys) */
   memberSlots: boolean;
   /** manage synchronous_standby_names on the primary: off (as configured), on, strict */
@@ -131,6 +134,7 @@ export interface ProxyFlags {
   readMaxLag?: string | number;
   logLevel?: string;
   relay?: string;
+  relayThreads?: string | number;
   memberSlots?: boolean;
   synchronousMode?: string;
   synchronousCount?: string | number;
@@ -266,6 +270,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     readMaxLagBytes: int(f.readMaxLag, '--read-max-lag', 0, 16 * 1024 * 1024),
     logLevel: f.logLevel ?? env.PGHA_LOG_LEVEL ?? 'info',
     relay: relayMode(f.relay ?? (env.PGHA_NATIVE === '0' ? 'node' : 'native')),
+    relayThreads: int(f.relayThreads, '--relay-threads', 1, Math.min(4, availableParallelism())),
     memberSlots: f.memberSlots !== false,
     synchronousMode: synchronousMode(f.synchronousMode ?? 'off'),
     synchronousCount: int(f.synchronousCount, '--synchronous-count', 1, 1),

@@ -155,7 +155,7 @@ export class ProxyServer implements ProxyContext {
           }
         : undefined,
     });
-    this.relay = cfg.relay === 'native' ? nativeProxyRelay((e) => this.nativeSessions.get(e.id)?.onRelayEvent(e)) : null;
+    this.relay = cfg.relay === 'native' ? nativeProxyRelay((e) => this.nativeSessions.get(e.id)?.onRelayEvent(e), cfg.relayThreads) : null;
     if (cfg.relay === 'native' && !this.relay) this.log.warn('native relay unavailable (addon not built): relaying in Node');
     this.pool = cfg.pool ? this.makePool(cfg.pool) : null;
     this.readers = new ReaderRouter({ primary: () => this.monitor.primary, backends: () => this.monitor.backends, sessionsOn: (n) => this.sessionsOn(n) }, cfg.readMaxLagBytes);

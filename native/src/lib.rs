@@ -406,7 +406,8 @@ impl relay::EventSink for TsfnSink {
     }
 }
 
-/// The proxy's native relay: one thread with an epoll loop for every handed-over session.
+/// The proxy's native relay: epoll loops on their own threads (`threads`, default 1) carrying the
+/// handed-over sessions.
 #[napi]
 pub struct ProxyRelay {
     inner: relay::Relay,
@@ -414,9 +415,10 @@ pub struct ProxyRelay {
 
 #[napi]
 impl ProxyRelay {
-    #[napi(constructor, ts_args_type = "onEvent: (event: JsRelayEvent) => void")]
-    pub fn new(on_event: RelayCallback) -> Result<Self> {
-        let inner = relay::Relay::start(Box::new(TsfnSink(on_event))).map_err(|e| Error::from_reason(format!("relay: {e}")))?;
+    #[napi(constructor, ts_args_type = "onEvent: (event: JsRelayEvent) => void, threads?: number")]
+    pub fn new(on_event: RelayCallback, threads: Option<u32>) -> Result<Self> {
+        let threads = threads.unwrap_or(1).clamp(1, 64) as usize;
+        let inner = relay::Relay::start(std::sync::Arc::new(TsfnSink(on_event)), threads).map_err(|e| Error::from_reason(format!("relay: {e}")))?;
         Ok(ProxyRelay { inner })
     }
 

@@ -45,7 +45,7 @@ pub struct RelayEvent {
     pub busy: bool,
 }
 
-pub trait EventSink: Send + 'static {
+pub trait EventSink: Send + Sync + 'static {
     fn emit(&self, e: RelayEvent);
 }
 
@@ -249,23 +249,35 @@ impl Drain {
     }
 }
 
-pub struct Relay {
+/// One epoll loop on its own thread.
+struct Loop {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
-    pub counters: Arc<Counters>,
-    statuses: Arc<Mutex<HashMap<u32, Arc<AtomicU8>>>>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// The relay: `threads` epoll loops, each carrying the sessions whose id it is given (id modulo the
+/// number of loops). One loop is PgBouncer's shape; with more, a loop that the scheduler has put
+/// aside on a busy machine holds up only its own sessions.
+pub struct Relay {
+    loops: Vec<Loop>,
+    pub counters: Arc<Counters>,
+    statuses: Arc<Mutex<HashMap<u32, Arc<AtomicU8>>>>,
+}
+
 impl Relay {
-    pub fn start(sink: Box<dyn EventSink>) -> std::io::Result<Relay> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = mpsc::channel();
+    pub fn start(sink: Arc<dyn EventSink>, threads: usize) -> std::io::Result<Relay> {
         let counters = Arc::new(Counters::default());
-        let c = counters.clone();
-        let thread = std::thread::Builder::new().name("pgha-relay".into()).spawn(move || run(poll, rx, sink, c))?;
-        Ok(Relay { tx, waker, counters, statuses: Arc::new(Mutex::new(HashMap::new())), thread: Some(thread) })
+        let mut loops = Vec::new();
+        for i in 0..threads.max(1) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (tx, rx) = mpsc::channel();
+            let (c, sink) = (counters.clone(), sink.clone());
+            let thread = std::thread::Builder::new().name(format!("pgha-relay-{i}")).spawn(move || run(poll, rx, sink, c))?;
+            loops.push(Loop { tx, waker, thread: Some(thread) });
+        }
+        Ok(Relay { loops, counters, statuses: Arc::new(Mutex::new(HashMap::new())) })
     }
 
     /// take over a session; the descriptors are duplicated, the caller keeps (and later closes) its own
@@ -283,27 +295,33 @@ impl Relay {
         let backend = dup(backend_fd)?;
         let status = Arc::new(AtomicU8::new(b'I'));
         self.statuses.lock().unwrap().insert(id, status.clone());
-        self.send(Command::Add { id, client, backend, max_frontend, status })
+        self.send(id, Command::Add { id, client, backend, max_frontend, status })
     }
 
     pub fn finish(&self, id: u32, to_client: Option<Vec<u8>>, to_backend: Option<Vec<u8>>) -> std::io::Result<()> {
         self.statuses.lock().unwrap().remove(&id);
-        self.send(Command::Finish { id, to_client, to_backend })
+        self.send(id, Command::Finish { id, to_client, to_backend })
     }
 
     pub fn tx_status(&self, id: u32) -> Option<u8> {
         self.statuses.lock().unwrap().get(&id).map(|s| s.load(Ordering::Relaxed))
     }
 
-    fn send(&self, c: Command) -> std::io::Result<()> {
-        self.tx.send(c).map_err(|_| std::io::Error::other("relay thread is gone"))?;
-        self.waker.wake()
+    fn send(&self, id: u32, c: Command) -> std::io::Result<()> {
+        let l = &self.loops[id as usize % self.loops.len()];
+        l.tx.send(c).map_err(|_| std::io::Error::other("relay thread is gone"))?;
+        l.waker.wake()
     }
 
     pub fn stop(&mut self) {
-        let _ = self.send(Command::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        for l in &self.loops {
+            let _ = l.tx.send(Command::Stop);
+            let _ = l.waker.wake();
+        }
+        for l in &mut self.loops {
+            if let Some(t) = l.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -322,7 +340,7 @@ const TERMINATE: u8 = b'X';
 const COPY_DONE: u8 = b'c';
 const COPY_FAIL: u8 = b'f';
 
-fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Box<dyn EventSink>, counters: Arc<Counters>) {
+fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn EventSink>, counters: Arc<Counters>) {
     let mut events = Events::with_capacity(1024);
     let mut sessions: HashMap<u32, Session> = HashMap::new();
     // finished sessions' sockets with bytes still to write, by token

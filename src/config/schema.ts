@@ -169,6 +169,7 @@ export const PROXY_SETTINGS = {
   readMaxLag: int(0).optional(),
   logLevel: oneOf('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent').optional(),
   relay: oneOf('native', 'node').optional(),
+  relayThreads: int(1).optional(),
   memberSlots: bool().optional(),
   synchronousMode: oneOf('off', 'on', 'strict').optional(),
   synchronousCount: int(1).optional(),

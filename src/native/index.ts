@@ -48,9 +48,9 @@ export type RelayEvent = import('../../native/binding.js').JsRelayEvent;
 export type ProxyRelay = InstanceType<Binding['ProxyRelay']>;
 
 /** the native relay, or null without the addon (the proxy then relays in TypeScript) */
-export function nativeProxyRelay(onEvent: (e: RelayEvent) => void): ProxyRelay | null {
+export function nativeProxyRelay(onEvent: (e: RelayEvent) => void, threads = 1): ProxyRelay | null {
   if (!warned) warnFallback();
-  return binding?.ProxyRelay ? new binding.ProxyRelay(onEvent) : null;
+  return binding?.ProxyRelay ? new binding.ProxyRelay(onEvent, threads) : null;
 }
 
 interface PackageJson {

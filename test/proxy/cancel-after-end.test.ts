@@ -23,7 +23,7 @@ import { serialize } from 'pg-protocol';
 import { describe, expect, it } from 'vitest';
 import { sleep, waitFor } from '../harness/cluster.js';
 import { trustLogin } from '../support/raw-client.js';
-import { serverBehindBothRelays } from '../support/proxy.js';
+import { serverBehindBothRelays } from '../support/both-relays.js';
 
 const run = promisify(execFile);
 const SESSIONS = Number(process.env.PGHA_CANCEL_SESSIONS ?? 200);

@@ -12,7 +12,7 @@ import { serialize } from 'pg-protocol';
 import { describe, expect, it } from 'vitest';
 import { sleep, waitFor } from '../harness/cluster.js';
 import { trustLogin, type TrustSession } from '../support/raw-client.js';
-import { serverBehindBothRelays } from '../support/proxy.js';
+import { serverBehindBothRelays } from '../support/both-relays.js';
 
 const rig = serverBehindBothRelays({ name: 'proxy-copy-cancel', conf: { log_line_prefix: '%m [%p] ' }, setup: (s) => s.psql('CREATE TABLE copy_target (a int, b text)') });
 const { proxies, serverLog } = rig;

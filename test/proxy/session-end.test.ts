@@ -11,7 +11,8 @@ import { promisify } from 'node:util';
 import { serialize } from 'pg-protocol';
 import { describe, expect, it } from 'vitest';
 import { sleep, waitFor } from '../harness/cluster.js';
-import { serverBehindBothRelays, type RunningProxy } from '../support/proxy.js';
+import { serverBehindBothRelays } from '../support/both-relays.js';
+import type { RunningProxy } from '../support/proxy.js';
 import { rawSession } from '../support/raw-client.js';
 
 const run = promisify(execFile);

@@ -7,8 +7,7 @@ import { mkdtempSync, openSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll } from 'vitest';
-import { cleanupAll, freePort, PgCluster, waitFor } from '../harness/cluster.js';
+import { freePort, waitFor } from '../harness/cluster.js';
 import type { ProxyStatus } from '../../proxy/server.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -114,39 +113,5 @@ export async function startProxy(backends: Array<number | string>, extra: string
       await gone;
       clearTimeout(t);
     },
-  };
-}
-
-export type Relay = 'native' | 'node';
-
-/**
- * One PostgreSQL server with a pgha-proxy per relay (native and Node) in front, for the tests that
- * compare what the server sees through each relay with a direct connection. Registers its own
- * beforeAll/afterAll; `server` is there once beforeAll ran.
- */
-export function serverBehindBothRelays(opts: { name: string; conf?: Record<string, string | number | boolean>; setup?: (server: PgCluster) => void }): {
-  readonly server: PgCluster;
-  proxies: Record<Relay, RunningProxy>;
-  serverLog(): string;
-} {
-  let server: PgCluster | null = null;
-  const proxies = {} as Record<Relay, RunningProxy>;
-  beforeAll(async () => {
-    server = await PgCluster.init({ name: opts.name, conf: opts.conf });
-    await server.start();
-    opts.setup?.(server);
-    for (const relay of ['native', 'node'] as const) proxies[relay] = await startProxy([server.port], ['--backend-sslmode', 'disable', '--relay', relay]);
-  }, 120_000);
-  afterAll(async () => {
-    for (const p of Object.values(proxies)) await p?.stop();
-    await cleanupAll();
-  });
-  return {
-    get server() {
-      if (!server) throw new Error(`${opts.name}: the server is started in beforeAll`);
-      return server;
-    },
-    proxies,
-    serverLog: () => readFileSync(join(server!.root, 'server.log'), 'utf8'),
   };
 }
