@@ -16,8 +16,8 @@ export interface CancelForwarderOptions {
   log: Logger;
   /** counters the metrics read */
   stats: { cancelsForwarded: number; cancelsUnknown: number };
-  /** --pool-mode: forwards a pooled client's cancel itself (true) or does not know the key (false) */
-  pool?: () => { cancel(pid: number, key: Buffer): boolean } | null;
+  /** --pool-mode: forwards a pooled client's cancel itself (resolved once the server took it) or does not know the key (null) */
+  pool?: () => { cancel(pid: number, key: Buffer): Promise<void> | null } | null;
 }
 
 /** CancelRequest: Int32 length, Int32 80877102, Int32 pid, then the key (4 bytes in 3.0, up to 256 in 3.2) */
@@ -36,9 +36,10 @@ export class CancelForwarder {
 
   /** forward a client's cancel request; resolved once the server took it (or it could not be sent) */
   forward(pid: number, key: Buffer): Promise<void> {
-    if (this.o.pool?.()?.cancel(pid, key)) {
+    const pooled = this.o.pool?.()?.cancel(pid, key);
+    if (pooled) {
       this.o.stats.cancelsForwarded++;
-      return Promise.resolve();
+      return pooled;
     }
     const target = this.o.registry.find(pid, key);
     if (!target) {

@@ -624,7 +624,7 @@ export class PooledClient implements PoolClient {
     s.onGone = NOOP;
     if (s.socket.isPaused()) s.socket.resume();
     const clean = reusable && this.pendingReady === 0 && !this.partial && s.txStatus === 'I' && this.queue.length === 0 && s.framer.atBoundary;
-    if (!clean && s.state !== 'closed' && this.pendingReady > 0) this.mgr.sendCancelTo(s);
+    if (!clean && s.state !== 'closed' && this.pendingReady > 0) void this.mgr.sendCancelTo(s);
     this.queue.length = 0;
     this.pendingReady = 0;
     this.partial = false;
@@ -677,8 +677,8 @@ export class PooledClient implements PoolClient {
 
   // ---------------------------------------------------------------- endings
 
-  cancel(): void {
-    if (this.server) this.mgr.sendCancelTo(this.server);
+  cancel(): Promise<void> {
+    return this.server ? this.mgr.sendCancelTo(this.server) : Promise.resolve();
   }
 
   failover(why: string): void {

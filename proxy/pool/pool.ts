@@ -211,8 +211,8 @@ export interface PoolClient {
   terminate(code: string, message: string, hint?: string): void;
   /** the node of its server connection is no longer where transactions go: carry on elsewhere if nothing was lost, else end */
   failover(why: string): void;
-  /** a request to cancel what this client runs */
-  cancel(): void;
+  /** a request to cancel what this client runs; resolved once the server took it */
+  cancel(): Promise<void>;
   describe(): Record<string, string | number | null>;
   /** waiting for a server connection since (ms epoch), else 0 */
   waitingSince: number;
@@ -252,18 +252,21 @@ export class PoolManager {
     this.byCancelKey.delete(`${c.cancelKey.pid}:${c.cancelKey.key}`);
   }
 
-  /** a CancelRequest with one of the pool's keys: sent to the server the client is on now (true: it was ours) */
-  cancel(pid: number, key: Buffer): boolean {
-    if (key.length !== 4) return false;
+  /**
+   * a CancelRequest with one of the pool's keys: sent to the server the client is on now; resolved
+   * once that server took it (closed the cancel connection), so the client's cancel connection is
+   * closed no earlier than PostgreSQL would close it. null: not one of the pool's keys.
+   */
+  cancel(pid: number, key: Buffer): Promise<void> | null {
+    if (key.length !== 4) return null;
     const c = this.byCancelKey.get(`${pid}:${key.readInt32BE(0)}`);
-    if (!c) return false;
-    c.cancel();
-    return true;
+    if (!c) return null;
+    return c.cancel();
   }
 
-  sendCancelTo(s: ServerConn): void {
-    if (!s.backendKey) return;
-    void this.host.sendCancel(s.address, s.backendKey.pid, s.backendKey.key).catch((e) => this.log.warn({ server: s.id, err: (e as Error).message }, 'could not forward cancel request'));
+  sendCancelTo(s: ServerConn): Promise<void> {
+    if (!s.backendKey) return Promise.resolve();
+    return this.host.sendCancel(s.address, s.backendKey.pid, s.backendKey.key).catch((e) => this.log.warn({ server: s.id, err: (e as Error).message }, 'could not forward cancel request'));
   }
 
   private poolFor(user: string, database: string, b: BackendState): Pool {

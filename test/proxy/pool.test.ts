@@ -273,16 +273,33 @@ describe('pgha-proxy --pool-mode', () => {
     await b.end();
   });
 
-  it('a CancelRequest with the key the proxy gave reaches the server the client is on', async () => {
+  it('a CancelRequest with the key the proxy gave reaches the server the client is on, and its connection closes only once the server took it', async () => {
     const c = client(txn, 'plain_user');
     await c.connect();
     const q = c.query('SELECT pg_sleep(30)');
+    const failed = errorOf(q);
     await waitFor(async () => (await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")) === '1', 10_000, 'the query running on the server');
-    const conn = (c as unknown as { processID: number; secretKey: number });
+    const conn = c as unknown as { processID: number; secretKey: number };
+    // while the postmaster is stopped nobody takes the forwarded request, so the client's cancel
+    // connection must stay open (PostgreSQL closes it after signalling the backend): a client that
+    // waits for the close and then moves on never outruns its cancel
+    const postmaster = primary.pid!;
+    process.kill(postmaster, 'SIGSTOP');
+    let closed = false;
     const s = connect({ host: '127.0.0.1', port: txn.port });
-    await new Promise((r) => s.once('connect', r));
-    s.end(serialize.cancel(conn.processID, conn.secretKey));
-    const e = await errorOf(q);
+    s.on('error', () => undefined);
+    const gone = new Promise((r) => s.once('close', r)).then(() => (closed = true));
+    try {
+      await new Promise((r) => s.once('connect', r));
+      s.end(serialize.cancel(conn.processID, conn.secretKey));
+      s.resume();
+      await sleep(1000);
+    } finally {
+      process.kill(postmaster, 'SIGCONT');
+    }
+    expect(closed, 'closed while the postmaster was stopped').toBe(false);
+    await gone;
+    const e = await failed;
     expect(e.code).toBe('57014');
     expect((await c.query('SELECT 1 AS x')).rows[0].x).toBe(1);
     await c.end();
