@@ -30,7 +30,7 @@ import { memberSlotsOnPrimary } from './cluster/plan.js';
 import type { LeaderRecord } from '../src/dcs/keys.js';
 import { Authenticator } from './pool/auth.js';
 import { PooledClient } from './pool/client.js';
-import { PoolManager } from './pool/pool.js';
+import { PoolManager, type PoolStat } from './pool/pool.js';
 
 /**
  * Connections the proxy leaves free on every server below its client slots (max_connections −
@@ -68,6 +68,8 @@ export interface ProxyStatus {
   etcd: CoordinatorStatus | null;
   /** with --etcd: reachable, cluster, revision, safe mode (etcd unreachable: routing to the last known primary, no decisions), the leader's id, the members (null without --etcd) */
   dcs: DcsStatus | null;
+  /** with --pool-mode: the mode and every pool as SHOW POOLS shows it, pooled clients counted (null without pooling) */
+  pool: { mode: 'session' | 'transaction'; clients: number; pools: PoolStat[] } | null;
 }
 
 export class ProxyServer implements ProxyContext {
@@ -522,6 +524,7 @@ export class ProxyServer implements ProxyContext {
       leader: this.dcs ? { id: this.dcs.id, isLeader: this.dcs.isLeader, leader: this.dcs.leader } : null,
       etcd: this.dcs ? this.dcs.status() : null,
       dcs: this.dcs ? this.dcs.dcsStatus() : null,
+      pool: this.pool ? { mode: this.pool.settings.mode, clients: this.pool.clients.size, pools: this.pool.stats() } : null,
     };
   }
 

@@ -6,6 +6,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { FailoverReport } from '../failover/failover.js';
 import type { BackendState } from '../health/monitor.js';
 import type { ProxyStats } from '../session/context.js';
+import type { PoolStat } from '../pool/pool.js';
 
 /** What the metrics read from the proxy at scrape time (the proxy server implements it). */
 export interface MetricsSource {
@@ -18,6 +19,8 @@ export interface MetricsSource {
   failover: { history: readonly FailoverReport[] };
   sessionsOn(name: string): number;
   isDecider(): boolean;
+  /** --pool-mode: the pools (null without pooling) */
+  pool: { stats(): PoolStat[] } | null;
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -98,6 +101,25 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
   scrapedCounter('pgha_proxy_queries_total', 'queries answered through the proxy: ReadyForQuery relayed to clients after their startup, one per simple Query or extended-protocol Sync', [], () => [
     [{}, proxy.stats.ready + (proxy.relay?.counters()[3] ?? 0)],
   ]);
+  // --pool-mode: PgBouncer's SHOW POOLS as gauges, one series per (database, user, node)
+  const poolLabels = ['database', 'user', 'node'];
+  const poolKey = (p: PoolStat) => ({ database: p.database, user: p.user, node: p.node });
+  scraped('pgha_proxy_pool_clients', 'pooled clients by pool and state: active (on a server connection of the pool) or waiting for one', [...poolLabels, 'state'], () =>
+    (proxy.pool?.stats() ?? []).flatMap((p): Sample[] => [
+      [{ ...poolKey(p), state: 'active' }, p.clActive],
+      [{ ...poolKey(p), state: 'waiting' }, p.clWaiting],
+    ]),
+  );
+  scraped('pgha_proxy_pool_servers', 'server connections by pool and state: active (a client on it), idle, login', [...poolLabels, 'state'], () =>
+    (proxy.pool?.stats() ?? []).flatMap((p): Sample[] => [
+      [{ ...poolKey(p), state: 'active' }, p.svActive],
+      [{ ...poolKey(p), state: 'idle' }, p.svIdle],
+      [{ ...poolKey(p), state: 'login' }, p.svLogin],
+    ]),
+  );
+  scraped('pgha_proxy_pool_maxwait_seconds', 'how long the oldest client waiting for a server connection of the pool has waited', poolLabels, () =>
+    (proxy.pool?.stats() ?? []).map((p): Sample => [poolKey(p), p.maxWaitMs / 1000]),
+  );
   scraped('pgha_proxy_decider', '1 when this proxy decides failovers: the leader on etcd, or the only proxy without etcd', [], () => [[{}, proxy.isDecider() ? 1 : 0]]);
   scrapedCounter('pgha_proxy_failovers_recorded_total', 'failovers and switchovers in this proxy\'s history (GET /status), by kind and result', ['kind', 'result'], () => {
     const count = new Map<string, number>();

@@ -41,19 +41,7 @@ export async function consoleQuery(mgr: PoolManager, text: string): Promise<Buff
 }
 
 function pools(mgr: PoolManager): Buffer {
-  const rows: Array<Array<string | number>> = [];
-  for (const p of mgr.pools.values()) {
-    if (p.drained && p.all.size === 0) continue;
-    let clActive = 0;
-    let clWaiting = 0;
-    for (const c of mgr.clients) {
-      if (c.user !== p.user || c.database !== p.database) continue;
-      if (c.server && p.all.has(c.server)) clActive++;
-      else if (c.waitingSince && !p.drained) clWaiting++;
-    }
-    const maxwait = p.maxWaitMs();
-    rows.push([p.database, p.user, p.node, clActive, clWaiting, p.active, p.idle.length, p.opening, Math.floor(maxwait / 1000), (maxwait % 1000) * 1000, mgr.settings.mode, p.drained ? 'drained' : mgr.paused ? 'paused' : 'ok']);
-  }
+  const rows = mgr.stats().map((p) => [p.database, p.user, p.node, p.clActive, p.clWaiting, p.svActive, p.svIdle, p.svLogin, Math.floor(p.maxWaitMs / 1000), (p.maxWaitMs % 1000) * 1000, p.mode, p.state]);
   return resultSet(['database', 'user', 'node', 'cl_active', 'cl_waiting', 'sv_active', 'sv_idle', 'sv_login', 'maxwait', 'maxwait_us', 'pool_mode', 'state'], rows);
 }
 

@@ -218,6 +218,25 @@ export interface PoolClient {
   waitingSince: number;
 }
 
+/** one pool as SHOW POOLS, /status and /metrics show it */
+export interface PoolStat {
+  database: string;
+  user: string;
+  node: string;
+  /** clients on one of this pool's server connections now */
+  clActive: number;
+  /** clients waiting for one */
+  clWaiting: number;
+  svActive: number;
+  svIdle: number;
+  /** server connections logging in */
+  svLogin: number;
+  /** how long the oldest waiting client has waited */
+  maxWaitMs: number;
+  mode: 'session' | 'transaction';
+  state: 'ok' | 'paused' | 'drained';
+}
+
 export class PoolManager {
   readonly pools = new Map<string, Pool>();
   readonly clients = new Set<PoolClient>();
@@ -240,6 +259,35 @@ export class PoolManager {
     host.monitor.on('change', () => {
       for (const b of host.monitor.backends) if (b.role === 'down' || b.role === 'fenced') this.drainNode(b.name, `${b.name} is ${b.role}`, true);
     });
+  }
+
+  /** every pool with connections or clients (drained pools until their last connection is gone) */
+  stats(): PoolStat[] {
+    const out: PoolStat[] = [];
+    for (const p of this.pools.values()) {
+      if (p.drained && p.all.size === 0) continue;
+      let clActive = 0;
+      let clWaiting = 0;
+      for (const c of this.clients) {
+        if (c.user !== p.user || c.database !== p.database) continue;
+        if (c.server && p.all.has(c.server)) clActive++;
+        else if (c.waitingSince && !p.drained) clWaiting++;
+      }
+      out.push({
+        database: p.database,
+        user: p.user,
+        node: p.node,
+        clActive,
+        clWaiting,
+        svActive: p.active,
+        svIdle: p.idle.length,
+        svLogin: p.opening,
+        maxWaitMs: p.maxWaitMs(),
+        mode: this.settings.mode,
+        state: p.drained ? 'drained' : this.paused ? 'paused' : 'ok',
+      });
+    }
+    return out;
   }
 
   register(c: PoolClient): void {

@@ -177,6 +177,13 @@ describe('pgha-proxy --pool-mode', () => {
     await waitFor(async () => (row = await poolRow(txn, 'md5_user'))[4] === '1', 5000, 'cl_waiting 1');
     // database, user, node, cl_active, cl_waiting, sv_active, sv_idle, sv_login, …
     expect(row.slice(3, 6)).toEqual(['2', '1', '2']);
+    // the same pool in /status and /metrics, read while the two pg_sleeps hold both connections
+    const [status, metrics] = await Promise.all([txn.status(), fetch(`${txn.admin}/metrics`).then((r) => r.text())]);
+    expect(status.pool!.mode).toBe('transaction');
+    const pool = status.pool!.pools.find((p) => p.user === 'md5_user')!;
+    expect({ clActive: pool.clActive, svActive: pool.svActive, svIdle: pool.svIdle }).toEqual({ clActive: 2, svActive: 2, svIdle: 0 });
+    const series = (name: string, state: string) => Number(new RegExp(`^${name}\\{database="postgres",user="md5_user",node="[^"]+",state="${state}"\\} (\\d+)`, 'm').exec(metrics)?.[1]);
+    expect([series('pgha_proxy_pool_servers', 'active'), series('pgha_proxy_pool_servers', 'idle'), series('pgha_proxy_pool_clients', 'active')]).toEqual([2, 0, 2]);
     expect((await third).rows[0].x).toBe(42);
     expect(Date.now() - started).toBeGreaterThan(500);
     await Promise.all(busy);
