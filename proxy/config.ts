@@ -79,6 +79,8 @@ export interface PoolConfig {
   authType: 'scram-sha-256' | 'md5';
   /** run when a session-mode client lets its server connection go ('' : none) */
   resetQuery: string;
+  /** transaction mode: statements the pool keeps prepared per server connection (least recently used closed first) */
+  maxPreparedStatements: number;
   /** who may use the console database pgha */
   adminUsers: string[];
 }
@@ -150,6 +152,7 @@ export interface ProxyFlags {
   authUser?: string;
   authType?: string;
   serverResetQuery?: string;
+  maxPreparedStatements?: string | number;
   adminUsers?: string | string[];
 }
 
@@ -292,7 +295,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
 export const DEFAULT_AUTH_QUERY = 'SELECT usename, passwd FROM pg_shadow WHERE usename = $1';
 
 function poolConfig(f: ProxyFlags): PoolConfig | null {
-  const poolOnly = (['poolSize', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers'] as const).filter((k) => f[k] !== undefined);
+  const poolOnly = (['poolSize', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers', 'maxPreparedStatements'] as const).filter((k) => f[k] !== undefined);
   if (f.poolMode === undefined) {
     if (poolOnly.length > 0) throw new ProxyConfigError(`--${poolOnly[0].replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --pool-mode session|transaction`);
     return null;
@@ -323,6 +326,7 @@ function poolConfig(f: ProxyFlags): PoolConfig | null {
     authQuery,
     authType,
     resetQuery: f.serverResetQuery ?? 'DISCARD ALL',
+    maxPreparedStatements: int(f.maxPreparedStatements, '--max-prepared-statements', 1, 200),
     adminUsers: admins.map((a) => a.trim()).filter(Boolean),
   };
 }

@@ -42,6 +42,8 @@ interface Pending {
   act: 'fwd' | 'swallow' | 'fake';
   /** a Parse the proxy sent: its server-side name (forgotten when the server skips it) */
   prepared?: string;
+  /** a Close the proxy sent to make room: the statement it closes (kept when the server skips it) */
+  evicted?: string;
   reply?: Buffer;
 }
 
@@ -459,9 +461,11 @@ export class PooledClient implements PoolClient {
         const parse = renamedParse(srv, rest);
         this.statements.set(name, { server: srv, parse });
         if (s.prepared.has(srv)) {
+          touch(s.prepared, srv);
           this.queue.push({ t: type, act: 'fake', reply: PARSE_COMPLETE });
           return;
         }
+        this.makeRoom(s, out);
         s.prepared.add(srv);
         this.queue.push({ t: type, act: 'fwd', prepared: srv });
         return out.add(parse);
@@ -507,10 +511,26 @@ export class PooledClient implements PoolClient {
 
   private ensurePrepared(st: ClientStatement, out: Out): void {
     const s = this.server!;
-    if (s.prepared.has(st.server)) return;
+    if (s.prepared.has(st.server)) return touch(s.prepared, st.server);
+    this.makeRoom(s, out);
     s.prepared.add(st.server);
     this.queue.push({ t: T.parse, act: 'swallow', prepared: st.server });
     out.add(st.parse);
+  }
+
+  /**
+   * before one more statement is prepared on `s`: close the least recently used ones beyond
+   * --max-prepared-statements (PgBouncer's max_prepared_statements), so a server connection that
+   * lives for months does not collect every statement text an application ever sent. A client's
+   * statement closed here is prepared again when the client uses it on this connection.
+   */
+  private makeRoom(s: ServerConn, out: Out): void {
+    while (s.prepared.size >= this.mgr.settings.maxPreparedStatements) {
+      const lru = s.prepared.values().next().value as string;
+      s.prepared.delete(lru);
+      this.queue.push({ t: T.close, act: 'swallow', evicted: lru });
+      out.add(renamedTarget(T.close, 0x53, lru));
+    }
   }
 
   /** answers the proxy gives itself, once every answer before them has gone to the client */
@@ -603,6 +623,7 @@ export class PooledClient implements PoolClient {
         while (this.queue.length > 0 && this.queue[0].t !== T.sync) {
           const p = this.queue.shift()!;
           if (p.prepared) s.prepared.delete(p.prepared);
+          if (p.evicted) s.prepared.add(p.evicted);
         }
         return false;
       }
@@ -730,6 +751,12 @@ class SetFailed extends Error {
 }
 
 /** does a server message of this type end the answer to a request of type `t`? */
+/** a statement used now: last in line to be closed (a Set keeps insertion order) */
+function touch(prepared: Set<string>, name: string): void {
+  prepared.delete(name);
+  prepared.add(name);
+}
+
 function completes(type: number, t: number): boolean {
   switch (type) {
     case 0x31: // ParseComplete

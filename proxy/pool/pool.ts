@@ -18,6 +18,8 @@ export interface PoolSettings {
   mode: 'session' | 'transaction';
   size: number;
   resetQuery: string;
+  /** transaction mode: statements kept prepared per server connection (LRU) */
+  maxPreparedStatements: number;
   adminUsers: string[];
   authType: 'scram-sha-256' | 'md5';
 }

@@ -8,7 +8,9 @@
 import { createHash } from 'node:crypto';
 import { cstring, message } from './framer.js';
 
+/** a cache of names (the name is a hash of the text: forgetting one only costs hashing it again) */
 const names = new Map<string, string>();
+const NAMES_KEPT = 10_000;
 
 /** the server-side name of a statement: one per distinct (query, parameter types) */
 export function serverName(query: Buffer): string {
@@ -16,6 +18,7 @@ export function serverName(query: Buffer): string {
   let n = names.get(k);
   if (!n) {
     n = `pgha_${createHash('sha1').update(query).digest('hex').slice(0, 24)}`;
+    if (names.size >= NAMES_KEPT) names.clear();
     names.set(k, n);
   }
   return n;

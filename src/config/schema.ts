@@ -187,6 +187,7 @@ export const PROXY_SETTINGS = {
   authUser: text().optional(),
   authType: oneOf('scram-sha-256', 'md5').optional(),
   serverResetQuery: anyText().optional(),
+  maxPreparedStatements: int(1).optional(),
   adminUsers: textOrList().optional(),
 };
 export const proxyFileSchema = section(PROXY_SETTINGS);

@@ -312,6 +312,32 @@ describe('pgha-proxy --pool-mode', () => {
     await c.end();
   });
 
+  it('--max-prepared-statements: a server connection keeps at most N statements, the least recently used closed and prepared again when a client comes back to it', async () => {
+    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--auth-file', authFile, '--pool-mode', 'transaction', '--pool-size', '1', '--max-prepared-statements', '3']);
+    try {
+      const a = client(p, 'plain_user');
+      const b = client(p, 'plain_user');
+      await Promise.all([a.connect(), b.connect()]);
+      // six statements over one server connection, twice round, from two clients taking turns
+      for (let round = 0; round < 2; round++) {
+        for (let i = 0; i < 6; i++) {
+          const c = i % 2 ? b : a;
+          const r = await c.query({ name: `st${i}`, text: `SELECT $1::int * ${i + 2} AS v`, values: [round + 1] });
+          expect(r.rows[0].v).toBe((round + 1) * (i + 2));
+        }
+      }
+      // what the server connection holds: never more than 3 of the pool's statements
+      const held = (await a.query("SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE 'pgha\\_%'")).rows[0].n;
+      expect(held).toBeGreaterThan(0);
+      expect(held).toBeLessThanOrEqual(3);
+      // a client's statement closed meanwhile still answers under its name
+      expect((await a.query({ name: 'st0', text: 'SELECT $1::int * 2 AS v', values: [21] })).rows[0].v).toBe(42);
+      await Promise.all([a.end(), b.end()]);
+    } finally {
+      await p.stop();
+    }
+  });
+
   it('--auth-query: a user missing from the auth file is looked up on the server (its SCRAM secret) and logs in to the server with the ClientKey of its proof', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-aq-'));
     const file = join(dir, 'userlist.txt');
@@ -354,6 +380,8 @@ describe('pgha-proxy --pool-mode', () => {
       [['--pool-mode', 'session', '--auth-file', authFile, '--auth-user', 'ghost'], /^pgha-proxy: --auth-user ghost is not in --auth-file/],
       [['--pool-mode', 'session', '--auth-file', hashed, '--auth-user', 'postgres'], /^pgha-proxy: --auth-user postgres needs a plain password/],
       [['--pool-mode', 'session', '--auth-file', authFile, '--pool-size', '0'], /^pgha-proxy: --pool-size must be an integer ≥ 1, got "0"$/],
+      [['--pool-mode', 'transaction', '--auth-file', authFile, '--max-prepared-statements', 'many'], /^pgha-proxy: --max-prepared-statements must be an integer ≥ 1, got "many"$/],
+      [['--max-prepared-statements', '5'], /^pgha-proxy: --max-prepared-statements needs --pool-mode session\|transaction$/],
     ];
     for (const [args, re] of cases) {
       let r: { code?: number; stderr?: string };
