@@ -2,7 +2,9 @@
  * Reads a sequence of WAL segment files as one stream and scans it with the native addon (or its
  * TypeScript twin): one scanWal call per segment, the carry passed from one to the next so records
  * spanning segments are checked like any other. With the native addon the scan of segment N runs on
- * the libuv pool while the main thread reads segment N+1 into the other buffer, so both cores work.
+ * the libuv pool while the main thread reads segment N+1 into the other buffer, so both cores work;
+ * statistics over whole files (no visitor, no start/end) go to the addon in one call, which scans
+ * them on one thread per core (native/src/wal_files.rs).
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { WalFormatError } from '../formats/errors.js';
@@ -30,7 +32,6 @@ export interface ScanImplementation {
   /** scan consecutive whole files for statistics on several threads (native addon; see native/src/wal_files.rs) */
   scanFiles?(files: Array<{ path: string; bufLsn: Lsn }>, segmentSize: number, blockSize: number, onBytes?: (bytesDone: number) => void): Promise<FilesScanResult>;
 }
-
 
 /** What a visitor gets for each scanned segment (valid only during the callback). */
 export interface SegmentVisit {
