@@ -27,7 +27,7 @@ pub fn crc32c_append(init: u32, data: &[u8]) -> u32 {
 const SMALL_RECORD: usize = 512;
 
 #[cfg(target_arch = "x86_64")]
-fn have_sse42() -> bool {
+pub(crate) fn have_sse42() -> bool {
     use std::sync::OnceLock;
     static HAVE: OnceLock<bool> = OnceLock::new();
     *HAVE.get_or_init(|| std::arch::is_x86_feature_detected!("sse4.2"))
@@ -63,13 +63,20 @@ unsafe fn crc32c_sse42(crc: u32, data: &[u8]) -> u32 {
 }
 
 /// WAL record CRC: INIT, COMP(payload), COMP(header[0..20]), FIN (xlogreader.c ValidXLogRecord).
-#[inline]
+/// Always inlined so that, inside the scanner's SSE4.2 build of its record loop, the short-record
+/// path becomes straight-line `crc32` instructions; long records take the folding path out of line.
+#[inline(always)]
 pub fn record_crc(payload: &[u8], header20: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if payload.len() < SMALL_RECORD && have_sse42() {
         // SAFETY: the CPU has SSE4.2 (checked above)
         return unsafe { !crc32c_sse42(crc32c_sse42(!0, payload), header20) };
     }
+    record_crc_folding(payload, header20)
+}
+
+#[inline(never)]
+fn record_crc_folding(payload: &[u8], header20: &[u8]) -> u32 {
     let mut d = Digest::new(ALG);
     d.update(payload);
     d.update(header20);

@@ -427,7 +427,7 @@ pub fn scan_wal(buf: &[u8], params: &ScanParams, carry: Option<Carry>) -> Result
             ));
         }
     }
-    let end = match s.walk() {
+    let end = match s.walk_dispatch() {
         Ok(()) => None,
         Err(EndOfWal { reason, message }) if reason == u32::MAX => return Err(message),
         Err(e) => Some(End {
@@ -450,6 +450,25 @@ impl<'a> Scanner<'a> {
         self.buf_lsn + off as u64
     }
 
+    /// The walk compiled twice: once with SSE4.2 enabled, so that the record CRC's `crc32`
+    /// instructions are inlined into the record loop (a `#[target_feature]` function cannot be
+    /// inlined into code compiled without that feature), and once without, for other CPUs.
+    fn walk_dispatch(&mut self) -> Step<()> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::crc32c::have_sse42() {
+            // SAFETY: the CPU has SSE4.2 (checked at run time)
+            return unsafe { self.walk_sse42() };
+        }
+        self.walk()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "sse4.2")]
+    unsafe fn walk_sse42(&mut self) -> Step<()> {
+        self.walk()
+    }
+
+    #[inline(always)]
     fn walk(&mut self) -> Step<()> {
         let mut page_off = 0usize;
         if self.len == 0 {
