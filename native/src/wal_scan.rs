@@ -171,7 +171,7 @@ impl std::fmt::Display for LayoutError {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn decode_layout(rec: &[u8], major: u32, block_size: u32) -> Result<Layout, LayoutError> {
     let tot_len = rec.len();
     let mut remaining = tot_len as i64 - SIZE_OF_XLOG_RECORD as i64;
