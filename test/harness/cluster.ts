@@ -407,9 +407,35 @@ export class PgCluster {
     }
   }
 
+  /** all processes of this server: the postmaster and its children */
+  serverPids(): number[] {
+    const pid = this.pid;
+    if (!pid) return [];
+    let children: number[] = [];
+    try {
+      children = execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').filter(Boolean).map(Number);
+    } catch {
+      // no children (pgrep exits 1)
+    }
+    return [pid, ...children];
+  }
+
+  /** SIGCONT the postmaster and its children (harmless when they run) */
+  resumeStopped(): void {
+    for (const p of this.serverPids()) {
+      try {
+        process.kill(p, 'SIGCONT');
+      } catch {
+        // already gone
+      }
+    }
+  }
+
   /** stop (fast → immediate → kill -9 by PID) and remove the temp dir unless PGHA_KEEP_TMP=1 */
   async cleanup(): Promise<void> {
     try {
+      // a test may have left the server SIGSTOPped: a stopped postmaster would let pg_ctl wait out its timeout
+      this.resumeStopped();
       if (this.isRunning()) {
         try {
           this.stop('fast');

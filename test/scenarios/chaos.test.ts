@@ -14,7 +14,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { cleanupAll, sleep, waitFor } from '../harness/cluster.js';
 import { destroyAllNetHosts } from '../harness/netns.js';
 import { stopAgentProcesses } from '../support/agents.js';
-import { HaCluster, serverPids, type HaNode } from '../support/ha-cluster.js';
+import { HaCluster, type HaNode } from '../support/ha-cluster.js';
 import { WriteLoad } from '../support/write-load.js';
 
 const KILL = Number(process.env.PGHA_CHAOS_KILL ?? 20);
@@ -62,10 +62,9 @@ async function inject(fault: Fault, p: HaNode): Promise<() => Promise<void>> {
     return async () => undefined;
   }
   if (fault === 'SIGSTOP') {
-    const pids = serverPids(p.pg);
-    for (const pid of pids) process.kill(pid, 'SIGSTOP');
-    return async () => {
-      for (const pid of pids) {
+    const stopped: number[] = [];
+    const resume = async () => {
+      for (const pid of stopped) {
         try {
           process.kill(pid, 'SIGCONT');
         } catch {
@@ -73,6 +72,18 @@ async function inject(fault: Fault, p: HaNode): Promise<() => Promise<void>> {
         }
       }
     };
+    for (const pid of p.pg.serverPids()) {
+      try {
+        process.kill(pid, 'SIGSTOP');
+        stopped.push(pid);
+      } catch (e) {
+        // a backend that exited between listing and signalling is simply not there to stop
+        if ((e as NodeJS.ErrnoException).code === 'ESRCH') continue;
+        await resume();
+        throw e;
+      }
+    }
+    return resume;
   }
   await p.net!.cut();
   return async () => p.net!.heal();

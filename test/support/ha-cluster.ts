@@ -5,7 +5,6 @@
  * failover in front. Helpers read the cluster the way an operator would (the proxy's /status, the
  * nodes' own SQL) and check the invariants every fault test asserts.
  */
-import { execFileSync } from 'node:child_process';
 import pg from 'pg';
 import { freePort, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { createNetHost, type NetHost } from '../harness/netns.js';
@@ -231,19 +230,6 @@ export class HaCluster {
 
 export function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref())]);
-}
-
-/** all processes of a node's PostgreSQL: the postmaster and its children */
-export function serverPids(c: PgCluster): number[] {
-  const pid = c.pid;
-  if (!pid) return [];
-  let children: number[] = [];
-  try {
-    children = execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').filter(Boolean).map(Number);
-  } catch {
-    // none
-  }
-  return [pid, ...children];
 }
 
 /** a client connected straight to a node (not through the proxy) */
