@@ -108,7 +108,17 @@ fn u64le(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
 }
 fn lsn_text(l: u64) -> String {
-    format!("{:X}/{:X}", l >> 32, l & 0xFFFF_FFFF)
+    LsnText(l).to_string()
+}
+
+/// An LSN printed as PostgreSQL prints it (`X/X`), formatted only when an error message is built.
+#[derive(Clone, Copy)]
+struct LsnText(u64);
+
+impl std::fmt::Display for LsnText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
 }
 
 pub fn is_valid_rmid(rmid: u8, major: u32) -> bool {
@@ -697,7 +707,7 @@ impl<'a> Scanner<'a> {
         let magic = u16le(b, page_off);
         let info = u16le(b, page_off + 2);
         let tli = u32le(b, page_off + 4);
-        let at = lsn_text(page_lsn);
+        let at = LsnText(page_lsn); // formatted only if a check fails: this runs once per page
         if magic == 0 {
             return eow(END_ZEROED, format!("invalid magic number 0000 in WAL page at {at}"));
         }
