@@ -100,6 +100,9 @@ export class FailoverError extends Error {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** how long a switchover waits for its target standby to be streaming before it refuses */
+const SWITCHOVER_STREAM_WAIT_MS = 10_000;
+
 export class FailoverController {
   running = false;
   /** every failover and switchover, the running one included (its report fills in as it goes) */
@@ -314,15 +317,27 @@ export class FailoverController {
     const phase = phaseClock(report, started);
     let heldAt: number | null = null;
     try {
-      await monitor.checkNow();
-      const choice = chooseCandidate(old, monitor.backends, monitor.clusterSystemId, null, opts.to);
       // a switchover waits for the target to replay everything: any streaming standby will do, the
-      // one furthest ahead (or the one asked for) is quickest
-      const streaming = opts.to ? choice.target : (monitor.backends.filter((b) => choice.candidates.includes(b.name) && b.streaming).sort((a, b) => (a.lagBytes ?? 0) - (b.lagBytes ?? 0))[0] ?? null);
-      report.candidates = choice.candidates;
-      if (!streaming) throw new FailoverError(choice.refusal ?? 'no streaming standby to switch over to');
-      if (!streaming.streaming) throw new FailoverError(`${streaming.name} is not streaming: it cannot be sure to receive everything`);
-      const target = streaming;
+      // one furthest ahead (or the one asked for) is quickest. A standby between two connections of
+      // its WAL receiver (a rejoined node's restart, a re-pointed primary_conninfo) is given a few
+      // seconds to stream again before the switchover is refused; nothing is held meanwhile.
+      const streamDeadline = Date.now() + Math.min(timeoutMs, SWITCHOVER_STREAM_WAIT_MS);
+      let target: BackendState;
+      for (;;) {
+        await monitor.checkNow();
+        const choice = chooseCandidate(old, monitor.backends, monitor.clusterSystemId, null, opts.to);
+        const streaming = opts.to ? choice.target : (monitor.backends.filter((b) => choice.candidates.includes(b.name) && b.streaming).sort((a, b) => (a.lagBytes ?? 0) - (b.lagBytes ?? 0))[0] ?? null);
+        report.candidates = choice.candidates;
+        if (streaming?.streaming) {
+          target = streaming;
+          break;
+        }
+        if (Date.now() >= streamDeadline) {
+          if (!streaming) throw new FailoverError(choice.refusal ?? 'no streaming standby to switch over to');
+          throw new FailoverError(`${streaming.name} is not streaming: it cannot be sure to receive everything`);
+        }
+        await sleep(250);
+      }
       report.to = target.name;
       report.slots = await this.prepareTarget(target, monitor.backends.filter((b) => b.name !== target.name).map((b) => b.name));
       phase('prepare');

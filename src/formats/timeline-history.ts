@@ -120,6 +120,16 @@ export function timelineAt(history: TimelineHistory, lsn: Lsn): number | undefin
   return undefined;
 }
 
+/**
+ * The timeline whose file holds WAL segment `segno` on this history (pg_rewind's
+ * SimpleXLogPageRead rule): the one in use at the segment's last byte, since a promotion copies the
+ * segment it happens in into the new timeline's file. A segment wholly before a switch is read from
+ * the parent timeline's file: a node's older segments keep their timeline's name.
+ */
+export function timelineOfSegment(history: TimelineHistory, segno: bigint, segmentSize: number): number {
+  return timelineAt(history, (segno + 1n) * BigInt(segmentSize) - 1n) ?? history.timeline;
+}
+
 /** tliSwitchPoint: where `tli` ends on this history (null = it is the tip), undefined if absent. */
 export function switchpointOf(history: TimelineHistory, tli: number): Lsn | null | undefined {
   const span = timelineSpans(history).find((s) => s.tli === tli);

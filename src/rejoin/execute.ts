@@ -10,7 +10,7 @@ import { basename, dirname, join } from 'node:path';
 import { clearFence } from '../datadir/fence.js';
 import { nodeLsn, walDir } from '../datadir/node-state.js';
 import { formatLsn, historyFileName, segmentOf, walFileName, type Lsn } from '../formats/lsn.js';
-import { parseHistory, type TimelineHistory } from '../formats/timeline-history.js';
+import { parseHistory, timelineOfSegment, type TimelineHistory } from '../formats/timeline-history.js';
 import { decodeRecord, recordEntries, streamMajor } from '../formats/wal/record.js';
 import { configuredSetting, PgInstance, PgToolError } from '../pg/instance.js';
 import { withNodeSql } from '../pg/node-sql.js';
@@ -223,11 +223,11 @@ export async function rejoin(opts: RejoinOptions): Promise<RejoinResult> {
         const forkLsn = decision.forkLsn!;
         let checkpointRedo: Lsn | null = null;
         for (let seg = segmentOf(forkLsn, segSize), steps = 0; seg >= 0n && steps < 256 && checkpointRedo === null; seg--, steps++) {
-          const cps = await checkpointsIn(await fetchWal(walFileName(localTli, seg, segSize), peers), seg, segSize, forkLsn);
+          const cps = await checkpointsIn(await fetchWal(walFileName(timelineOfSegment(lsn.history, seg, segSize), seg, segSize), peers), seg, segSize, forkLsn);
           if (cps.length) checkpointRedo = cps[cps.length - 1].redo;
         }
         if (checkpointRedo === null) throw new RejoinRefused(`no checkpoint found before the fork point ${formatLsn(forkLsn)} in the old timeline's WAL`);
-        const needed = rewindSegments({ checkpointRedo, controlRedo: control.checkpoint.redo, endLsn, segmentSize: segSize }).map((s) => walFileName(localTli, s, segSize));
+        const needed = rewindSegments({ checkpointRedo, controlRedo: control.checkpoint.redo, endLsn, segmentSize: segSize }).map((s) => walFileName(timelineOfSegment(lsn.history, s, segSize), s, segSize));
         plan = planRejoin(decision, { ...facts, missingWal: needed.filter((n) => !here(n)), walSources: peers });
       } catch (e) {
         // no rewind is possible without that WAL: a re-clone (only when allowed) or a refusal

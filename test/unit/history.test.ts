@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { HistoryFormatError } from '../../src/formats/errors.js';
 import { parseLsn } from '../../src/formats/lsn.js';
-import { forkPoint, formatHistory, parseHistory, timelineAt, validLsn } from '../../src/formats/timeline-history.js';
+import { forkPoint, formatHistory, parseHistory, timelineAt, timelineOfSegment, validLsn } from '../../src/formats/timeline-history.js';
 
 // real files from a PG 15 promote chain (pg-formats.md §2)
 const TLI2 = '1\t0/400EC78\tno recovery target specified\n';
@@ -25,6 +25,14 @@ describe('timeline history files', () => {
     expect(timelineAt(h, 0x5n)).toBe(1);
     expect(timelineAt(h, 0x10n)).toBe(3);
     expect(timelineAt(h, 0x20n)).toBe(5);
+  });
+  it("names a segment's file as pg_rewind reads it: the timeline in use at the segment's last byte", () => {
+    // 16 MiB segments; 6 -> 7 inside segment 4 (PostgreSQL copies segment 4's head into TL 7's file),
+    // 7 -> 8 exactly at the start of segment 5 (segment 4 is wholly TL 7's)
+    const seg = 16 * 1024 * 1024;
+    const h = parseHistory('5\t0/2000100\tx\n6\t0/4179600\tx\n7\t0/5000000\tx\n', 8);
+    expect([1n, 2n, 3n, 4n, 5n, 6n].map((s) => timelineOfSegment(h, s, seg))).toEqual([5, 6, 6, 7, 8, 8]);
+    expect(timelineOfSegment(parseHistory('', 1), 9n, seg)).toBe(1);
   });
   it('rejects what PostgreSQL rejects, with the line number', () => {
     expect(() => parseHistory('1\t0/10\n1\t0/20\n', 3)).toThrow(HistoryFormatError);
