@@ -12,6 +12,7 @@ import { startAgent as startAgentWith, stopAgents } from '../support/agents.js';
 import { rejoin, RejoinRefused } from '../../src/rejoin/execute.js';
 import { cleanupAll, PgCluster, waitFor } from '../harness/cluster.js';
 import { pgha } from '../support/cli.js';
+import { processAlive } from '../../src/pg/instance.js';
 
 const TOKEN = 'test-token-0123456789abcdef';
 const startAgent = (name: string, c: PgCluster, peers: Record<string, string> = {}) => startAgentWith(name, c, TOKEN, peers);
@@ -229,6 +230,72 @@ describe('rejoin of an old primary', () => {
     await waitFor(async () => (await s.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")) === '1', 30_000, 'rejoined node in pg_stat_replication');
     await p.cleanup();
     await s.cleanup();
+  });
+});
+
+describe('rejoin when the last checkpoint before the fork is on the parent timeline', () => {
+  it("reads the WAL before its timeline's switch from the parent timeline's files, as pg_rewind does", async () => {
+    // a (TL 1) -> b promoted to TL 2 in a later segment than the last checkpoint, with its
+    // checkpointer stopped so no checkpoint follows the promotion (as when the old primary is
+    // killed before its post-promotion checkpoint) -> c follows b, is promoted to TL 3 -> b killed
+    const a = await PgCluster.init({ name: 'rj-parent-a', walSegSizeMB: 1 });
+    await a.start();
+    await a.sql('CREATE TABLE t(id int primary key, v text)');
+    await a.sql("INSERT INTO t SELECT i, 'a' FROM generate_series(1, 500) i");
+    const b = await a.createStandby({ name: 'rj-parent-b', conf: { wal_keep_size: '64MB' } });
+    const c = await a.createStandby({ name: 'rj-parent-c', conf: { wal_keep_size: '64MB' } });
+    await a.checkpoint();
+    await a.waitForReplay(b);
+    await b.sql('CHECKPOINT'); // a restartpoint: b's pg_control points at a checkpoint on TL 1
+    await a.switchWal();
+    await a.sql("INSERT INTO t VALUES (501, 'a')");
+    await a.switchWal();
+    await a.sql("INSERT INTO t VALUES (502, 'a')");
+    await a.waitForReplay(b);
+    await a.waitForReplay(c);
+    const ckpt = Number(await b.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"));
+    process.kill(ckpt, 'SIGSTOP');
+    try {
+      a.stop('immediate');
+      await b.promote();
+      await b.sql("INSERT INTO t VALUES (503, 'b')");
+      // c follows b onto TL 2 (primary_conninfo is reloadable; recovery_target_timeline is latest)
+      const conninfo = (await c.sql('SHOW primary_conninfo'))!.replace(/port=\d+/, `port=${b.port}`);
+      await c.sql(`ALTER SYSTEM SET primary_conninfo = '${conninfo.replace(/'/g, "''")}'`);
+      await c.sql('SELECT pg_reload_conf()');
+      await waitFor(async () => (await c.sql("SELECT count(*) FROM t WHERE id = 503")) === '1', 60_000, 'c replays TL 2');
+      await c.promote();
+      await b.sql("INSERT INTO t VALUES (504, 'lost')");
+      expect(await b.sql('SELECT count(*) FROM pg_stat_activity WHERE backend_type = \'checkpointer\'')).toBe('1');
+    } finally {
+      await b.kill9({ waitOrphans: false });
+      try {
+        process.kill(ckpt, 'SIGKILL');
+      } catch {
+        // gone with the postmaster
+      }
+    }
+    await waitFor(async () => !processAlive(ckpt), 30_000, 'the stopped checkpointer gone');
+    // the fork is on TL 2; no checkpoint record on TL 2 before it; the one before is in a TL 1 file
+    const cHistory = readFileSync(join(c.walDir, '00000003.history'), 'utf8');
+    expect(cHistory).toMatch(/^2\t/m);
+    const bHistory = readFileSync(join(b.walDir, '00000002.history'), 'utf8');
+    const sw = /^1\t([0-9A-F]+)\/([0-9A-F]+)/m.exec(bHistory)!;
+    const switchSeg = ((BigInt('0x' + sw[1]) << 32n) | BigInt('0x' + sw[2])) >> 20n;
+    const segName = (tli: number, seg: bigint) => `${tli.toString(16).toUpperCase().padStart(8, '0')}${'0'.repeat(8)}${seg.toString(16).toUpperCase().padStart(8, '0')}`;
+    expect(existsSync(join(b.walDir, segName(1, switchSeg - 1n)))).toBe(true);
+    expect(existsSync(join(b.walDir, segName(2, switchSeg - 1n)))).toBe(false);
+
+    const cUrl = await startAgent('c3', c);
+    const r = await rejoin({ pgdata: b.dataDir, source: cUrl, token: TOKEN, binDir: b.binDir });
+    expect(r.path).toBe('rewind');
+    expect(r.streaming).toBe(true);
+    expect(r.lostTransactions.count).toBe(1);
+    await c.waitForReplay(b);
+    expect(await b.sql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t WHERE id > 500")).toBe('501,502,503');
+    await b.cleanup();
+    await c.cleanup();
+    await a.cleanup();
   });
 });
 
