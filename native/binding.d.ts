@@ -8,6 +8,35 @@ export declare class MappedWal {
 }
 
 /**
+ * The proxy's transaction pool loop (native/src/pool_relay.rs): clients and server connections
+ * handed over after login; a server connection changes hands at ReadyForQuery `I` in the loop.
+ */
+export declare class ProxyPool {
+  constructor(onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null)
+  /** a logged-in client (after its ReadyForQuery); `settings` flat: name, value, name, value… */
+  addClient(id: number, fd: number, route: string, settings: Array<string>, maxFrontendLength: number): void
+  /** a server connection for a client that asked (`acquire`): linked to it at once */
+  giveServer(client: number, id: number, fd: number, route: string, node: string, settings: Array<string>, prepared: Array<string>): void
+  /** a logged-in server connection nobody waits for: idle in the pool */
+  addIdleServer(id: number, fd: number, route: string, node: string, settings: Array<string>, prepared: Array<string>): void
+  /** the client's pool is full: it waits in the loop for a connection of its route to come back */
+  wait(client: number): void
+  /** end a client with this ErrorResponse */
+  failClient(client: number, error: Buffer): void
+  setPrimary(node?: string | undefined | null): void
+  /** the node no longer takes transactions: idle connections closed, transactions in flight ended */
+  drainNode(node: string, why: string): void
+  closeIdle(node: string): void
+  closeServer(id: number): void
+  setPaused(paused: boolean): void
+  /** the server connection the client is on now */
+  linkedServer(client: number): number | null
+  /** {"clients":[[id,state,server,transactions,statements,waitMs]…],"servers":[[id,state,client,prepared]…]} */
+  snapshot(): string
+  stop(): void
+}
+
+/**
  * The proxy's native relay: epoll loops on their own threads (`threads`, default 1) carrying the
  * handed-over sessions.
  */
@@ -71,6 +100,16 @@ export interface JsFilesScanResult {
   endMessage?: string
   filesScanned: number
   bytesScanned: number
+}
+
+export interface JsPoolEvent {
+  /** acquire, client-closed, server-closed, cancel */
+  kind: string
+  client: number
+  server: number
+  detail: string
+  /** server-closed: the server or the network ended it, not the pool */
+  lost: boolean
 }
 
 export interface JsRelayEvent {

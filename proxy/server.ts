@@ -69,7 +69,8 @@ export interface ProxyStatus {
   /** with --etcd: reachable, cluster, revision, safe mode (etcd unreachable: routing to the last known primary, no decisions), the leader's id, the members (null without --etcd) */
   dcs: DcsStatus | null;
   /** with --pool-mode: the mode and every pool as SHOW POOLS shows it, pooled clients counted (null without pooling) */
-  pool: { mode: 'session' | 'transaction'; clients: number; pools: PoolStat[] } | null;
+  /** `native`: clients carried by the native transaction pool (null: the pool frames in Node) */
+  pool: { mode: 'session' | 'transaction'; clients: number; native: number | null; pools: PoolStat[] } | null;
 }
 
 export class ProxyServer implements ProxyContext {
@@ -524,7 +525,7 @@ export class ProxyServer implements ProxyContext {
       leader: this.dcs ? { id: this.dcs.id, isLeader: this.dcs.isLeader, leader: this.dcs.leader } : null,
       etcd: this.dcs ? this.dcs.status() : null,
       dcs: this.dcs ? this.dcs.dcsStatus() : null,
-      pool: this.pool ? { mode: this.pool.settings.mode, clients: this.pool.clients.size, pools: this.pool.stats() } : null,
+      pool: this.pool ? { mode: this.pool.settings.mode, clients: this.pool.clients.size, native: this.pool.native?.clientCount ?? null, pools: this.pool.stats() } : null,
     };
   }
 

@@ -3,6 +3,7 @@
 
 pub mod crc32c;
 pub mod relay;
+pub mod pool_relay;
 pub mod wal_files;
 pub mod wal_scan;
 
@@ -449,5 +450,134 @@ impl ProxyRelay {
         use std::sync::atomic::Ordering::Relaxed;
         let c = &self.inner.counters;
         vec![c.bytes_from_clients.load(Relaxed) as f64, c.bytes_to_clients.load(Relaxed) as f64, c.sessions.load(Relaxed) as f64, c.ready.load(Relaxed) as f64, c.ready_idle.load(Relaxed) as f64]
+    }
+}
+
+// ---------------------------------------------------------------- pgha-proxy transaction pool
+
+#[napi(object)]
+pub struct JsPoolEvent {
+    /// acquire, client-closed, server-closed, cancel
+    pub kind: String,
+    pub client: u32,
+    pub server: u32,
+    pub detail: String,
+    /// server-closed: the server or the network ended it, not the pool
+    pub lost: bool,
+}
+
+type PoolCallback = ThreadsafeFunction<JsPoolEvent, (), JsPoolEvent, Status, false, true>;
+
+struct PoolTsfnSink(PoolCallback);
+
+impl pool_relay::PoolSink for PoolTsfnSink {
+    fn emit(&self, e: pool_relay::PoolEvent) {
+        self.0.call(JsPoolEvent { kind: e.kind.to_string(), client: e.client, server: e.server, detail: e.detail, lost: e.lost }, ThreadsafeFunctionCallMode::NonBlocking);
+    }
+}
+
+fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut it = flat.into_iter();
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    out
+}
+
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::from_reason(format!("pool {what}: {e}"))
+}
+
+/// The proxy's transaction pool loop (native/src/pool_relay.rs): clients and server connections
+/// handed over after login; a server connection changes hands at ReadyForQuery `I` in the loop.
+#[napi]
+pub struct ProxyPool {
+    inner: pool_relay::PoolRelay,
+}
+
+#[napi]
+impl ProxyPool {
+    #[napi(constructor, ts_args_type = "onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null")]
+    pub fn new(on_event: PoolCallback, max_prepared: u32, primary: Option<String>) -> Result<Self> {
+        let inner = pool_relay::PoolRelay::start(std::sync::Arc::new(PoolTsfnSink(on_event)), max_prepared.max(1) as usize).map_err(io_err("start"))?;
+        inner.set_primary(primary).map_err(io_err("start"))?;
+        Ok(ProxyPool { inner })
+    }
+
+    /// a logged-in client (after its ReadyForQuery); `settings` flat: name, value, name, value…
+    #[napi]
+    pub fn add_client(&self, id: u32, fd: i32, route: String, settings: Vec<String>, max_frontend_length: u32) -> Result<()> {
+        self.inner.add_client(id, fd, route, pairs(settings), max_frontend_length).map_err(io_err("add client"))
+    }
+
+    /// a server connection for a client that asked (`acquire`): linked to it at once
+    #[napi]
+    #[allow(clippy::too_many_arguments)]
+    pub fn give_server(&self, client: u32, id: u32, fd: i32, route: String, node: String, settings: Vec<String>, prepared: Vec<String>) -> Result<()> {
+        let init = pool_relay::PoolRelay::server_init(id, fd, route, node, pairs(settings), prepared).map_err(io_err("give server"))?;
+        self.inner.give_server(client, init).map_err(io_err("give server"))
+    }
+
+    /// a logged-in server connection nobody waits for: idle in the pool
+    #[napi]
+    pub fn add_idle_server(&self, id: u32, fd: i32, route: String, node: String, settings: Vec<String>, prepared: Vec<String>) -> Result<()> {
+        let init = pool_relay::PoolRelay::server_init(id, fd, route, node, pairs(settings), prepared).map_err(io_err("add server"))?;
+        self.inner.add_idle_server(init).map_err(io_err("add server"))
+    }
+
+    /// the client's pool is full: it waits in the loop for a connection of its route to come back
+    #[napi]
+    pub fn wait(&self, client: u32) -> Result<()> {
+        self.inner.wait(client).map_err(io_err("wait"))
+    }
+
+    /// end a client with this ErrorResponse
+    #[napi]
+    pub fn fail_client(&self, client: u32, error: Buffer) -> Result<()> {
+        self.inner.fail_client(client, error.to_vec()).map_err(io_err("fail client"))
+    }
+
+    #[napi]
+    pub fn set_primary(&self, node: Option<String>) -> Result<()> {
+        self.inner.set_primary(node).map_err(io_err("set primary"))
+    }
+
+    /// the node no longer takes transactions: idle connections closed, transactions in flight ended
+    #[napi]
+    pub fn drain_node(&self, node: String, why: String) -> Result<()> {
+        self.inner.drain_node(node, why).map_err(io_err("drain node"))
+    }
+
+    #[napi]
+    pub fn close_idle(&self, node: String) -> Result<()> {
+        self.inner.close_idle(node).map_err(io_err("close idle"))
+    }
+
+    #[napi]
+    pub fn close_server(&self, id: u32) -> Result<()> {
+        self.inner.close_server(id).map_err(io_err("close server"))
+    }
+
+    #[napi]
+    pub fn set_paused(&self, paused: bool) -> Result<()> {
+        self.inner.set_paused(paused).map_err(io_err("pause"))
+    }
+
+    /// the server connection the client is on now
+    #[napi]
+    pub fn linked_server(&self, client: u32) -> Option<u32> {
+        self.inner.linked_server(client)
+    }
+
+    /// {"clients":[[id,state,server,transactions,statements,waitMs]…],"servers":[[id,state,client,prepared]…]}
+    #[napi]
+    pub fn snapshot(&self) -> Result<String> {
+        self.inner.snapshot().map_err(io_err("snapshot"))
+    }
+
+    #[napi]
+    pub fn stop(&mut self) {
+        self.inner.stop();
     }
 }

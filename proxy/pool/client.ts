@@ -16,6 +16,7 @@ import type { UserEntry } from './auth.js';
 import { consoleQuery } from './console.js';
 import { cstring, Framer, Out } from './framer.js';
 import { AUTH_OK, authMd5, authSasl, authSaslContinue, authSaslFinal, backendKeyData, CLOSE_COMPLETE, parameterStatus, PARSE_COMPLETE, readyForQuery } from './messages.js';
+import type { NativeClient, NativeView } from './native-pool.js';
 import { AcquireError, type PoolClient, type PoolManager } from './pool.js';
 import { bindOf, parseOf, renamedBind, renamedParse, renamedTarget, serverName, targetOf, type ClientStatement } from './prepared.js';
 import { constantTimeEqual, hmac, md5Response, md5Secret, nonce, scramAttributes, scramKeysFromPassword, sha256, xor, type ScramKeys } from './secrets.js';
@@ -81,7 +82,7 @@ const BEGIN_RE = /^\s*(BEGIN|START\s+TRANSACTION)(\s+(TRANSACTION|WORK|ISOLATION
 
 const LISTEN_RE = /^(?:\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*(LISTEN)\b/i;
 
-export class PooledClient implements PoolClient {
+export class PooledClient implements PoolClient, NativeClient {
   readonly id = nextClientId++;
   readonly startedAt = Date.now();
   readonly user: string;
@@ -135,6 +136,8 @@ export class PooledClient implements PoolClient {
   private answered = false;
   private readonly console: boolean;
   transactions = 0;
+  /** carried by the native transaction pool since its login */
+  private native = false;
 
   constructor(
     private readonly mgr: PoolManager,
@@ -192,7 +195,26 @@ export class PooledClient implements PoolClient {
     return true;
   }
 
-  describe(): Record<string, string | number | null> {
+  describe(view: NativeView | null = null): Record<string, string | number | null> {
+    const nv = this.native ? view?.clients.get(this.id) : undefined;
+    if (nv) {
+      const s = nv.server === null ? null : (this.mgr.native?.servers.get(nv.server) ?? null);
+      return {
+        id: this.id,
+        user: this.user,
+        database: this.database,
+        state: nv.state,
+        addr: this.socket.remoteAddress ?? null,
+        port: this.socket.remotePort ?? null,
+        connect_time: new Date(this.startedAt).toISOString(),
+        wait_ms: nv.waitMs,
+        server: nv.server,
+        node: s?.node ?? null,
+        tls: 'no',
+        transactions: nv.transactions,
+        prepared_statements: nv.statements,
+      };
+    }
     return {
       id: this.id,
       user: this.user,
@@ -330,7 +352,58 @@ export class PooledClient implements PoolClient {
     out.push(backendKeyData(this.cancelKey.pid, this.cancelKey.key), readyForQuery('I'));
     this.phase = 'ready';
     this.socket.write(Buffer.concat(out));
+    if (this.canGoNative() && this.inbox.length === 0 && this.framer.atBoundary) {
+      const settings = [...this.settings.values()];
+      this.native = this.mgr.native!.adoptClient(this, this.socket, this.user, this.database, settings);
+      if (this.native) return;
+    }
     this.pump();
+  }
+
+  // ---------------------------------------------------------------- the native pool
+
+  /** transaction mode, the native loop there, a client on plain TCP of the read-write port */
+  private canGoNative(): boolean {
+    return this.mgr.native !== null && this.kind === 'rw' && !this.tls && !this.console;
+  }
+
+  /** the native loop has no idle connection for this client: one from the pool, or wait in the loop for one */
+  nativeAcquire(): void {
+    if (this.acquiring || this.phase === 'closed') return;
+    const native = this.mgr.native!;
+    this.acquiring = true;
+    this.waitingSince = Date.now();
+    this.mgr.acquire(this, this.entry!, true).then(
+      (s) => {
+        this.acquiring = false;
+        this.waitingSince = 0;
+        if (s === null) return native.wait(this.id);
+        s.client = null;
+        if (this.phase === 'closed') {
+          if (!native.addIdle(s)) this.mgr.release(s, this.entry!, true, false);
+          return;
+        }
+        if (!native.giveServer(this.id, s)) {
+          this.mgr.release(s, this.entry!, true, false);
+          native.fail(this.id, SQLSTATE.connectionFailure, `pgha-proxy: the server connection to ${s.node} uses TLS, which the native transaction pool does not carry: run pgha-proxy with --relay node or --backend-sslmode disable`);
+        }
+      },
+      (e: Error) => {
+        this.acquiring = false;
+        this.waitingSince = 0;
+        const ae = e instanceof AcquireError ? e : null;
+        native.fail(this.id, ae?.code ?? SQLSTATE.connectionFailure, e.message, ae?.detail);
+      },
+    );
+  }
+
+  /** the native loop ended this client */
+  nativeClosed(why: string): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    this.mgr.unregister(this);
+    this.socket.destroy();
+    this.mgr.log.debug({ client: this.id, why }, 'pooled client closed');
   }
 
   // ---------------------------------------------------------------- client → server
@@ -699,10 +772,12 @@ export class PooledClient implements PoolClient {
   // ---------------------------------------------------------------- endings
 
   cancel(): Promise<void> {
-    return this.server ? this.mgr.sendCancelTo(this.server) : Promise.resolve();
+    const s = this.native ? this.mgr.native!.linkedServer(this.id) : this.server;
+    return s ? this.mgr.sendCancelTo(s) : Promise.resolve();
   }
 
   failover(why: string): void {
+    // (the native loop fails its own clients over: PoolManager.drainNode tells it)
     const s = this.server;
     if (!s || this.phase === 'closed') return;
     if (this.replay !== null && this.replay.length > 0 && !this.answered && !this.serverSentFatal) {
@@ -716,6 +791,7 @@ export class PooledClient implements PoolClient {
   /** end the client from the proxy's side with a FATAL (failover with a transaction in flight, shutdown) */
   terminate(code: string, message: string, hint?: string): void {
     if (this.phase === 'closed') return;
+    if (this.native) return this.mgr.native!.fail(this.id, code, message, undefined, hint);
     const s = this.server;
     if (s) {
       this.server = null;

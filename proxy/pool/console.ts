@@ -46,8 +46,9 @@ function pools(mgr: PoolManager): Buffer {
 }
 
 function clients(mgr: PoolManager): Buffer {
+  const view = mgr.nativeView();
   const rows = [...mgr.clients].map((c) => {
-    const d = c.describe();
+    const d = c.describe(view);
     return [d.user, d.database, d.state, d.addr, d.port, d.connect_time, d.wait_ms, d.server, d.node, d.tls, d.transactions, d.prepared_statements, c.id];
   });
   return resultSet(['user', 'database', 'state', 'addr', 'port', 'connect_time', 'wait_ms', 'server', 'node', 'tls', 'transactions', 'prepared_statements', 'id'], rows);
@@ -55,8 +56,14 @@ function clients(mgr: PoolManager): Buffer {
 
 function servers(mgr: PoolManager): Buffer {
   const rows: Array<Array<string | number | null>> = [];
+  const view = mgr.nativeView();
   for (const p of mgr.pools.values()) {
     for (const s of p.all) {
+      const nv = s.state === 'native' ? view?.servers.get(s.id) : undefined;
+      if (nv) {
+        rows.push([s.user, s.database, nv.state, s.node, s.backendKey?.pid ?? null, new Date(s.connectedAt).toISOString(), null, nv.client, nv.prepared, s.id]);
+        continue;
+      }
       const c = s.client as { id: number } | null;
       rows.push([s.user, s.database, s.state, s.node, s.backendKey?.pid ?? null, new Date(s.connectedAt).toISOString(), new Date(s.lastUsed).toISOString(), c?.id ?? null, s.prepared.size, s.id]);
     }

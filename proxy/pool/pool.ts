@@ -12,6 +12,7 @@ import type { ProxyConfig } from '../config.js';
 import type { BackendState, HealthMonitor, PrimaryChange } from '../health/monitor.js';
 import { SQLSTATE } from '../protocol/codes.js';
 import { Authenticator, type UserEntry } from './auth.js';
+import { NativeTransactionPool, type NativeView } from './native-pool.js';
 import { ServerConn, ServerLoginError } from './server-conn.js';
 
 export interface PoolSettings {
@@ -62,9 +63,16 @@ export class Pool {
     readonly address: BackendAddress,
   ) {}
 
-  get active(): number {
+  /** connections in use (`view`: what the native pool says of the ones it carries) */
+  active(view: NativeView | null = null): number {
     let n = 0;
-    for (const s of this.all) if (s.state === 'active') n++;
+    for (const s of this.all) if (s.state === 'active' || (s.state === 'native' && view?.servers.get(s.id)?.state === 'active')) n++;
+    return n;
+  }
+
+  idleCount(view: NativeView | null = null): number {
+    let n = this.idle.length;
+    if (view) for (const s of this.all) if (s.state === 'native' && view.servers.get(s.id)?.state === 'idle') n++;
     return n;
   }
 
@@ -73,6 +81,12 @@ export class Pool {
       this.waiters.push({ resolve, reject, since: Date.now() });
       this.pump(entry);
     });
+  }
+
+  /** a connection now or once opened; null when the pool is full (the native pool's clients then wait in its loop) */
+  tryGet(entry: UserEntry): Promise<ServerConn> | null {
+    if (this.waiters.length === 0 && this.idle.length === 0 && this.all.size + this.opening >= this.mgr.settings.size) return null;
+    return this.get(entry);
   }
 
   private pump(entry: UserEntry): void {
@@ -128,6 +142,7 @@ export class Pool {
 
   /** a client is done with a server: reset (session mode) and back to the pool, or closed */
   put(s: ServerConn, entry: UserEntry, reusable: boolean, reset: boolean): void {
+    if (s.native) return;
     s.client = null;
     s.lastUsed = Date.now();
     if (!reusable || s.state === 'closed' || this.drained) {
@@ -215,7 +230,7 @@ export interface PoolClient {
   failover(why: string): void;
   /** a request to cancel what this client runs; resolved once the server took it */
   cancel(): Promise<void>;
-  describe(): Record<string, string | number | null>;
+  describe(view?: NativeView | null): Record<string, string | number | null>;
   /** waiting for a server connection since (ms epoch), else 0 */
   waitingSince: number;
 }
@@ -247,6 +262,8 @@ export class PoolManager {
   private resumeWaiters: Array<() => void> = [];
   readonly log: Logger;
   readonly cfg: ProxyConfig;
+  /** transaction mode with the native relay: clients on plain TCP are carried by the native loop */
+  readonly native: NativeTransactionPool | null;
 
   constructor(
     readonly host: PoolHost,
@@ -255,7 +272,9 @@ export class PoolManager {
   ) {
     this.cfg = host.cfg;
     this.log = host.log.child({ part: 'pool' });
+    this.native = settings.mode === 'transaction' && this.cfg.relay === 'native' ? NativeTransactionPool.create(settings.maxPreparedStatements, host.monitor.primary?.name ?? null, this.log, (s) => void this.sendCancelTo(s)) : null;
     host.monitor.on('primary', (c: PrimaryChange) => {
+      this.native?.setPrimary(c.to?.name ?? null);
       if (c.from) this.drainNode(c.from.name, c.to ? `the primary moved from ${c.from.name} to ${c.to.name}` : `the primary ${c.from.name} is unavailable (${c.reason})`);
     });
     host.monitor.on('change', () => {
@@ -264,15 +283,26 @@ export class PoolManager {
   }
 
   /** every pool with connections or clients (drained pools until their last connection is gone) */
+  /** what the native loop says of the clients and connections it carries (null without it) */
+  nativeView(): NativeView | null {
+    return this.native ? this.native.view() : null;
+  }
+
   stats(): PoolStat[] {
     const out: PoolStat[] = [];
+    const view = this.nativeView();
     for (const p of this.pools.values()) {
       if (p.drained && p.all.size === 0) continue;
       let clActive = 0;
       let clWaiting = 0;
       for (const c of this.clients) {
         if (c.user !== p.user || c.database !== p.database) continue;
-        if (c.server && p.all.has(c.server)) clActive++;
+        const nv = view?.clients.get(c.id);
+        if (nv) {
+          const sv = nv.server === null ? undefined : this.native!.servers.get(nv.server);
+          if (sv && p.all.has(sv)) clActive++;
+          else if (nv.state === 'waiting' && !p.drained && p.node === this.host.monitor.primary?.name) clWaiting++;
+        } else if (c.server && p.all.has(c.server)) clActive++;
         else if (c.waitingSince && !p.drained) clWaiting++;
       }
       out.push({
@@ -281,8 +311,8 @@ export class PoolManager {
         node: p.node,
         clActive,
         clWaiting,
-        svActive: p.active,
-        svIdle: p.idle.length,
+        svActive: p.active(view),
+        svIdle: p.idleCount(view),
         svLogin: p.opening,
         maxWaitMs: p.maxWaitMs(),
         mode: this.settings.mode,
@@ -351,9 +381,12 @@ export class PoolManager {
 
   /**
    * a server connection for the client's next transaction (or session): on the primary (the
-   * read-only port: a standby), waiting for one while there is none, up to --primary-wait
+   * read-only port: a standby), waiting for one while there is none, up to --primary-wait.
+   * `orFull`: null instead of waiting when the pool is full (a native client waits in the loop)
    */
-  async acquire(c: PoolClient, entry: UserEntry): Promise<ServerConn> {
+  async acquire(c: PoolClient, entry: UserEntry): Promise<ServerConn>;
+  async acquire(c: PoolClient, entry: UserEntry, orFull: true): Promise<ServerConn | null>;
+  async acquire(c: PoolClient, entry: UserEntry, orFull = false): Promise<ServerConn | null> {
     const { monitor } = this.host;
     const deadline = Date.now() + this.cfg.primaryWaitMs;
     let lastError = '';
@@ -365,7 +398,9 @@ export class PoolManager {
       }
       const pool = this.poolFor(c.user, c.database, target);
       try {
-        const s = await pool.get(entry);
+        const got = orFull ? pool.tryGet(entry) : pool.get(entry);
+        if (!got) return null;
+        const s = await got;
         s.client = c;
         return s;
       } catch (e) {
@@ -385,6 +420,7 @@ export class PoolManager {
   }
 
   release(s: ServerConn, entry: UserEntry, reusable: boolean, reset: boolean): void {
+    if (s.native) return;
     const pool = this.pools.get(`${s.user}\0${s.database}\0${s.node}`);
     if (!pool || !pool.all.has(s)) {
       s.close();
@@ -395,6 +431,7 @@ export class PoolManager {
 
   /** the node is no longer where transactions go: close what is idle there, end transactions in flight */
   drainNode(node: string, why: string, onlyIfAny = false): void {
+    this.native?.drainNode(node, why);
     let n = 0;
     for (const p of this.pools.values()) {
       if (p.node !== node || p.drained) continue;
@@ -418,12 +455,14 @@ export class PoolManager {
   nodeTrouble(node: string, why: string): void {
     let n = 0;
     for (const p of this.pools.values()) if (p.node === node) n += p.closeIdle();
+    this.native?.closeIdle(node);
     if (n > 0) this.log.info({ node, closed: n, why }, 'closed the idle pooled connections of a node in trouble');
     this.host.monitor.suspect(node, why);
   }
 
   pause(): void {
     this.paused = true;
+    this.native?.setPaused(true);
   }
 
   /** resolves once no server connection is in use (PAUSE answers then) */
@@ -431,7 +470,8 @@ export class PoolManager {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       let busy = 0;
-      for (const p of this.pools.values()) busy += p.active;
+      const view = this.nativeView();
+      for (const p of this.pools.values()) busy += p.active(view);
       if (busy === 0) return true;
       if (Date.now() > deadline) return false;
       await new Promise((r) => setTimeout(r, 20));
@@ -440,6 +480,7 @@ export class PoolManager {
 
   resume(): void {
     this.paused = false;
+    this.native?.setPaused(false);
     for (const r of this.resumeWaiters.splice(0)) r();
   }
 
@@ -449,5 +490,8 @@ export class PoolManager {
       p.drain();
       for (const s of p.all) s.close();
     }
+    // the loop writes the FATALs and Terminates queued above before it stops
+    const native = this.native;
+    if (native) setTimeout(() => native.stop(), 200).unref();
   }
 }

@@ -12,12 +12,15 @@ import { cstring, message } from './framer.js';
 const names = new Map<string, string>();
 const NAMES_KEPT = 10_000;
 
-/** the server-side name of a statement: one per distinct (query, parameter types) */
+/**
+ * the server-side name of a statement: one per distinct (query, parameter types) — `pgha_` and 24
+ * hex digits of SHA-256, the name native/src/pool_relay.rs gives it too
+ */
 export function serverName(query: Buffer): string {
   const k = query.toString('latin1');
   let n = names.get(k);
   if (!n) {
-    n = `pgha_${createHash('sha1').update(query).digest('hex').slice(0, 24)}`;
+    n = `pgha_${createHash('sha256').update(query).digest('hex').slice(0, 24)}`;
     if (names.size >= NAMES_KEPT) names.clear();
     names.set(k, n);
   }

@@ -9,6 +9,7 @@ import { serialize } from 'pg-protocol';
 import { connectBackend, type BackendAddress, type BackendTls } from '../backend/connect.js';
 import { noticeFields } from '../protocol/backend-messages.js';
 import type { UserEntry } from './auth.js';
+import type { NativeTransactionPool } from './native-pool.js';
 import { Framer } from './framer.js';
 import { constantTimeEqual, hmac, md5Response, md5Secret, nonce, saltedPassword, scramAttributes, sha256, xor } from './secrets.js';
 
@@ -24,7 +25,8 @@ export class ServerLoginError extends Error {
   }
 }
 
-export type ServerState = 'login' | 'idle' | 'active' | 'closed';
+/** native: carried by the native transaction pool, which knows whether it is idle or in use */
+export type ServerState = 'login' | 'idle' | 'active' | 'native' | 'closed';
 
 export class ServerConn {
   readonly id = nextServerId++;
@@ -190,6 +192,18 @@ export class ServerConn {
 
   /** the server (or the network) ended the connection, not the pool */
   lost = false;
+  /** the native pool carries this connection (Node no longer reads it) */
+  native: NativeTransactionPool | null = null;
+
+  /** the native pool closed this connection (`lost`: the server or the network ended it) */
+  nativeClosed(lost: boolean, why: string): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.lost = lost;
+    this.socket.destroy();
+    this.onGone(why);
+    this.onClosed();
+  }
 
   private gone(why: string): void {
     if (this.state === 'closed') return;
@@ -202,6 +216,8 @@ export class ServerConn {
 
   close(): void {
     if (this.state === 'closed') return;
+    // the native pool writes Terminate and reports the end (nativeClosed)
+    if (this.native) return this.native.closeServer(this.id);
     this.state = 'closed';
     this.onGone('closed by the pool');
     this.onClosed();

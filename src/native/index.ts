@@ -53,6 +53,18 @@ export function nativeProxyRelay(onEvent: (e: RelayEvent) => void, threads = 1):
   return binding?.ProxyRelay ? new binding.ProxyRelay(onEvent, threads) : null;
 }
 
+/** what the transaction pool's native loop reports: acquire, client-closed, server-closed, cancel */
+export type PoolEvent = import('../../native/binding.js').JsPoolEvent;
+
+/** pgha-proxy's transaction pool loop (native/src/pool_relay.rs): clients and server connections handed over after login */
+export type ProxyPool = InstanceType<Binding['ProxyPool']>;
+
+/** the native transaction pool, or null without the addon (the pool then frames in TypeScript) */
+export function nativeProxyPool(onEvent: (e: PoolEvent) => void, maxPrepared: number, primary: string | null): ProxyPool | null {
+  if (!warned) warnFallback();
+  return binding?.ProxyPool ? new binding.ProxyPool(onEvent, maxPrepared, primary) : null;
+}
+
 interface PackageJson {
   name: string;
   version: string;

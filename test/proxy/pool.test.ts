@@ -23,8 +23,9 @@ import { PROXY_CLI, startProxy, type RunningProxy } from '../support/proxy.js';
 const run = promisify(execFile);
 
 let primary: PgCluster;
-let txn: RunningProxy;
 let session: RunningProxy;
+/** the options every proxy of these tests gets */
+let common: string[];
 let authFile: string;
 
 const PASSWORDS = { scram_user: 'scram-secret', md5_user: 'md5-secret', plain_user: 'plain-secret', admin: 'admin-secret' };
@@ -90,18 +91,37 @@ beforeAll(async () => {
   const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-'));
   authFile = join(dir, 'userlist.txt');
   writeFileSync(authFile, `; PgBouncer's format\n"scram_user" "${secrets.scram_user}"\n"md5_user" "${secrets.md5_user}"\n"plain_user" "${PASSWORDS.plain_user}"\n"admin" "${PASSWORDS.admin}"\n"postgres" "unused"\n`, { mode: 0o600 });
-  const common = ['--backend-sslmode', 'disable', '--auth-file', authFile, '--admin-users', 'admin'];
-  txn = await startProxy([primary.port], ['--pool-mode', 'transaction', '--pool-size', '2', ...common]);
+  common = ['--backend-sslmode', 'disable', '--auth-file', authFile, '--admin-users', 'admin'];
   session = await startProxy([primary.port], ['--pool-mode', 'session', '--pool-size', '1', ...common]);
 }, 180_000);
 
 afterAll(async () => {
-  await txn?.stop();
   await session?.stop();
   await cleanupAll();
 });
 
-describe('pgha-proxy --pool-mode', () => {
+// every test through both relays: the native transaction pool (native/src/pool_relay.rs, the
+// default) and the TypeScript one (--relay node)
+describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay)', (relay) => {
+  let txn: RunningProxy;
+  beforeAll(async () => {
+    txn = await startProxy([primary.port], ['--pool-mode', 'transaction', '--pool-size', '2', '--relay', relay, ...common]);
+  }, 60_000);
+  afterAll(async () => {
+    await txn?.stop();
+  });
+
+  it('clients on plain TCP are carried by the relay asked for', async () => {
+    const c = client(txn, 'plain_user');
+    await c.connect();
+    expect((await c.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+    const st = await txn.status();
+    expect(st.pool?.native).toBe(relay === 'native' ? 1 : null);
+    await c.end();
+    await waitFor(async () => (await txn.status()).pool?.clients === 0, 5000, 'the client gone from the pool');
+    expect((await txn.status()).pool?.native).toBe(relay === 'native' ? 0 : null);
+  });
+
   it('authenticates clients itself: SCRAM for SCRAM and plain entries, MD5 for MD5 entries, as the server asks them', async () => {
     // the server's own choice per user, and the proxy's
     expect(await firstAuthCode(primary.port, 'scram_user')).toBe(10);
@@ -144,6 +164,8 @@ describe('pgha-proxy --pool-mode', () => {
     }));
     const rounds = Number(process.env.PGHA_POOL_ROUNDS ?? 5);
     const seen = new Set<number>();
+    // (the table is shared by the runs through each relay)
+    await primary.sql("DELETE FROM pooled WHERE who LIKE 'client-%'");
     await Promise.all(clients.map(async (c, i) => {
       for (let r = 0; r < rounds; r++) {
         await c.query('BEGIN');
@@ -313,7 +335,7 @@ describe('pgha-proxy --pool-mode', () => {
   });
 
   it('--max-prepared-statements: a server connection keeps at most N statements, the least recently used closed and prepared again when a client comes back to it', async () => {
-    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--auth-file', authFile, '--pool-mode', 'transaction', '--pool-size', '1', '--max-prepared-statements', '3']);
+    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--auth-file', authFile, '--pool-mode', 'transaction', '--pool-size', '1', '--max-prepared-statements', '3', '--relay', relay]);
     try {
       const a = client(p, 'plain_user');
       const b = client(p, 'plain_user');
@@ -342,7 +364,7 @@ describe('pgha-proxy --pool-mode', () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-aq-'));
     const file = join(dir, 'userlist.txt');
     writeFileSync(file, '"postgres" "unused-with-trust"\n', { mode: 0o600 });
-    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--pool-mode', 'transaction', '--auth-file', file, '--auth-user', 'postgres', '--auth-query', "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND rolcanlogin"]);
+    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--pool-mode', 'transaction', '--auth-file', file, '--auth-user', 'postgres', '--auth-query', "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND rolcanlogin", '--relay', relay]);
     try {
       const c = client(p, 'scram_user');
       await c.connect();

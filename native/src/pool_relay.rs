@@ -1,0 +1,1565 @@
+//! pgha-proxy's transaction pool in one epoll loop: the twin of proxy/pool/client.ts's transaction
+//! mode for clients and server connections on plain TCP. The JavaScript side authenticates a client
+//! and logs server connections in (SCRAM, MD5, auth files, the auth query: all unchanged), then hands
+//! the descriptors over. From then on this loop frames both streams, links a client to an idle
+//! server connection of its route on the current primary when a transaction starts, and back at
+//! ReadyForQuery `I` once nothing more is pending — with no JavaScript in a transaction's path.
+//!
+//! What client.ts does per message is done here the same way: settings a client asked for are SET
+//! on the connection it lands on, named prepared statements get server-side names (the hash of the
+//! query and parameter types, the same as prepared.ts gives them) and are prepared again wherever the
+//! client lands, at most `max_prepared` per connection (least recently used closed first), LISTEN is
+//! refused, a BEGIN whose server went away unanswered is sent again elsewhere, and a transaction in
+//! flight on a server that goes away ends its client with a clear SQLSTATE.
+//!
+//! JavaScript is asked only when the loop cannot go on alone (`acquire`: no idle connection on the
+//! primary for the route; it opens one and hands it over, or says `wait` when the pool is full) and
+//! told what ended (`client-closed`, `server-closed`, `cancel`).
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const WAKER: Token = Token(usize::MAX);
+const CHUNK: usize = 64 * 1024;
+/// how long a closed client's or server's last bytes may wait for a peer that does not read
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the loop tells the JavaScript side.
+#[derive(Debug, Clone)]
+pub struct PoolEvent {
+    /// acquire (client), client-closed (client, detail), server-closed (server, lost, detail),
+    /// cancel (server: what runs there is no longer wanted)
+    pub kind: &'static str,
+    pub client: u32,
+    pub server: u32,
+    pub detail: String,
+    /// the server (or the network) ended the connection, not the pool
+    pub lost: bool,
+}
+
+pub trait PoolSink: Send + Sync + 'static {
+    fn emit(&self, e: PoolEvent);
+}
+
+/// a server connection handed over by JavaScript (logged in, at ReadyForQuery `I`)
+pub struct ServerInit {
+    pub id: u32,
+    pub sock: TcpStream,
+    pub route: String,
+    pub node: String,
+    /// settings as the server reported them (names in lower case)
+    pub settings: Vec<(String, String)>,
+    /// statements already prepared on it (server-side names)
+    pub prepared: Vec<String>,
+}
+
+enum Command {
+    AddClient { id: u32, sock: TcpStream, route: String, settings: Vec<(String, String)>, max_frontend: u32 },
+    GiveServer { client: u32, server: ServerInit },
+    AddIdleServer(ServerInit),
+    Wait { client: u32 },
+    FailClient { client: u32, error: Vec<u8> },
+    SetPrimary(Option<String>),
+    DrainNode { node: String, why: String },
+    CloseIdle { node: String },
+    CloseServer { id: u32 },
+    SetPaused(bool),
+    Snapshot(mpsc::Sender<String>),
+    Stop,
+}
+
+/// client → server message types
+mod t {
+    pub const QUERY: u8 = b'Q';
+    pub const PARSE: u8 = b'P';
+    pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
+    pub const CLOSE: u8 = b'C';
+    pub const SYNC: u8 = b'S';
+    pub const FLUSH: u8 = b'H';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const TERMINATE: u8 = b'X';
+}
+
+const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
+const TERMINATE_MSG: &[u8] = &[b'X', 0, 0, 0, 4];
+
+/// reported settings a client may change with SET that follow it to the next server connection
+const TRACKED: [&str; 6] = ["client_encoding", "datestyle", "intervalstyle", "timezone", "standard_conforming_strings", "application_name"];
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Act {
+    /// relay the answer
+    Fwd,
+    /// the proxy's own request: drop its answer
+    Swallow,
+    /// not sent: answer with `reply` when its turn comes
+    Fake(&'static [u8]),
+}
+
+#[derive(Debug)]
+struct Pending {
+    t: u8,
+    act: Act,
+    /// a Parse the proxy sent: its server-side name (forgotten when the server skips it)
+    prepared: Option<String>,
+    /// a Close the proxy sent to make room: the statement it closes (kept when the server skips it)
+    evicted: Option<String>,
+}
+
+impl Pending {
+    fn new(t: u8, act: Act) -> Self {
+        Pending { t, act, prepared: None, evicted: None }
+    }
+}
+
+struct Statement {
+    server: String,
+    /// the Parse message under the server-side name
+    parse: Vec<u8>,
+}
+
+struct Setting {
+    lname: String,
+    name: String,
+    value: String,
+}
+
+struct Out {
+    buf: Vec<u8>,
+    off: usize,
+    /// write interest registered
+    want_write: bool,
+}
+
+impl Out {
+    fn new() -> Self {
+        Out { buf: Vec::new(), off: 0, want_write: false }
+    }
+    fn pending(&self) -> bool {
+        self.off < self.buf.len()
+    }
+    /// write what is pending; Ok(true) when all went out
+    fn flush(&mut self, sock: &mut TcpStream) -> std::io::Result<bool> {
+        while self.off < self.buf.len() {
+            match sock.write(&self.buf[self.off..]) {
+                Ok(0) => return Err(std::io::Error::new(ErrorKind::WriteZero, "write returned 0")),
+                Ok(n) => self.off += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.buf.clear();
+        self.off = 0;
+        Ok(true)
+    }
+}
+
+pub struct Client {
+    sock: TcpStream,
+    route: String,
+    settings: Vec<Setting>,
+    statements: HashMap<Vec<u8>, Statement>,
+    max_frontend: u32,
+    /// bytes read and not yet sent on (whole messages, then perhaps part of one)
+    inbuf: Vec<u8>,
+    out: Out,
+    server: Option<u32>,
+    queue: VecDeque<Pending>,
+    pending_ready: u32,
+    /// extended-protocol messages sent since the last Sync: the server holds state for them
+    partial: bool,
+    /// BEGIN / START TRANSACTION sent on the linked server and nothing answered yet: can go elsewhere
+    replay: Option<Vec<Vec<u8>>>,
+    answered: bool,
+    server_sent_fatal: bool,
+    /// the proxy's own SET failed: (SQLSTATE, message)
+    set_failed: Option<(String, String)>,
+    /// asked JavaScript for a server connection, or queued for one here
+    waiting: bool,
+    waiting_since: Option<Instant>,
+    /// not read while its messages wait for a server connection or the server's socket is full
+    read_blocked: bool,
+    transactions: u64,
+}
+
+pub struct Server {
+    sock: TcpStream,
+    route: String,
+    node: String,
+    settings: HashMap<String, String>,
+    /// server-side statement name → last use (least recently used closed first)
+    prepared: HashMap<String, u64>,
+    inbuf: Vec<u8>,
+    out: Out,
+    client: Option<u32>,
+    tx_status: u8,
+    read_blocked: bool,
+}
+
+impl Server {
+    fn touch(&mut self, name: &str, clock: &mut u64) {
+        *clock += 1;
+        if let Some(v) = self.prepared.get_mut(name) {
+            *v = *clock;
+        }
+    }
+    fn add_prepared(&mut self, name: String, clock: &mut u64) {
+        *clock += 1;
+        self.prepared.insert(name, *clock);
+    }
+    fn least_recent(&self) -> Option<String> {
+        self.prepared.iter().min_by_key(|(_, &v)| v).map(|(k, _)| k.clone())
+    }
+}
+
+/// what a closed socket still owes its peer: written out, then FIN, then closed
+struct Drain {
+    sock: TcpStream,
+    out: Vec<u8>,
+    off: usize,
+    deadline: Instant,
+}
+
+impl Drain {
+    fn step(&mut self) -> bool {
+        while self.off < self.out.len() {
+            match self.sock.write(&self.out[self.off..]) {
+                Ok(0) => return true,
+                Ok(n) => self.off += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(_) => return true,
+            }
+        }
+        let _ = self.sock.shutdown(Shutdown::Write);
+        true
+    }
+}
+
+fn client_token(id: u32) -> Token {
+    Token((id as usize) << 1)
+}
+fn server_token(id: u32) -> Token {
+    Token(((id as usize) << 1) | 1)
+}
+/// drains live on tokens of their own (the id space above every client and server)
+const DRAIN_BASE: usize = 1 << 40;
+
+// ---------------------------------------------------------------- messages
+
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + body.len());
+    v.push(kind);
+    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// an ErrorResponse as proxy/protocol/backend-messages.ts errorResponse() builds it
+pub fn error_response(severity: &str, code: &str, msg: &str, detail: Option<&str>, hint: Option<&str>) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in [(b'S', Some(severity)), (b'V', Some(severity)), (b'C', Some(code)), (b'M', Some(msg)), (b'D', detail), (b'H', hint)] {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            body.push(k);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+    }
+    body.push(0);
+    message(b'E', &body)
+}
+
+fn cstr_at(msg: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let end = msg.get(at..)?.iter().position(|&b| b == 0)? + at;
+    Some((&msg[at..end], end + 1))
+}
+
+/// severity (non-localized V first), SQLSTATE and message of an ErrorResponse body
+fn error_fields(body: &[u8]) -> (String, String, String) {
+    let (sev, code) = crate::relay::error_fields(body);
+    let mut m = String::new();
+    let mut i = 0;
+    while i < body.len() && body[i] != 0 {
+        let end = body[i + 1..].iter().position(|&b| b == 0).map(|p| i + 1 + p).unwrap_or(body.len());
+        if body[i] == b'M' {
+            m = String::from_utf8_lossy(&body[i + 1..end]).into_owned();
+        }
+        i = end + 1;
+    }
+    (sev, code, m)
+}
+
+/// the server-side name of a statement: one per distinct (query, parameter types), as prepared.ts names it
+pub fn server_name(rest: &[u8]) -> String {
+    let d = Sha256::digest(rest);
+    let mut s = String::with_capacity(29);
+    s.push_str("pgha_");
+    for b in &d[..12] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn skip_space_and_comments(q: &[u8], mut i: usize) -> usize {
+    loop {
+        while i < q.len() && q[i].is_ascii_whitespace() || (i < q.len() && q[i] == 0x0b) {
+            i += 1;
+        }
+        if q[i..].starts_with(b"--") {
+            match q[i..].iter().position(|&b| b == b'\n') {
+                Some(p) => i += p + 1,
+                None => return i,
+            }
+        } else if q[i..].starts_with(b"/*") {
+            match q[i + 2..].windows(2).position(|w| w == b"*/") {
+                Some(p) => i += 2 + p + 2,
+                None => return i,
+            }
+        } else {
+            return i;
+        }
+    }
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// does the query text start with LISTEN (after white space and comments)? client.ts's LISTEN_RE
+pub fn starts_with_listen(q: &[u8]) -> bool {
+    let i = skip_space_and_comments(q, 0);
+    q.len() >= i + 6 && q[i..i + 6].eq_ignore_ascii_case(b"LISTEN") && (q.len() == i + 6 || !is_word_byte(q[i + 6]))
+}
+
+/// is the query text only a transaction's start (BEGIN / START TRANSACTION with its modes)? client.ts's BEGIN_RE
+pub fn is_begin(q: &[u8]) -> bool {
+    let mut end = q.len();
+    while end > 0 && q[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    if end > 0 && q[end - 1] == b';' {
+        end -= 1;
+        while end > 0 && q[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+    }
+    let q = &q[..end];
+    let mut i = 0;
+    while i < q.len() && q[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    let kw = |i: usize, w: &[u8]| q.len() >= i + w.len() && q[i..i + w.len()].eq_ignore_ascii_case(w);
+    if kw(i, b"BEGIN") {
+        i += 5;
+    } else if kw(i, b"START") {
+        let mut j = i + 5;
+        let ws = j;
+        while j < q.len() && q[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if j == ws || !kw(j, b"TRANSACTION") {
+            return false;
+        }
+        i = j + 11;
+    } else {
+        return false;
+    }
+    const ITEMS: [&[u8]; 12] = [b"TRANSACTION", b"WORK", b"READ", b"WRITE", b"ONLY", b"COMMITTED", b"UNCOMMITTED", b"REPEATABLE", b"SERIALIZABLE", b"DEFERRABLE", b"NOT", b","];
+    let item = |i: usize| -> Option<usize> {
+        if kw(i, b"ISOLATION") {
+            let mut j = i + 9;
+            let ws = j;
+            while j < q.len() && q[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            return (j > ws && kw(j, b"LEVEL")).then_some(j + 5);
+        }
+        ITEMS.iter().find(|w| kw(i, w)).map(|w| i + w.len())
+    };
+    while i < q.len() {
+        let ws = i;
+        while i < q.len() && q[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == ws {
+            return false;
+        }
+        let Some(mut j) = item(i) else { return false };
+        while let Some(k) = item(j) {
+            j = k;
+        }
+        i = j;
+    }
+    true
+}
+
+fn quote_literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+fn quote_ident(v: &str) -> String {
+    let plain = !v.is_empty() && v.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if plain {
+        v.to_string()
+    } else {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    }
+}
+
+fn query_message(text: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(text.len() + 1);
+    body.extend_from_slice(text.as_bytes());
+    body.push(0);
+    message(t::QUERY, &body)
+}
+
+/// SQL that makes the server itself raise the error (so aborting a transaction works as for any error)
+fn not_supported(what: &str) -> String {
+    let msg = format!("pgha-proxy: {what} is not supported in transaction pool mode (a server connection serves other clients between transactions): use --pool-mode session, or connect to the server directly");
+    format!("DO $pgha$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = {}; END$pgha$", quote_literal(&msg))
+}
+
+/// does a server message of this type end the answer to a request of type `t`?
+fn completes(kind: u8, t: u8) -> bool {
+    match kind {
+        b'1' => t == t::PARSE,
+        b'2' => t == t::BIND,
+        b'3' => t == t::CLOSE,
+        b'n' | b'T' => t == t::DESCRIBE,
+        b'C' | b'I' | b's' => t == t::EXECUTE,
+        _ => false,
+    }
+}
+
+/// the length of the first whole message in `buf`, Ok(None) when it is not all there yet
+fn whole_message(buf: &[u8], max: u32, offset_base: usize) -> Result<Option<usize>, String> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 || len as i64 > max as i64 {
+        return Err(format!("client: invalid message length {} for message type 0x{:02x} at byte {} (expected 4..{})", len as u32, buf[0], offset_base, max));
+    }
+    let n = 1 + len as usize;
+    Ok((buf.len() >= n).then_some(n))
+}
+
+/// one client message on its way to the linked server (client.ts toServer, transaction mode)
+fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, clock: &mut u64) {
+    let kind = msg[0];
+    if let Some(r) = c.replay.as_mut() {
+        if kind == t::QUERY && is_begin(&msg[5..msg.len() - 1]) {
+            r.push(msg.to_vec());
+        } else {
+            c.replay = None;
+        }
+    }
+    match kind {
+        t::QUERY => {
+            c.pending_ready += 1;
+            c.partial = false;
+            c.queue.push_back(Pending::new(kind, Act::Fwd));
+            if starts_with_listen(&msg[5..msg.len() - 1]) {
+                s.out.buf.extend_from_slice(&query_message(&not_supported("LISTEN")));
+            } else {
+                s.out.buf.extend_from_slice(msg);
+            }
+        }
+        t::SYNC | t::FUNCTION_CALL => {
+            c.pending_ready += 1;
+            if kind == t::SYNC {
+                c.partial = false;
+            }
+            c.queue.push_back(Pending::new(kind, Act::Fwd));
+            s.out.buf.extend_from_slice(msg);
+        }
+        t::FLUSH => s.out.buf.extend_from_slice(msg),
+        t::PARSE => {
+            c.partial = true;
+            let Some((name, at)) = cstr_at(msg, 5) else {
+                // malformed: the server says so
+                c.queue.push_back(Pending::new(kind, Act::Fwd));
+                return s.out.buf.extend_from_slice(msg);
+            };
+            if name.is_empty() {
+                c.queue.push_back(Pending::new(kind, Act::Fwd));
+                return s.out.buf.extend_from_slice(msg);
+            }
+            let rest = &msg[at..];
+            let query = cstr_at(rest, 0).map(|(q, _)| q).unwrap_or(rest);
+            if starts_with_listen(query) {
+                c.queue.push_back(Pending::new(kind, Act::Fwd));
+                let mut body = vec![0u8];
+                body.extend_from_slice(not_supported("LISTEN").as_bytes());
+                body.push(0);
+                body.extend_from_slice(&rest[(query.len() + 1).min(rest.len())..]);
+                return s.out.buf.extend_from_slice(&message(t::PARSE, &body));
+            }
+            let srv = server_name(rest);
+            let mut body = Vec::with_capacity(srv.len() + 1 + rest.len());
+            body.extend_from_slice(srv.as_bytes());
+            body.push(0);
+            body.extend_from_slice(rest);
+            let parse = message(t::PARSE, &body);
+            let known = s.prepared.contains_key(&srv);
+            if known {
+                s.touch(&srv, clock);
+                c.queue.push_back(Pending::new(kind, Act::Fake(PARSE_COMPLETE)));
+            } else {
+                make_room(c, s, max_prepared);
+                s.add_prepared(srv.clone(), clock);
+                s.out.buf.extend_from_slice(&parse);
+                c.queue.push_back(Pending { t: kind, act: Act::Fwd, prepared: Some(srv.clone()), evicted: None });
+            }
+            c.statements.insert(name.to_vec(), Statement { server: srv, parse });
+        }
+        t::BIND => {
+            c.partial = true;
+            let named = cstr_at(msg, 5).and_then(|(_, at)| cstr_at(msg, at).map(|(st, at2)| (at, st, at2)));
+            if let Some((portal_end, st, at2)) = named.filter(|(_, st, _)| !st.is_empty()) {
+                if let Some(stmt) = c.statements.get(st) {
+                    let srv = stmt.server.clone();
+                    ensure_prepared(c, s, &srv, max_prepared, clock);
+                    let mut body = Vec::with_capacity(msg.len() + srv.len());
+                    body.extend_from_slice(&msg[5..portal_end]);
+                    body.extend_from_slice(srv.as_bytes());
+                    body.push(0);
+                    body.extend_from_slice(&msg[at2..]);
+                    c.queue.push_back(Pending::new(kind, Act::Fwd));
+                    return s.out.buf.extend_from_slice(&message(t::BIND, &body));
+                }
+            }
+            c.queue.push_back(Pending::new(kind, Act::Fwd));
+            s.out.buf.extend_from_slice(msg);
+        }
+        t::DESCRIBE | t::CLOSE => {
+            c.partial = true;
+            let target = if msg.len() > 5 && msg[5] == b'S' { cstr_at(msg, 6).map(|(n, _)| n).filter(|n| !n.is_empty()) } else { None };
+            if let Some(name) = target {
+                if kind == t::CLOSE {
+                    if c.statements.remove(name).is_some() {
+                        // kept prepared on the server for others; the client's name is gone
+                        c.queue.push_back(Pending::new(kind, Act::Fake(CLOSE_COMPLETE)));
+                        return;
+                    }
+                } else if let Some(stmt) = c.statements.get(name) {
+                    let srv = stmt.server.clone();
+                    ensure_prepared(c, s, &srv, max_prepared, clock);
+                    let mut body = vec![b'S'];
+                    body.extend_from_slice(srv.as_bytes());
+                    body.push(0);
+                    c.queue.push_back(Pending::new(kind, Act::Fwd));
+                    return s.out.buf.extend_from_slice(&message(kind, &body));
+                }
+            }
+            c.queue.push_back(Pending::new(kind, Act::Fwd));
+            s.out.buf.extend_from_slice(msg);
+        }
+        t::EXECUTE => {
+            c.partial = true;
+            c.queue.push_back(Pending::new(kind, Act::Fwd));
+            s.out.buf.extend_from_slice(msg);
+        }
+        // CopyData, CopyDone, CopyFail: answered as part of the Query / Execute that started the COPY
+        _ => s.out.buf.extend_from_slice(msg),
+    }
+}
+
+fn ensure_prepared(c: &mut Client, s: &mut Server, srv: &str, max_prepared: usize, clock: &mut u64) {
+    if s.prepared.contains_key(srv) {
+        return s.touch(srv, clock);
+    }
+    let parse = c.statements.values().find(|st| st.server == srv).map(|st| st.parse.clone()).unwrap_or_default();
+    make_room(c, s, max_prepared);
+    s.add_prepared(srv.to_string(), clock);
+    c.queue.push_back(Pending { t: t::PARSE, act: Act::Swallow, prepared: Some(srv.to_string()), evicted: None });
+    s.out.buf.extend_from_slice(&parse);
+}
+
+/// before one more statement is prepared on `s`: close the least recently used beyond `max_prepared`
+fn make_room(c: &mut Client, s: &mut Server, max_prepared: usize) {
+    while s.prepared.len() >= max_prepared.max(1) {
+        let Some(lru) = s.least_recent() else { break };
+        s.prepared.remove(&lru);
+        let mut body = vec![b'S'];
+        body.extend_from_slice(lru.as_bytes());
+        body.push(0);
+        s.out.buf.extend_from_slice(&message(t::CLOSE, &body));
+        c.queue.push_back(Pending { t: t::CLOSE, act: Act::Swallow, prepared: None, evicted: Some(lru) });
+    }
+}
+
+/// answers the proxy gives itself, once every answer before them has gone to the client
+fn flush_fakes(c: &mut Client) {
+    while let Some(Pending { act: Act::Fake(reply), .. }) = c.queue.front() {
+        c.out.buf.extend_from_slice(reply);
+        c.queue.pop_front();
+    }
+}
+
+/// one server message for the linked client (client.ts onServerMessage); Ok(true): the transaction is over
+fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64) -> Result<bool, (String, String)> {
+    let kind = msg[0];
+    let body = &msg[5..];
+    let head = c.queue.front().map(|p| (p.t, p.act));
+    let swallow_query = matches!(head, Some((t::QUERY, Act::Swallow)));
+    match kind {
+        b'Z' => {
+            let st = body.first().copied().unwrap_or(b'I');
+            s.tx_status = st;
+            c.pending_ready = c.pending_ready.saturating_sub(1);
+            if let Some((_, act)) = head {
+                c.queue.pop_front();
+                if act == Act::Swallow {
+                    if let Some(f) = c.set_failed.take() {
+                        return Err(f);
+                    }
+                    return Ok(false);
+                }
+            }
+            c.out.buf.extend_from_slice(msg);
+            return Ok(st == b'I' && c.pending_ready == 0 && !c.partial && c.queue.is_empty());
+        }
+        b'S' => {
+            if swallow_query {
+                return Ok(false);
+            }
+            if let Some((k, at)) = cstr_at(body, 0) {
+                let v = cstr_at(body, at).map(|(v, _)| v).unwrap_or_default();
+                let k = String::from_utf8_lossy(k).into_owned();
+                let v = String::from_utf8_lossy(v).into_owned();
+                let lk = k.to_lowercase();
+                if TRACKED.contains(&lk.as_str()) {
+                    match c.settings.iter_mut().find(|x| x.lname == lk) {
+                        Some(x) => x.value = v.clone(),
+                        None => c.settings.push(Setting { lname: lk.clone(), name: k, value: v.clone() }),
+                    }
+                }
+                s.settings.insert(lk, v);
+            }
+            c.out.buf.extend_from_slice(msg);
+            return Ok(false);
+        }
+        b'N' | b'A' => {
+            // notices and notifications belong to no request
+            if !swallow_query {
+                c.out.buf.extend_from_slice(msg);
+            }
+            return Ok(false);
+        }
+        b'E' => {
+            let (sev, code, m) = error_fields(body);
+            if crate::relay::is_fatal(&sev) {
+                // the server is going away before it answered a BEGIN: sent again elsewhere, the client never knows
+                if c.replay.as_ref().is_some_and(|r| !r.is_empty()) && !c.answered {
+                    return Ok(false);
+                }
+                c.server_sent_fatal = true;
+            }
+            let Some((ht, act)) = head else {
+                c.out.buf.extend_from_slice(msg);
+                return Ok(false);
+            };
+            if ht == t::QUERY || ht == t::FUNCTION_CALL {
+                if act == Act::Swallow {
+                    c.set_failed = Some((code, m));
+                } else {
+                    c.out.buf.extend_from_slice(msg);
+                }
+                return Ok(false);
+            }
+            // extended protocol: the server skips everything up to the Sync
+            c.out.buf.extend_from_slice(msg);
+            while c.queue.front().is_some_and(|p| p.t != t::SYNC) {
+                let p = c.queue.pop_front().unwrap();
+                if let Some(n) = p.prepared {
+                    s.prepared.remove(&n);
+                }
+                if let Some(n) = p.evicted {
+                    s.add_prepared(n, clock);
+                }
+            }
+            return Ok(false);
+        }
+        _ => {}
+    }
+    let Some((ht, act)) = head else {
+        c.out.buf.extend_from_slice(msg);
+        return Ok(false);
+    };
+    if act != Act::Swallow {
+        c.out.buf.extend_from_slice(msg);
+    }
+    if completes(kind, ht) {
+        c.queue.pop_front();
+    }
+    Ok(false)
+}
+
+// ---------------------------------------------------------------- the loop
+
+struct Engine {
+    poll: Poll,
+    sink: Arc<dyn PoolSink>,
+    links: Arc<Mutex<HashMap<u32, u32>>>,
+    clients: HashMap<u32, Client>,
+    servers: HashMap<u32, Server>,
+    /// (route, node) → idle server connections, the most recently used last
+    idle: HashMap<(String, String), Vec<u32>>,
+    /// route → clients waiting for a connection of that route to come back
+    waiters: HashMap<String, VecDeque<u32>>,
+    primary: Option<String>,
+    paused: bool,
+    max_prepared: usize,
+    clock: u64,
+    drains: HashMap<usize, Drain>,
+    next_drain: usize,
+    buf: Vec<u8>,
+}
+
+impl Engine {
+    fn emit(&self, kind: &'static str, client: u32, server: u32, detail: String, lost: bool) {
+        self.sink.emit(PoolEvent { kind, client, server, detail, lost });
+    }
+
+    fn drain_socket(&mut self, sock: TcpStream, out: Vec<u8>) {
+        let mut d = Drain { sock, out, off: 0, deadline: Instant::now() + DRAIN_LIMIT };
+        if !d.step() {
+            let tok = DRAIN_BASE + self.next_drain;
+            self.next_drain += 1;
+            if self.poll.registry().register(&mut d.sock, Token(tok), Interest::WRITABLE).is_ok() {
+                self.drains.insert(tok, d);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ clients
+
+    fn add_client(&mut self, id: u32, mut sock: TcpStream, route: String, settings: Vec<(String, String)>, max_frontend: u32) {
+        if self.poll.registry().register(&mut sock, client_token(id), Interest::READABLE).is_err() {
+            self.emit("client-closed", id, 0, "could not register the client's socket".into(), false);
+            return;
+        }
+        let settings = settings.into_iter().map(|(name, value)| Setting { lname: name.to_lowercase(), name, value }).collect();
+        let c = Client {
+            sock,
+            route,
+            settings,
+            statements: HashMap::new(),
+            max_frontend,
+            inbuf: Vec::new(),
+            out: Out::new(),
+            server: None,
+            queue: VecDeque::new(),
+            pending_ready: 0,
+            partial: false,
+            replay: None,
+            answered: false,
+            server_sent_fatal: false,
+            set_failed: None,
+            waiting: false,
+            waiting_since: None,
+            read_blocked: false,
+            transactions: 0,
+        };
+        self.clients.insert(id, c);
+        self.client_readable(id, false);
+    }
+
+    /// read the client until the read would block (or until its messages must wait), and send them on
+    fn client_readable(&mut self, id: u32, short_read_drains: bool) {
+        loop {
+            let Some(c) = self.clients.get_mut(&id) else { return };
+            // messages that wait for a server connection, or a server whose socket is full: not read now
+            let blocked = match c.server {
+                None => !c.inbuf.is_empty() && c.waiting,
+                Some(sid) => self.servers.get(&sid).is_some_and(|s| s.out.pending()),
+            };
+            if blocked {
+                c.read_blocked = true;
+                return;
+            }
+            c.read_blocked = false;
+            let n = match c.sock.read(&mut self.buf) {
+                Ok(0) => return self.close_client(id, None, "client closed"),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return self.close_client(id, None, &format!("client error: {e}")),
+            };
+            c.inbuf.extend_from_slice(&self.buf[..n]);
+            self.pump_client(id);
+            if short_read_drains && n < CHUNK {
+                return;
+            }
+        }
+    }
+
+    /// send the client's whole messages to its server connection (linking one first)
+    fn pump_client(&mut self, id: u32) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        let inbuf = std::mem::take(&mut c.inbuf);
+        let mut off = 0;
+        let mut terminate = false;
+        let mut violation: Option<String> = None;
+        let mut need_server = false;
+        loop {
+            let n = match whole_message(&inbuf[off..], c.max_frontend, off) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    violation = Some(e);
+                    break;
+                }
+            };
+            if inbuf[off] == t::TERMINATE {
+                terminate = true;
+                break;
+            }
+            let Some(sid) = c.server else {
+                need_server = true;
+                break;
+            };
+            let Some(s) = self.servers.get_mut(&sid) else { break };
+            to_server(c, s, &inbuf[off..off + n], self.max_prepared, &mut self.clock);
+            off += n;
+        }
+        c.inbuf = inbuf;
+        if off > 0 {
+            c.inbuf.drain(..off);
+        }
+        if let Some(sid) = c.server {
+            flush_fakes(c);
+            if let Some(s) = self.servers.get_mut(&sid) {
+                if s.out.pending() {
+                    self.flush_server(sid);
+                }
+            }
+            self.flush_client(id);
+        }
+        if let Some(v) = violation {
+            // as the TypeScript pool and the relay: FATAL 08P01 naming the byte, then closed
+            let err = error_response("FATAL", "08P01", &format!("pgha-proxy: {v}"), None, None);
+            return self.close_client(id, Some(err), &format!("client protocol violation: {v}"));
+        }
+        if terminate {
+            return self.close_client(id, None, "client terminated");
+        }
+        if need_server {
+            self.need_server(id);
+        }
+    }
+
+    fn need_server(&mut self, id: u32) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        if c.waiting || c.server.is_some() {
+            return;
+        }
+        if !self.paused {
+            if let Some(p) = self.primary.clone() {
+                if self.waiters.get(&c.route).is_none_or(|w| w.is_empty()) {
+                    if let Some(sid) = self.idle.get_mut(&(c.route.clone(), p)).and_then(|v| v.pop()) {
+                        return self.link(id, sid);
+                    }
+                }
+            }
+        }
+        c.waiting = true;
+        c.waiting_since = Some(Instant::now());
+        self.emit("acquire", id, 0, String::new(), false);
+    }
+
+    /// JavaScript says the route's pool is full: wait here for a connection to come back
+    fn wait(&mut self, id: u32) {
+        let Some(c) = self.clients.get(&id) else { return };
+        if c.server.is_some() {
+            return;
+        }
+        if let Some(p) = self.primary.clone() {
+            if !self.paused {
+                if let Some(sid) = self.idle.get_mut(&(c.route.clone(), p)).and_then(|v| v.pop()) {
+                    return self.link(id, sid);
+                }
+            }
+        }
+        let route = c.route.clone();
+        self.waiters.entry(route).or_default().push_back(id);
+    }
+
+    fn link(&mut self, id: u32, sid: u32) {
+        let (Some(c), Some(s)) = (self.clients.get_mut(&id), self.servers.get_mut(&sid)) else { return };
+        c.waiting = false;
+        c.waiting_since = None;
+        c.server = Some(sid);
+        c.transactions += 1;
+        c.replay = Some(Vec::new());
+        c.answered = false;
+        c.server_sent_fatal = false;
+        s.client = Some(id);
+        self.links.lock().unwrap().insert(id, sid);
+        // settings the client asked for that the server connection does not have
+        let mut sets = Vec::new();
+        for st in &c.settings {
+            if s.settings.get(&st.lname) == Some(&st.value) {
+                continue;
+            }
+            sets.push(format!("SET {} = {}", quote_ident(&st.name), quote_literal(&st.value)));
+            s.settings.insert(st.lname.clone(), st.value.clone());
+        }
+        if !sets.is_empty() {
+            c.queue.push_back(Pending::new(t::QUERY, Act::Swallow));
+            c.pending_ready += 1;
+            s.out.buf.extend_from_slice(&query_message(&sets.join("; ")));
+        }
+        self.pump_client(id);
+        // bytes the client sent while it waited are read now
+        if self.clients.get(&id).is_some_and(|c| c.read_blocked) {
+            self.client_readable(id, false);
+        }
+        // and what the server sent since it went idle (nothing, normally)
+        if self.servers.get(&sid).is_some_and(|s| s.read_blocked) {
+            self.server_readable(sid, false);
+        }
+    }
+
+    fn flush_client(&mut self, id: u32) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        if !c.out.pending() {
+            return;
+        }
+        match c.out.flush(&mut c.sock) {
+            Ok(true) => {
+                if c.out.want_write {
+                    c.out.want_write = false;
+                    let _ = self.poll.registry().reregister(&mut c.sock, client_token(id), Interest::READABLE);
+                }
+            }
+            Ok(false) => {
+                if !c.out.want_write {
+                    c.out.want_write = true;
+                    let _ = self.poll.registry().reregister(&mut c.sock, client_token(id), Interest::READABLE | Interest::WRITABLE);
+                }
+            }
+            Err(e) => self.close_client(id, None, &format!("client error: {e}")),
+        }
+    }
+
+    /// end a client: its server connection back to the pool when clean (else cancelled and closed),
+    /// `error` written first when its stream is between two messages, then FIN and close
+    fn close_client(&mut self, id: u32, error: Option<Vec<u8>>, why: &str) {
+        self.unlink(id, true);
+        let Some(mut c) = self.clients.remove(&id) else { return };
+        if let Some(w) = self.waiters.get_mut(&c.route) {
+            w.retain(|&x| x != id);
+        }
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        // (what goes to the client is always whole messages: the error can follow)
+        let mut out = c.out.buf.split_off(c.out.off);
+        if let Some(e) = error {
+            out.extend_from_slice(&e);
+        }
+        self.drain_socket(c.sock, out);
+        self.emit("client-closed", id, 0, why.to_string(), false);
+    }
+
+    fn fail_client(&mut self, id: u32, error: Vec<u8>) {
+        self.close_client(id, Some(error), "ended by the proxy");
+    }
+
+    // ------------------------------------------------------------ servers
+
+    fn add_server(&mut self, init: ServerInit) -> Option<u32> {
+        let ServerInit { id, mut sock, route, node, settings, prepared } = init;
+        if self.poll.registry().register(&mut sock, server_token(id), Interest::READABLE).is_err() {
+            self.emit("server-closed", 0, id, "could not register the server's socket".into(), false);
+            return None;
+        }
+        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false };
+        for p in prepared {
+            s.add_prepared(p, &mut self.clock);
+        }
+        self.servers.insert(id, s);
+        Some(id)
+    }
+
+    fn give_server(&mut self, client: u32, init: ServerInit) {
+        let Some(sid) = self.add_server(init) else {
+            if let Some(c) = self.clients.get_mut(&client) {
+                c.waiting = false;
+            }
+            return self.need_server(client);
+        };
+        match self.clients.get(&client) {
+            Some(c) if c.server.is_none() => self.link(client, sid),
+            _ => self.release_server(sid, true),
+        }
+        self.server_readable(sid, false);
+    }
+
+    fn flush_server(&mut self, sid: u32) {
+        let Some(s) = self.servers.get_mut(&sid) else { return };
+        match s.out.flush(&mut s.sock) {
+            Ok(true) => {
+                if s.out.want_write {
+                    s.out.want_write = false;
+                    let _ = self.poll.registry().reregister(&mut s.sock, server_token(sid), Interest::READABLE);
+                }
+            }
+            Ok(false) => {
+                if !s.out.want_write {
+                    s.out.want_write = true;
+                    let _ = self.poll.registry().reregister(&mut s.sock, server_token(sid), Interest::READABLE | Interest::WRITABLE);
+                }
+            }
+            Err(e) => self.server_gone(sid, &e.to_string()),
+        }
+    }
+
+    fn server_readable(&mut self, sid: u32, short_read_drains: bool) {
+        loop {
+            let Some(s) = self.servers.get_mut(&sid) else { return };
+            if let Some(cid) = s.client {
+                if self.clients.get(&cid).is_some_and(|c| c.out.pending()) {
+                    s.read_blocked = true;
+                    return;
+                }
+            }
+            s.read_blocked = false;
+            let n = match s.sock.read(&mut self.buf) {
+                Ok(0) => return self.server_gone(sid, "connection closed"),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return self.server_gone(sid, &e.to_string()),
+            };
+            let Some(cid) = s.client else {
+                // an idle server said something (a FATAL before it closes): it is no longer usable
+                return self.close_server(sid, true, "an idle pooled server connection spoke (a FATAL before it closes)");
+            };
+            s.inbuf.extend_from_slice(&self.buf[..n]);
+            let Some(c) = self.clients.get_mut(&cid) else { return };
+            let inbuf = std::mem::take(&mut s.inbuf);
+            let before = c.out.buf.len();
+            let mut off = 0;
+            let mut release = false;
+            let mut failed: Option<(String, String)> = None;
+            let mut violation: Option<String> = None;
+            loop {
+                let avail = &inbuf[off..];
+                if avail.len() < 5 {
+                    break;
+                }
+                let len = i32::from_be_bytes([avail[1], avail[2], avail[3], avail[4]]);
+                if len < 4 {
+                    violation = Some(format!("server {}: invalid message length {} for message type 0x{:02x}", s.node, len as u32, avail[0]));
+                    break;
+                }
+                let n = 1 + len as usize;
+                if avail.len() < n {
+                    break;
+                }
+                let msg = &inbuf[off..off + n];
+                off += n;
+                match from_server(c, s, msg, &mut self.clock) {
+                    Ok(r) => release |= r,
+                    Err(f) => {
+                        failed = Some(f);
+                        break;
+                    }
+                }
+                flush_fakes(c);
+            }
+            s.inbuf = inbuf;
+            if off > 0 {
+                s.inbuf.drain(..off);
+            }
+            if c.out.buf.len() > before {
+                c.answered = true;
+            }
+            if let Some((code, m)) = failed {
+                let err = error_response("FATAL", if code.is_empty() { "08P01" } else { &code }, &format!("pgha-proxy: a startup setting of this client failed on the server: {m}"), None, None);
+                c.out.buf.extend_from_slice(&err);
+                return self.close_client(cid, None, "a startup setting failed on the server");
+            }
+            if let Some(v) = violation {
+                let err = error_response("FATAL", "08P01", &format!("pgha-proxy: {v}"), None, None);
+                c.out.buf.extend_from_slice(&err);
+                self.close_client(cid, None, &v);
+                return self.close_server(sid, false, &v);
+            }
+            self.flush_client(cid);
+            if release && self.servers.get(&sid).is_some_and(|s| s.client == Some(cid)) {
+                self.unlink(cid, true);
+                // the client's next messages may already be here
+                if self.clients.get(&cid).is_some_and(|c| !c.inbuf.is_empty()) {
+                    self.pump_client(cid);
+                }
+            }
+            if short_read_drains && n < CHUNK {
+                return;
+            }
+        }
+    }
+
+    /// the client is done with its server connection (its transaction ended, or it went away)
+    fn unlink(&mut self, id: u32, reusable: bool) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        let Some(sid) = c.server.take() else { return };
+        self.links.lock().unwrap().remove(&id);
+        let Some(s) = self.servers.get_mut(&sid) else { return };
+        s.client = None;
+        let clean = reusable && c.pending_ready == 0 && !c.partial && s.tx_status == b'I' && c.queue.is_empty() && s.inbuf.is_empty();
+        let cancel = !clean && c.pending_ready > 0;
+        c.queue.clear();
+        c.pending_ready = 0;
+        c.partial = false;
+        c.replay = None;
+        if cancel {
+            self.emit("cancel", id, sid, String::new(), false);
+        }
+        self.release_server(sid, clean);
+    }
+
+    /// a server connection back to the pool: to the first client waiting for its route, or idle
+    fn release_server(&mut self, sid: u32, clean: bool) {
+        let Some(s) = self.servers.get_mut(&sid) else { return };
+        if !clean || self.primary.as_deref() != Some(s.node.as_str()) {
+            return self.close_server(sid, false, if clean { "its node is no longer the primary" } else { "released in the middle of a transaction" });
+        }
+        let route = s.route.clone();
+        let node = s.node.clone();
+        if !self.paused {
+            while let Some(cid) = self.waiters.get_mut(&route).and_then(|w| w.pop_front()) {
+                if self.clients.get(&cid).is_some_and(|c| c.server.is_none()) {
+                    return self.link(cid, sid);
+                }
+            }
+        }
+        self.idle.entry((route, node)).or_default().push(sid);
+    }
+
+    /// close a server connection from the pool's side (`lost`: it failed or spoke out of turn)
+    fn close_server(&mut self, sid: u32, lost: bool, why: &str) {
+        let Some(mut s) = self.servers.remove(&sid) else { return };
+        if let Some(v) = self.idle.get_mut(&(s.route.clone(), s.node.clone())) {
+            v.retain(|&x| x != sid);
+        }
+        let _ = self.poll.registry().deregister(&mut s.sock);
+        if lost {
+            drop(s.sock);
+        } else {
+            let mut out = s.out.buf.split_off(s.out.off);
+            out.extend_from_slice(TERMINATE_MSG);
+            self.drain_socket(s.sock, out);
+        }
+        self.emit("server-closed", 0, sid, why.to_string(), lost);
+    }
+
+    /// the server ended the connection (or it failed)
+    fn server_gone(&mut self, sid: u32, why: &str) {
+        let Some(s) = self.servers.get(&sid) else { return };
+        let node = s.node.clone();
+        let cid = s.client;
+        self.close_server(sid, true, why);
+        let Some(cid) = cid else { return };
+        let Some(c) = self.clients.get_mut(&cid) else { return };
+        c.server = None;
+        self.links.lock().unwrap().remove(&cid);
+        let replay = c.replay.take();
+        if let Some(r) = replay.filter(|r| !r.is_empty() && !c.answered && !c.server_sent_fatal) {
+            // nothing but BEGIN went there and nothing came back: begin again on a server connection that works
+            let mut again: Vec<u8> = r.concat();
+            again.extend_from_slice(&c.inbuf);
+            c.inbuf = again;
+            c.queue.clear();
+            c.pending_ready = 0;
+            c.partial = false;
+            c.transactions = c.transactions.saturating_sub(1);
+            return self.pump_client(cid);
+        }
+        if c.server_sent_fatal {
+            return self.close_client(cid, None, &format!("server ended the session: {why}"));
+        }
+        let err = if self.primary.as_deref() != Some(node.as_str()) {
+            error_response("FATAL", "57P01", &format!("terminating connection because of failover: {node} is no longer the primary"), None, Some("The transaction in flight was lost; reconnect and retry it: new transactions go to the current primary."))
+        } else {
+            error_response("FATAL", "08006", &format!("pgha-proxy: lost the server connection to {node} with a transaction in flight: {why}"), None, None)
+        };
+        self.close_client(cid, Some(err), why);
+    }
+
+    // ------------------------------------------------------------ the cluster
+
+    fn set_primary(&mut self, p: Option<String>) {
+        if self.primary == p {
+            return;
+        }
+        self.primary = p;
+        // clients waiting for a connection of the old primary look again
+        let waiting: Vec<u32> = self.waiters.values_mut().flat_map(|w| w.drain(..)).collect();
+        for cid in waiting {
+            if let Some(c) = self.clients.get_mut(&cid) {
+                c.waiting = false;
+                self.need_server(cid);
+            }
+        }
+    }
+
+    /// the node is no longer where transactions go: close what is idle there, end transactions in flight
+    fn drain_node(&mut self, node: &str, why: &str) {
+        self.close_idle(node);
+        let linked: Vec<(u32, u32)> = self.servers.iter().filter(|(_, s)| s.node == node).filter_map(|(&sid, s)| s.client.map(|c| (c, sid))).collect();
+        for (cid, sid) in linked {
+            let Some(c) = self.clients.get_mut(&cid) else { continue };
+            if c.replay.as_ref().is_some_and(|r| !r.is_empty()) && !c.answered && !c.server_sent_fatal {
+                // only a BEGIN went there: it begins again on the new primary
+                let r = c.replay.take().unwrap();
+                c.server = None;
+                self.links.lock().unwrap().remove(&cid);
+                let mut again: Vec<u8> = r.concat();
+                again.extend_from_slice(&c.inbuf);
+                c.inbuf = again;
+                c.queue.clear();
+                c.pending_ready = 0;
+                c.partial = false;
+                c.transactions = c.transactions.saturating_sub(1);
+                if let Some(s) = self.servers.get_mut(&sid) {
+                    s.client = None;
+                }
+                self.close_server(sid, false, why);
+                self.pump_client(cid);
+                continue;
+            }
+            if let Some(s) = self.servers.get_mut(&sid) {
+                s.client = None;
+            }
+            c.server = None;
+            self.links.lock().unwrap().remove(&cid);
+            self.close_server(sid, false, why);
+            let err = error_response("FATAL", "57P01", &format!("terminating connection because of failover: {why}"), None, Some("The transaction in flight was lost; reconnect and retry it: new transactions go to the current primary."));
+            self.close_client(cid, Some(err), why);
+        }
+    }
+
+    fn close_idle(&mut self, node: &str) {
+        let ids: Vec<u32> = self.idle.iter().filter(|((_, n), _)| n == node).flat_map(|(_, v)| v.iter().copied()).collect();
+        for sid in ids {
+            self.close_server(sid, false, "closed with the idle connections of its node");
+        }
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        if paused {
+            return;
+        }
+        // waiters first get what is idle
+        let routes: Vec<String> = self.waiters.keys().cloned().collect();
+        for route in routes {
+            let Some(p) = self.primary.clone() else { break };
+            while self.waiters.get(&route).is_some_and(|w| !w.is_empty()) {
+                let Some(sid) = self.idle.get_mut(&(route.clone(), p.clone())).and_then(|v| v.pop()) else { break };
+                let cid = self.waiters.get_mut(&route).unwrap().pop_front().unwrap();
+                if self.clients.get(&cid).is_some_and(|c| c.server.is_none()) {
+                    self.link(cid, sid);
+                } else {
+                    self.idle.entry((route.clone(), p.clone())).or_default().push(sid);
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> String {
+        let mut out = String::from("{\"clients\":[");
+        for (i, (id, c)) in self.clients.iter().enumerate() {
+            let state = if c.server.is_some() { "active" } else if c.waiting { "waiting" } else { "idle" };
+            let wait_ms = c.waiting_since.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
+            let server = c.server.map(|s| s.to_string()).unwrap_or_else(|| "null".into());
+            out.push_str(&format!("{}[{id},\"{state}\",{server},{},{},{wait_ms}]", if i > 0 { "," } else { "" }, c.transactions, c.statements.len()));
+        }
+        out.push_str("],\"servers\":[");
+        for (i, (id, s)) in self.servers.iter().enumerate() {
+            let state = if s.client.is_some() { "active" } else { "idle" };
+            let client = s.client.map(|s| s.to_string()).unwrap_or_else(|| "null".into());
+            out.push_str(&format!("{}[{id},\"{state}\",{client},{}]", if i > 0 { "," } else { "" }, s.prepared.len()));
+        }
+        out.push_str("]}");
+        out
+    }
+
+    fn command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Stop => return false,
+            Command::AddClient { id, sock, route, settings, max_frontend } => self.add_client(id, sock, route, settings, max_frontend),
+            Command::GiveServer { client, server } => self.give_server(client, server),
+            Command::AddIdleServer(init) => {
+                if let Some(sid) = self.add_server(init) {
+                    self.release_server(sid, true);
+                    self.server_readable(sid, false);
+                }
+            }
+            Command::Wait { client } => self.wait(client),
+            Command::FailClient { client, error } => self.fail_client(client, error),
+            Command::SetPrimary(p) => self.set_primary(p),
+            Command::DrainNode { node, why } => self.drain_node(&node, &why),
+            Command::CloseIdle { node } => self.close_idle(&node),
+            Command::CloseServer { id } => {
+                if let Some(cid) = self.servers.get(&id).and_then(|s| s.client) {
+                    self.unlink(cid, false);
+                }
+                self.close_server(id, false, "closed by the pool");
+            }
+            Command::SetPaused(p) => self.set_paused(p),
+            Command::Snapshot(tx) => {
+                let _ = tx.send(self.snapshot());
+            }
+        }
+        true
+    }
+
+    fn event(&mut self, token: usize, readable: bool, writable: bool, plain: bool) {
+        if token >= DRAIN_BASE {
+            if let Some(d) = self.drains.get_mut(&token) {
+                if d.step() {
+                    if let Some(mut d) = self.drains.remove(&token) {
+                        let _ = self.poll.registry().deregister(&mut d.sock);
+                    }
+                }
+            }
+            return;
+        }
+        let id = (token >> 1) as u32;
+        if token & 1 == 0 {
+            if writable {
+                self.flush_client(id);
+                // the client drained: its server is read again
+                if let Some(sid) = self.clients.get(&id).and_then(|c| if c.out.pending() { None } else { c.server }) {
+                    if self.servers.get(&sid).is_some_and(|s| s.read_blocked) {
+                        self.server_readable(sid, false);
+                    }
+                }
+            }
+            if readable {
+                self.client_readable(id, plain);
+            }
+        } else {
+            if writable {
+                self.flush_server(id);
+                if let Some(cid) = self.servers.get(&id).and_then(|s| if s.out.pending() { None } else { s.client }) {
+                    if self.clients.get(&cid).is_some_and(|c| c.read_blocked) {
+                        self.client_readable(cid, false);
+                    }
+                }
+            }
+            if readable {
+                self.server_readable(id, plain);
+            }
+        }
+    }
+}
+
+fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: Arc<Mutex<HashMap<u32, u32>>>, max_prepared: usize) {
+    let mut e = Engine {
+        poll,
+        sink,
+        links,
+        clients: HashMap::new(),
+        servers: HashMap::new(),
+        idle: HashMap::new(),
+        waiters: HashMap::new(),
+        primary: None,
+        paused: false,
+        max_prepared,
+        clock: 0,
+        drains: HashMap::new(),
+        next_drain: 0,
+        buf: vec![0u8; CHUNK],
+    };
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let timeout = if e.drains.is_empty() { None } else { Some(Duration::from_millis(500)) };
+        if let Err(err) = e.poll.poll(&mut events, timeout) {
+            if err.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if !e.drains.is_empty() {
+            let now = Instant::now();
+            e.drains.retain(|_, d| d.deadline > now);
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                while let Ok(cmd) = rx.try_recv() {
+                    if !e.command(cmd) {
+                        return;
+                    }
+                }
+                continue;
+            }
+            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            let plain = ev.is_readable() && !ev.is_read_closed() && !ev.is_error() && !ev.is_writable();
+            e.event(ev.token().0, readable, ev.is_writable() || ev.is_error(), plain);
+        }
+    }
+}
+
+/// The transaction pool's loop, on its own thread.
+pub struct PoolRelay {
+    tx: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    links: Arc<Mutex<HashMap<u32, u32>>>,
+}
+
+fn dup_stream(fd: i32) -> std::io::Result<TcpStream> {
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if d < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let std = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(d) };
+    std.set_nonblocking(true)?;
+    Ok(TcpStream::from_std(std))
+}
+
+impl PoolRelay {
+    pub fn start(sink: Arc<dyn PoolSink>, max_prepared: usize) -> std::io::Result<PoolRelay> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let links = Arc::new(Mutex::new(HashMap::new()));
+        let l = links.clone();
+        let thread = std::thread::Builder::new().name("pgha-pool".into()).spawn(move || run(poll, rx, sink, l, max_prepared))?;
+        Ok(PoolRelay { tx, waker, thread: Some(thread), links })
+    }
+
+    fn send(&self, c: Command) -> std::io::Result<()> {
+        self.tx.send(c).map_err(|_| std::io::Error::other("pool thread is gone"))?;
+        self.waker.wake()
+    }
+
+    pub fn add_client(&self, id: u32, fd: i32, route: String, settings: Vec<(String, String)>, max_frontend: u32) -> std::io::Result<()> {
+        let sock = dup_stream(fd)?;
+        self.send(Command::AddClient { id, sock, route, settings, max_frontend })
+    }
+
+    pub fn server_init(id: u32, fd: i32, route: String, node: String, settings: Vec<(String, String)>, prepared: Vec<String>) -> std::io::Result<ServerInit> {
+        Ok(ServerInit { id, sock: dup_stream(fd)?, route, node, settings, prepared })
+    }
+
+    pub fn give_server(&self, client: u32, server: ServerInit) -> std::io::Result<()> {
+        self.send(Command::GiveServer { client, server })
+    }
+
+    pub fn add_idle_server(&self, server: ServerInit) -> std::io::Result<()> {
+        self.send(Command::AddIdleServer(server))
+    }
+
+    pub fn wait(&self, client: u32) -> std::io::Result<()> {
+        self.send(Command::Wait { client })
+    }
+
+    pub fn fail_client(&self, client: u32, error: Vec<u8>) -> std::io::Result<()> {
+        self.send(Command::FailClient { client, error })
+    }
+
+    pub fn set_primary(&self, node: Option<String>) -> std::io::Result<()> {
+        self.send(Command::SetPrimary(node))
+    }
+
+    pub fn drain_node(&self, node: String, why: String) -> std::io::Result<()> {
+        self.send(Command::DrainNode { node, why })
+    }
+
+    pub fn close_idle(&self, node: String) -> std::io::Result<()> {
+        self.send(Command::CloseIdle { node })
+    }
+
+    pub fn close_server(&self, id: u32) -> std::io::Result<()> {
+        self.send(Command::CloseServer { id })
+    }
+
+    pub fn set_paused(&self, paused: bool) -> std::io::Result<()> {
+        self.send(Command::SetPaused(paused))
+    }
+
+    /// the server connection a client is linked to now
+    pub fn linked_server(&self, client: u32) -> Option<u32> {
+        self.links.lock().unwrap().get(&client).copied()
+    }
+
+    /// clients and server connections as JSON (for SHOW CLIENTS / SERVERS / POOLS)
+    pub fn snapshot(&self) -> std::io::Result<String> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Snapshot(tx))?;
+        rx.recv_timeout(Duration::from_secs(2)).map_err(|e| std::io::Error::other(format!("pool thread did not answer: {e}")))
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.tx.send(Command::Stop);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PoolRelay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_is_recognised_as_client_ts_does() {
+        for q in ["BEGIN", "begin;", "  BEGIN  ;  ", "BEGIN TRANSACTION", "BEGIN WORK", "START TRANSACTION", "start  transaction isolation level serializable", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", "BEGIN READ WRITE", "BEGIN NOT DEFERRABLE", "BEGIN ISOLATION LEVEL READ COMMITTED"] {
+            assert!(is_begin(q.as_bytes()), "{q}");
+        }
+        for q in ["BEGIN; SELECT 1", "BEGINX", "START", "STARTTRANSACTION", "SELECT 1", "BEGIN ISOLATION", "BEGIN, READ ONLY", "COMMIT", "", "BEGIN READ ONLY; INSERT"] {
+            assert!(!is_begin(q.as_bytes()), "{q}");
+        }
+    }
+
+    #[test]
+    fn listen_after_space_and_comments() {
+        for q in ["LISTEN x", "listen x", "  -- c\n LISTEN x", "/* a */ listen \"x\"", "LISTEN"] {
+            assert!(starts_with_listen(q.as_bytes()), "{q}");
+        }
+        for q in ["LISTENING", "SELECT 1; LISTEN x", "-- LISTEN x", "/* LISTEN */ SELECT", "UNLISTEN x"] {
+            assert!(!starts_with_listen(q.as_bytes()), "{q}");
+        }
+    }
+
+    #[test]
+    fn server_names_are_prepared_ts_names() {
+        // prepared.ts: `pgha_` + the first 24 hex digits of SHA-256 over the query and parameter types
+        assert_eq!(server_name(b"select 1\0\0\0"), format!("pgha_{}", &hex(&Sha256::digest(b"select 1\0\0\0"))[..24]));
+        assert_eq!(server_name(b"a\0\0\0").len(), 29);
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn error_response_as_backend_messages_ts() {
+        let e = error_response("FATAL", "57P01", "bye", None, Some("retry"));
+        assert_eq!(&e[5..], b"SFATAL\0VFATAL\0C57P01\0Mbye\0Hretry\0\0");
+        assert_eq!(i32::from_be_bytes([e[1], e[2], e[3], e[4]]) as usize, e.len() - 1);
+    }
+}
