@@ -26,6 +26,27 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// client and server ids are small numbers handed out in order: hashed by one multiplication
+/// (Fibonacci hashing), not SipHash — these maps are looked up several times per transaction
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 const WAKER: Token = Token(usize::MAX);
 const CHUNK: usize = 64 * 1024;
 /// how long a closed client's or server's last bytes may wait for a peer that does not read
@@ -712,11 +733,11 @@ fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64) -> R
 struct Engine {
     poll: Poll,
     sink: Arc<dyn PoolSink>,
-    links: Arc<Mutex<HashMap<u32, u32>>>,
-    clients: HashMap<u32, Client>,
-    servers: HashMap<u32, Server>,
-    /// (route, node) → idle server connections, the most recently used last
-    idle: HashMap<(String, String), Vec<u32>>,
+    links: Arc<Mutex<IdMap<u32>>>,
+    clients: IdMap<Client>,
+    servers: IdMap<Server>,
+    /// route → idle server connections (on the primary when they were put there), the most recently used last
+    idle: HashMap<String, Vec<u32>>,
     /// route → clients waiting for a connection of that route to come back
     waiters: HashMap<String, VecDeque<u32>>,
     primary: Option<String>,
@@ -866,15 +887,12 @@ impl Engine {
         if c.waiting || c.server.is_some() {
             return;
         }
-        if !self.paused {
-            if let Some(p) = self.primary.clone() {
-                if self.waiters.get(&c.route).is_none_or(|w| w.is_empty()) {
-                    if let Some(sid) = self.idle.get_mut(&(c.route.clone(), p)).and_then(|v| v.pop()) {
-                        return self.link(id, sid);
-                    }
-                }
+        if !self.paused && self.waiters.get(&c.route).is_none_or(|w| w.is_empty()) {
+            if let Some(sid) = self.take_idle(id) {
+                return self.link(id, sid);
             }
         }
+        let Some(c) = self.clients.get_mut(&id) else { return };
         c.waiting = true;
         c.waiting_since = Some(Instant::now());
         self.emit("acquire", id, 0, String::new(), false);
@@ -882,19 +900,37 @@ impl Engine {
 
     /// JavaScript says the route's pool is full: wait here for a connection to come back
     fn wait(&mut self, id: u32) {
-        let Some(c) = self.clients.get(&id) else { return };
-        if c.server.is_some() {
+        if self.clients.get(&id).is_none_or(|c| c.server.is_some()) {
             return;
         }
-        if let Some(p) = self.primary.clone() {
-            if !self.paused {
-                if let Some(sid) = self.idle.get_mut(&(c.route.clone(), p)).and_then(|v| v.pop()) {
-                    return self.link(id, sid);
-                }
+        if !self.paused {
+            if let Some(sid) = self.take_idle(id) {
+                return self.link(id, sid);
             }
         }
+        let Some(c) = self.clients.get(&id) else { return };
         let route = c.route.clone();
         self.waiters.entry(route).or_default().push_back(id);
+    }
+
+    /// an idle connection of the client's route on the primary (others found on the way are closed)
+    fn take_idle(&mut self, id: u32) -> Option<u32> {
+        let primary = self.primary.as_deref()?;
+        let c = self.clients.get(&id)?;
+        let v = self.idle.get_mut(c.route.as_str())?;
+        let mut stale = Vec::new();
+        let mut found = None;
+        while let Some(sid) = v.pop() {
+            if self.servers.get(&sid).is_some_and(|s| s.node == primary) {
+                found = Some(sid);
+                break;
+            }
+            stale.push(sid);
+        }
+        for sid in stale {
+            self.close_server(sid, false, "its node is no longer the primary");
+        }
+        found
     }
 
     fn link(&mut self, id: u32, sid: u32) {
@@ -1137,22 +1173,25 @@ impl Engine {
         if !clean || self.primary.as_deref() != Some(s.node.as_str()) {
             return self.close_server(sid, false, if clean { "its node is no longer the primary" } else { "released in the middle of a transaction" });
         }
-        let route = s.route.clone();
-        let node = s.node.clone();
         if !self.paused {
-            while let Some(cid) = self.waiters.get_mut(&route).and_then(|w| w.pop_front()) {
+            while let Some(cid) = self.waiters.get_mut(s.route.as_str()).and_then(|w| w.pop_front()) {
                 if self.clients.get(&cid).is_some_and(|c| c.server.is_none()) {
                     return self.link(cid, sid);
                 }
             }
         }
-        self.idle.entry((route, node)).or_default().push(sid);
+        match self.idle.get_mut(s.route.as_str()) {
+            Some(v) => v.push(sid),
+            None => {
+                self.idle.insert(s.route.clone(), vec![sid]);
+            }
+        }
     }
 
     /// close a server connection from the pool's side (`lost`: it failed or spoke out of turn)
     fn close_server(&mut self, sid: u32, lost: bool, why: &str) {
         let Some(mut s) = self.servers.remove(&sid) else { return };
-        if let Some(v) = self.idle.get_mut(&(s.route.clone(), s.node.clone())) {
+        if let Some(v) = self.idle.get_mut(s.route.as_str()) {
             v.retain(|&x| x != sid);
         }
         let _ = self.poll.registry().deregister(&mut s.sock);
@@ -1253,7 +1292,7 @@ impl Engine {
     }
 
     fn close_idle(&mut self, node: &str) {
-        let ids: Vec<u32> = self.idle.iter().filter(|((_, n), _)| n == node).flat_map(|(_, v)| v.iter().copied()).collect();
+        let ids: Vec<u32> = self.idle.values().flatten().copied().filter(|sid| self.servers.get(sid).is_some_and(|s| s.node == node)).collect();
         for sid in ids {
             self.close_server(sid, false, "closed with the idle connections of its node");
         }
@@ -1265,16 +1304,16 @@ impl Engine {
             return;
         }
         // waiters first get what is idle
-        let routes: Vec<String> = self.waiters.keys().cloned().collect();
-        for route in routes {
-            let Some(p) = self.primary.clone() else { break };
-            while self.waiters.get(&route).is_some_and(|w| !w.is_empty()) {
-                let Some(sid) = self.idle.get_mut(&(route.clone(), p.clone())).and_then(|v| v.pop()) else { break };
-                let cid = self.waiters.get_mut(&route).unwrap().pop_front().unwrap();
-                if self.clients.get(&cid).is_some_and(|c| c.server.is_none()) {
-                    self.link(cid, sid);
-                } else {
-                    self.idle.entry((route.clone(), p.clone())).or_default().push(sid);
+        let waiting: Vec<u32> = self.waiters.values_mut().flat_map(|w| w.drain(..)).collect();
+        for cid in waiting {
+            if self.clients.get(&cid).is_none_or(|c| c.server.is_some()) {
+                continue;
+            }
+            match self.take_idle(cid) {
+                Some(sid) => self.link(cid, sid),
+                None => {
+                    let route = self.clients[&cid].route.clone();
+                    self.waiters.entry(route).or_default().push_back(cid);
                 }
             }
         }
@@ -1369,13 +1408,13 @@ impl Engine {
     }
 }
 
-fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: Arc<Mutex<HashMap<u32, u32>>>, max_prepared: usize) {
+fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: Arc<Mutex<IdMap<u32>>>, max_prepared: usize) {
     let mut e = Engine {
         poll,
         sink,
         links,
-        clients: HashMap::new(),
-        servers: HashMap::new(),
+        clients: IdMap::default(),
+        servers: IdMap::default(),
         idle: HashMap::new(),
         waiters: HashMap::new(),
         primary: None,
@@ -1420,7 +1459,7 @@ pub struct PoolRelay {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
-    links: Arc<Mutex<HashMap<u32, u32>>>,
+    links: Arc<Mutex<IdMap<u32>>>,
 }
 
 fn dup_stream(fd: i32) -> std::io::Result<TcpStream> {
@@ -1438,7 +1477,7 @@ impl PoolRelay {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
-        let links = Arc::new(Mutex::new(HashMap::new()));
+        let links = Arc::new(Mutex::new(IdMap::default()));
         let l = links.clone();
         let thread = std::thread::Builder::new().name("pgha-pool".into()).spawn(move || run(poll, rx, sink, l, max_prepared))?;
         Ok(PoolRelay { tx, waker, thread: Some(thread), links })
