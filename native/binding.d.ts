@@ -13,8 +13,11 @@ export declare class MappedWal {
  */
 export declare class ProxyPool {
   constructor(onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null)
-  /** a logged-in client (after its ReadyForQuery); `settings` flat: name, value, name, value… */
-  addClient(id: number, fd: number, route: string, settings: Array<string>, maxFrontendLength: number): void
+  /**
+   * a logged-in client (after its ReadyForQuery); `settings` flat: name, value, name, value…;
+   * `offset`: bytes of its stream already framed (its errors name the byte as the TypeScript pool does)
+   */
+  addClient(id: number, fd: number, route: string, settings: Array<string>, maxFrontendLength: number, offset: number): void
   /** a server connection for a client that asked (`acquire`): linked to it at once */
   giveServer(client: number, id: number, fd: number, route: string, node: string, settings: Array<string>, prepared: Array<string>): void
   /** a logged-in server connection nobody waits for: idle in the pool */

@@ -505,10 +505,12 @@ impl ProxyPool {
         Ok(ProxyPool { inner })
     }
 
-    /// a logged-in client (after its ReadyForQuery); `settings` flat: name, value, name, value…
+    /// a logged-in client (after its ReadyForQuery); `settings` flat: name, value, name, value…;
+    /// `offset`: bytes of its stream already framed (its errors name the byte as the TypeScript pool does)
     #[napi]
-    pub fn add_client(&self, id: u32, fd: i32, route: String, settings: Vec<String>, max_frontend_length: u32) -> Result<()> {
-        self.inner.add_client(id, fd, route, pairs(settings), max_frontend_length).map_err(io_err("add client"))
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_client(&self, id: u32, fd: i32, route: String, settings: Vec<String>, max_frontend_length: u32, offset: u32) -> Result<()> {
+        self.inner.add_client(id, fd, route, pairs(settings), max_frontend_length, offset as u64).map_err(io_err("add client"))
     }
 
     /// a server connection for a client that asked (`acquire`): linked to it at once

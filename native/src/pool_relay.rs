@@ -82,7 +82,7 @@ pub struct ServerInit {
 }
 
 enum Command {
-    AddClient { id: u32, sock: TcpStream, route: String, settings: Vec<(String, String)>, max_frontend: u32 },
+    AddClient { id: u32, sock: TcpStream, route: String, settings: Vec<(String, String)>, max_frontend: u32, offset: u64 },
     GiveServer { client: u32, server: ServerInit },
     AddIdleServer(ServerInit),
     Wait { client: u32 },
@@ -192,6 +192,8 @@ pub struct Client {
     settings: Vec<Setting>,
     statements: HashMap<Vec<u8>, Statement>,
     max_frontend: u32,
+    /// bytes of the client's stream framed before `inbuf` (for error offsets, counted as client.ts's Framer counts)
+    offset: u64,
     /// bytes read and not yet sent on (whole messages, then perhaps part of one)
     inbuf: Vec<u8>,
     out: Out,
@@ -464,7 +466,7 @@ fn completes(kind: u8, t: u8) -> bool {
 }
 
 /// the length of the first whole message in `buf`, Ok(None) when it is not all there yet
-fn whole_message(buf: &[u8], max: u32, offset_base: usize) -> Result<Option<usize>, String> {
+fn whole_message(buf: &[u8], max: u32, offset_base: u64) -> Result<Option<usize>, String> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -767,7 +769,7 @@ impl Engine {
 
     // ------------------------------------------------------------ clients
 
-    fn add_client(&mut self, id: u32, mut sock: TcpStream, route: String, settings: Vec<(String, String)>, max_frontend: u32) {
+    fn add_client(&mut self, id: u32, mut sock: TcpStream, route: String, settings: Vec<(String, String)>, max_frontend: u32, offset: u64) {
         if self.poll.registry().register(&mut sock, client_token(id), Interest::READABLE).is_err() {
             self.emit("client-closed", id, 0, "could not register the client's socket".into(), false);
             return;
@@ -779,6 +781,7 @@ impl Engine {
             settings,
             statements: HashMap::new(),
             max_frontend,
+            offset,
             inbuf: Vec::new(),
             out: Out::new(),
             server: None,
@@ -836,7 +839,7 @@ impl Engine {
         let mut violation: Option<String> = None;
         let mut need_server = false;
         loop {
-            let n = match whole_message(&inbuf[off..], c.max_frontend, off) {
+            let n = match whole_message(&inbuf[off..], c.max_frontend, c.offset + off as u64) {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(e) => {
@@ -859,6 +862,7 @@ impl Engine {
         c.inbuf = inbuf;
         if off > 0 {
             c.inbuf.drain(..off);
+            c.offset += off as u64;
         }
         if let Some(sid) = c.server {
             flush_fakes(c);
@@ -1340,7 +1344,7 @@ impl Engine {
     fn command(&mut self, cmd: Command) -> bool {
         match cmd {
             Command::Stop => return false,
-            Command::AddClient { id, sock, route, settings, max_frontend } => self.add_client(id, sock, route, settings, max_frontend),
+            Command::AddClient { id, sock, route, settings, max_frontend, offset } => self.add_client(id, sock, route, settings, max_frontend, offset),
             Command::GiveServer { client, server } => self.give_server(client, server),
             Command::AddIdleServer(init) => {
                 if let Some(sid) = self.add_server(init) {
@@ -1488,9 +1492,9 @@ impl PoolRelay {
         self.waker.wake()
     }
 
-    pub fn add_client(&self, id: u32, fd: i32, route: String, settings: Vec<(String, String)>, max_frontend: u32) -> std::io::Result<()> {
+    pub fn add_client(&self, id: u32, fd: i32, route: String, settings: Vec<(String, String)>, max_frontend: u32, offset: u64) -> std::io::Result<()> {
         let sock = dup_stream(fd)?;
-        self.send(Command::AddClient { id, sock, route, settings, max_frontend })
+        self.send(Command::AddClient { id, sock, route, settings, max_frontend, offset })
     }
 
     pub fn server_init(id: u32, fd: i32, route: String, node: String, settings: Vec<(String, String)>, prepared: Vec<String>) -> std::io::Result<ServerInit> {

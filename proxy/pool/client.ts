@@ -352,12 +352,19 @@ export class PooledClient implements PoolClient, NativeClient {
     out.push(backendKeyData(this.cancelKey.pid, this.cancelKey.key), readyForQuery('I'));
     this.phase = 'ready';
     this.socket.write(Buffer.concat(out));
-    if (this.canGoNative() && this.inbox.length === 0 && this.framer.atBoundary) {
-      const settings = [...this.settings.values()];
-      this.native = this.mgr.native!.adoptClient(this, this.socket, this.user, this.database, settings);
-      if (this.native) return;
-    }
-    this.pump();
+    if (!this.canGoNative()) return this.pump();
+    // once the chunk being framed now (the last authentication message, when the login did not
+    // wait for a server) is done: the framer's offset counts it then, and anything the client sent
+    // with it is in the inbox (such a client stays with the TypeScript pool)
+    queueMicrotask(() => {
+      if (this.phase !== 'ready') return;
+      if (this.inbox.length === 0 && this.framer.atBoundary && !this.server && !this.acquiring) {
+        const settings = [...this.settings.values()];
+        this.native = this.mgr.native!.adoptClient(this, this.socket, this.user, this.database, settings, this.framer.offset);
+        if (this.native) return;
+      }
+      this.pump();
+    });
   }
 
   // ---------------------------------------------------------------- the native pool
@@ -400,6 +407,7 @@ export class PooledClient implements PoolClient, NativeClient {
   /** the native loop ended this client */
   nativeClosed(why: string): void {
     if (this.phase === 'closed') return;
+    if (why.startsWith('client protocol violation')) this.mgr.log.warn({ client: this.id, err: why }, 'client protocol violation');
     this.phase = 'closed';
     this.mgr.unregister(this);
     this.socket.destroy();

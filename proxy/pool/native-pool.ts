@@ -66,7 +66,7 @@ export class NativeTransactionPool {
    * hand a logged-in client over (its ReadyForQuery written, nothing buffered by Node either way);
    * false: it stays with the TypeScript pool
    */
-  adoptClient(c: NativeClient, socket: Socket, user: string, database: string, settings: Array<{ name: string; value: string }>): boolean {
+  adoptClient(c: NativeClient, socket: Socket, user: string, database: string, settings: Array<{ name: string; value: string }>, offset: number): boolean {
     if (socket.readableLength > 0 || socket.writableLength > 0) return false;
     const h = socketHandle(socket);
     if (!h) return false;
@@ -76,7 +76,7 @@ export class NativeTransactionPool {
     const flat: string[] = [];
     for (const s of settings) flat.push(s.name, s.value);
     try {
-      this.loop.addClient(c.id, h.fd, NativeTransactionPool.route(user, database), flat, PQ_LARGE_MESSAGE_LIMIT);
+      this.loop.addClient(c.id, h.fd, NativeTransactionPool.route(user, database), flat, PQ_LARGE_MESSAGE_LIMIT, offset);
     } catch (e) {
       this.log.warn({ client: c.id, err: (e as Error).message }, 'native pool refused a client');
       socket.destroy();
