@@ -1215,6 +1215,9 @@ impl Engine {
         let node = s.node.clone();
         let cid = s.client;
         self.close_server(sid, true, why);
+        // its idle neighbours on that node are suspect too (a postmaster killed: its backends exit
+        // one by one): closed now, before a transaction is sent to one (JavaScript has the node checked)
+        self.close_idle(&node);
         let Some(cid) = cid else { return };
         let Some(c) = self.clients.get_mut(&cid) else { return };
         c.server = None;
