@@ -6,8 +6,10 @@
  *   - pgbench -S -c 16 -j 2, -M simple / extended / prepared: PgBouncer vs pgha-proxy, transaction mode
  *   - the same in session mode: PgBouncer session, pgha-proxy --pool-mode session, and pgha-proxy's
  *     relay without pooling (today's default mode, native relay)
- * CPU per transaction is user+system time of the pooler process itself. One run of each.
- *   npx tsx bench/pool.ts [seconds per pgbench run=8]
+ * CPU per transaction is user+system time of the pooler process itself. One run of each, or with
+ * `rounds` > 1 the transaction-mode -S cases that many times, PgBouncer and pgha-proxy taking turns
+ * (order reversed every other round), and a table of medians.
+ *   npx tsx bench/pool.ts [seconds per pgbench run=8] [rounds=1]
  * Writes bench/results/pool.json and prints a Markdown table.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -20,6 +22,7 @@ import { cleanupAll, freePort, PgCluster, waitFor } from '../test/harness/cluste
 import { startProxy, type RunningProxy } from '../test/support/proxy.js';
 
 const secs = Number(process.argv[2] ?? 8);
+const rounds = Math.max(1, Number(process.argv[3] ?? 1));
 const here = dirname(fileURLToPath(import.meta.url));
 const PASSWORD = 'bench-pool-secret';
 const POOL = 20;
@@ -136,10 +139,12 @@ try {
   measure('-C -S -c 16 (transaction)', 'direct', c.port, null, conn);
   measure('-C -S -c 16 (transaction)', 'PgBouncer transaction', txnBouncer.port, txnBouncer.pid, conn);
   measure('-C -S -c 16 (transaction)', 'pgha-proxy transaction', txnProxy.port, txnProxy.pid, conn);
-  for (const mode of ['simple', 'extended', 'prepared']) {
-    const args = ['-S', '-M', mode, '-c', '16', '-j', '2'];
-    measure(`-S -c 16 -M ${mode} (transaction)`, 'PgBouncer transaction', txnBouncer.port, txnBouncer.pid, args);
-    measure(`-S -c 16 -M ${mode} (transaction)`, 'pgha-proxy transaction', txnProxy.port, txnProxy.pid, args);
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of ['simple', 'extended', 'prepared']) {
+      const args = ['-S', '-M', mode, '-c', '16', '-j', '2'];
+      const both = [() => measure(`-S -c 16 -M ${mode} (transaction)`, 'PgBouncer transaction', txnBouncer.port, txnBouncer.pid, args), () => measure(`-S -c 16 -M ${mode} (transaction)`, 'pgha-proxy transaction', txnProxy.port, txnProxy.pid, args)];
+      for (const m of round % 2 ? both.reverse() : both) m();
+    }
   }
   for (const mode of ['simple', 'extended', 'prepared']) {
     const args = ['-S', '-M', mode, '-c', '16', '-j', '2'];
@@ -149,13 +154,25 @@ try {
     measure(`-S -c 16 -M ${mode} (session)`, 'pgha-proxy relay (no pooling)', relay.port, relay.pid, args);
   }
   const version = execFileSync(pgbouncerBin(), ['--version'], { encoding: 'utf8' }).split('\n')[0];
-  const result = { date: new Date().toISOString(), command: `npx tsx bench/pool.ts ${secs}`, machine: `${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores, PostgreSQL ${c.psql('SHOW server_version').trim()}, ${version}`, setup: `scale 10, fsync off, pool size ${POOL}, SCRAM-SHA-256 clients, TCP 127.0.0.1, ${secs} s per run`, rows };
+  const result = { date: new Date().toISOString(), command: `npx tsx bench/pool.ts ${secs} ${rounds}`, machine: `${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores, PostgreSQL ${c.psql('SHOW server_version').trim()}, ${version}`, setup: `scale 10, fsync off, pool size ${POOL}, SCRAM-SHA-256 clients, TCP 127.0.0.1, ${secs} s per run`, rows };
   mkdirSync(join(here, 'results'), { recursive: true });
   writeFileSync(join(here, 'results', 'pool.json'), JSON.stringify(result, null, 2) + '\n');
   console.log(`${result.machine}; ${result.setup}\n`);
   console.log('| case | target | TPS | failed | CPU µs/tx of the pooler |');
   console.log('|---|---|---:|---:|---:|');
   for (const r of rows) console.log(`| ${r.case} | ${r.target} | ${Number.isFinite(r.tps) ? r.tps.toFixed(0) : '—'} | ${r.failed}${r.error ? ` (${r.error})` : ''} | ${r.cpuUsPerTx === null ? '—' : r.cpuUsPerTx.toFixed(1)} |`);
+  if (rounds > 1) {
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+    console.log(`\nTransaction mode, median of ${rounds} rounds:\n`);
+    console.log('| case | PgBouncer TPS | pgha-proxy TPS | pgha-proxy/PgBouncer | CPU µs/tx PgBouncer | CPU µs/tx pgha-proxy |');
+    console.log('|---|---:|---:|---:|---:|---:|');
+    for (const mode of ['simple', 'extended', 'prepared']) {
+      const of = (target: string) => rows.filter((r) => r.case === `-S -c 16 -M ${mode} (transaction)` && r.target === target);
+      const [b, p] = [of('PgBouncer transaction'), of('pgha-proxy transaction')];
+      const [bt, pt] = [median(b.map((r) => r.tps)), median(p.map((r) => r.tps))];
+      console.log(`| -S -c 16 -M ${mode} | ${bt.toFixed(0)} | ${pt.toFixed(0)} | ${(pt / bt).toFixed(2)} | ${median(b.map((r) => r.cpuUsPerTx ?? NaN)).toFixed(1)} | ${median(p.map((r) => r.cpuUsPerTx ?? NaN)).toFixed(1)} |`);
+    }
+  }
   for (const p of [txnProxy, sesProxy, relay]) await p.stop();
   for (const b of [txnBouncer, sesBouncer]) process.kill(b.pid, 'SIGTERM');
 } finally {
