@@ -306,6 +306,34 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     await ok.end();
   });
 
+  it('large results to a client that stops reading, and COPY in and out (psql), come through whole', async () => {
+    const c = client(txn, 'plain_user');
+    await c.connect();
+    // ~40 MB of rows while the client reads nothing for a while: both sockets fill up
+    rawStream(c).pause();
+    const big = c.query("SELECT i, repeat(md5(i::text), 25) AS pad FROM generate_series(1, 50000) i");
+    await sleep(500);
+    rawStream(c).resume();
+    const r = await big;
+    expect(r.rows.length).toBe(50000);
+    expect(r.rows.reduce((n, row) => n + (row.pad as string).length, 0)).toBe(50000 * 800);
+    expect((await c.query('SELECT 3 AS three')).rows[0].three).toBe(3);
+    await c.end();
+    // COPY FROM STDIN of ~20 MB and COPY TO STDOUT, through psql
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-copy-'));
+    const file = join(dir, 'rows.txt');
+    writeFileSync(file, Array.from({ length: 100_000 }, (_, i) => `copied-${relay}-${i}\t${'y'.repeat(180)}`).join('\n') + '\n');
+    primary.psql('CREATE TABLE IF NOT EXISTS copied (who text, pad text); GRANT ALL ON copied TO plain_user');
+    const copyIn = await psql(txn.port, 'plain_user', PASSWORDS.plain_user, `\\copy copied FROM '${file}'`);
+    expect(copyIn.stderr).toBe('');
+    expect(copyIn.stdout).toBe('COPY 100000');
+    const out = join(dir, 'out.txt');
+    const copyOut = await psql(txn.port, 'plain_user', PASSWORDS.plain_user, `\\copy (SELECT * FROM copied WHERE who LIKE 'copied-${relay}-%' ORDER BY who) TO '${out}'`);
+    expect(copyOut.stdout).toBe('COPY 100000');
+    const { readFileSync } = await import('node:fs');
+    expect(readFileSync(out, 'utf8').split('\n').length - 1).toBe(100_000);
+  });
+
   it('a client that vanishes inside a transaction (socket closed, or Terminate, or half a message) leaves no lock and nothing committed behind', async () => {
     const tag = `vanish-${relay}`;
     const endings: Array<[string, (c: pg.Client) => Promise<void>]> = [
