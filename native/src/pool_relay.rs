@@ -1207,6 +1207,15 @@ impl Engine {
             self.drain_socket(s.sock, out);
         }
         self.emit("server-closed", 0, sid, why.to_string(), lost);
+        // the pool has room again: the first client waiting for this route asks JavaScript for a
+        // connection (after the event above, so the pool counts this one gone)
+        while let Some(cid) = self.waiters.get_mut(s.route.as_str()).and_then(|w| w.pop_front()) {
+            if let Some(c) = self.clients.get_mut(&cid).filter(|c| c.server.is_none()) {
+                c.waiting = false;
+                self.need_server(cid);
+                break;
+            }
+        }
     }
 
     /// the server ended the connection (or it failed)

@@ -282,12 +282,12 @@ export class PoolManager {
     });
   }
 
-  /** every pool with connections or clients (drained pools until their last connection is gone) */
   /** what the native loop says of the clients and connections it carries (null without it) */
   nativeView(): NativeView | null {
     return this.native ? this.native.view() : null;
   }
 
+  /** every pool with connections or clients (drained pools until their last connection is gone) */
   stats(): PoolStat[] {
     const out: PoolStat[] = [];
     const view = this.nativeView();

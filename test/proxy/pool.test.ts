@@ -444,6 +444,26 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     }
   });
 
+  it('a full pool whose busy connection the server ends: the client waiting for it gets a new one', async () => {
+    const p = await startProxy([primary.port], [...common, '--pool-mode', 'transaction', '--pool-size', '1', '--relay', relay]);
+    try {
+      const a = client(p, 'plain_user');
+      const b = client(p, 'plain_user', { query_timeout: 15_000 });
+      a.on('error', () => undefined);
+      await Promise.all([a.connect(), b.connect()]);
+      const busy = a.query('SELECT pg_sleep(30)').catch((e: { code?: string }) => e);
+      await waitFor(async () => Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")) === 1, 10_000, 'the long query running');
+      const waiting = b.query('SELECT 42 AS answer');
+      await waitFor(async () => (await poolRow(p, 'plain_user'))[4] === '1', 10_000, 'b waiting (cl_waiting 1)');
+      await primary.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'");
+      expect(((await busy) as { code?: string }).code).toMatch(/^(57P01|08006)$/);
+      expect((await waiting).rows[0].answer).toBe(42);
+      await b.end();
+    } finally {
+      await p.stop();
+    }
+  });
+
   it('--auth-query: a user missing from the auth file is looked up on the server (its SCRAM secret) and logs in to the server with the ClientKey of its proof', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-aq-'));
     const file = join(dir, 'userlist.txt');
