@@ -3,6 +3,7 @@
 
 pub mod crc32c;
 pub mod relay;
+pub mod pool_protocol;
 pub mod pool_relay;
 pub mod wal_files;
 pub mod wal_scan;

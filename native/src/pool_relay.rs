@@ -17,11 +17,11 @@
 //! told what ended (`client-closed`, `server-closed`, `cancel`).
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
-use sha2::{Digest, Sha256};
+use crate::relay::Drain;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use crate::pool_protocol::*;
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::net::Shutdown;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -96,24 +96,6 @@ enum Command {
     Stop,
 }
 
-/// client → server message types
-mod t {
-    pub const QUERY: u8 = b'Q';
-    pub const PARSE: u8 = b'P';
-    pub const BIND: u8 = b'B';
-    pub const DESCRIBE: u8 = b'D';
-    pub const EXECUTE: u8 = b'E';
-    pub const CLOSE: u8 = b'C';
-    pub const SYNC: u8 = b'S';
-    pub const FLUSH: u8 = b'H';
-    pub const FUNCTION_CALL: u8 = b'F';
-    pub const TERMINATE: u8 = b'X';
-}
-
-const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
-const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
-const TERMINATE_MSG: &[u8] = &[b'X', 0, 0, 0, 4];
-
 /// reported settings a client may change with SET that follow it to the next server connection
 const TRACKED: [&str; 6] = ["client_encoding", "datestyle", "intervalstyle", "timezone", "standard_conforming_strings", "application_name"];
 
@@ -169,6 +151,16 @@ impl Out {
     fn pending(&self) -> bool {
         self.off < self.buf.len()
     }
+    /// write what is pending, with write interest registered exactly while something stays
+    fn flush_to(&mut self, sock: &mut TcpStream, registry: &Registry, token: Token) -> std::io::Result<()> {
+        let done = self.flush(sock)?;
+        if done == self.want_write {
+            self.want_write = !done;
+            let _ = registry.reregister(sock, token, if done { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE });
+        }
+        Ok(())
+    }
+
     /// write what is pending; Ok(true) when all went out
     fn flush(&mut self, sock: &mut TcpStream) -> std::io::Result<bool> {
         while self.off < self.buf.len() {
@@ -246,30 +238,6 @@ impl Server {
     }
 }
 
-/// what a closed socket still owes its peer: written out, then FIN, then closed
-struct Drain {
-    sock: TcpStream,
-    out: Vec<u8>,
-    off: usize,
-    deadline: Instant,
-}
-
-impl Drain {
-    fn step(&mut self) -> bool {
-        while self.off < self.out.len() {
-            match self.sock.write(&self.out[self.off..]) {
-                Ok(0) => return true,
-                Ok(n) => self.off += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(_) => return true,
-            }
-        }
-        let _ = self.sock.shutdown(Shutdown::Write);
-        true
-    }
-}
-
 fn client_token(id: u32) -> Token {
     Token((id as usize) << 1)
 }
@@ -278,205 +246,6 @@ fn server_token(id: u32) -> Token {
 }
 /// drains live on tokens of their own (the id space above every client and server)
 const DRAIN_BASE: usize = 1 << 40;
-
-// ---------------------------------------------------------------- messages
-
-fn message(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(5 + body.len());
-    v.push(kind);
-    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    v.extend_from_slice(body);
-    v
-}
-
-/// an ErrorResponse as proxy/protocol/backend-messages.ts errorResponse() builds it
-pub fn error_response(severity: &str, code: &str, msg: &str, detail: Option<&str>, hint: Option<&str>) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (k, v) in [(b'S', Some(severity)), (b'V', Some(severity)), (b'C', Some(code)), (b'M', Some(msg)), (b'D', detail), (b'H', hint)] {
-        if let Some(v) = v.filter(|v| !v.is_empty()) {
-            body.push(k);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-    }
-    body.push(0);
-    message(b'E', &body)
-}
-
-fn cstr_at(msg: &[u8], at: usize) -> Option<(&[u8], usize)> {
-    let end = msg.get(at..)?.iter().position(|&b| b == 0)? + at;
-    Some((&msg[at..end], end + 1))
-}
-
-/// severity (non-localized V first), SQLSTATE and message of an ErrorResponse body
-fn error_fields(body: &[u8]) -> (String, String, String) {
-    let (sev, code) = crate::relay::error_fields(body);
-    let mut m = String::new();
-    let mut i = 0;
-    while i < body.len() && body[i] != 0 {
-        let end = body[i + 1..].iter().position(|&b| b == 0).map(|p| i + 1 + p).unwrap_or(body.len());
-        if body[i] == b'M' {
-            m = String::from_utf8_lossy(&body[i + 1..end]).into_owned();
-        }
-        i = end + 1;
-    }
-    (sev, code, m)
-}
-
-/// the server-side name of a statement: one per distinct (query, parameter types), as prepared.ts names it
-pub fn server_name(rest: &[u8]) -> String {
-    let d = Sha256::digest(rest);
-    let mut s = String::with_capacity(29);
-    s.push_str("pgha_");
-    for b in &d[..12] {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-fn skip_space_and_comments(q: &[u8], mut i: usize) -> usize {
-    loop {
-        while i < q.len() && q[i].is_ascii_whitespace() || (i < q.len() && q[i] == 0x0b) {
-            i += 1;
-        }
-        if q[i..].starts_with(b"--") {
-            match q[i..].iter().position(|&b| b == b'\n') {
-                Some(p) => i += p + 1,
-                None => return i,
-            }
-        } else if q[i..].starts_with(b"/*") {
-            match q[i + 2..].windows(2).position(|w| w == b"*/") {
-                Some(p) => i += 2 + p + 2,
-                None => return i,
-            }
-        } else {
-            return i;
-        }
-    }
-}
-
-fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-/// does the query text start with LISTEN (after white space and comments)? client.ts's LISTEN_RE
-pub fn starts_with_listen(q: &[u8]) -> bool {
-    let i = skip_space_and_comments(q, 0);
-    q.len() >= i + 6 && q[i..i + 6].eq_ignore_ascii_case(b"LISTEN") && (q.len() == i + 6 || !is_word_byte(q[i + 6]))
-}
-
-/// is the query text only a transaction's start (BEGIN / START TRANSACTION with its modes)? client.ts's BEGIN_RE
-pub fn is_begin(q: &[u8]) -> bool {
-    let mut end = q.len();
-    while end > 0 && q[end - 1].is_ascii_whitespace() {
-        end -= 1;
-    }
-    if end > 0 && q[end - 1] == b';' {
-        end -= 1;
-        while end > 0 && q[end - 1].is_ascii_whitespace() {
-            end -= 1;
-        }
-    }
-    let q = &q[..end];
-    let mut i = 0;
-    while i < q.len() && q[i].is_ascii_whitespace() {
-        i += 1;
-    }
-    let kw = |i: usize, w: &[u8]| q.len() >= i + w.len() && q[i..i + w.len()].eq_ignore_ascii_case(w);
-    if kw(i, b"BEGIN") {
-        i += 5;
-    } else if kw(i, b"START") {
-        let mut j = i + 5;
-        let ws = j;
-        while j < q.len() && q[j].is_ascii_whitespace() {
-            j += 1;
-        }
-        if j == ws || !kw(j, b"TRANSACTION") {
-            return false;
-        }
-        i = j + 11;
-    } else {
-        return false;
-    }
-    const ITEMS: [&[u8]; 12] = [b"TRANSACTION", b"WORK", b"READ", b"WRITE", b"ONLY", b"COMMITTED", b"UNCOMMITTED", b"REPEATABLE", b"SERIALIZABLE", b"DEFERRABLE", b"NOT", b","];
-    let item = |i: usize| -> Option<usize> {
-        if kw(i, b"ISOLATION") {
-            let mut j = i + 9;
-            let ws = j;
-            while j < q.len() && q[j].is_ascii_whitespace() {
-                j += 1;
-            }
-            return (j > ws && kw(j, b"LEVEL")).then_some(j + 5);
-        }
-        ITEMS.iter().find(|w| kw(i, w)).map(|w| i + w.len())
-    };
-    while i < q.len() {
-        let ws = i;
-        while i < q.len() && q[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i == ws {
-            return false;
-        }
-        let Some(mut j) = item(i) else { return false };
-        while let Some(k) = item(j) {
-            j = k;
-        }
-        i = j;
-    }
-    true
-}
-
-fn quote_literal(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
-}
-
-fn quote_ident(v: &str) -> String {
-    let plain = !v.is_empty() && v.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if plain {
-        v.to_string()
-    } else {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    }
-}
-
-fn query_message(text: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(text.len() + 1);
-    body.extend_from_slice(text.as_bytes());
-    body.push(0);
-    message(t::QUERY, &body)
-}
-
-/// SQL that makes the server itself raise the error (so aborting a transaction works as for any error)
-fn not_supported(what: &str) -> String {
-    let msg = format!("pgha-proxy: {what} is not supported in transaction pool mode (a server connection serves other clients between transactions): use --pool-mode session, or connect to the server directly");
-    format!("DO $pgha$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = {}; END$pgha$", quote_literal(&msg))
-}
-
-/// does a server message of this type end the answer to a request of type `t`?
-fn completes(kind: u8, t: u8) -> bool {
-    match kind {
-        b'1' => t == t::PARSE,
-        b'2' => t == t::BIND,
-        b'3' => t == t::CLOSE,
-        b'n' | b'T' => t == t::DESCRIBE,
-        b'C' | b'I' | b's' => t == t::EXECUTE,
-        _ => false,
-    }
-}
-
-/// the length of the first whole message in `buf`, Ok(None) when it is not all there yet
-fn whole_message(buf: &[u8], max: u32, offset_base: u64) -> Result<Option<usize>, String> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if len < 4 || len as i64 > max as i64 {
-        return Err(format!("client: invalid message length {} for message type 0x{:02x} at byte {} (expected 4..{})", len as u32, buf[0], offset_base, max));
-    }
-    let n = 1 + len as usize;
-    Ok((buf.len() >= n).then_some(n))
-}
 
 /// one client message on its way to the linked server (client.ts toServer, transaction mode)
 fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, clock: &mut u64) {
@@ -978,20 +747,8 @@ impl Engine {
         if !c.out.pending() {
             return;
         }
-        match c.out.flush(&mut c.sock) {
-            Ok(true) => {
-                if c.out.want_write {
-                    c.out.want_write = false;
-                    let _ = self.poll.registry().reregister(&mut c.sock, client_token(id), Interest::READABLE);
-                }
-            }
-            Ok(false) => {
-                if !c.out.want_write {
-                    c.out.want_write = true;
-                    let _ = self.poll.registry().reregister(&mut c.sock, client_token(id), Interest::READABLE | Interest::WRITABLE);
-                }
-            }
-            Err(e) => self.close_client(id, None, &format!("client error: {e}")),
+        if let Err(e) = c.out.flush_to(&mut c.sock, self.poll.registry(), client_token(id)) {
+            self.close_client(id, None, &format!("client error: {e}"));
         }
     }
 
@@ -1049,20 +806,8 @@ impl Engine {
 
     fn flush_server(&mut self, sid: u32) {
         let Some(s) = self.servers.get_mut(&sid) else { return };
-        match s.out.flush(&mut s.sock) {
-            Ok(true) => {
-                if s.out.want_write {
-                    s.out.want_write = false;
-                    let _ = self.poll.registry().reregister(&mut s.sock, server_token(sid), Interest::READABLE);
-                }
-            }
-            Ok(false) => {
-                if !s.out.want_write {
-                    s.out.want_write = true;
-                    let _ = self.poll.registry().reregister(&mut s.sock, server_token(sid), Interest::READABLE | Interest::WRITABLE);
-                }
-            }
-            Err(e) => self.server_gone(sid, &e.to_string()),
+        if let Err(e) = s.out.flush_to(&mut s.sock, self.poll.registry(), server_token(sid)) {
+            self.server_gone(sid, &e.to_string());
         }
     }
 
@@ -1573,48 +1318,5 @@ impl PoolRelay {
 impl Drop for PoolRelay {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn begin_is_recognised_as_client_ts_does() {
-        for q in ["BEGIN", "begin;", "  BEGIN  ;  ", "BEGIN TRANSACTION", "BEGIN WORK", "START TRANSACTION", "start  transaction isolation level serializable", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", "BEGIN READ WRITE", "BEGIN NOT DEFERRABLE", "BEGIN ISOLATION LEVEL READ COMMITTED"] {
-            assert!(is_begin(q.as_bytes()), "{q}");
-        }
-        for q in ["BEGIN; SELECT 1", "BEGINX", "START", "STARTTRANSACTION", "SELECT 1", "BEGIN ISOLATION", "BEGIN, READ ONLY", "COMMIT", "", "BEGIN READ ONLY; INSERT"] {
-            assert!(!is_begin(q.as_bytes()), "{q}");
-        }
-    }
-
-    #[test]
-    fn listen_after_space_and_comments() {
-        for q in ["LISTEN x", "listen x", "  -- c\n LISTEN x", "/* a */ listen \"x\"", "LISTEN"] {
-            assert!(starts_with_listen(q.as_bytes()), "{q}");
-        }
-        for q in ["LISTENING", "SELECT 1; LISTEN x", "-- LISTEN x", "/* LISTEN */ SELECT", "UNLISTEN x"] {
-            assert!(!starts_with_listen(q.as_bytes()), "{q}");
-        }
-    }
-
-    #[test]
-    fn server_names_are_prepared_ts_names() {
-        // prepared.ts: `pgha_` + the first 24 hex digits of SHA-256 over the query and parameter types
-        assert_eq!(server_name(b"select 1\0\0\0"), format!("pgha_{}", &hex(&Sha256::digest(b"select 1\0\0\0"))[..24]));
-        assert_eq!(server_name(b"a\0\0\0").len(), 29);
-    }
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
-    #[test]
-    fn error_response_as_backend_messages_ts() {
-        let e = error_response("FATAL", "57P01", "bye", None, Some("retry"));
-        assert_eq!(&e[5..], b"SFATAL\0VFATAL\0C57P01\0Mbye\0Hretry\0\0");
-        assert_eq!(i32::from_be_bytes([e[1], e[2], e[3], e[4]]) as usize, e.len() - 1);
     }
 }

@@ -215,12 +215,13 @@ impl Session {
     }
 }
 
-/// what a finished session still owes one of its peers: written out, then FIN, then closed
-struct Drain {
-    sock: TcpStream,
-    out: Vec<u8>,
-    off: usize,
-    deadline: Instant,
+/// what a finished session (or a closed pooled connection) still owes one of its peers: written
+/// out, then FIN, then closed
+pub(crate) struct Drain {
+    pub(crate) sock: TcpStream,
+    pub(crate) out: Vec<u8>,
+    pub(crate) off: usize,
+    pub(crate) deadline: Instant,
 }
 
 /// close with a TCP reset once the last descriptor of the socket is closed (SO_LINGER 0)
@@ -234,7 +235,7 @@ fn reset_on_close(sock: &TcpStream) {
 
 impl Drain {
     /// true when the drain is over (all written and half-closed, or the peer is gone)
-    fn step(&mut self) -> bool {
+    pub(crate) fn step(&mut self) -> bool {
         while self.off < self.out.len() {
             match self.sock.write(&self.out[self.off..]) {
                 Ok(0) => return true,
