@@ -106,7 +106,7 @@ export interface JsFilesScanResult {
 }
 
 export interface JsPoolEvent {
-  /** acquire, client-closed, server-closed, cancel */
+  /** acquire, client-closed, server-closed, cancel, failed (the loop itself stopped on an error) */
   kind: string
   client: number
   server: number

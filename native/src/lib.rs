@@ -458,7 +458,7 @@ impl ProxyRelay {
 
 #[napi(object)]
 pub struct JsPoolEvent {
-    /// acquire, client-closed, server-closed, cancel
+    /// acquire, client-closed, server-closed, cancel, failed (the loop itself stopped on an error)
     pub kind: String,
     pub client: u32,
     pub server: u32,

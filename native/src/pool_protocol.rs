@@ -207,6 +207,12 @@ pub fn completes(kind: u8, t: u8) -> bool {
     }
 }
 
+/// the text of a Query message (its body without the terminating zero; empty for a malformed one)
+pub fn query_text(msg: &[u8]) -> &[u8] {
+    let end = msg.len().saturating_sub(1).max(5.min(msg.len()));
+    &msg[5.min(msg.len())..end]
+}
+
 /// the length of the first whole message in `buf`, Ok(None) when it is not all there yet
 pub fn whole_message(buf: &[u8], max: u32, offset_base: u64) -> Result<Option<usize>, String> {
     if buf.len() < 5 {
@@ -254,6 +260,13 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn query_text_of_short_and_empty_queries() {
+        assert_eq!(query_text(&message(t::QUERY, b"BEGIN\0")), b"BEGIN");
+        assert_eq!(query_text(&message(t::QUERY, b"\0")), b"");
+        assert_eq!(query_text(&message(t::QUERY, b"")), b"");
     }
 
     #[test]

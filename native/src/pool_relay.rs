@@ -251,7 +251,7 @@ const DRAIN_BASE: usize = 1 << 40;
 fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, clock: &mut u64) {
     let kind = msg[0];
     if let Some(r) = c.replay.as_mut() {
-        if kind == t::QUERY && is_begin(&msg[5..msg.len() - 1]) {
+        if kind == t::QUERY && is_begin(query_text(msg)) {
             r.push(msg.to_vec());
         } else {
             c.replay = None;
@@ -262,7 +262,7 @@ fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, cl
             c.pending_ready += 1;
             c.partial = false;
             c.queue.push_back(Pending::new(kind, Act::Fwd));
-            if starts_with_listen(&msg[5..msg.len() - 1]) {
+            if starts_with_listen(query_text(msg)) {
                 s.out.buf.extend_from_slice(&query_message(&not_supported("LISTEN")));
             } else {
                 s.out.buf.extend_from_slice(msg);
@@ -1240,7 +1240,16 @@ impl PoolRelay {
         let (tx, rx) = mpsc::channel();
         let links = Arc::new(Mutex::new(IdMap::default()));
         let l = links.clone();
-        let thread = std::thread::Builder::new().name("pgha-pool".into()).spawn(move || run(poll, rx, sink, l, max_prepared))?;
+        let thread = std::thread::Builder::new()
+            .name("pgha-pool".into())
+            .spawn(move || {
+                let s = sink.clone();
+                // a bug here must not leave every pooled client hanging on a dead loop: JavaScript hears of it
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(poll, rx, sink, l, max_prepared))) {
+                    let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                    s.emit(PoolEvent { kind: "failed", client: 0, server: 0, detail: why, lost: false });
+                }
+            })?;
         Ok(PoolRelay { tx, waker, thread: Some(thread), links })
     }
 

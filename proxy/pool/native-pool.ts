@@ -186,6 +186,11 @@ export class NativeTransactionPool {
         if (s) this.onCancel(s);
         return;
       }
+      case 'failed':
+        // a bug in the loop: its clients would hang. Exit so that the supervisor (systemd,
+        // Docker) starts a fresh proxy, as for any crash; clients reconnect.
+        this.log.fatal({ err: e.detail }, 'the native transaction pool stopped on an internal error: exiting');
+        process.exit(70);
     }
   }
 }

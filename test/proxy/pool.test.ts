@@ -334,6 +334,23 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     expect(readFileSync(out, 'utf8').split('\n').length - 1).toBe(100_000);
   });
 
+  it('a Query with an empty body (no terminating zero) is answered as PostgreSQL answers it, and the pool goes on', async () => {
+    const answer = async (c: pg.Client) => {
+      await c.connect();
+      const failed = new Promise<{ code?: string; message: string }>((resolve) => c.on('error', resolve));
+      rawStream(c).write(Buffer.from([0x51, 0, 0, 0, 4]));
+      return failed;
+    };
+    const direct = await answer(new pg.Client({ host: '127.0.0.1', port: primary.port, user: 'postgres', database: 'postgres' }));
+    const pooled = await answer(client(txn, 'plain_user'));
+    expect(pooled.code).toBe(direct.code);
+    expect(pooled.message).toBe(direct.message);
+    const ok = client(txn, 'plain_user');
+    await ok.connect();
+    expect((await ok.query('SELECT 4 AS four')).rows[0].four).toBe(4);
+    await ok.end();
+  });
+
   it('a client that vanishes inside a transaction (socket closed, or Terminate, or half a message) leaves no lock and nothing committed behind', async () => {
     const tag = `vanish-${relay}`;
     const endings: Array<[string, (c: pg.Client) => Promise<void>]> = [
