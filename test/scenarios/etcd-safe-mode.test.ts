@@ -90,7 +90,9 @@ describe('two proxies on etcd: clients across the proxies, repeated failover, et
     };
     for (const p of ha.proxies) startLoad(p);
     const allLoads = () => [...loads.values()];
-    await sleep(1000);
+    // each load's acknowledged commits are checked on every node at the end (more than 20 of them):
+    // the first proxy's load is stopped early, so it runs until it has that many, not for a fixed time
+    await waitFor(async () => allLoads().every((l) => l.acks.length > 25), 60_000, 'every load past 25 acknowledged commits');
 
     // ---------------------------------------------------------------- (c) libpq multi-host across the proxies
     {
