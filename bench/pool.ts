@@ -12,87 +12,20 @@
  *   npx tsx bench/pool.ts [seconds per pgbench run=8] [rounds=1]
  * Writes bench/results/pool.json and prints a Markdown table.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cleanupAll, freePort, PgCluster, waitFor } from '../test/harness/cluster.js';
+import { cleanupAll, PgCluster } from '../test/harness/cluster.js';
 import { startProxy, type RunningProxy } from '../test/support/proxy.js';
+import { cpuMs, pgbouncerBin, startPgbouncer, stopPgbouncers } from './support/pgbouncer.js';
 
 const secs = Number(process.argv[2] ?? 8);
 const rounds = Math.max(1, Number(process.argv[3] ?? 1));
 const here = dirname(fileURLToPath(import.meta.url));
 const PASSWORD = 'bench-pool-secret';
 const POOL = 20;
-
-function pgbouncerBin(): string {
-  for (const p of ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer']) if (existsSync(p)) return p;
-  console.error('installing pgbouncer (Debian package)…');
-  const apt = (args: string[]) => spawnSync('apt-get', args, { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-  if (apt(['install', '-y', '-q', 'pgbouncer']).status !== 0) {
-    apt(['update', '-q']);
-    if (apt(['install', '-y', '-q', 'pgbouncer']).status !== 0) throw new Error('could not install pgbouncer');
-  }
-  return '/usr/sbin/pgbouncer';
-}
-
-const cpuMs = (pid: number) => {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
-};
-
-const canConnect = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const s = connect({ host: '127.0.0.1', port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-
-const started: number[] = [];
-
-async function startPgbouncer(pgPort: number, mode: 'session' | 'transaction', userlist: string): Promise<{ port: number; pid: number; proc: ChildProcess }> {
-  const bin = pgbouncerBin();
-  const dir = mkdtempSync(join(tmpdir(), `pgha-bench-pgbouncer-${mode}-`));
-  const port = await freePort();
-  writeFileSync(join(dir, 'userlist.txt'), readFileSync(userlist));
-  writeFileSync(
-    join(dir, 'pgbouncer.ini'),
-    `[databases]
-postgres = host=127.0.0.1 port=${pgPort} dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = ${port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = ${join(dir, 'userlist.txt')}
-pool_mode = ${mode}
-max_client_conn = 2000
-default_pool_size = ${POOL}
-server_tls_sslmode = disable
-ignore_startup_parameters = extra_float_digits
-logfile = ${join(dir, 'pgbouncer.log')}
-pidfile = ${join(dir, 'pgbouncer.pid')}
-`,
-  );
-  const asRoot = process.getuid?.() === 0;
-  if (asRoot) {
-    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }));
-    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }));
-    chownSync(dir, uid, gid);
-    chownSync(join(dir, 'userlist.txt'), uid, gid);
-  }
-  const cmd = asRoot ? `exec setpriv --reuid=postgres --regid=postgres --init-groups ${bin} ${join(dir, 'pgbouncer.ini')}` : `exec ${bin} ${join(dir, 'pgbouncer.ini')}`;
-  const proc = spawn('sh', ['-c', `ulimit -n $(ulimit -Hn) && ${cmd}`], { stdio: 'ignore' });
-  started.push(proc.pid!);
-  await waitFor(async () => canConnect(port), 15_000, 'pgbouncer listening');
-  const child = spawnSync('pgrep', ['-P', String(proc.pid), 'pgbouncer'], { encoding: 'utf8' }).stdout.trim();
-  return { port, pid: Number(child.split('\n')[0] || proc.pid), proc };
-}
 
 interface Row {
   case: string;
@@ -116,8 +49,8 @@ try {
   };
   execFileSync(bench, ['-h', '127.0.0.1', '-p', String(c.port), '-U', 'postgres', '-i', '-s', '10', '-q', 'postgres']);
   const proxyArgs = (mode: 'session' | 'transaction') => ['--backend-sslmode', 'disable', '--pool-mode', mode, '--pool-size', String(POOL), '--auth-file', userlist, '--log-level', 'warn'];
-  const txnBouncer = await startPgbouncer(c.port, 'transaction', userlist);
-  const sesBouncer = await startPgbouncer(c.port, 'session', userlist);
+  const txnBouncer = await startPgbouncer(c.port, 'transaction', userlist, POOL);
+  const sesBouncer = await startPgbouncer(c.port, 'session', userlist, POOL);
   const txnProxy: RunningProxy = await startProxy([c.port], proxyArgs('transaction'));
   const sesProxy: RunningProxy = await startProxy([c.port], proxyArgs('session'));
   const relay: RunningProxy = await startProxy([c.port], ['--backend-sslmode', 'disable', '--log-level', 'warn']);
@@ -176,13 +109,7 @@ try {
   for (const p of [txnProxy, sesProxy, relay]) await p.stop();
   for (const b of [txnBouncer, sesBouncer]) process.kill(b.pid, 'SIGTERM');
 } finally {
-  for (const pid of started) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
+  stopPgbouncers();
   await cleanupAll();
 }
 process.exit(0);

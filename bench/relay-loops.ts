@@ -1,0 +1,69 @@
+/**
+ * pgha-proxy's session relay (no pooling) with its default loops (one per core) and with one loop,
+ * against PgBouncer in session mode, taking turns (order reversed every other round), on one
+ * PostgreSQL 15 (scale 10, fsync off): `pgbench -S -c 16 -j 2` per mode, TPS and CPU per
+ * transaction of each proxy process (all its threads), medians over the rounds.
+ *   npx tsx bench/relay-loops.ts [seconds per run=5] [rounds=6] [modes=simple,extended,prepared]
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cleanupAll, PgCluster } from '../test/harness/cluster.js';
+import { startProxy } from '../test/support/proxy.js';
+import { cpuMs, startPgbouncer, stopPgbouncers } from './support/pgbouncer.js';
+
+const secs = Number(process.argv[2] ?? 5);
+const rounds = Number(process.argv[3] ?? 6);
+const modes = (process.argv[4] ?? 'simple,extended,prepared').split(',');
+const PASSWORD = 'bench-relay-secret';
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+try {
+  const c = await PgCluster.init({ name: 'bench-relay-loops', conf: { max_connections: 300, shared_buffers: '256MB', fsync: 'off', synchronous_commit: 'off' } });
+  await c.start();
+  const dir = mkdtempSync(join(tmpdir(), 'pgha-bench-relay-'));
+  const userlist = join(dir, 'userlist.txt');
+  writeFileSync(userlist, `"postgres" "${PASSWORD}"\n`, { mode: 0o600 });
+  const bench = join(c.clientBinDir, 'pgbench');
+  execFileSync(bench, ['-h', '127.0.0.1', '-p', String(c.port), '-U', 'postgres', '-i', '-s', '10', '-q', 'postgres']);
+  const bouncer = await startPgbouncer(c.port, 'session', userlist);
+  const two = await startProxy([c.port], ['--backend-sslmode', 'disable', '--log-level', 'warn']);
+  const one = await startProxy([c.port], ['--backend-sslmode', 'disable', '--log-level', 'warn', '--relay-threads', '1']);
+  const targets = [
+    { name: 'PgBouncer session', port: bouncer.port, pid: bouncer.pid },
+    { name: 'relay, default loops', port: two.port, pid: two.pid },
+    { name: 'relay, 1 loop', port: one.port, pid: one.pid },
+  ];
+  const table: string[] = ['| mode | target | median TPS | median CPU µs/tx | runs (kTPS) |', '|---|---|---:|---:|---|'];
+  for (const mode of modes) {
+    const got = new Map<string, Array<{ tps: number; cpu: number }>>();
+    for (let r = 0; r < rounds; r++) {
+      for (const t of r % 2 ? [...targets].reverse() : targets) {
+        const cpu0 = cpuMs(t.pid);
+        const out = spawnSync(bench, ['-h', '127.0.0.1', '-p', String(t.port), '-U', 'postgres', '-S', '-M', mode, '-c', '16', '-j', '2', '-T', String(secs), '-n', 'postgres'], { encoding: 'utf8', env: { ...process.env, PGPASSWORD: PASSWORD } }).stdout;
+        const txs = Number(/actually processed: (\d+)/.exec(out)?.[1] ?? 0);
+        const tps = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
+        const cpu = txs > 0 ? ((cpuMs(t.pid) - cpu0) * 1000) / txs : NaN;
+        console.error(`${mode.padEnd(9)} ${t.name.padEnd(22)} ${tps.toFixed(0)} tps, ${cpu.toFixed(1)} CPU µs/tx`);
+        got.set(t.name, [...(got.get(t.name) ?? []), { tps, cpu }]);
+      }
+    }
+    for (const t of targets) {
+      const runs = got.get(t.name)!;
+      table.push(`| ${mode} | ${t.name} | ${median(runs.map((x) => x.tps)).toFixed(0)} | ${median(runs.map((x) => x.cpu)).toFixed(1)} | ${runs.map((x) => (x.tps / 1000).toFixed(1)).join(', ')} |`);
+    }
+  }
+  console.log(`${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores; pgbench -S -c 16 -j 2, ${secs} s per run, ${rounds} rounds\n`);
+  console.log(table.join('\n'));
+  await two.stop();
+  await one.stop();
+} finally {
+  stopPgbouncers();
+  await cleanupAll();
+}
+process.exit(0);
