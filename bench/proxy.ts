@@ -5,100 +5,26 @@
  *   npx tsx bench/proxy.ts [seconds per pgbench run=8] [rounds=2]
  * Rounds interleave the targets; the median TPS of the rounds is reported. Writes bench/results/proxy.json.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { serialize } from 'pg-protocol';
-import { cleanupAll, freePort, PgCluster, sleep, waitFor } from '../test/harness/cluster.js';
+import { cleanupAll, PgCluster, sleep, waitFor } from '../test/harness/cluster.js';
 import { startProxy } from '../test/support/proxy.js';
 import { rawSession } from '../test/support/raw-client.js';
+import { cpuMs, pgbouncerBin, startPgbouncer, stopPgbouncers } from './support/pgbouncer.js';
 
 const secs = Number(process.argv[2] ?? 8);
 const rounds = Number(process.argv[3] ?? 2);
 const here = dirname(fileURLToPath(import.meta.url));
 
-function pgbouncerBin(): string {
-  for (const p of ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer']) if (existsSync(p)) return p;
-  console.error('installing pgbouncer (Debian package)…');
-  const sudo = process.getuid?.() === 0 ? [] : ['sudo'];
-  const apt = (args: string[]) => spawnSync(sudo[0] ?? 'apt-get', [...(sudo.length ? ['apt-get'] : []), ...args], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-  if (apt(['install', '-y', '-q', 'pgbouncer']).status !== 0) {
-    apt(['update', '-q']);
-    if (apt(['install', '-y', '-q', 'pgbouncer']).status !== 0) throw new Error('could not install pgbouncer');
-  }
-  return '/usr/sbin/pgbouncer';
-}
-
-/** user + system CPU of a process so far, in ms */
-const cpuMs = (pid: number) => {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
-};
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-
-async function startPgbouncer(pgPort: number): Promise<{ port: number; proc: ChildProcess }> {
-  const bin = pgbouncerBin();
-  const dir = mkdtempSync(join(tmpdir(), 'pgha-bench-pgbouncer-'));
-  const port = await freePort();
-  writeFileSync(join(dir, 'userlist.txt'), '"postgres" ""\n');
-  writeFileSync(
-    join(dir, 'pgbouncer.ini'),
-    `[databases]
-postgres = host=127.0.0.1 port=${pgPort} dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = ${port}
-unix_socket_dir =
-auth_type = trust
-auth_file = ${join(dir, 'userlist.txt')}
-pool_mode = session
-max_client_conn = 2000
-default_pool_size = 1100
-max_db_connections = 0
-server_tls_sslmode = disable
-ignore_startup_parameters = extra_float_digits
-logfile = ${join(dir, 'pgbouncer.log')}
-pidfile = ${join(dir, 'pgbouncer.pid')}
-`,
-  );
-  // PgBouncer refuses to run as root
-  const asRoot = process.getuid?.() === 0;
-  if (asRoot) {
-    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }));
-    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }));
-    chownSync(dir, uid, gid);
-  }
-  // PgBouncer does not raise its descriptor limit itself (1024 by default): 1000 clients need ~2000
-  // (setpriv, not runuser: runuser's PAM session would reset the limit)
-  const cmd = asRoot ? `exec setpriv --reuid=postgres --regid=postgres --init-groups ${bin} ${join(dir, 'pgbouncer.ini')}` : `exec ${bin} ${join(dir, 'pgbouncer.ini')}`;
-  const proc = spawn('sh', ['-c', `ulimit -n $(ulimit -Hn) && ${cmd}`], { stdio: 'ignore' });
-  started.push(proc.pid!);
-  await waitFor(async () => canConnect(port), 15_000, 'pgbouncer listening');
-  return { port, proc };
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
 
 /** pgha-proxy through the tests' helper (child process, admin port, ready once it routes to the primary) */
 const proxyFor = (pgPort: number, relay: 'native' | 'node', extra: string[] = []) => startProxy([pgPort], ['--backend-sslmode', 'disable', '--relay', relay, '--log-level', 'warn', ...extra]);
 
-/** pid of the pgbouncer process (sh execs setpriv, which execs pgbouncer: the same pid) */
-function pgbouncerPid(proc: ChildProcess): number {
-  const child = spawnSync('pgrep', ['-P', String(proc.pid), 'pgbouncer'], { encoding: 'utf8' }).stdout.trim();
-  return Number(child.split('\n')[0] || proc.pid);
-}
 
 async function idleClients(port: number, n: number, what: string): Promise<Socket[]> {
   const out: Socket[] = [];
@@ -124,7 +50,6 @@ async function idleClients(port: number, n: number, what: string): Promise<Socke
 }
 
 /** every process this bench starts, killed by PID at the end whatever happens */
-const started: number[] = [];
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 try {
@@ -132,7 +57,7 @@ try {
   await c.start();
   const pgbench = (port: number, args: string[]) => execFileSync(join(c.clientBinDir, 'pgbench'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', ...args, 'postgres'], { encoding: 'utf8', maxBuffer: 1 << 26 });
   pgbench(c.port, ['-i', '-s', '10', '-q']);
-  const bouncer = await startPgbouncer(c.port);
+  const bouncer = await startPgbouncer(c.port, 'session', null, 1100);
   const proxy = await proxyFor(c.port, 'native');
   // variants for the select-only cases: the proxy with its Node relay only (what the Rust relay
   // buys), and with one relay thread (PgBouncer's shape) instead of one per core
@@ -143,7 +68,7 @@ try {
   const tps: Record<string, number[]> = {};
   /** CPU µs per transaction of the proxy process itself (pgha-proxy, PgBouncer) */
   const cpuPerTx: Record<string, number[]> = {};
-  const bouncerPid0 = pgbouncerPid(bouncer.proc);
+  const bouncerPid0 = bouncer.pid;
   const pidOf: Record<string, number | null> = { direct: null, pgbouncer: bouncerPid0, 'pgha-proxy': proxy.pid, 'pgha-proxy node relay': nodeRelay.pid, 'pgha-proxy 1 relay thread': oneThread.pid };
   const cases: Array<[string, string[]]> = [];
   for (const mode of ['simple', 'extended', 'prepared']) {
@@ -223,13 +148,7 @@ try {
   bouncer.proc.kill('SIGTERM');
   process.kill(bouncerPid, 'SIGTERM');
 } finally {
-  for (const pid of started) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
+  stopPgbouncers();
   await cleanupAll();
 }
 process.exit(0);

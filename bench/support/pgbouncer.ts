@@ -40,11 +40,15 @@ const canConnect = (port: number) =>
 /** PgBouncers started here (killed by stopPgbouncers) */
 const started: number[] = [];
 
-export async function startPgbouncer(pgPort: number, mode: 'session' | 'transaction', userlist: string, poolSize = 20): Promise<{ port: number; pid: number; proc: ChildProcess }> {
+/**
+ * `userlist`: clients authenticate with SCRAM-SHA-256 against that file; null: trust. `poolSize`:
+ * default_pool_size (the session-relay comparison gives every client its own server connection).
+ */
+export async function startPgbouncer(pgPort: number, mode: 'session' | 'transaction', userlist: string | null, poolSize = 20): Promise<{ port: number; pid: number; proc: ChildProcess }> {
   const bin = pgbouncerBin();
   const dir = mkdtempSync(join(tmpdir(), `pgha-bench-pgbouncer-${mode}-`));
   const port = await freePort();
-  writeFileSync(join(dir, 'userlist.txt'), readFileSync(userlist));
+  writeFileSync(join(dir, 'userlist.txt'), userlist ? readFileSync(userlist) : '"postgres" ""\n');
   writeFileSync(
     join(dir, 'pgbouncer.ini'),
     `[databases]
@@ -53,11 +57,12 @@ postgres = host=127.0.0.1 port=${pgPort} dbname=postgres
 listen_addr = 127.0.0.1
 listen_port = ${port}
 unix_socket_dir =
-auth_type = scram-sha-256
+auth_type = ${userlist ? 'scram-sha-256' : 'trust'}
 auth_file = ${join(dir, 'userlist.txt')}
 pool_mode = ${mode}
 max_client_conn = 2000
 default_pool_size = ${poolSize}
+max_db_connections = 0
 server_tls_sslmode = disable
 ignore_startup_parameters = extra_float_digits
 logfile = ${join(dir, 'pgbouncer.log')}
