@@ -448,9 +448,7 @@ impl ProxyRelay {
     /// [bytes from clients, bytes to clients, sessions, ReadyForQuery relayed, of those idle]
     #[napi]
     pub fn counters(&self) -> Vec<f64> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let c = &self.inner.counters;
-        vec![c.bytes_from_clients.load(Relaxed) as f64, c.bytes_to_clients.load(Relaxed) as f64, c.sessions.load(Relaxed) as f64, c.ready.load(Relaxed) as f64, c.ready_idle.load(Relaxed) as f64]
+        self.inner.totals().iter().map(|&v| v as f64).collect()
     }
 }
 

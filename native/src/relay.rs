@@ -55,7 +55,10 @@ enum Command {
     Stop,
 }
 
+/// one loop's counters (each loop has its own, on its own cache line: the loops never write to a
+/// shared line on the per-transaction path; `Relay::totals` adds them up)
 #[derive(Default)]
+#[repr(align(64))]
 pub struct Counters {
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
@@ -262,19 +265,21 @@ struct Loop {
 /// aside on a busy machine holds up only its own sessions.
 pub struct Relay {
     loops: Vec<Loop>,
-    pub counters: Arc<Counters>,
+    counters: Vec<Arc<Counters>>,
     statuses: Arc<Mutex<HashMap<u32, Arc<AtomicU8>>>>,
 }
 
 impl Relay {
     pub fn start(sink: Arc<dyn EventSink>, threads: usize) -> std::io::Result<Relay> {
-        let counters = Arc::new(Counters::default());
+        let mut counters = Vec::new();
         let mut loops = Vec::new();
         for i in 0..threads.max(1) {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let (tx, rx) = mpsc::channel();
-            let (c, sink) = (counters.clone(), sink.clone());
+            let c = Arc::new(Counters::default());
+            counters.push(c.clone());
+            let sink = sink.clone();
             let thread = std::thread::Builder::new().name(format!("pgha-relay-{i}")).spawn(move || run(poll, rx, sink, c))?;
             loops.push(Loop { tx, waker, thread: Some(thread) });
         }
@@ -302,6 +307,17 @@ impl Relay {
     pub fn finish(&self, id: u32, to_client: Option<Vec<u8>>, to_backend: Option<Vec<u8>>) -> std::io::Result<()> {
         self.statuses.lock().unwrap().remove(&id);
         self.send(id, Command::Finish { id, to_client, to_backend })
+    }
+
+    /// [bytes from clients, bytes to clients, sessions, ReadyForQuery relayed, of those idle], all loops
+    pub fn totals(&self) -> [u64; 5] {
+        let mut t = [0u64; 5];
+        for c in &self.counters {
+            for (i, a) in [&c.bytes_from_clients, &c.bytes_to_clients, &c.sessions, &c.ready, &c.ready_idle].into_iter().enumerate() {
+                t[i] = t[i].wrapping_add(a.load(Ordering::Relaxed));
+            }
+        }
+        t
     }
 
     pub fn tx_status(&self, id: u32) -> Option<u8> {
