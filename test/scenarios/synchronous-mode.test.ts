@@ -106,7 +106,9 @@ describe('synchronous mode managed by pgha', () => {
   }, 600_000);
 
   it('strict: with no standby streaming a commit waits until one is back', async () => {
-    ha = await HaCluster.start({ name: 'syncstrict', nodes: 2, proxyArgs: ['--synchronous-mode', 'strict', ...MANAGED] });
+    // the operator brings n2 back here: its agent's automatic rejoin would race that start (both run
+    // pg_ctl start; one fails) and could end the wait before it is observed
+    ha = await HaCluster.start({ name: 'syncstrict', nodes: 2, proxyArgs: ['--synchronous-mode', 'strict', ...MANAGED], agentArgs: ['--no-auto-rejoin'] });
     const [n1, n2] = ha.nodes;
     await waitFor(async () => (await syncNames(n1)) === 'ANY 1 ("n2")', 30_000, 'managed');
     expect((await agent(n2, 'DELETE', 'instance/current')).status).toBe(200);
