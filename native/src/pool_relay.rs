@@ -21,6 +21,7 @@ use crate::relay::Drain;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use crate::pool_protocol::*;
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -125,10 +126,11 @@ impl Pending {
     }
 }
 
+/// shared (Rc): a Bind or Describe of a named statement takes its names without copying them
 struct Statement {
-    server: String,
+    server: Rc<str>,
     /// the Parse message under the server-side name
-    parse: Vec<u8>,
+    parse: Rc<[u8]>,
 }
 
 struct Setting {
@@ -206,6 +208,26 @@ pub struct Client {
     /// not read while its messages wait for a server connection or the server's socket is full
     read_blocked: bool,
     transactions: u64,
+}
+
+impl Client {
+    /// the linked server went away: when nothing but BEGIN was sent there and nothing came back,
+    /// the BEGIN goes back in front of what the client sent since, to be sent to another server
+    /// connection (true); else nothing changes (false)
+    fn begin_again(&mut self) -> bool {
+        let Some(r) = self.replay.take() else { return false };
+        if r.is_empty() || self.answered || self.server_sent_fatal {
+            return false;
+        }
+        let mut again: Vec<u8> = r.concat();
+        again.extend_from_slice(&self.inbuf);
+        self.inbuf = again;
+        self.queue.clear();
+        self.pending_ready = 0;
+        self.partial = false;
+        self.transactions = self.transactions.saturating_sub(1);
+        true
+    }
 }
 
 pub struct Server {
@@ -314,15 +336,15 @@ fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, cl
                 s.out.buf.extend_from_slice(&parse);
                 c.queue.push_back(Pending { t: kind, act: Act::Fwd, prepared: Some(srv.clone()), evicted: None });
             }
-            c.statements.insert(name.to_vec(), Statement { server: srv, parse });
+            c.statements.insert(name.to_vec(), Statement { server: srv.into(), parse: parse.into() });
         }
         t::BIND => {
             c.partial = true;
             let named = cstr_at(msg, 5).and_then(|(_, at)| cstr_at(msg, at).map(|(st, at2)| (at, st, at2)));
             if let Some((portal_end, st, at2)) = named.filter(|(_, st, _)| !st.is_empty()) {
                 if let Some(stmt) = c.statements.get(st) {
-                    let srv = stmt.server.clone();
-                    ensure_prepared(c, s, &srv, max_prepared, clock);
+                    let (srv, parse) = (stmt.server.clone(), stmt.parse.clone());
+                    ensure_prepared(c, s, &srv, &parse, max_prepared, clock);
                     let mut body = Vec::with_capacity(msg.len() + srv.len());
                     body.extend_from_slice(&msg[5..portal_end]);
                     body.extend_from_slice(srv.as_bytes());
@@ -346,8 +368,8 @@ fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, cl
                         return;
                     }
                 } else if let Some(stmt) = c.statements.get(name) {
-                    let srv = stmt.server.clone();
-                    ensure_prepared(c, s, &srv, max_prepared, clock);
+                    let (srv, parse) = (stmt.server.clone(), stmt.parse.clone());
+                    ensure_prepared(c, s, &srv, &parse, max_prepared, clock);
                     let mut body = vec![b'S'];
                     body.extend_from_slice(srv.as_bytes());
                     body.push(0);
@@ -368,15 +390,14 @@ fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, cl
     }
 }
 
-fn ensure_prepared(c: &mut Client, s: &mut Server, srv: &str, max_prepared: usize, clock: &mut u64) {
+fn ensure_prepared(c: &mut Client, s: &mut Server, srv: &str, parse: &[u8], max_prepared: usize, clock: &mut u64) {
     if s.prepared.contains_key(srv) {
         return s.touch(srv, clock);
     }
-    let parse = c.statements.values().find(|st| st.server == srv).map(|st| st.parse.clone()).unwrap_or_default();
     make_room(c, s, max_prepared);
     s.add_prepared(srv.to_string(), clock);
     c.queue.push_back(Pending { t: t::PARSE, act: Act::Swallow, prepared: Some(srv.to_string()), evicted: None });
-    s.out.buf.extend_from_slice(&parse);
+    s.out.buf.extend_from_slice(parse);
 }
 
 /// before one more statement is prepared on `s`: close the least recently used beyond `max_prepared`
@@ -976,16 +997,8 @@ impl Engine {
         let Some(c) = self.clients.get_mut(&cid) else { return };
         c.server = None;
         self.links.lock().unwrap().remove(&cid);
-        let replay = c.replay.take();
-        if let Some(r) = replay.filter(|r| !r.is_empty() && !c.answered && !c.server_sent_fatal) {
+        if c.begin_again() {
             // nothing but BEGIN went there and nothing came back: begin again on a server connection that works
-            let mut again: Vec<u8> = r.concat();
-            again.extend_from_slice(&c.inbuf);
-            c.inbuf = again;
-            c.queue.clear();
-            c.pending_ready = 0;
-            c.partial = false;
-            c.transactions = c.transactions.saturating_sub(1);
             return self.pump_client(cid);
         }
         if c.server_sent_fatal {
@@ -1022,18 +1035,10 @@ impl Engine {
         let linked: Vec<(u32, u32)> = self.servers.iter().filter(|(_, s)| s.node == node).filter_map(|(&sid, s)| s.client.map(|c| (c, sid))).collect();
         for (cid, sid) in linked {
             let Some(c) = self.clients.get_mut(&cid) else { continue };
-            if c.replay.as_ref().is_some_and(|r| !r.is_empty()) && !c.answered && !c.server_sent_fatal {
+            if c.begin_again() {
                 // only a BEGIN went there: it begins again on the new primary
-                let r = c.replay.take().unwrap();
                 c.server = None;
                 self.links.lock().unwrap().remove(&cid);
-                let mut again: Vec<u8> = r.concat();
-                again.extend_from_slice(&c.inbuf);
-                c.inbuf = again;
-                c.queue.clear();
-                c.pending_ready = 0;
-                c.partial = false;
-                c.transactions = c.transactions.saturating_sub(1);
                 if let Some(s) = self.servers.get_mut(&sid) {
                     s.client = None;
                 }

@@ -197,18 +197,13 @@ export class ServerConn {
 
   /** the native pool closed this connection (`lost`: the server or the network ended it) */
   nativeClosed(lost: boolean, why: string): void {
+    this.gone(why, lost);
+  }
+
+  private gone(why: string, lost = true): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
     this.lost = lost;
-    this.socket.destroy();
-    this.onGone(why);
-    this.onClosed();
-  }
-
-  private gone(why: string): void {
-    if (this.state === 'closed') return;
-    this.state = 'closed';
-    this.lost = true;
     this.socket.destroy();
     this.onGone(why);
     this.onClosed();
