@@ -60,7 +60,7 @@ try {
   const bouncer = await startPgbouncer(c.port, 'session', null, 1100);
   const proxy = await proxyFor(c.port, 'native');
   // variants for the select-only cases: the proxy with its Node relay only (what the Rust relay
-  // buys), and with one relay thread (PgBouncer's shape) instead of one per core
+  // buys), and with one relay thread (PgBouncer's shape) instead of up to one per core
   const nodeRelay = await proxyFor(c.port, 'node');
   const oneThread = await proxyFor(c.port, 'native', ['--relay-threads', '1']);
   const VARIANTS = ['pgha-proxy node relay', 'pgha-proxy 1 relay thread'];
@@ -130,7 +130,7 @@ try {
     command: `npx tsx bench/proxy.ts ${secs} ${rounds}`,
     machine: `${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores, PostgreSQL ${c.psql('SHOW server_version').trim()}, PgBouncer ${execFileSync(pgbouncerBin(), ['--version'], { encoding: 'utf8' }).split('\n')[0]}`,
     pgbench: 'scale 10, -c 16 -j 2, TCP 127.0.0.1',
-    relayThreads: 'pgha-proxy: default (one per core, at most 4); variant: --relay-threads 1',
+    relayThreads: 'pgha-proxy: default (up to one per core, at most 4, sessions fill the first loop until it uses half a core); variant: --relay-threads 1',
     rows,
     rss: { proxyStartKiB: proxyRssStart, proxy1000IdleKiB: proxyRss1000, pgbouncerStartKiB: bouncerRssStart, pgbouncer1000IdleKiB: bouncerRss1000, error: idleError },
   };

@@ -1,5 +1,6 @@
 /**
- * pgha-proxy's session relay (no pooling) with its default loops (one per core) and with one loop,
+ * pgha-proxy's session relay (no pooling) with its default loops (up to one per core, sessions
+ * filling the first until it uses half a core) and with one loop,
  * against PgBouncer in session mode, taking turns (order reversed every other round), on one
  * PostgreSQL 15 (scale 10, fsync off): `pgbench -S -c 16 -j 2` per mode, TPS and CPU per
  * transaction of each proxy process (all its threads), medians over the rounds.

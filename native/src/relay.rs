@@ -258,15 +258,48 @@ struct Loop {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
+    /// the thread's CPU clock (pthread_getcpuclockid), read when sessions are placed
+    cpu_clock: Option<libc::clockid_t>,
 }
 
-/// The relay: `threads` epoll loops, each carrying the sessions whose id it is given (id modulo the
-/// number of loops). One loop is PgBouncer's shape; with more, a loop that the scheduler has put
-/// aside on a busy machine holds up only its own sessions.
+/// a loop's share of one core over the last sampling window
+#[derive(Clone, Copy)]
+struct Load {
+    at: Instant,
+    cpu_ns: u64,
+    share: f64,
+}
+
+/// how long a loop's CPU share is averaged over before a new session is placed by it
+const LOAD_WINDOW: Duration = Duration::from_millis(250);
+/// a loop takes new sessions while it used less than this share of a core over the last window
+const LOAD_SPREAD: f64 = 0.5;
+
+/// The relay: up to `threads` epoll loops. A new session goes to the first loop that used less than
+/// half a core over the last quarter second, else to the least busy one: sessions fill one loop
+/// (PgBouncer's shape, and the cheapest — each wake-up serves more sessions) until it is busy, and
+/// only then spread over the others, so a busy proxy still uses several cores.
 pub struct Relay {
     loops: Vec<Loop>,
     counters: Vec<Arc<Counters>>,
-    statuses: Arc<Mutex<HashMap<u32, Arc<AtomicU8>>>>,
+    statuses: Mutex<Placed>,
+    loads: Mutex<Vec<Load>>,
+}
+
+/// session id → (its loop, its last transaction status)
+type Placed = HashMap<u32, (usize, Arc<AtomicU8>)>;
+
+fn thread_cpu_ns(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    (unsafe { libc::clock_gettime(clock, &mut ts) } == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// the loop a new session goes to, given each loop's share of a core (None: not known)
+fn place(shares: &[Option<f64>]) -> usize {
+    if let Some(i) = shares.iter().position(|s| s.is_none_or(|s| s < LOAD_SPREAD)) {
+        return i;
+    }
+    shares.iter().enumerate().min_by(|a, b| a.1.unwrap_or(0.0).total_cmp(&b.1.unwrap_or(0.0))).map(|(i, _)| i).unwrap_or(0)
 }
 
 impl Relay {
@@ -281,9 +314,47 @@ impl Relay {
             counters.push(c.clone());
             let sink = sink.clone();
             let thread = std::thread::Builder::new().name(format!("pgha-relay-{i}")).spawn(move || run(poll, rx, sink, c))?;
-            loops.push(Loop { tx, waker, thread: Some(thread) });
+            let cpu_clock = {
+                use std::os::unix::thread::JoinHandleExt;
+                let mut clock: libc::clockid_t = 0;
+                (unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) } == 0).then_some(clock)
+            };
+            loops.push(Loop { tx, waker, thread: Some(thread), cpu_clock });
         }
-        Ok(Relay { loops, counters, statuses: Arc::new(Mutex::new(HashMap::new())) })
+        let now = Instant::now();
+        let loads = loops.iter().map(|l| Load { at: now, cpu_ns: l.cpu_clock.and_then(thread_cpu_ns).unwrap_or(0), share: 0.0 }).collect();
+        Ok(Relay { loops, counters, statuses: Mutex::new(HashMap::new()), loads: Mutex::new(loads) })
+    }
+
+    /// the loop for a new session (see `Relay`)
+    fn pick_loop(&self) -> usize {
+        if self.loops.len() == 1 {
+            return 0;
+        }
+        let mut loads = self.loads.lock().unwrap();
+        let now = Instant::now();
+        let shares: Vec<Option<f64>> = self
+            .loops
+            .iter()
+            .zip(loads.iter_mut())
+            .map(|(l, load)| {
+                let cpu = l.cpu_clock.and_then(thread_cpu_ns)?;
+                let wall = now.duration_since(load.at);
+                if wall >= LOAD_WINDOW {
+                    load.share = cpu.saturating_sub(load.cpu_ns) as f64 / wall.as_nanos() as f64;
+                    load.at = now;
+                    load.cpu_ns = cpu;
+                }
+                Some(load.share)
+            })
+            .collect();
+        place(&shares)
+    }
+
+    /// which loop carries each session: for the tests
+    #[cfg(test)]
+    fn loop_of(&self, id: u32) -> Option<usize> {
+        self.statuses.lock().unwrap().get(&id).map(|(l, _)| *l)
     }
 
     /// take over a session; the descriptors are duplicated, the caller keeps (and later closes) its own
@@ -300,13 +371,15 @@ impl Relay {
         let client = dup(client_fd)?;
         let backend = dup(backend_fd)?;
         let status = Arc::new(AtomicU8::new(b'I'));
-        self.statuses.lock().unwrap().insert(id, status.clone());
-        self.send(id, Command::Add { id, client, backend, max_frontend, status })
+        let l = self.pick_loop();
+        self.statuses.lock().unwrap().insert(id, (l, status.clone()));
+        self.send(l, Command::Add { id, client, backend, max_frontend, status })
     }
 
     pub fn finish(&self, id: u32, to_client: Option<Vec<u8>>, to_backend: Option<Vec<u8>>) -> std::io::Result<()> {
-        self.statuses.lock().unwrap().remove(&id);
-        self.send(id, Command::Finish { id, to_client, to_backend })
+        // (a session finished before, or never added: nothing to do)
+        let Some((l, _)) = self.statuses.lock().unwrap().remove(&id) else { return Ok(()) };
+        self.send(l, Command::Finish { id, to_client, to_backend })
     }
 
     /// [bytes from clients, bytes to clients, sessions, ReadyForQuery relayed, of those idle], all loops
@@ -321,11 +394,11 @@ impl Relay {
     }
 
     pub fn tx_status(&self, id: u32) -> Option<u8> {
-        self.statuses.lock().unwrap().get(&id).map(|s| s.load(Ordering::Relaxed))
+        self.statuses.lock().unwrap().get(&id).map(|(_, s)| s.load(Ordering::Relaxed))
     }
 
-    fn send(&self, id: u32, c: Command) -> std::io::Result<()> {
-        let l = &self.loops[id as usize % self.loops.len()];
+    fn send(&self, l: usize, c: Command) -> std::io::Result<()> {
+        let l = &self.loops[l];
         l.tx.send(c).map_err(|_| std::io::Error::other("relay thread is gone"))?;
         l.waker.wake()
     }
@@ -731,5 +804,59 @@ mod tests {
         assert_eq!(error_fields(b"SSCHWERWIEGEND\0C57P01\0\0"), ("SCHWERWIEGEND".into(), "57P01".into()));
         assert_eq!(error_fields(b"SFATAL\0V\0C57P01\0\0"), ("FATAL".into(), "57P01".into()));
         assert!(is_fatal("FATAL") && is_fatal("PANIC") && !is_fatal("SCHWERWIEGEND") && !is_fatal("ERROR"));
+    }
+    #[test]
+    fn sessions_fill_the_first_loop_that_is_not_busy() {
+        assert_eq!(place(&[Some(0.0), Some(0.0)]), 0);
+        assert_eq!(place(&[Some(0.49), Some(0.0)]), 0);
+        assert_eq!(place(&[Some(0.5), Some(0.3)]), 1);
+        assert_eq!(place(&[Some(0.5), Some(0.9)]), 0);
+        assert_eq!(place(&[Some(0.7), Some(0.2), Some(0.0)]), 1);
+        // all busy: the least busy one
+        assert_eq!(place(&[Some(0.9), Some(0.6), Some(0.8)]), 1);
+        // a loop whose clock cannot be read is taken as not busy
+        assert_eq!(place(&[Some(0.9), None]), 1);
+    }
+
+    struct NoSink;
+    impl EventSink for NoSink {
+        fn emit(&self, _: RelayEvent) {}
+    }
+
+    /// sockets of a real loopback connection: (the side handed to the relay, its peer)
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn idle_relay_puts_every_session_on_one_loop_and_relays_through_it() {
+        use std::os::fd::AsRawFd;
+        let relay = Relay::start(Arc::new(NoSink), 3).unwrap();
+        let mut keep = Vec::new();
+        for id in 1..=6u32 {
+            let (client, mut client_peer) = tcp_pair();
+            let (backend, mut backend_peer) = tcp_pair();
+            relay.add(id, client.as_raw_fd(), backend.as_raw_fd(), 1 << 20).unwrap();
+            assert_eq!(relay.loop_of(id), Some(0));
+            // bytes go through (and a ReadyForQuery is recorded) on the loop the session was given
+            client_peer.write_all(&msg(b'Q', b"SELECT 1\0")).unwrap();
+            let mut got = [0u8; 14];
+            backend_peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got[..], &msg(b'Q', b"SELECT 1\0")[..]);
+            backend_peer.write_all(&msg(b'Z', b"T")).unwrap();
+            let mut z = [0u8; 6];
+            client_peer.read_exact(&mut z).unwrap();
+            assert_eq!(relay.tx_status(id), Some(b'T'));
+            keep.push((client, client_peer, backend, backend_peer));
+        }
+        for id in 1..=6u32 {
+            relay.finish(id, None, None).unwrap();
+            assert_eq!(relay.loop_of(id), None);
+            // finishing again is a no-op
+            relay.finish(id, None, None).unwrap();
+        }
     }
 }
