@@ -12,7 +12,8 @@ export declare class MappedWal {
  * handed over after login; a server connection changes hands at ReadyForQuery `I` in the loop.
  */
 export declare class ProxyPool {
-  constructor(onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null)
+  /** `session`: session mode (else transaction mode); `resetQuery`: session mode's reset query (null: none) */
+  constructor(onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null, session: boolean, resetQuery: string | null)
   /**
    * a logged-in client (after its ReadyForQuery); `settings` flat: name, value, name, value…;
    * `offset`: bytes of its stream already framed (its errors name the byte as the TypeScript pool does)

@@ -497,9 +497,11 @@ pub struct ProxyPool {
 
 #[napi]
 impl ProxyPool {
-    #[napi(constructor, ts_args_type = "onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null")]
-    pub fn new(on_event: PoolCallback, max_prepared: u32, primary: Option<String>) -> Result<Self> {
-        let inner = pool_relay::PoolRelay::start(std::sync::Arc::new(PoolTsfnSink(on_event)), max_prepared.max(1) as usize).map_err(io_err("start"))?;
+    /// `session`: session mode (else transaction mode); `resetQuery`: session mode's reset query (null: none)
+    #[napi(constructor, ts_args_type = "onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null, session: boolean, resetQuery: string | null")]
+    pub fn new(on_event: PoolCallback, max_prepared: u32, primary: Option<String>, session: bool, reset_query: Option<String>) -> Result<Self> {
+        let mode = pool_relay::PoolMode { session, max_prepared: max_prepared.max(1) as usize, reset_query };
+        let inner = pool_relay::PoolRelay::start(std::sync::Arc::new(PoolTsfnSink(on_event)), mode).map_err(io_err("start"))?;
         inner.set_primary(primary).map_err(io_err("start"))?;
         Ok(ProxyPool { inner })
     }

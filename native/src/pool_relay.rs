@@ -1,9 +1,11 @@
-//! pgha-proxy's transaction pool in one epoll loop: the twin of proxy/pool/client.ts's transaction
-//! mode for clients and server connections on plain TCP. The JavaScript side authenticates a client
+//! pgha-proxy's pool in one epoll loop: the twin of proxy/pool/client.ts (transaction and session
+//! mode) for clients and server connections on plain TCP. The JavaScript side authenticates a client
 //! and logs server connections in (SCRAM, MD5, auth files, the auth query: all unchanged), then hands
 //! the descriptors over. From then on this loop frames both streams, links a client to an idle
 //! server connection of its route on the current primary when a transaction starts, and back at
-//! ReadyForQuery `I` once nothing more is pending — with no JavaScript in a transaction's path.
+//! ReadyForQuery `I` once nothing more is pending — with no JavaScript in a transaction's path. In
+//! session mode a client keeps the connection it got until it leaves; the connection then runs the
+//! reset query (`DISCARD ALL` unless configured otherwise) before another client gets it.
 //!
 //! What client.ts does per message is done here the same way: settings a client asked for are SET
 //! on the connection it lands on, named prepared statements get server-side names (the hash of the
@@ -242,6 +244,8 @@ pub struct Server {
     client: Option<u32>,
     tx_status: u8,
     read_blocked: bool,
+    /// session mode: the reset query runs, its answers are read here before the connection is idle
+    resetting: bool,
 }
 
 impl Server {
@@ -269,8 +273,8 @@ fn server_token(id: u32) -> Token {
 /// drains live on tokens of their own (the id space above every client and server)
 const DRAIN_BASE: usize = 1 << 40;
 
-/// one client message on its way to the linked server (client.ts toServer, transaction mode)
-fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, clock: &mut u64) {
+/// one client message on its way to the linked server (client.ts toServer)
+fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, clock: &mut u64, session: bool) {
     let kind = msg[0];
     if let Some(r) = c.replay.as_mut() {
         if kind == t::QUERY && is_begin(query_text(msg)) {
@@ -278,6 +282,20 @@ fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, cl
         } else {
             c.replay = None;
         }
+    }
+    if session {
+        // the connection is the client's for its whole session: everything goes as it came, only
+        // counted (what is pending when the client leaves decides whether the connection is reused)
+        match kind {
+            t::QUERY | t::SYNC => {
+                c.pending_ready += 1;
+                c.partial = false;
+            }
+            t::FUNCTION_CALL => c.pending_ready += 1,
+            t::PARSE | t::BIND | t::DESCRIBE | t::EXECUTE | t::CLOSE => c.partial = true,
+            _ => {}
+        }
+        return s.out.buf.extend_from_slice(msg);
     }
     match kind {
         t::QUERY => {
@@ -535,6 +553,10 @@ struct Engine {
     primary: Option<String>,
     paused: bool,
     max_prepared: usize,
+    /// session mode (else transaction mode)
+    session: bool,
+    /// session mode: the reset query as a Query message (None: no reset)
+    reset: Option<Vec<u8>>,
     clock: u64,
     drains: HashMap<usize, Drain>,
     next_drain: usize,
@@ -646,7 +668,7 @@ impl Engine {
                 break;
             };
             let Some(s) = self.servers.get_mut(&sid) else { break };
-            to_server(c, s, &inbuf[off..off + n], self.max_prepared, &mut self.clock);
+            to_server(c, s, &inbuf[off..off + n], self.max_prepared, &mut self.clock, self.session);
             off += n;
         }
         c.inbuf = inbuf;
@@ -803,7 +825,7 @@ impl Engine {
             self.emit("server-closed", 0, id, "could not register the server's socket".into(), false);
             return None;
         }
-        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false };
+        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false, resetting: false };
         for p in prepared {
             s.add_prepared(p, &mut self.clock);
         }
@@ -850,6 +872,13 @@ impl Engine {
                 Err(e) => return self.server_gone(sid, &e.to_string()),
             };
             let Some(cid) = s.client else {
+                if s.resetting {
+                    s.inbuf.extend_from_slice(&self.buf[..n]);
+                    if !self.reset_answer(sid) {
+                        return;
+                    }
+                    continue;
+                }
                 // an idle server said something (a FATAL before it closes): it is no longer usable
                 return self.close_server(sid, true, "an idle pooled server connection spoke (a FATAL before it closes)");
             };
@@ -905,7 +934,7 @@ impl Engine {
                 return self.close_server(sid, false, &v);
             }
             self.flush_client(cid);
-            if release && self.servers.get(&sid).is_some_and(|s| s.client == Some(cid)) {
+            if release && !self.session && self.servers.get(&sid).is_some_and(|s| s.client == Some(cid)) {
                 self.unlink(cid, true);
                 // the client's next messages may already be here
                 if self.clients.get(&cid).is_some_and(|c| !c.inbuf.is_empty()) {
@@ -934,7 +963,76 @@ impl Engine {
         if cancel {
             self.emit("cancel", id, sid, String::new(), false);
         }
+        if clean && self.session {
+            return self.reset_server(sid);
+        }
         self.release_server(sid, clean);
+    }
+
+    /// session mode: a connection its client left cleanly runs the reset query before it is idle
+    fn reset_server(&mut self, sid: u32) {
+        let (Some(s), Some(q)) = (self.servers.get_mut(&sid), self.reset.as_ref()) else {
+            return self.release_server(sid, true);
+        };
+        s.resetting = true;
+        s.out.buf.extend_from_slice(q);
+        self.flush_server(sid);
+    }
+
+    /// the reset query's answers (in `inbuf`): at its ReadyForQuery the connection goes back to the
+    /// pool, or is closed when the reset failed. false: the connection is no longer read here
+    fn reset_answer(&mut self, sid: u32) -> bool {
+        let Some(s) = self.servers.get_mut(&sid) else { return false };
+        let inbuf = std::mem::take(&mut s.inbuf);
+        let mut off = 0;
+        let mut done: Option<u8> = None;
+        let mut failed: Option<String> = None;
+        while inbuf.len() - off >= 5 {
+            let len = i32::from_be_bytes([inbuf[off + 1], inbuf[off + 2], inbuf[off + 3], inbuf[off + 4]]);
+            if len < 4 {
+                let why = format!("server {}: invalid message length {} for message type 0x{:02x}", s.node, len as u32, inbuf[off]);
+                self.close_server(sid, true, &why);
+                return false;
+            }
+            let n = 1 + len as usize;
+            if inbuf.len() - off < n {
+                break;
+            }
+            let body = &inbuf[off + 5..off + n];
+            match inbuf[off] {
+                b'Z' => done = Some(body.first().copied().unwrap_or(b'I')),
+                b'E' => failed = Some(error_fields(body).2),
+                b'S' => {
+                    if let Some((k, at)) = cstr_at(body, 0) {
+                        let v = cstr_at(body, at).map(|(v, _)| v).unwrap_or_default();
+                        s.settings.insert(String::from_utf8_lossy(k).to_lowercase(), String::from_utf8_lossy(v).into_owned());
+                    }
+                }
+                _ => {}
+            }
+            off += n;
+            if done.is_some() {
+                break;
+            }
+        }
+        s.inbuf = inbuf;
+        s.inbuf.drain(..off);
+        let Some(st) = done else { return true };
+        s.resetting = false;
+        s.tx_status = st;
+        // (DISCARD ALL drops what was prepared; session mode never relies on the list anyway)
+        s.prepared.clear();
+        if let Some(m) = failed {
+            self.close_server(sid, false, &format!("the server reset query failed: {m}"));
+            return false;
+        }
+        if st != b'I' || !s.inbuf.is_empty() {
+            self.close_server(sid, false, "the server reset query left the connection in a transaction");
+            return false;
+        }
+        self.release_server(sid, true);
+        // linked to a waiting client now, or idle: read on as such
+        true
     }
 
     /// a server connection back to the pool: to the first client waiting for its route, or idle
@@ -1095,7 +1193,7 @@ impl Engine {
         }
         out.push_str("],\"servers\":[");
         for (i, (id, s)) in self.servers.iter().enumerate() {
-            let state = if s.client.is_some() { "active" } else { "idle" };
+            let state = if s.client.is_some() || s.resetting { "active" } else { "idle" };
             let client = s.client.map(|s| s.to_string()).unwrap_or_else(|| "null".into());
             out.push_str(&format!("{}[{id},\"{state}\",{client},{}]", if i > 0 { "," } else { "" }, s.prepared.len()));
         }
@@ -1174,7 +1272,7 @@ impl Engine {
     }
 }
 
-fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: Arc<Mutex<IdMap<u32>>>, max_prepared: usize) {
+fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: Arc<Mutex<IdMap<u32>>>, mode: PoolMode) {
     let mut e = Engine {
         poll,
         sink,
@@ -1185,7 +1283,9 @@ fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: 
         waiters: HashMap::new(),
         primary: None,
         paused: false,
-        max_prepared,
+        max_prepared: mode.max_prepared,
+        session: mode.session,
+        reset: mode.reset_query.filter(|q| !q.trim().is_empty()).map(|q| query_message(&q)),
         clock: 0,
         drains: HashMap::new(),
         next_drain: 0,
@@ -1220,7 +1320,17 @@ fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: 
     }
 }
 
-/// The transaction pool's loop, on its own thread.
+/// how the pool pools
+pub struct PoolMode {
+    /// session mode (a client keeps its connection until it leaves), else transaction mode
+    pub session: bool,
+    /// transaction mode: statements kept prepared per server connection (least recently used closed first)
+    pub max_prepared: usize,
+    /// session mode: run on a connection its client left, before another client gets it (None or blank: none)
+    pub reset_query: Option<String>,
+}
+
+/// The pool's loop, on its own thread.
 pub struct PoolRelay {
     tx: mpsc::Sender<Command>,
     waker: Arc<Waker>,
@@ -1239,7 +1349,7 @@ fn dup_stream(fd: i32) -> std::io::Result<TcpStream> {
 }
 
 impl PoolRelay {
-    pub fn start(sink: Arc<dyn PoolSink>, max_prepared: usize) -> std::io::Result<PoolRelay> {
+    pub fn start(sink: Arc<dyn PoolSink>, mode: PoolMode) -> std::io::Result<PoolRelay> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
@@ -1250,7 +1360,7 @@ impl PoolRelay {
             .spawn(move || {
                 let s = sink.clone();
                 // a bug here must not leave every pooled client hanging on a dead loop: JavaScript hears of it
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(poll, rx, sink, l, max_prepared))) {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(poll, rx, sink, l, mode))) {
                     let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                     s.emit(PoolEvent { kind: "failed", client: 0, server: 0, detail: why, lost: false });
                 }

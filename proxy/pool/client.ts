@@ -136,7 +136,7 @@ export class PooledClient implements PoolClient, NativeClient {
   private answered = false;
   private readonly console: boolean;
   transactions = 0;
-  /** carried by the native transaction pool since its login */
+  /** carried by the native pool loop since its login */
   private native = false;
 
   constructor(
@@ -341,7 +341,9 @@ export class PooledClient implements PoolClient, NativeClient {
         return;
       }
       params = new Map(s.params);
-      if (this.mgr.settings.mode === 'session') {
+      // session mode keeps this connection for the session, unless the native loop is to carry the
+      // client: it then gets one from the loop (this one, as the loop asks) at its first message
+      if (this.mgr.settings.mode === 'session' && !this.canGoNative()) {
         this.link(s);
       } else this.mgr.release(s, this.entry!, true, false);
       this.socket.resume();
@@ -369,7 +371,7 @@ export class PooledClient implements PoolClient, NativeClient {
 
   // ---------------------------------------------------------------- the native pool
 
-  /** transaction mode, the native loop there, a client on plain TCP of the read-write port */
+  /** the native loop there (either pool mode), a client on plain TCP of the read-write port */
   private canGoNative(): boolean {
     return this.mgr.native !== null && this.kind === 'rw' && !this.tls && !this.console;
   }
@@ -392,7 +394,7 @@ export class PooledClient implements PoolClient, NativeClient {
         }
         if (!native.giveServer(this.id, s)) {
           this.mgr.release(s, this.entry!, true, false);
-          native.fail(this.id, SQLSTATE.connectionFailure, `pgha-proxy: the server connection to ${s.node} uses TLS, which the native transaction pool does not carry: run pgha-proxy with --relay node or --backend-sslmode disable`);
+          native.fail(this.id, SQLSTATE.connectionFailure, `pgha-proxy: the server connection to ${s.node} uses TLS, which the native pool does not carry: run pgha-proxy with --relay node or --backend-sslmode disable`);
         }
       },
       (e: Error) => {

@@ -1,10 +1,10 @@
 /**
- * Transaction pooling in the native loop (native/src/pool_relay.rs). Node authenticates clients
+ * Pooling in the native loop (native/src/pool_relay.rs), transaction or session mode. Node authenticates clients
  * and logs server connections in, as for the TypeScript pool; then a client on plain TCP and the
  * plain server connections it uses are handed over, and from there its transactions run with no
  * JavaScript in their path: the loop links a client to an idle connection of its route on the
  * primary, relays, and takes the connection back at ReadyForQuery `I` (client.ts's rules, message
- * by message). Node hears only what the loop cannot decide alone: a client needs a connection and
+ * by message) — in session mode when the client leaves, after the reset query. Node hears only what the loop cannot decide alone: a client needs a connection and
  * none is idle (`acquire`: the pool opens one, or the client waits in the loop for one to come
  * back), and what ended (a client, a server connection, a transaction to cancel).
  *
@@ -17,6 +17,7 @@ import { nativeProxyPool, type PoolEvent, type ProxyPool } from '../../src/nativ
 import { errorResponse } from '../protocol/backend-messages.js';
 import { PQ_LARGE_MESSAGE_LIMIT } from '../protocol/codes.js';
 import { socketHandle } from '../session/socket-handle.js';
+import type { PoolSettings } from './pool.js';
 import type { ServerConn } from './server-conn.js';
 
 /** a client as the native pool sees it (client.ts implements it) */
@@ -34,7 +35,7 @@ export interface NativeView {
   servers: Map<number, { state: 'active' | 'idle'; client: number | null; prepared: number }>;
 }
 
-export class NativeTransactionPool {
+export class NativePool {
   private readonly clients = new Map<number, NativeClient>();
   readonly servers = new Map<number, ServerConn>();
 
@@ -45,11 +46,11 @@ export class NativeTransactionPool {
   ) {}
 
   /** null without the addon */
-  static create(maxPrepared: number, primary: string | null, log: Logger, onCancel: (s: ServerConn) => void): NativeTransactionPool | null {
-    let pool: NativeTransactionPool | null = null;
-    const loop = nativeProxyPool((e) => pool?.onEvent(e), maxPrepared, primary);
+  static create(settings: Pick<PoolSettings, 'mode' | 'maxPreparedStatements' | 'resetQuery'>, primary: string | null, log: Logger, onCancel: (s: ServerConn) => void): NativePool | null {
+    let pool: NativePool | null = null;
+    const loop = nativeProxyPool((e) => pool?.onEvent(e), settings.mode, settings.maxPreparedStatements, settings.resetQuery || null, primary);
     if (!loop) return null;
-    pool = new NativeTransactionPool(loop, log, onCancel);
+    pool = new NativePool(loop, log, onCancel);
     return pool;
   }
 
@@ -76,7 +77,7 @@ export class NativeTransactionPool {
     const flat: string[] = [];
     for (const s of settings) flat.push(s.name, s.value);
     try {
-      this.loop.addClient(c.id, h.fd, NativeTransactionPool.route(user, database), flat, PQ_LARGE_MESSAGE_LIMIT, offset);
+      this.loop.addClient(c.id, h.fd, NativePool.route(user, database), flat, PQ_LARGE_MESSAGE_LIMIT, offset);
     } catch (e) {
       this.log.warn({ client: c.id, err: (e as Error).message }, 'native pool refused a client');
       socket.destroy();
@@ -103,7 +104,7 @@ export class NativeTransactionPool {
   private serverArgs(s: ServerConn): [string, string, string[], string[]] {
     const settings: string[] = [];
     for (const [k, v] of s.settings) settings.push(k, v);
-    return [NativeTransactionPool.route(s.user, s.database), s.node, settings, [...s.prepared]];
+    return [NativePool.route(s.user, s.database), s.node, settings, [...s.prepared]];
   }
 
   /** a server connection for a client that asked; false when it cannot be handed over (TLS) */
@@ -189,7 +190,7 @@ export class NativeTransactionPool {
       case 'failed':
         // a bug in the loop: its clients would hang. Exit so that the supervisor (systemd,
         // Docker) starts a fresh proxy, as for any crash; clients reconnect.
-        this.log.fatal({ err: e.detail }, 'the native transaction pool stopped on an internal error: exiting');
+        this.log.fatal({ err: e.detail }, 'the native pool stopped on an internal error: exiting');
         process.exit(70);
     }
   }

@@ -12,7 +12,7 @@ import type { ProxyConfig } from '../config.js';
 import type { BackendState, HealthMonitor, PrimaryChange } from '../health/monitor.js';
 import { SQLSTATE } from '../protocol/codes.js';
 import { Authenticator, type UserEntry } from './auth.js';
-import { NativeTransactionPool, type NativeView } from './native-pool.js';
+import { NativePool, type NativeView } from './native-pool.js';
 import { ServerConn, ServerLoginError } from './server-conn.js';
 
 export interface PoolSettings {
@@ -262,8 +262,8 @@ export class PoolManager {
   private resumeWaiters: Array<() => void> = [];
   readonly log: Logger;
   readonly cfg: ProxyConfig;
-  /** transaction mode with the native relay: clients on plain TCP are carried by the native loop */
-  readonly native: NativeTransactionPool | null;
+  /** with the native relay: clients on plain TCP of the read-write port are carried by the native loop (either mode) */
+  readonly native: NativePool | null;
 
   constructor(
     readonly host: PoolHost,
@@ -272,7 +272,7 @@ export class PoolManager {
   ) {
     this.cfg = host.cfg;
     this.log = host.log.child({ part: 'pool' });
-    this.native = settings.mode === 'transaction' && this.cfg.relay === 'native' ? NativeTransactionPool.create(settings.maxPreparedStatements, host.monitor.primary?.name ?? null, this.log, (s) => void this.sendCancelTo(s)) : null;
+    this.native = this.cfg.relay === 'native' ? NativePool.create(settings, host.monitor.primary?.name ?? null, this.log, (s) => void this.sendCancelTo(s)) : null;
     host.monitor.on('primary', (c: PrimaryChange) => {
       this.native?.setPrimary(c.to?.name ?? null);
       if (c.from) this.drainNode(c.from.name, c.to ? `the primary moved from ${c.from.name} to ${c.to.name}` : `the primary ${c.from.name} is unavailable (${c.reason})`);

@@ -9,7 +9,7 @@ import { serialize } from 'pg-protocol';
 import { connectBackend, type BackendAddress, type BackendTls } from '../backend/connect.js';
 import { noticeFields } from '../protocol/backend-messages.js';
 import type { UserEntry } from './auth.js';
-import type { NativeTransactionPool } from './native-pool.js';
+import type { NativePool } from './native-pool.js';
 import { Framer } from './framer.js';
 import { constantTimeEqual, hmac, md5Response, md5Secret, nonce, saltedPassword, scramAttributes, sha256, xor } from './secrets.js';
 
@@ -193,7 +193,7 @@ export class ServerConn {
   /** the server (or the network) ended the connection, not the pool */
   lost = false;
   /** the native pool carries this connection (Node no longer reads it) */
-  native: NativeTransactionPool | null = null;
+  native: NativePool | null = null;
 
   /** the native pool closed this connection (`lost`: the server or the network ended it) */
   nativeClosed(lost: boolean, why: string): void {

@@ -60,9 +60,10 @@ export type PoolEvent = import('../../native/binding.js').JsPoolEvent;
 export type ProxyPool = InstanceType<Binding['ProxyPool']>;
 
 /** the native transaction pool, or null without the addon (the pool then frames in TypeScript) */
-export function nativeProxyPool(onEvent: (e: PoolEvent) => void, maxPrepared: number, primary: string | null): ProxyPool | null {
+/** `mode`: session or transaction pooling; `resetQuery`: run on a session-mode connection its client left (null: none) */
+export function nativeProxyPool(onEvent: (e: PoolEvent) => void, mode: 'session' | 'transaction', maxPrepared: number, resetQuery: string | null, primary: string | null): ProxyPool | null {
   if (!warned) warnFallback();
-  return binding?.ProxyPool ? new binding.ProxyPool(onEvent, maxPrepared, primary) : null;
+  return binding?.ProxyPool ? new binding.ProxyPool(onEvent, maxPrepared, primary, mode === 'session', resetQuery) : null;
 }
 
 interface PackageJson {

@@ -23,7 +23,6 @@ import { PROXY_CLI, startProxy, type RunningProxy } from '../support/proxy.js';
 const run = promisify(execFile);
 
 let primary: PgCluster;
-let session: RunningProxy;
 /** the options every proxy of these tests gets */
 let common: string[];
 let authFile: string;
@@ -98,23 +97,24 @@ beforeAll(async () => {
   authFile = join(dir, 'userlist.txt');
   writeFileSync(authFile, `; PgBouncer's format\n"scram_user" "${secrets.scram_user}"\n"md5_user" "${secrets.md5_user}"\n"plain_user" "${PASSWORDS.plain_user}"\n"admin" "${PASSWORDS.admin}"\n"postgres" "unused"\n`, { mode: 0o600 });
   common = ['--backend-sslmode', 'disable', '--auth-file', authFile, '--admin-users', 'admin'];
-  session = await startProxy([primary.port], ['--pool-mode', 'session', '--pool-size', '1', ...common]);
 }, 180_000);
 
 afterAll(async () => {
-  await session?.stop();
   await cleanupAll();
 });
 
-// every test through both relays: the native transaction pool (native/src/pool_relay.rs, the
-// default) and the TypeScript one (--relay node)
+// every test through both relays: the native pool loop (native/src/pool_relay.rs, the default) and
+// the TypeScript pool (--relay node), in transaction and session mode
 describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay)', (relay) => {
   let txn: RunningProxy;
+  let session: RunningProxy;
   beforeAll(async () => {
     txn = await startProxy([primary.port], ['--pool-mode', 'transaction', '--pool-size', '2', '--relay', relay, ...common]);
+    session = await startProxy([primary.port], ['--pool-mode', 'session', '--pool-size', '1', '--relay', relay, ...common]);
   }, 60_000);
   afterAll(async () => {
     await txn?.stop();
+    await session?.stop();
   });
 
   it('clients on plain TCP are carried by the relay asked for', async () => {
@@ -383,6 +383,7 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
   it('session mode: the next client on the same server connection finds it reset (settings, prepared statements, temporary tables)', async () => {
     const a = client(session, 'plain_user');
     await a.connect();
+    expect((await session.status()).pool?.native).toBe(relay === 'native' ? 1 : null);
     const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
     await a.query("SET work_mem = '77MB'");
     await a.query('PREPARE s AS SELECT 1');
@@ -400,6 +401,46 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     await b.query('LISTEN ch');
     await b.query('PREPARE t AS SELECT 2');
     expect((await b.query('EXECUTE t')).rows[0]['?column?']).toBe(2);
+    await b.end();
+  });
+
+  it('session mode: with one server connection a second client waits for the first to leave, then gets it (reset); notifications reach a listening session', async () => {
+    const a = client(session, 'md5_user');
+    await a.connect();
+    const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    await a.query("SET application_name = 'first-session'");
+    // between transactions the connection is still a's: b waits for it
+    const b = client(session, 'md5_user');
+    await b.connect();
+    const bGot = b.query("SELECT pg_backend_pid() AS pid, current_setting('application_name') AS app");
+    await waitFor(async () => (await poolRow(session, 'md5_user'))[4] === '1', 10_000, 'b waiting (cl_waiting 1)');
+    const heard = new Promise<pg.Notification>((resolve) => a.once('notification', resolve));
+    await a.query('LISTEN pooled_channel');
+    await primary.sql("NOTIFY pooled_channel, 'to the session'");
+    expect((await heard).payload).toBe('to the session');
+    await a.end();
+    const r = (await bGot).rows[0];
+    expect(r.pid).toBe(pidA);
+    expect(r.app).toBe('');
+    await b.end();
+  });
+
+  it('session mode: a client that vanishes in a transaction leaves nothing behind, and its server connection is not given to the next', async () => {
+    const a = client(session, 'md5_user');
+    await a.connect();
+    const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    await a.query('BEGIN');
+    await a.query("INSERT INTO pooled (who) VALUES ('session-vanished')");
+    await a.query('LOCK TABLE pooled IN ACCESS EXCLUSIVE MODE');
+    a.on('error', () => undefined);
+    rawStream(a).destroy();
+    const b = client(session, 'md5_user');
+    await b.connect();
+    // the lock is gone (the table can be read), nothing was committed, another backend serves b
+    const r = (await b.query("SELECT pg_backend_pid() AS pid, (SELECT count(*)::int FROM pooled WHERE who = 'session-vanished') AS n")).rows[0];
+    expect(r.n).toBe(0);
+    expect(r.pid).not.toBe(pidA);
+    await waitFor(async () => Number(await primary.sql(`SELECT count(*) FROM pg_stat_activity WHERE pid = ${pidA}`)) === 0, 10_000, "a's backend gone");
     await b.end();
   });
 
