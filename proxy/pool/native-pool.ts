@@ -180,6 +180,7 @@ export class NativePool {
       case 'server-closed': {
         const s = this.servers.get(e.server);
         this.servers.delete(e.server);
+        this.log.debug({ server: e.server, lost: e.lost, why: e.detail }, 'pooled server connection closed');
         return s?.nativeClosed(e.lost, e.detail);
       }
       case 'cancel': {

@@ -167,15 +167,20 @@ export class Pool {
   private resetThenIdle(s: ServerConn, entry: UserEntry): void {
     const f = s.framer;
     s.state = 'active';
+    let failed = false;
     s.onData = (chunk) => {
       try {
         f.feed(chunk, (t, msg) => {
-          if (t === 0x45) this.mgr.log.warn({ server: s.id, err: msg.subarray(5).toString('utf8').replace(/\0/g, ' ') }, 'server reset query failed');
+          if (t === 0x45) {
+            // the session's state may be left: the connection is closed rather than given to another client
+            failed = true;
+            this.mgr.log.warn({ server: s.id, err: msg.subarray(5).toString('utf8').replace(/\0/g, ' ') }, 'server reset query failed: connection closed');
+          }
           if (t === 0x5a) {
             s.txStatus = String.fromCharCode(msg[5]) as 'I';
             s.prepared.clear();
             s.onData = s.idleData;
-            if (s.txStatus !== 'I' || this.drained) s.close();
+            if (s.txStatus !== 'I' || failed || this.drained) s.close();
             else this.toIdle(s, entry);
           } else if (t === 0x53) {
             const body = msg.subarray(5).toString('utf8').split('\0');
