@@ -246,6 +246,8 @@ pub struct Server {
     read_blocked: bool,
     /// session mode: the reset query runs, its answers are read here before the connection is idle
     resetting: bool,
+    /// the reset query's error, once one came (its ReadyForQuery may come in a later read)
+    reset_failed: Option<String>,
 }
 
 impl Server {
@@ -825,7 +827,7 @@ impl Engine {
             self.emit("server-closed", 0, id, "could not register the server's socket".into(), false);
             return None;
         }
-        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false, resetting: false };
+        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false, resetting: false, reset_failed: None };
         for p in prepared {
             s.add_prepared(p, &mut self.clock);
         }
@@ -986,7 +988,6 @@ impl Engine {
         let inbuf = std::mem::take(&mut s.inbuf);
         let mut off = 0;
         let mut done: Option<u8> = None;
-        let mut failed: Option<String> = None;
         while inbuf.len() - off >= 5 {
             let len = i32::from_be_bytes([inbuf[off + 1], inbuf[off + 2], inbuf[off + 3], inbuf[off + 4]]);
             if len < 4 {
@@ -1001,7 +1002,7 @@ impl Engine {
             let body = &inbuf[off + 5..off + n];
             match inbuf[off] {
                 b'Z' => done = Some(body.first().copied().unwrap_or(b'I')),
-                b'E' => failed = Some(error_fields(body).2),
+                b'E' => s.reset_failed = Some(error_fields(body).2),
                 b'S' => {
                     if let Some((k, at)) = cstr_at(body, 0) {
                         let v = cstr_at(body, at).map(|(v, _)| v).unwrap_or_default();
@@ -1022,7 +1023,7 @@ impl Engine {
         s.tx_status = st;
         // (DISCARD ALL drops what was prepared; session mode never relies on the list anyway)
         s.prepared.clear();
-        if let Some(m) = failed {
+        if let Some(m) = s.reset_failed.take() {
             self.close_server(sid, false, &format!("the server reset query failed: {m}"));
             return false;
         }
