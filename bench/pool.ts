@@ -7,8 +7,8 @@
  *   - the same in session mode: PgBouncer session, pgha-proxy --pool-mode session, and pgha-proxy's
  *     relay without pooling (today's default mode, native relay)
  * CPU per transaction is user+system time of the pooler process itself. One run of each, or with
- * `rounds` > 1 the transaction-mode -S cases that many times, PgBouncer and pgha-proxy taking turns
- * (order reversed every other round), and a table of medians.
+ * `rounds` > 1 the -S cases that many times (direct once), the targets taking turns (order reversed
+ * every other round), and tables of medians.
  *   npx tsx bench/pool.ts [seconds per pgbench run=8] [rounds=1]
  * Writes bench/results/pool.json and prints a Markdown table.
  */
@@ -79,12 +79,14 @@ try {
       for (const m of round % 2 ? both.reverse() : both) m();
     }
   }
-  for (const mode of ['simple', 'extended', 'prepared']) {
-    const args = ['-S', '-M', mode, '-c', '16', '-j', '2'];
-    measure(`-S -c 16 -M ${mode} (session)`, 'direct', c.port, null, args);
-    measure(`-S -c 16 -M ${mode} (session)`, 'PgBouncer session', sesBouncer.port, sesBouncer.pid, args);
-    measure(`-S -c 16 -M ${mode} (session)`, 'pgha-proxy --pool-mode session', sesProxy.port, sesProxy.pid, args);
-    measure(`-S -c 16 -M ${mode} (session)`, 'pgha-proxy relay (no pooling)', relay.port, relay.pid, args);
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of ['simple', 'extended', 'prepared']) {
+      const args = ['-S', '-M', mode, '-c', '16', '-j', '2'];
+      const label = `-S -c 16 -M ${mode} (session)`;
+      if (round === 0) measure(label, 'direct', c.port, null, args);
+      const all = [() => measure(label, 'PgBouncer session', sesBouncer.port, sesBouncer.pid, args), () => measure(label, 'pgha-proxy --pool-mode session', sesProxy.port, sesProxy.pid, args), () => measure(label, 'pgha-proxy relay (no pooling)', relay.port, relay.pid, args)];
+      for (const m of round % 2 ? all.reverse() : all) m();
+    }
   }
   const version = execFileSync(pgbouncerBin(), ['--version'], { encoding: 'utf8' }).split('\n')[0];
   const result = { date: new Date().toISOString(), command: `npx tsx bench/pool.ts ${secs} ${rounds}`, machine: `${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores, PostgreSQL ${c.psql('SHOW server_version').trim()}, ${version}`, setup: `scale 10, fsync off, pool size ${POOL}, SCRAM-SHA-256 clients, TCP 127.0.0.1, ${secs} s per run`, rows };
@@ -99,11 +101,20 @@ try {
     console.log(`\nTransaction mode, median of ${rounds} rounds:\n`);
     console.log('| case | PgBouncer TPS | pgha-proxy TPS | pgha-proxy/PgBouncer | CPU µs/tx PgBouncer | CPU µs/tx pgha-proxy |');
     console.log('|---|---:|---:|---:|---:|---:|');
+    const of = (mode: string, pool: string, target: string) => rows.filter((r) => r.case === `-S -c 16 -M ${mode} (${pool})` && r.target === target);
     for (const mode of ['simple', 'extended', 'prepared']) {
-      const of = (target: string) => rows.filter((r) => r.case === `-S -c 16 -M ${mode} (transaction)` && r.target === target);
-      const [b, p] = [of('PgBouncer transaction'), of('pgha-proxy transaction')];
+      const [b, p] = [of(mode, 'transaction', 'PgBouncer transaction'), of(mode, 'transaction', 'pgha-proxy transaction')];
       const [bt, pt] = [median(b.map((r) => r.tps)), median(p.map((r) => r.tps))];
       console.log(`| -S -c 16 -M ${mode} | ${bt.toFixed(0)} | ${pt.toFixed(0)} | ${(pt / bt).toFixed(2)} | ${median(b.map((r) => r.cpuUsPerTx ?? NaN)).toFixed(1)} | ${median(p.map((r) => r.cpuUsPerTx ?? NaN)).toFixed(1)} |`);
+    }
+    console.log(`\nSession mode, median of ${rounds} rounds (TPS, then CPU µs/tx):\n`);
+    console.log('| case | PgBouncer session | pgha-proxy --pool-mode session | relay (no pooling) | pool-mode session/PgBouncer | relay/PgBouncer |');
+    console.log('|---|---:|---:|---:|---:|---:|');
+    for (const mode of ['simple', 'extended', 'prepared']) {
+      const [b, p, r] = ['PgBouncer session', 'pgha-proxy --pool-mode session', 'pgha-proxy relay (no pooling)'].map((t) => of(mode, 'session', t));
+      const [bt, pt, rt] = [b, p, r].map((x) => median(x.map((y) => y.tps)));
+      const [bc, pc, rc] = [b, p, r].map((x) => median(x.map((y) => y.cpuUsPerTx ?? NaN)).toFixed(1));
+      console.log(`| -S -c 16 -M ${mode} | ${bt.toFixed(0)} (${bc}) | ${pt.toFixed(0)} (${pc}) | ${rt.toFixed(0)} (${rc}) | ${(pt / bt).toFixed(2)} | ${(rt / bt).toFixed(2)} |`);
     }
   }
   for (const p of [txnProxy, sesProxy, relay]) await p.stop();
