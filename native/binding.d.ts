@@ -31,6 +31,11 @@ export declare class ProxyPool {
   /** the node no longer takes transactions: idle connections closed, transactions in flight ended */
   drainNode(node: string, why: string): void
   closeIdle(node: string): void
+  /**
+   * JavaScript's pool of (route, node) is full and `n` clients the loop does not carry wait: the
+   * loop closes up to `n` of its connections there as they are (or go) idle (0: none wait)
+   */
+  giveBack(route: string, node: string, n: number): void
   closeServer(id: number): void
   setPaused(paused: boolean): void
   /** the server connection the client is on now */

@@ -557,6 +557,13 @@ impl ProxyPool {
         self.inner.close_idle(node).map_err(io_err("close idle"))
     }
 
+    /// JavaScript's pool of (route, node) is full and `n` clients the loop does not carry wait: the
+    /// loop closes up to `n` of its connections there as they are (or go) idle (0: none wait)
+    #[napi]
+    pub fn give_back(&self, route: String, node: String, n: u32) -> Result<()> {
+        self.inner.give_back(route, node, n).map_err(io_err("give back"))
+    }
+
     #[napi]
     pub fn close_server(&self, id: u32) -> Result<()> {
         self.inner.close_server(id).map_err(io_err("close server"))

@@ -54,6 +54,8 @@ const WAKER: Token = Token(usize::MAX);
 const CHUNK: usize = 64 * 1024;
 /// how long a closed client's or server's last bytes may wait for a peer that does not read
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// why a connection the loop closed to make room in JavaScript's pool (server-closed's detail)
+const GIVEN_BACK: &str = "closed to make room for a client waiting in the TypeScript pool";
 
 /// What the loop tells the JavaScript side.
 #[derive(Debug, Clone)]
@@ -95,6 +97,7 @@ enum Command {
     CloseIdle { node: String },
     CloseServer { id: u32 },
     SetPaused(bool),
+    GiveBack { route: String, node: String, n: u32 },
     Snapshot(mpsc::Sender<String>),
     Stop,
 }
@@ -559,6 +562,9 @@ struct Engine {
     session: bool,
     /// session mode: the reset query as a Query message (None: no reset)
     reset: Option<Vec<u8>>,
+    /// route and node (`route\0node`) → connections to close rather than keep, so that JavaScript's
+    /// pool has room for clients the loop does not carry (TLS) that wait for that full pool
+    give_back: HashMap<String, u32>,
     clock: u64,
     drains: HashMap<usize, Drain>,
     next_drain: usize,
@@ -1042,6 +1048,10 @@ impl Engine {
         if !clean || self.primary.as_deref() != Some(s.node.as_str()) {
             return self.close_server(sid, false, if clean { "its node is no longer the primary" } else { "released in the middle of a transaction" });
         }
+        if let Some(n) = self.give_back.get_mut(&format!("{}\0{}", s.route, s.node)).filter(|n| **n > 0) {
+            *n -= 1;
+            return self.close_server(sid, false, GIVEN_BACK);
+        }
         if !self.paused {
             while let Some(cid) = self.waiters.get_mut(s.route.as_str()).and_then(|w| w.pop_front()) {
                 if self.clients.get(&cid).is_some_and(|c| c.server.is_none()) {
@@ -1163,6 +1173,27 @@ impl Engine {
         }
     }
 
+    /// JavaScript's pool of this route and node is full of the loop's connections while `n` of its
+    /// own clients wait: close up to `n` idle ones now, and the next ones released (0: none)
+    fn give_back(&mut self, route: String, node: String, n: u32) {
+        let key = format!("{route}\0{node}");
+        if n == 0 {
+            self.give_back.remove(&key);
+            return;
+        }
+        let idle: Vec<u32> = self.idle.get(&route).map(|v| v.iter().copied().filter(|sid| self.servers.get(sid).is_some_and(|s| s.node == node)).collect()).unwrap_or_default();
+        let mut left = n;
+        for sid in idle.into_iter().take(n as usize) {
+            self.close_server(sid, false, GIVEN_BACK);
+            left -= 1;
+        }
+        if left > 0 {
+            self.give_back.insert(key, left);
+        } else {
+            self.give_back.remove(&key);
+        }
+    }
+
     fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
         if paused {
@@ -1225,6 +1256,7 @@ impl Engine {
                 self.close_server(id, false, "closed by the pool");
             }
             Command::SetPaused(p) => self.set_paused(p),
+            Command::GiveBack { route, node, n } => self.give_back(route, node, n),
             Command::Snapshot(tx) => {
                 let _ = tx.send(self.snapshot());
             }
@@ -1287,6 +1319,7 @@ fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: 
         max_prepared: mode.max_prepared,
         session: mode.session,
         reset: mode.reset_query.filter(|q| !q.trim().is_empty()).map(|q| query_message(&q)),
+        give_back: HashMap::new(),
         clock: 0,
         drains: HashMap::new(),
         next_drain: 0,
@@ -1413,6 +1446,11 @@ impl PoolRelay {
 
     pub fn close_server(&self, id: u32) -> std::io::Result<()> {
         self.send(Command::CloseServer { id })
+    }
+
+    /// JavaScript's pool of (route, node) is full and `n` of its own clients wait (0: none)
+    pub fn give_back(&self, route: String, node: String, n: u32) -> std::io::Result<()> {
+        self.send(Command::GiveBack { route, node, n })
     }
 
     pub fn set_paused(&self, paused: bool) -> std::io::Result<()> {

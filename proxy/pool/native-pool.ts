@@ -143,6 +143,11 @@ export class NativePool {
     this.loop.closeIdle(node);
   }
 
+  /** JavaScript's pool of (user, database, node) is full and `n` of its own clients wait: the loop closes up to `n` of its connections there as they are or go idle (0: none wait) */
+  giveBack(user: string, database: string, node: string, n: number): void {
+    this.loop.giveBack(NativePool.route(user, database), node, n);
+  }
+
   closeServer(id: number): void {
     this.loop.closeServer(id);
   }

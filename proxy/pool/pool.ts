@@ -54,6 +54,8 @@ export class Pool {
   /** the parameters a login reported (sent to clients at their own login) */
   loginParams: Map<string, string> | null = null;
   drained = false;
+  /** connections the native loop was asked to close for this pool's waiters (see wantRoom) */
+  private askedOfNative = 0;
 
   constructor(
     private readonly mgr: PoolManager,
@@ -89,7 +91,28 @@ export class Pool {
     return this.get(entry);
   }
 
+  /**
+   * the pool is full and `waiting` clients wait: connections the native loop carries never come back
+   * here, so the loop is asked to close as many of its own as are (or go) idle, making room for
+   * clients it does not carry (TLS) — which otherwise wait while the loop's connections sit idle
+   */
+  private wantRoom(waiting: number): void {
+    const native = this.mgr.native;
+    if (!native) return;
+    let carried = 0;
+    if (waiting > 0) for (const s of this.all) if (s.state === 'native') carried++;
+    const n = Math.min(waiting, carried);
+    if (n === this.askedOfNative) return;
+    this.askedOfNative = n;
+    native.giveBack(this.user, this.database, this.node, n);
+  }
+
   private pump(entry: UserEntry): void {
+    this.pumpWaiters(entry);
+    this.wantRoom(this.waiters.length);
+  }
+
+  private pumpWaiters(entry: UserEntry): void {
     while (this.waiters.length > 0) {
       const s = this.idle.pop();
       if (s) {

@@ -19,6 +19,7 @@ import { serialize } from 'pg-protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { PROXY_CLI, startProxy, type RunningProxy } from '../support/proxy.js';
+import { makeCerts } from '../support/tls.js';
 
 const run = promisify(execFile);
 
@@ -424,6 +425,31 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     expect(r.app).toBe('');
     await b.end();
   });
+
+  it('one full pool shared by a plain and a TLS client: the connection the native loop carries is given back for the TLS client, and the plain one gets it again', async () => {
+    const certs = makeCerts();
+    const p = await startProxy([primary.port], ['--pool-mode', 'transaction', '--pool-size', '1', '--relay', relay, '--tls-cert', certs.cert, '--tls-key', certs.key, ...common]);
+    try {
+      const plain = client(p, 'scram_user');
+      await plain.connect();
+      expect((await plain.query('SELECT 1 AS one')).rows[0].one).toBe(1);
+      expect((await p.status()).pool?.native).toBe(relay === 'native' ? 1 : null);
+      // the only server connection sits idle where the plain client left it
+      const tls = client(p, 'scram_user', { ssl: { rejectUnauthorized: false } });
+      await tls.connect();
+      expect((await tls.query('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')).rows[0].ssl).toBe(false);
+      expect((await tls.query("SELECT 'over tls' AS t")).rows[0].t).toBe('over tls');
+      // and back: the plain client's next transactions get the TypeScript pool's idle connection
+      for (let i = 0; i < 3; i++) {
+        expect((await plain.query('SELECT $1::int AS i', [i])).rows[0].i).toBe(i);
+        expect((await tls.query('SELECT $1::int AS i', [i])).rows[0].i).toBe(i);
+      }
+      await Promise.all([plain.end(), tls.end()]);
+      expect(Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'scram_user'"))).toBeLessThanOrEqual(1);
+    } finally {
+      await p.stop();
+    }
+  }, 60_000);
 
   it('session mode: a connection whose reset query fails is closed, not given to the next client', async () => {
     const p = await startProxy([primary.port], ['--pool-mode', 'session', '--pool-size', '1', '--relay', relay, '--server-reset-query', 'SELECT 1/0', ...common]);
