@@ -468,6 +468,21 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     }
   });
 
+  it("session mode: a session whose server connection is terminated hears the server's FATAL and is closed; the next client gets a new connection", async () => {
+    const a = client(session, 'md5_user');
+    a.on('error', () => undefined);
+    await a.connect();
+    const pidA = (await a.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+    const ended = new Promise<{ code?: string }>((resolve) => a.once('error', (e) => resolve(e as { code?: string })));
+    // idle in its session, between transactions: its state is on that backend, so the session ends
+    await primary.sql(`SELECT pg_terminate_backend(${pidA})`);
+    expect((await ended).code).toBe('57P01');
+    const b = client(session, 'md5_user');
+    await b.connect();
+    expect((await b.query('SELECT pg_backend_pid() AS pid')).rows[0].pid).not.toBe(pidA);
+    await b.end();
+  });
+
   it('session mode: a client that vanishes in a transaction leaves nothing behind, and its server connection is not given to the next', async () => {
     const a = client(session, 'md5_user');
     await a.connect();
