@@ -62,6 +62,8 @@ export declare class ProxyRelay {
   txStatus(id: number): string | null
   /** [bytes from clients, bytes to clients, sessions, ReadyForQuery relayed, of those idle] */
   counters(): Array<number>
+  /** per loop, in order: the sessions it carries and the CPU seconds its thread used */
+  loops(): Array<Array<number>>
 }
 
 /** Bytes scanned so far by the `scanWalFilesAsync` it is given to (read while the scan runs). */

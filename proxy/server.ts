@@ -60,6 +60,8 @@ export interface ProxyStatus {
   clusterActions: ClusterManager['recent'];
   clients: { rw: number; ro: number; accepted: { rw: number; ro: number }; nativeRelay: number };
   relay: 'native' | 'node';
+  /** the native relay's loops in order: sessions each carries, CPU seconds of its thread (null: no native relay) */
+  relayLoops: Array<{ sessions: number; cpuSeconds: number | null }> | null;
   failovers: FailoverController['history'];
   listen: { rw: string; ro: string | null; admin: string | null };
   /** with --etcd: this proxy's id, whether it leads, and the leader as etcd names it (null without --etcd) */
@@ -517,6 +519,7 @@ export class ProxyServer implements ProxyContext {
       clients: { rw, ro, accepted: { ...this.accepted }, nativeRelay: this.nativeSessions.size },
       failovers: this.failover.history,
       relay: this.relay ? 'native' : 'node',
+      relayLoops: this.relay ? this.relay.loops().map(([sessions, cpuSeconds]) => ({ sessions, cpuSeconds: Number.isFinite(cpuSeconds) ? cpuSeconds : null })) : null,
       listen: {
         rw: this.addresses.rw ? addressText(this.addresses.rw) : addressText(this.cfg.listen),
         ro: this.addresses.ro && addressText(this.addresses.ro),

@@ -450,6 +450,12 @@ impl ProxyRelay {
     pub fn counters(&self) -> Vec<f64> {
         self.inner.totals().iter().map(|&v| v as f64).collect()
     }
+
+    /// per loop, in order: the sessions it carries and the CPU seconds its thread used
+    #[napi]
+    pub fn loops(&self) -> Vec<Vec<f64>> {
+        self.inner.loops().into_iter().map(|l| l.to_vec()).collect()
+    }
 }
 
 // ---------------------------------------------------------------- pgha-proxy transaction pool

@@ -393,6 +393,15 @@ impl Relay {
         t
     }
 
+    /// per loop: [sessions it carries, CPU seconds its thread used] (NaN where the clock cannot be read)
+    pub fn loops(&self) -> Vec<[f64; 2]> {
+        self.loops
+            .iter()
+            .zip(&self.counters)
+            .map(|(l, c)| [c.sessions.load(Ordering::Relaxed) as f64, l.cpu_clock.and_then(thread_cpu_ns).map(|ns| ns as f64 / 1e9).unwrap_or(f64::NAN)])
+            .collect()
+    }
+
     pub fn tx_status(&self, id: u32) -> Option<u8> {
         self.statuses.lock().unwrap().get(&id).map(|(_, s)| s.load(Ordering::Relaxed))
     }

@@ -13,8 +13,8 @@ export interface MetricsSource {
   sessions: Iterable<{ kind: string; phase: string }>;
   accepted: { rw: number; ro: number };
   stats: ProxyStats;
-  /** the native relay's counters: [bytes from clients, bytes to clients, …, queries, transactions] */
-  relay: { counters(): number[] } | null;
+  /** the native relay's counters: [bytes from clients, bytes to clients, …, queries, transactions]; per loop [sessions, CPU seconds] */
+  relay: { counters(): number[]; loops(): number[][] } | null;
   monitor: { backends: readonly BackendState[]; timeline: number };
   failover: { history: readonly FailoverReport[] };
   sessionsOn(name: string): number;
@@ -101,6 +101,13 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
   scrapedCounter('pgha_proxy_queries_total', 'queries answered through the proxy: ReadyForQuery relayed to clients after their startup, one per simple Query or extended-protocol Sync', [], () => [
     [{}, proxy.stats.ready + (proxy.relay?.counters()[3] ?? 0)],
   ]);
+  // the native relay's loops: how sessions are spread and how busy each loop's thread is
+  scraped('pgha_proxy_relay_loop_sessions', "sessions each native relay loop carries (a new one goes to the first loop under half a core's CPU)", ['loop'], () =>
+    (proxy.relay?.loops() ?? []).map(([sessions], i): Sample => [{ loop: String(i) }, sessions]),
+  );
+  scrapedCounter('pgha_proxy_relay_loop_cpu_seconds_total', "CPU time of each native relay loop's thread (rate() near 1: the loop is saturated)", ['loop'], () =>
+    (proxy.relay?.loops() ?? []).map(([, cpu], i): Sample => [{ loop: String(i) }, cpu]).filter(([, cpu]) => Number.isFinite(cpu)),
+  );
   // --pool-mode: PgBouncer's SHOW POOLS as gauges, one series per (database, user, node)
   const poolLabels = ['database', 'user', 'node'];
   const poolKey = (p: PoolStat) => ({ database: p.database, user: p.user, node: p.node });

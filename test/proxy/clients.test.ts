@@ -319,3 +319,30 @@ describe('pgha-proxy with real clients', () => {
     expect(down.stderr).toMatch(/127\.0\.0\.1:1\/status/);
   });
 });
+
+describe('native relay loops', () => {
+  it('an idle proxy puts new sessions on its first loop; /status relayLoops and /metrics say where sessions are and what each loop used', async () => {
+    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--relay-threads', '3']);
+    const clients: pg.Client[] = [];
+    try {
+      for (let i = 0; i < 5; i++) {
+        const c = client(p);
+        await c.connect();
+        await c.query('SELECT 1');
+        clients.push(c);
+      }
+      const loops = (await p.status()).relayLoops!;
+      expect(loops.map((l) => l.sessions)).toEqual([5, 0, 0]);
+      for (const l of loops) expect(l.cpuSeconds).toBeGreaterThanOrEqual(0);
+      const m = await p.metrics();
+      expect(m).toContain('pgha_proxy_relay_loop_sessions{loop="0"} 5');
+      expect(m).toContain('pgha_proxy_relay_loop_sessions{loop="2"} 0');
+      expect(m).toMatch(/pgha_proxy_relay_loop_cpu_seconds_total\{loop="0"\} \d/);
+      await Promise.all(clients.splice(0).map((c) => c.end()));
+      await waitFor(async () => (await p.status()).relayLoops!.every((l) => l.sessions === 0), 10_000, 'every loop empty again');
+    } finally {
+      await Promise.all(clients.map((c) => c.end()));
+      await p.stop();
+    }
+  });
+});
