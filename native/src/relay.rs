@@ -52,6 +52,9 @@ pub trait EventSink: Send + Sync + 'static {
 enum Command {
     Add { id: u32, client: TcpStream, backend: TcpStream, max_frontend: u32, status: Arc<AtomicU8> },
     Finish { id: u32, to_client: Option<Vec<u8>>, to_backend: Option<Vec<u8>> },
+    /// the tests' stand-in for a loop busy relaying: use this much CPU, then say so
+    #[cfg(test)]
+    Spin(Duration, mpsc::Sender<()>),
     Stop,
 }
 
@@ -463,6 +466,19 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn EventSink>, co
                 while let Ok(cmd) = rx.try_recv() {
                     match cmd {
                         Command::Stop => return,
+                        #[cfg(test)]
+                        Command::Spin(d, done) => {
+                            let cpu = || {
+                                let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                                Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+                            };
+                            let until = cpu() + d;
+                            while cpu() < until {
+                                std::hint::spin_loop();
+                            }
+                            let _ = done.send(());
+                        }
                         Command::Add { id, mut client, mut backend, max_frontend, status } => {
                             // read interest only; write interest is added while data waits for a full socket
                             let ok = poll.registry().register(&mut client, Token(id as usize * 2), Interest::READABLE).is_ok()
@@ -771,7 +787,7 @@ mod tests {
         stream.extend(msg(b'E', b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0"));
         stream.extend(msg(b'X', b""));
         let whole = {
-            let mut w = Walker::new(1 << 20, &[b'Z', b'E', b'X']);
+            let mut w = Walker::new(1 << 20, b"ZEX");
             let mut seen = Vec::new();
             w.feed(&stream, &mut |t, b| seen.push((t, b.to_vec()))).unwrap();
             assert!(w.at_boundary());
@@ -779,7 +795,7 @@ mod tests {
             seen
         };
         for cut in 0..=stream.len() {
-            let mut w = Walker::new(1 << 20, &[b'Z', b'E', b'X']);
+            let mut w = Walker::new(1 << 20, b"ZEX");
             let mut seen = Vec::new();
             w.feed(&stream[..cut], &mut |t, b| seen.push((t, b.to_vec()))).unwrap();
             w.feed(&stream[cut..], &mut |t, b| seen.push((t, b.to_vec()))).unwrap();
@@ -838,6 +854,26 @@ mod tests {
         let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
         (a, b)
+    }
+
+    #[test]
+    fn a_busy_first_loop_sends_new_sessions_to_the_next() {
+        use std::os::fd::AsRawFd;
+        let relay = Relay::start(Arc::new(NoSink), 2).unwrap();
+        let (client, _cp) = tcp_pair();
+        let (backend, _bp) = tcp_pair();
+        relay.add(1, client.as_raw_fd(), backend.as_raw_fd(), 1 << 20).unwrap();
+        assert_eq!(relay.loop_of(1), Some(0));
+        // loop 0 uses 600 ms of CPU: more than half a core over the window since the relay started,
+        // unless the machine is so busy that it got less than that
+        let (tx, rx) = mpsc::channel();
+        relay.send(0, Command::Spin(Duration::from_millis(600), tx)).unwrap();
+        rx.recv().unwrap();
+        let (client2, _cp2) = tcp_pair();
+        let (backend2, _bp2) = tcp_pair();
+        relay.add(2, client2.as_raw_fd(), backend2.as_raw_fd(), 1 << 20).unwrap();
+        assert_eq!(relay.loop_of(2), Some(1), "loops: {:?}", relay.loops());
+        assert!(relay.loops()[0][1] >= 0.6, "loop 0's CPU seconds: {:?}", relay.loops());
     }
 
     #[test]
