@@ -5,7 +5,9 @@
  * (pg_sleep) when the primary's postmaster is killed with -9. Every idle client's next transaction
  * — started while there is no primary — waits for the promoted standby and commits there with no
  * error at all; only the client in flight gets one, with SQLSTATE 57P01 or 08006. Checked on the
- * new primary itself.
+ * new primary itself. A second proxy in session mode (native loop) watches the same nodes: its
+ * sessions on the old primary end with 57P01/08006 (their state was there), never hang, and a new
+ * session runs on the new primary.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,17 +17,20 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { cleanupAll, waitFor } from '../harness/cluster.js';
 import { stopAgentProcesses } from '../support/agents.js';
 import { HaCluster } from '../support/ha-cluster.js';
+import { startProxy, type RunningProxy } from '../support/proxy.js';
 
 let ha: HaCluster | null = null;
+let sessionProxy: RunningProxy | null = null;
 
 afterAll(async () => {
+  await sessionProxy?.stop();
   await ha?.stop();
   await stopAgentProcesses();
   await cleanupAll();
 }, 120_000);
 
 describe('pooled clients across a failover', () => {
-  it('kill -9 of the primary: 20 idle pooled clients commit their next transaction on the new primary with 0 errors; the one in flight gets 57P01/08006', async () => {
+  it('kill -9 of the primary: 20 idle pooled clients commit their next transaction on the new primary with 0 errors; the one in flight gets 57P01/08006; sessions of a session-mode proxy end with 57P01/08006 and a new one runs on the new primary', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-fo-'));
     const authFile = join(dir, 'userlist.txt');
     writeFileSync(authFile, '"postgres" "pool-secret"\n', { mode: 0o600 });
@@ -61,6 +66,18 @@ describe('pooled clients across a failover', () => {
     );
     await waitFor(async () => (await first.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'")) === '1', 10_000, 'the transaction in flight');
 
+    // session mode: three sessions between transactions on the old primary
+    sessionProxy = await startProxy(ha.nodes.map((n) => n.pg.port), ['--pool-mode', 'session', '--pool-size', '4', '--auth-file', authFile, '--primary-wait', '60000', '--backend-sslmode', 'disable']);
+    const sessionClient = () => new pg.Client({ host: '127.0.0.1', port: sessionProxy!.port, user: 'postgres', password: 'pool-secret', database: 'postgres' });
+    const sessions = await Promise.all([0, 1, 2].map(async () => {
+      const c = sessionClient();
+      const ended = new Promise<{ code?: string }>((resolve) => c.on('error', (e) => resolve(e as { code?: string })));
+      await c.connect();
+      expect((await c.query('SELECT inet_server_port() AS port')).rows[0].port).toBe(first.pg.port);
+      return { c, ended };
+    }));
+    expect((await sessionProxy.status()).pool?.native).toBe(3);
+
     await first.pg.kill9({ waitOrphans: false });
     // the next transaction of every idle client starts now, while there is no primary
     const t0 = Date.now();
@@ -93,5 +110,13 @@ describe('pooled clients across a failover', () => {
     // the pooled clients go on
     await Promise.all(clients.map(async (c) => expect((await c.query('SELECT 1 AS x')).rows[0].x).toBe(1)));
     await Promise.all(clients.map((c) => c.end()));
+
+    // the sessions on the old primary were ended with a clear SQLSTATE; a new session runs on the new one
+    for (const { ended } of sessions) expect(['57P01', '08006']).toContain((await ended).code);
+    const next = sessionClient();
+    await next.connect();
+    await waitFor(async () => (await next.query('SELECT pg_is_in_recovery() AS rec')).rows[0].rec === false, 30_000, 'the session proxy on the new primary');
+    expect((await next.query('INSERT INTO pooled_fo (client, round) VALUES (-2, 3) RETURNING inet_server_port() AS port')).rows[0].port).toBe(standby.pg.port);
+    await next.end();
   });
 });
