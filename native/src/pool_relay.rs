@@ -1048,9 +1048,12 @@ impl Engine {
         if !clean || self.primary.as_deref() != Some(s.node.as_str()) {
             return self.close_server(sid, false, if clean { "its node is no longer the primary" } else { "released in the middle of a transaction" });
         }
-        if let Some(n) = self.give_back.get_mut(&format!("{}\0{}", s.route, s.node)).filter(|n| **n > 0) {
-            *n -= 1;
-            return self.close_server(sid, false, GIVEN_BACK);
+        // (empty but while JavaScript's pool has clients waiting: no key built per transaction)
+        if !self.give_back.is_empty() {
+            if let Some(n) = self.give_back.get_mut(&format!("{}\0{}", s.route, s.node)).filter(|n| **n > 0) {
+                *n -= 1;
+                return self.close_server(sid, false, GIVEN_BACK);
+            }
         }
         if !self.paused {
             while let Some(cid) = self.waiters.get_mut(s.route.as_str()).and_then(|w| w.pop_front()) {

@@ -1,12 +1,14 @@
 /**
- * Pooling in the native loop (native/src/pool_relay.rs), transaction or session mode. Node authenticates clients
- * and logs server connections in, as for the TypeScript pool; then a client on plain TCP and the
- * plain server connections it uses are handed over, and from there its transactions run with no
- * JavaScript in their path: the loop links a client to an idle connection of its route on the
- * primary, relays, and takes the connection back at ReadyForQuery `I` (client.ts's rules, message
- * by message) — in session mode when the client leaves, after the reset query. Node hears only what the loop cannot decide alone: a client needs a connection and
+ * Pooling in the native loop (native/src/pool_relay.rs), transaction or session mode. Node
+ * authenticates clients and logs server connections in, as for the TypeScript pool; then a client
+ * on plain TCP and the plain server connections it uses are handed over, and from there its
+ * transactions run with no JavaScript in their path: the loop links a client to an idle connection
+ * of its route on the primary, relays, and takes the connection back at ReadyForQuery `I`
+ * (client.ts's rules, message by message) — in session mode when the client leaves, after the
+ * reset query. Node hears only what the loop cannot decide alone: a client needs a connection and
  * none is idle (`acquire`: the pool opens one, or the client waits in the loop for one to come
- * back), and what ended (a client, a server connection, a transaction to cancel).
+ * back), and what ended (a client, a server connection, a transaction to cancel); and it asks the
+ * loop to give connections back (`giveBack`) when its own clients wait for a pool full of them.
  *
  * Node keeps its own descriptors of the handed-over sockets (it stops reading them) until the
  * loop reports their end: the loop works on duplicates, so nothing closes before both let go.
