@@ -13,13 +13,12 @@
  * Writes bench/results/pool.json and prints a Markdown table.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cleanupAll, PgCluster } from '../test/harness/cluster.js';
+import { cleanupAll } from '../test/harness/cluster.js';
 import { startProxy, type RunningProxy } from '../test/support/proxy.js';
-import { cpuMs, pgbouncerBin, startPgbouncer, stopPgbouncers } from './support/pgbouncer.js';
+import { benchCluster, cpuMs, pgbouncerBin, startPgbouncer, stopPgbouncers } from './support/pgbouncer.js';
 
 const secs = Number(process.argv[2] ?? 8);
 const rounds = Math.max(1, Number(process.argv[3] ?? 1));
@@ -37,17 +36,11 @@ interface Row {
 }
 
 try {
-  const c = await PgCluster.init({ name: 'bench-pool', conf: { max_connections: 300, shared_buffers: '256MB', fsync: 'off', synchronous_commit: 'off' } });
-  await c.start();
-  const dir = mkdtempSync(join(tmpdir(), 'pgha-bench-pool-'));
-  const userlist = join(dir, 'userlist.txt');
-  writeFileSync(userlist, `"postgres" "${PASSWORD}"\n`, { mode: 0o600 });
-  const bench = join(c.clientBinDir, 'pgbench');
+  const { c, userlist, pgbenchBin: bench } = await benchCluster('bench-pool', PASSWORD);
   const pgbench = (port: number, args: string[]): { out: string; err: string } => {
     const r = spawnSync(bench, ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', ...args, 'postgres'], { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, PGPASSWORD: PASSWORD } });
     return { out: r.stdout, err: r.stderr };
   };
-  execFileSync(bench, ['-h', '127.0.0.1', '-p', String(c.port), '-U', 'postgres', '-i', '-s', '10', '-q', 'postgres']);
   const proxyArgs = (mode: 'session' | 'transaction') => ['--backend-sslmode', 'disable', '--pool-mode', mode, '--pool-size', String(POOL), '--auth-file', userlist, '--log-level', 'warn'];
   const txnBouncer = await startPgbouncer(c.port, 'transaction', userlist, POOL);
   const sesBouncer = await startPgbouncer(c.port, 'session', userlist, POOL);

@@ -12,12 +12,9 @@
  * measure that.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { cleanupAll, PgCluster } from '../test/harness/cluster.js';
+import { cleanupAll } from '../test/harness/cluster.js';
 import { startProxy } from '../test/support/proxy.js';
-import { cpuMs, startPgbouncer, stopPgbouncers } from './support/pgbouncer.js';
+import { benchCluster, cpuMs, startPgbouncer, stopPgbouncers } from './support/pgbouncer.js';
 
 const secs = Number(process.argv[2] ?? 15);
 const rounds = Number(process.argv[3] ?? 6);
@@ -31,13 +28,7 @@ const median = (xs: number[]) => {
 };
 
 try {
-  const c = await PgCluster.init({ name: 'bench-relay-loops', conf: { max_connections: 300, shared_buffers: '256MB', fsync: 'off', synchronous_commit: 'off' } });
-  await c.start();
-  const dir = mkdtempSync(join(tmpdir(), 'pgha-bench-relay-'));
-  const userlist = join(dir, 'userlist.txt');
-  writeFileSync(userlist, `"postgres" "${PASSWORD}"\n`, { mode: 0o600 });
-  const bench = join(c.clientBinDir, 'pgbench');
-  execFileSync(bench, ['-h', '127.0.0.1', '-p', String(c.port), '-U', 'postgres', '-i', '-s', '10', '-q', 'postgres']);
+  const { c, userlist, pgbenchBin: bench } = await benchCluster('bench-relay-loops', PASSWORD);
   const bouncer = await startPgbouncer(c.port, 'session', userlist);
   const two = await startProxy([c.port], ['--backend-sslmode', 'disable', '--log-level', 'warn']);
   const one = await startProxy([c.port], ['--backend-sslmode', 'disable', '--log-level', 'warn', '--relay-threads', '1']);

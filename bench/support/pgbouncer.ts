@@ -8,7 +8,7 @@ import { chownSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, waitFor } from '../../test/harness/cluster.js';
+import { freePort, PgCluster, waitFor } from '../../test/harness/cluster.js';
 
 export function pgbouncerBin(): string {
   for (const p of ['/usr/sbin/pgbouncer', '/usr/bin/pgbouncer']) if (existsSync(p)) return p;
@@ -92,4 +92,18 @@ export function stopPgbouncers(): void {
       // already gone
     }
   }
+}
+
+/**
+ * The PostgreSQL 15 the pooler comparisons run against (scale 10, fsync off, started) and a
+ * userlist.txt giving `postgres` this password, for PgBouncer and pgha-proxy alike.
+ */
+export async function benchCluster(name: string, password: string): Promise<{ c: PgCluster; userlist: string; pgbenchBin: string }> {
+  const c = await PgCluster.init({ name, conf: { max_connections: 300, shared_buffers: '256MB', fsync: 'off', synchronous_commit: 'off' } });
+  await c.start();
+  const userlist = join(mkdtempSync(join(tmpdir(), `pgha-${name}-`)), 'userlist.txt');
+  writeFileSync(userlist, `"postgres" "${password}"\n`, { mode: 0o600 });
+  const pgbenchBin = join(c.clientBinDir, 'pgbench');
+  execFileSync(pgbenchBin, ['-h', '127.0.0.1', '-p', String(c.port), '-U', 'postgres', '-i', '-s', '10', '-q', 'postgres']);
+  return { c, userlist, pgbenchBin };
 }

@@ -226,6 +226,20 @@ pub fn whole_message(buf: &[u8], max: u32, offset_base: u64) -> Result<Option<us
     Ok((buf.len() >= n).then_some(n))
 }
 
+/// the length of the whole server message at the start of `buf` (None: not all of it yet); Err
+/// names the bad length word (`node`: the server's name)
+pub fn server_message(buf: &[u8], node: &str) -> Result<Option<usize>, String> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(format!("server {node}: invalid message length {} for message type 0x{:02x}", len as u32, buf[0]));
+    }
+    let n = 1 + len as usize;
+    Ok((buf.len() >= n).then_some(n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

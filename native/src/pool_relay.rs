@@ -899,19 +899,14 @@ impl Engine {
             let mut failed: Option<(String, String)> = None;
             let mut violation: Option<String> = None;
             loop {
-                let avail = &inbuf[off..];
-                if avail.len() < 5 {
-                    break;
-                }
-                let len = i32::from_be_bytes([avail[1], avail[2], avail[3], avail[4]]);
-                if len < 4 {
-                    violation = Some(format!("server {}: invalid message length {} for message type 0x{:02x}", s.node, len as u32, avail[0]));
-                    break;
-                }
-                let n = 1 + len as usize;
-                if avail.len() < n {
-                    break;
-                }
+                let n = match server_message(&inbuf[off..], &s.node) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(v) => {
+                        violation = Some(v);
+                        break;
+                    }
+                };
                 let msg = &inbuf[off..off + n];
                 off += n;
                 match from_server(c, s, msg, &mut self.clock) {
@@ -994,17 +989,15 @@ impl Engine {
         let inbuf = std::mem::take(&mut s.inbuf);
         let mut off = 0;
         let mut done: Option<u8> = None;
-        while inbuf.len() - off >= 5 {
-            let len = i32::from_be_bytes([inbuf[off + 1], inbuf[off + 2], inbuf[off + 3], inbuf[off + 4]]);
-            if len < 4 {
-                let why = format!("server {}: invalid message length {} for message type 0x{:02x}", s.node, len as u32, inbuf[off]);
-                self.close_server(sid, true, &why);
-                return false;
-            }
-            let n = 1 + len as usize;
-            if inbuf.len() - off < n {
-                break;
-            }
+        loop {
+            let n = match server_message(&inbuf[off..], &s.node) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(why) => {
+                    self.close_server(sid, true, &why);
+                    return false;
+                }
+            };
             let body = &inbuf[off + 5..off + n];
             match inbuf[off] {
                 b'Z' => done = Some(body.first().copied().unwrap_or(b'I')),
