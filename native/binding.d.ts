@@ -12,8 +12,12 @@ export declare class MappedWal {
  * handed over after login; a server connection changes hands at ReadyForQuery `I` in the loop.
  */
 export declare class ProxyPool {
-  /** `session`: session mode (else transaction mode); `resetQuery`: session mode's reset query (null: none) */
-  constructor(onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null, session: boolean, resetQuery: string | null)
+  /**
+   * `session`: session mode (else transaction mode); `resetQuery`: session mode's reset query (null: none);
+   * `waitLimitMs`: how long a client may wait in the loop for a connection of a full pool (0: no
+   * limit), `waitError` the FATAL ErrorResponse it is then sent before it is closed
+   */
+  constructor(onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null, session: boolean, resetQuery: string | null, waitLimitMs: number, waitError: Buffer)
   /**
    * a logged-in client (after its ReadyForQuery); `settings` flat: name, value, name, value…;
    * `offset`: bytes of its stream already framed (its errors name the byte as the TypeScript pool does)

@@ -81,6 +81,8 @@ export interface PoolConfig {
   resetQuery: string;
   /** transaction mode: statements the pool keeps prepared per server connection (least recently used closed first) */
   maxPreparedStatements: number;
+  /** how long a client may wait for a server connection of a full or paused pool (0: no limit) */
+  waitTimeoutMs: number;
   /** who may use the console database pgha */
   adminUsers: string[];
 }
@@ -153,6 +155,7 @@ export interface ProxyFlags {
   authType?: string;
   serverResetQuery?: string;
   maxPreparedStatements?: string | number;
+  poolWaitTimeout?: string | number;
   adminUsers?: string | string[];
 }
 
@@ -161,6 +164,16 @@ export function parseAddress(text: string, what: string): BackendAddress {
   const port = m ? Number(m[3]) : NaN;
   if (!m || port < 0 || port > 65535) throw new ProxyConfigError(`${what} "${text}" must be HOST:PORT`);
   return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+/** the longest delay a Node timer keeps (a longer one fires at once) */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** a duration in milliseconds that a timer can wait */
+function millis(v: string | number | undefined, what: string, min: number, fallback: number): number {
+  const n = int(v, what, min, fallback);
+  if (n > MAX_TIMER_MS) throw new ProxyConfigError(`${what} must be at most ${MAX_TIMER_MS} ms, got ${n}`);
+  return n;
 }
 
 function int(v: string | number | undefined, what: string, min: number, fallback: number): number {
@@ -233,7 +246,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
   if (f.clientTlsCa && !tls) throw new ProxyConfigError('--client-tls-ca needs --tls-cert and --tls-key (client certificates come over TLS)');
   const clientTlsCa = f.clientTlsCa ? file(f.clientTlsCa, '--client-tls-ca') : null;
 
-  const healthTimeoutMs = int(f.healthTimeout, '--health-timeout', 1, 2000);
+  const healthTimeoutMs = millis(f.healthTimeout, '--health-timeout', 1, 2000);
   let etcd: ProxyConfig['etcd'] = null;
   const etcdGiven = f.etcd !== undefined && f.etcd !== '' && !(Array.isArray(f.etcd) && f.etcd.length === 0);
   if (etcdGiven) {
@@ -249,10 +262,10 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     readListen: f.readListen ? parseAddress(f.readListen, '--read-listen') : null,
     admin: f.admin ? parseAddress(f.admin, '--admin') : null,
     backends,
-    healthIntervalMs: int(f.healthInterval, '--health-interval', 10, 1000),
+    healthIntervalMs: millis(f.healthInterval, '--health-interval', 10, 1000),
     healthTimeoutMs,
     healthRetries: int(f.healthRetries, '--health-retries', 1, 3),
-    healthRetryDelayMs: int(f.healthRetryDelay, '--health-retry-delay', 0, 100),
+    healthRetryDelayMs: millis(f.healthRetryDelay, '--health-retry-delay', 0, 100),
     health: {
       user: f.healthUser ?? env.PGUSER ?? 'postgres',
       password: secretFile(f.healthPasswordFile, '--health-password-file') ?? f.healthPassword ?? env.PGPASSWORD,
@@ -265,10 +278,10 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     tls,
     clientTlsCa,
     backendTls: { mode, ca, ...backendCert },
-    startupTimeoutMs: int(f.startupTimeout, '--startup-timeout', 1, 10_000),
-    authTimeoutMs: int(f.authTimeout, '--auth-timeout', 1, 15_000),
-    connectTimeoutMs: int(f.connectTimeout, '--connect-timeout', 1, healthTimeoutMs),
-    primaryWaitMs: int(f.primaryWait, '--primary-wait', 0, 10_000),
+    startupTimeoutMs: millis(f.startupTimeout, '--startup-timeout', 1, 10_000),
+    authTimeoutMs: millis(f.authTimeout, '--auth-timeout', 1, 15_000),
+    connectTimeoutMs: millis(f.connectTimeout, '--connect-timeout', 1, healthTimeoutMs),
+    primaryWaitMs: millis(f.primaryWait, '--primary-wait', 0, 10_000),
     maxClients: int(f.maxClients, '--max-clients', 1, 10_000),
     readMaxLagBytes: int(f.readMaxLag, '--read-max-lag', 0, 16 * 1024 * 1024),
     logLevel: f.logLevel ?? env.PGHA_LOG_LEVEL ?? 'info',
@@ -278,7 +291,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
     synchronousMode: synchronousMode(f.synchronousMode ?? 'off'),
     synchronousCount: int(f.synchronousCount, '--synchronous-count', 1, 1),
     adminToken: secretFile(f.adminTokenFile, '--admin-token-file') ?? f.adminToken ?? env.PGHA_ADMIN_TOKEN ?? token,
-    clusterIntervalMs: int(f.clusterInterval, '--cluster-interval', 100, 2000),
+    clusterIntervalMs: millis(f.clusterInterval, '--cluster-interval', 100, 2000),
     warnings: [
       ...fileWarnings,
       f.tlsKey ? looseModeWarning(f.tlsKey, '--tls-key') : null,
@@ -295,7 +308,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
 export const DEFAULT_AUTH_QUERY = 'SELECT usename, passwd FROM pg_shadow WHERE usename = $1';
 
 function poolConfig(f: ProxyFlags): PoolConfig | null {
-  const poolOnly = (['poolSize', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers', 'maxPreparedStatements'] as const).filter((k) => f[k] !== undefined);
+  const poolOnly = (['poolSize', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers', 'maxPreparedStatements', 'poolWaitTimeout'] as const).filter((k) => f[k] !== undefined);
   if (f.poolMode === undefined) {
     if (poolOnly.length > 0) throw new ProxyConfigError(`--${poolOnly[0].replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --pool-mode session|transaction`);
     return null;
@@ -327,6 +340,7 @@ function poolConfig(f: ProxyFlags): PoolConfig | null {
     authType,
     resetQuery: f.serverResetQuery ?? 'DISCARD ALL',
     maxPreparedStatements: int(f.maxPreparedStatements, '--max-prepared-statements', 1, 200),
+    waitTimeoutMs: millis(f.poolWaitTimeout, '--pool-wait-timeout', 0, 120_000),
     adminUsers: admins.map((a) => a.trim()).filter(Boolean),
   };
 }

@@ -503,10 +503,13 @@ pub struct ProxyPool {
 
 #[napi]
 impl ProxyPool {
-    /// `session`: session mode (else transaction mode); `resetQuery`: session mode's reset query (null: none)
-    #[napi(constructor, ts_args_type = "onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null, session: boolean, resetQuery: string | null")]
-    pub fn new(on_event: PoolCallback, max_prepared: u32, primary: Option<String>, session: bool, reset_query: Option<String>) -> Result<Self> {
-        let mode = pool_relay::PoolMode { session, max_prepared: max_prepared.max(1) as usize, reset_query };
+    /// `session`: session mode (else transaction mode); `resetQuery`: session mode's reset query (null: none);
+    /// `waitLimitMs`: how long a client may wait in the loop for a connection of a full pool (0: no
+    /// limit), `waitError` the FATAL ErrorResponse it is then sent before it is closed
+    #[napi(constructor, ts_args_type = "onEvent: (event: JsPoolEvent) => void, maxPrepared: number, primary: string | null, session: boolean, resetQuery: string | null, waitLimitMs: number, waitError: Buffer")]
+    pub fn new(on_event: PoolCallback, max_prepared: u32, primary: Option<String>, session: bool, reset_query: Option<String>, wait_limit_ms: u32, wait_error: Buffer) -> Result<Self> {
+        let wait_limit = (wait_limit_ms > 0).then(|| (std::time::Duration::from_millis(wait_limit_ms as u64), wait_error.to_vec()));
+        let mode = pool_relay::PoolMode { session, max_prepared: max_prepared.max(1) as usize, reset_query, wait_limit };
         let inner = pool_relay::PoolRelay::start(std::sync::Arc::new(PoolTsfnSink(on_event)), mode).map_err(io_err("start"))?;
         inner.set_primary(primary).map_err(io_err("start"))?;
         Ok(ProxyPool { inner })

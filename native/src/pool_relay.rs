@@ -562,6 +562,11 @@ struct Engine {
     session: bool,
     /// session mode: the reset query as a Query message (None: no reset)
     reset: Option<Vec<u8>>,
+    /// how long a client may wait here for a connection of a full pool, and what it is then told (a
+    /// FATAL ErrorResponse) before it is closed (PgBouncer's query_wait_timeout; None: no limit)
+    wait_limit: Option<(Duration, Vec<u8>)>,
+    /// when the first client waiting here reaches the limit (None: nobody waits, or no limit)
+    next_expiry: Option<Instant>,
     /// route and node (`route\0node`) → connections to close rather than keep, so that JavaScript's
     /// pool has room for clients the loop does not carry (TLS) that wait for that full pool
     give_back: HashMap<String, u32>,
@@ -734,7 +739,33 @@ impl Engine {
         }
         let Some(c) = self.clients.get(&id) else { return };
         let route = c.route.clone();
+        // every later waiter's deadline is later than the first's: only an empty schedule is set here
+        if let (Some((limit, _)), None) = (&self.wait_limit, self.next_expiry) {
+            self.next_expiry = Some(c.waiting_since.unwrap_or_else(Instant::now) + *limit);
+        }
         self.waiters.entry(route).or_default().push_back(id);
+    }
+
+    /// clients that waited the limit for a connection are told so and closed; the next deadline is set
+    fn expire_waiters(&mut self) {
+        let Some((limit, error)) = &self.wait_limit else { return };
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for &id in self.waiters.values().flatten() {
+            let Some(since) = self.clients.get(&id).and_then(|c| c.waiting_since) else { continue };
+            let due = since + *limit;
+            if due <= now {
+                expired.push(id);
+            } else {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        self.next_expiry = next;
+        let error = error.clone();
+        for id in expired {
+            self.close_client(id, Some(error.clone()), "waited --pool-wait-timeout for a server connection");
+        }
     }
 
     /// an idle connection of the client's route on the primary (others found on the way are closed)
@@ -1315,6 +1346,8 @@ fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: 
         max_prepared: mode.max_prepared,
         session: mode.session,
         reset: mode.reset_query.filter(|q| !q.trim().is_empty()).map(|q| query_message(&q)),
+        wait_limit: mode.wait_limit,
+        next_expiry: None,
         give_back: HashMap::new(),
         clock: 0,
         drains: HashMap::new(),
@@ -1323,12 +1356,19 @@ fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: 
     };
     let mut events = Events::with_capacity(1024);
     loop {
-        let timeout = if e.drains.is_empty() { None } else { Some(Duration::from_millis(500)) };
+        let mut timeout = if e.drains.is_empty() { None } else { Some(Duration::from_millis(500)) };
+        if let Some(due) = e.next_expiry {
+            let left = due.saturating_duration_since(Instant::now());
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
         if let Err(err) = e.poll.poll(&mut events, timeout) {
             if err.kind() == ErrorKind::Interrupted {
                 continue;
             }
             return;
+        }
+        if e.next_expiry.is_some_and(|due| due <= Instant::now()) {
+            e.expire_waiters();
         }
         if !e.drains.is_empty() {
             let now = Instant::now();
@@ -1358,6 +1398,9 @@ pub struct PoolMode {
     pub max_prepared: usize,
     /// session mode: run on a connection its client left, before another client gets it (None or blank: none)
     pub reset_query: Option<String>,
+    /// how long a client may wait in the loop for a connection of a full pool, and the FATAL
+    /// ErrorResponse it is then sent before it is closed (None: no limit)
+    pub wait_limit: Option<(Duration, Vec<u8>)>,
 }
 
 /// The pool's loop, on its own thread.

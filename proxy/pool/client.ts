@@ -334,7 +334,7 @@ export class PooledClient implements PoolClient, NativeClient {
         s = await this.mgr.acquire(this, this.entry!);
       } catch (e) {
         const ae = e instanceof AcquireError ? e : null;
-        return this.fatal(ae?.code ?? SQLSTATE.connectionFailure, (e as Error).message, ae?.detail);
+        return this.fatal(ae?.code ?? SQLSTATE.connectionFailure, (e as Error).message, ae?.detail, ae?.hint);
       }
       if (this.phase === 'closed') {
         this.mgr.release(s, this.entry!, true, false);
@@ -401,7 +401,7 @@ export class PooledClient implements PoolClient, NativeClient {
         this.acquiring = false;
         this.waitingSince = 0;
         const ae = e instanceof AcquireError ? e : null;
-        native.fail(this.id, ae?.code ?? SQLSTATE.connectionFailure, e.message, ae?.detail);
+        native.fail(this.id, ae?.code ?? SQLSTATE.connectionFailure, e.message, ae?.detail, ae?.hint);
       },
     );
   }
@@ -454,7 +454,7 @@ export class PooledClient implements PoolClient, NativeClient {
           this.acquiring = false;
           this.waitingSince = 0;
           const ae = e instanceof AcquireError ? e : null;
-          this.fatal(ae?.code ?? SQLSTATE.connectionFailure, e.message, ae?.detail);
+          this.fatal(ae?.code ?? SQLSTATE.connectionFailure, e.message, ae?.detail, ae?.hint);
         },
       );
       return;

@@ -19,7 +19,7 @@ import { nativeProxyPool, type PoolEvent, type ProxyPool } from '../../src/nativ
 import { errorResponse } from '../protocol/backend-messages.js';
 import { PQ_LARGE_MESSAGE_LIMIT } from '../protocol/codes.js';
 import { socketHandle } from '../session/socket-handle.js';
-import type { PoolSettings } from './pool.js';
+import { type PoolSettings, waitTimeoutError } from './pool.js';
 import type { ServerConn } from './server-conn.js';
 
 /** a client as the native pool sees it (client.ts implements it) */
@@ -48,9 +48,11 @@ export class NativePool {
   ) {}
 
   /** null without the addon */
-  static create(settings: Pick<PoolSettings, 'mode' | 'maxPreparedStatements' | 'resetQuery'>, primary: string | null, log: Logger, onCancel: (s: ServerConn) => void): NativePool | null {
+  static create(settings: Pick<PoolSettings, 'mode' | 'maxPreparedStatements' | 'resetQuery' | 'waitTimeoutMs' | 'size'>, primary: string | null, log: Logger, onCancel: (s: ServerConn) => void): NativePool | null {
     let pool: NativePool | null = null;
-    const loop = nativeProxyPool((e) => pool?.onEvent(e), settings.mode, settings.maxPreparedStatements, settings.resetQuery || null, primary);
+    const w = waitTimeoutError(settings);
+    const waitError = errorResponse({ severity: 'FATAL', code: w.code, message: w.message, detail: w.detail, hint: w.hint });
+    const loop = nativeProxyPool((e) => pool?.onEvent(e), settings.mode, settings.maxPreparedStatements, settings.resetQuery || null, primary, settings.waitTimeoutMs, waitError);
     if (!loop) return null;
     pool = new NativePool(loop, log, onCancel);
     return pool;

@@ -23,6 +23,19 @@ export interface PoolSettings {
   maxPreparedStatements: number;
   adminUsers: string[];
   authType: 'scram-sha-256' | 'md5';
+  /** how long a client may wait for a server connection of a full (or paused) pool; 0: no limit (PgBouncer's query_wait_timeout) */
+  waitTimeoutMs: number;
+}
+
+/** what a client that waited --pool-wait-timeout for a server connection is told before it is closed (both pools) */
+export function waitTimeoutError(settings: Pick<PoolSettings, 'waitTimeoutMs' | 'size'>): AcquireError {
+  return new AcquireError(
+    SQLSTATE.tooManyConnections,
+    `pgha-proxy: query_wait_timeout: no server connection became free within ${settings.waitTimeoutMs} ms`,
+    `every server connection of the pool (--pool-size ${settings.size}) stayed in use, or the pool stayed paused`,
+    undefined,
+    'Raise --pool-size (within the server\'s max_connections) or --pool-wait-timeout, or look for long transactions.',
+  );
 }
 
 /** a transaction could not get a server connection: what the client is told */
@@ -32,6 +45,7 @@ export class AcquireError extends Error {
     message: string,
     readonly detail?: string,
     readonly fields?: Record<string, string>,
+    readonly hint?: string,
   ) {
     super(message);
   }
@@ -39,6 +53,9 @@ export class AcquireError extends Error {
 
 /** the waiter's pool was drained (failover): look for the primary again */
 class Moved extends Error {}
+
+/** the waiter waited --pool-wait-timeout */
+class WaitedTooLong extends Error {}
 
 interface Waiter {
   resolve: (s: ServerConn) => void;
@@ -78,17 +95,40 @@ export class Pool {
     return n;
   }
 
-  get(entry: UserEntry): Promise<ServerConn> {
+  /** a connection now, once one is free or once one is opened; rejected with WaitedTooLong when none is free by `until` (ms epoch) */
+  get(entry: UserEntry, until = Infinity): Promise<ServerConn> {
     return new Promise((resolve, reject) => {
-      this.waiters.push({ resolve, reject, since: Date.now() });
+      let timer: NodeJS.Timeout | undefined;
+      const w: Waiter = {
+        resolve: (s) => {
+          clearTimeout(timer);
+          resolve(s);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+        since: Date.now(),
+      };
+      this.waiters.push(w);
       this.pump(entry);
+      // still in the queue (not served, not opening a connection of its own) at the deadline: gives up
+      if (until !== Infinity && this.waiters.includes(w)) {
+        timer = setTimeout(() => {
+          const i = this.waiters.indexOf(w);
+          if (i < 0) return;
+          this.waiters.splice(i, 1);
+          this.wantRoom(this.waiters.length);
+          reject(new WaitedTooLong());
+        }, Math.max(0, until - Date.now()));
+      }
     });
   }
 
   /** a connection now or once opened; null when the pool is full (the native pool's clients then wait in its loop) */
-  tryGet(entry: UserEntry): Promise<ServerConn> | null {
+  tryGet(entry: UserEntry, until = Infinity): Promise<ServerConn> | null {
     if (this.waiters.length === 0 && this.idle.length === 0 && this.all.size + this.opening >= this.mgr.settings.size) return null;
-    return this.get(entry);
+    return this.get(entry, until);
   }
 
   /**
@@ -417,21 +457,24 @@ export class PoolManager {
   async acquire(c: PoolClient, entry: UserEntry, orFull = false): Promise<ServerConn | null> {
     const { monitor } = this.host;
     const deadline = Date.now() + this.cfg.primaryWaitMs;
+    // the wait for a server connection (a full or paused pool), not for a primary (--primary-wait)
+    const waitUntil = this.settings.waitTimeoutMs > 0 ? Date.now() + this.settings.waitTimeoutMs : Infinity;
     let lastError = '';
     for (;;) {
-      if (this.paused) await new Promise<void>((r) => this.resumeWaiters.push(r));
+      if (this.paused && !(await this.resumed(waitUntil))) throw waitTimeoutError(this.settings);
       const target = c.kind === 'rw' ? (monitor.primary ?? (await monitor.waitForPrimary(Math.max(0, deadline - Date.now())))) : this.host.pickReader();
       if (!target) {
         throw new AcquireError(SQLSTATE.cannotConnectNow, `pgha-proxy: ${c.kind === 'rw' ? 'no primary is available' : 'no backend is available'}${lastError ? ` (${lastError})` : ''}`, `waited ${this.cfg.primaryWaitMs} ms; backends: ${monitor.backends.map((b) => `${b.name} ${b.role}`).join(', ')}`);
       }
       const pool = this.poolFor(c.user, c.database, target);
       try {
-        const got = orFull ? pool.tryGet(entry) : pool.get(entry);
+        const got = orFull ? pool.tryGet(entry, waitUntil) : pool.get(entry, waitUntil);
         if (!got) return null;
         const s = await got;
         s.client = c;
         return s;
       } catch (e) {
+        if (e instanceof WaitedTooLong) throw waitTimeoutError(this.settings);
         if (e instanceof ServerLoginError) {
           const f = e.fields;
           // a server shutting down or starting refuses logins with 57P0x: wait for it or the next primary
@@ -504,6 +547,24 @@ export class PoolManager {
       if (Date.now() > deadline) return false;
       await new Promise((r) => setTimeout(r, 20));
     }
+  }
+
+  /** resolves true once the pool is resumed, false at `until` (ms epoch) if it is still paused */
+  private resumed(until: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.resumeWaiters.push(done);
+      if (until !== Infinity)
+        timer = setTimeout(() => {
+          const i = this.resumeWaiters.indexOf(done);
+          if (i >= 0) this.resumeWaiters.splice(i, 1);
+          resolve(false);
+        }, Math.max(0, until - Date.now()));
+    });
   }
 
   resume(): void {

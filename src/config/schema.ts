@@ -188,6 +188,7 @@ export const PROXY_SETTINGS = {
   authType: oneOf('scram-sha-256', 'md5').optional(),
   serverResetQuery: anyText().optional(),
   maxPreparedStatements: int(1).optional(),
+  poolWaitTimeout: ms(0).optional(),
   adminUsers: textOrList().optional(),
 };
 export const proxyFileSchema = section(PROXY_SETTINGS);

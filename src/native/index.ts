@@ -61,9 +61,9 @@ export type ProxyPool = InstanceType<Binding['ProxyPool']>;
 
 /** the native transaction pool, or null without the addon (the pool then frames in TypeScript) */
 /** `mode`: session or transaction pooling; `resetQuery`: run on a session-mode connection its client left (null: none) */
-export function nativeProxyPool(onEvent: (e: PoolEvent) => void, mode: 'session' | 'transaction', maxPrepared: number, resetQuery: string | null, primary: string | null): ProxyPool | null {
+export function nativeProxyPool(onEvent: (e: PoolEvent) => void, mode: 'session' | 'transaction', maxPrepared: number, resetQuery: string | null, primary: string | null, waitLimitMs: number, waitError: Buffer): ProxyPool | null {
   if (!warned) warnFallback();
-  return binding?.ProxyPool ? new binding.ProxyPool(onEvent, maxPrepared, primary, mode === 'session', resetQuery) : null;
+  return binding?.ProxyPool ? new binding.ProxyPool(onEvent, maxPrepared, primary, mode === 'session', resetQuery, waitLimitMs, waitError) : null;
 }
 
 interface PackageJson {

@@ -582,6 +582,56 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     }
   });
 
+  it('--pool-wait-timeout: a client that waits longer for a full or a paused pool hears 53300 query_wait_timeout and is closed; the holder and the pool go on', async () => {
+    for (const mode of ['transaction', 'session'] as const) {
+      const p = await startProxy([primary.port], [...common, '--pool-mode', mode, '--pool-size', '1', '--pool-wait-timeout', '700', '--relay', relay]);
+      try {
+        const a = client(p, 'plain_user');
+        const b = client(p, 'plain_user');
+        b.on('error', () => undefined);
+        // one after the other: the TypeScript pool's first session-mode login keeps the connection it logs in with
+        await a.connect();
+        await b.connect();
+        // both carried by the loop asked for: the loop's own deadline is what is tested there
+        expect((await p.status()).pool?.native, mode).toBe(relay === 'native' ? 2 : null);
+        // a holds the only server connection (in a transaction; in session mode, until it leaves)
+        await a.query('BEGIN');
+        await a.query('INSERT INTO pooled (who) VALUES ($1)', [`wait-timeout-${relay}-${mode}`]);
+        const closed = new Promise<void>((r) => b.once('end', r));
+        const started = Date.now();
+        const e = await errorOf(b.query('SELECT 2'));
+        expect(Date.now() - started, mode).toBeGreaterThanOrEqual(690);
+        expect({ code: e.code, message: e.message }, mode).toEqual({ code: '53300', message: 'pgha-proxy: query_wait_timeout: no server connection became free within 700 ms' });
+        await closed;
+        // the holder lost nothing; once it is done, the next client gets the connection
+        await a.query('COMMIT');
+        expect(await primary.sql(`SELECT count(*) FROM pooled WHERE who = 'wait-timeout-${relay}-${mode}'`), mode).toBe('1');
+        await a.end();
+        const c = client(p, 'plain_user');
+        await c.connect();
+        expect((await c.query('SELECT 3 AS x')).rows[0].x).toBe(3);
+        await c.end();
+        // a paused pool: the same limit, then RESUME and the pool serves again
+        const con = new pg.Client({ host: '127.0.0.1', port: p.port, user: 'admin', password: PASSWORDS.admin, database: 'pgha' });
+        await con.connect();
+        await con.query('PAUSE');
+        const d = client(p, 'plain_user');
+        d.on('error', () => undefined);
+        await d.connect();
+        const held = await errorOf(d.query('SELECT 4'));
+        expect({ code: held.code, message: held.message }, `${mode} paused`).toEqual({ code: '53300', message: 'pgha-proxy: query_wait_timeout: no server connection became free within 700 ms' });
+        await con.query('RESUME');
+        await con.end();
+        const f = client(p, 'plain_user');
+        await f.connect();
+        expect((await f.query('SELECT 5 AS x')).rows[0].x).toBe(5);
+        await f.end();
+      } finally {
+        await p.stop();
+      }
+    }
+  }, 60_000);
+
   it('--auth-query: a user missing from the auth file is looked up on the server (its SCRAM secret) and logs in to the server with the ClientKey of its proof', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-aq-'));
     const file = join(dir, 'userlist.txt');
@@ -626,6 +676,9 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
       [['--pool-mode', 'session', '--auth-file', authFile, '--pool-size', '0'], /^pgha-proxy: --pool-size must be an integer ≥ 1, got "0"$/],
       [['--pool-mode', 'transaction', '--auth-file', authFile, '--max-prepared-statements', 'many'], /^pgha-proxy: --max-prepared-statements must be an integer ≥ 1, got "many"$/],
       [['--max-prepared-statements', '5'], /^pgha-proxy: --max-prepared-statements needs --pool-mode session\|transaction$/],
+      [['--pool-mode', 'transaction', '--auth-file', authFile, '--pool-wait-timeout', '-1'], /^pgha-proxy: --pool-wait-timeout must be an integer ≥ 0, got "-1"$/],
+      [['--pool-mode', 'transaction', '--auth-file', authFile, '--pool-wait-timeout', '4294967296'], /^pgha-proxy: --pool-wait-timeout must be at most 2147483647 ms, got 4294967296$/],
+      [['--pool-wait-timeout', '10'], /^pgha-proxy: --pool-wait-timeout needs --pool-mode session\|transaction$/],
     ];
     for (const [args, re] of cases) {
       let r: { code?: number; stderr?: string };
