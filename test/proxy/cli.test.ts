@@ -47,6 +47,8 @@ describe('pgha-proxy command line', () => {
       [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--agent', '127.0.0.1:6000=http://x:1', '--token', 't'], /127\.0\.0\.1:6000 is not one of the --backend addresses/],
       [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--health-interval', 'soon'], /--health-interval must be an integer ≥ 10, got "soon"/],
       [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--relay-threads', '0'], /--relay-threads must be an integer ≥ 1, got "0"/],
+      // a Node timer fires at once past 2^31 − 1 ms: refused rather than a failover wait of zero
+      [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--primary-wait', '3000000000'], /--primary-wait must be at most 2147483647 ms, got 3000000000/],
       [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--tls-cert', '/nonexistent.crt'], /--tls-cert and --tls-key go together/],
       [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--tls-cert', '/nonexistent.crt', '--tls-key', '/nonexistent.key'], /--tls-cert \/nonexistent.crt: ENOENT/],
       [['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:5432', '--backend-sslmode', 'verify-full'], /needs --backend-sslrootcert/],
