@@ -40,6 +40,11 @@ export declare class ProxyPool {
    * loop closes up to `n` of its connections there as they are (or go) idle (0: none wait)
    */
   giveBack(route: string, node: string, n: number): void
+  /**
+   * close the connections idle for `idleMs` or longer (null: keep them); `retire`: connections
+   * past their lifetime, closed when idle (now, or once their client lets them go)
+   */
+  expire(idleMs: number | undefined | null, retire: Array<number>): void
   closeServer(id: number): void
   setPaused(paused: boolean): void
   /** the server connection the client is on now */

@@ -83,6 +83,10 @@ export interface PoolConfig {
   maxPreparedStatements: number;
   /** how long a client may wait for a server connection of a full or paused pool (0: no limit) */
   waitTimeoutMs: number;
+  /** a server connection idle this long is closed (0: never) */
+  serverIdleTimeoutMs: number;
+  /** a server connection connected this long is closed once no client uses it (0: never) */
+  serverLifetimeMs: number;
   /** who may use the console database pgha */
   adminUsers: string[];
 }
@@ -156,6 +160,8 @@ export interface ProxyFlags {
   serverResetQuery?: string;
   maxPreparedStatements?: string | number;
   poolWaitTimeout?: string | number;
+  serverIdleTimeout?: string | number;
+  serverLifetime?: string | number;
   adminUsers?: string | string[];
 }
 
@@ -308,7 +314,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
 export const DEFAULT_AUTH_QUERY = 'SELECT usename, passwd FROM pg_shadow WHERE usename = $1';
 
 function poolConfig(f: ProxyFlags): PoolConfig | null {
-  const poolOnly = (['poolSize', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers', 'maxPreparedStatements', 'poolWaitTimeout'] as const).filter((k) => f[k] !== undefined);
+  const poolOnly = (['poolSize', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers', 'maxPreparedStatements', 'poolWaitTimeout', 'serverIdleTimeout', 'serverLifetime'] as const).filter((k) => f[k] !== undefined);
   if (f.poolMode === undefined) {
     if (poolOnly.length > 0) throw new ProxyConfigError(`--${poolOnly[0].replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --pool-mode session|transaction`);
     return null;
@@ -341,6 +347,8 @@ function poolConfig(f: ProxyFlags): PoolConfig | null {
     resetQuery: f.serverResetQuery ?? 'DISCARD ALL',
     maxPreparedStatements: int(f.maxPreparedStatements, '--max-prepared-statements', 1, 200),
     waitTimeoutMs: millis(f.poolWaitTimeout, '--pool-wait-timeout', 0, 120_000),
+    serverIdleTimeoutMs: millis(f.serverIdleTimeout, '--server-idle-timeout', 0, 600_000),
+    serverLifetimeMs: millis(f.serverLifetime, '--server-lifetime', 0, 3_600_000),
     adminUsers: admins.map((a) => a.trim()).filter(Boolean),
   };
 }

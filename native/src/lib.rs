@@ -573,6 +573,13 @@ impl ProxyPool {
         self.inner.give_back(route, node, n).map_err(io_err("give back"))
     }
 
+    /// close the connections idle for `idleMs` or longer (null: keep them); `retire`: connections
+    /// past their lifetime, closed when idle (now, or once their client lets them go)
+    #[napi]
+    pub fn expire(&self, idle_ms: Option<u32>, retire: Vec<u32>) -> Result<()> {
+        self.inner.expire(idle_ms, retire).map_err(io_err("expire"))
+    }
+
     #[napi]
     pub fn close_server(&self, id: u32) -> Result<()> {
         self.inner.close_server(id).map_err(io_err("close server"))

@@ -56,6 +56,7 @@ const CHUNK: usize = 64 * 1024;
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// why a connection the loop closed to make room in JavaScript's pool (server-closed's detail)
 const GIVEN_BACK: &str = "closed to make room for a client waiting in the TypeScript pool";
+const SERVER_LIFETIME: &str = "connected longer than --server-lifetime";
 
 /// What the loop tells the JavaScript side.
 #[derive(Debug, Clone)]
@@ -98,6 +99,7 @@ enum Command {
     CloseServer { id: u32 },
     SetPaused(bool),
     GiveBack { route: String, node: String, n: u32 },
+    Expire { idle: Option<Duration>, retire: Vec<u32> },
     Snapshot(mpsc::Sender<String>),
     Stop,
 }
@@ -251,6 +253,10 @@ pub struct Server {
     resetting: bool,
     /// the reset query's error, once one came (its ReadyForQuery may come in a later read)
     reset_failed: Option<String>,
+    /// when it was last made idle (meaningful while it is in the idle list)
+    idle_since: Instant,
+    /// past --server-lifetime: closed instead of made idle
+    retire: bool,
 }
 
 impl Server {
@@ -864,7 +870,7 @@ impl Engine {
             self.emit("server-closed", 0, id, "could not register the server's socket".into(), false);
             return None;
         }
-        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false, resetting: false, reset_failed: None };
+        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false, resetting: false, reset_failed: None, idle_since: Instant::now(), retire: false };
         for p in prepared {
             s.add_prepared(p, &mut self.clock);
         }
@@ -989,6 +995,7 @@ impl Engine {
         let Some(s) = self.servers.get_mut(&sid) else { return };
         s.client = None;
         let clean = reusable && c.pending_ready == 0 && !c.partial && s.tx_status == b'I' && c.queue.is_empty() && s.inbuf.is_empty();
+        let retire = s.retire;
         let cancel = !clean && c.pending_ready > 0;
         c.queue.clear();
         c.pending_ready = 0;
@@ -997,7 +1004,8 @@ impl Engine {
         if cancel {
             self.emit("cancel", id, sid, String::new(), false);
         }
-        if clean && self.session {
+        // (a connection past its lifetime is closed at release: no reset for it)
+        if clean && self.session && !retire {
             return self.reset_server(sid);
         }
         self.release_server(sid, clean);
@@ -1072,6 +1080,9 @@ impl Engine {
         if !clean || self.primary.as_deref() != Some(s.node.as_str()) {
             return self.close_server(sid, false, if clean { "its node is no longer the primary" } else { "released in the middle of a transaction" });
         }
+        if s.retire {
+            return self.close_server(sid, false, SERVER_LIFETIME);
+        }
         // (empty but while JavaScript's pool has clients waiting: no key built per transaction)
         if !self.give_back.is_empty() {
             if let Some(n) = self.give_back.get_mut(&format!("{}\0{}", s.route, s.node)).filter(|n| **n > 0) {
@@ -1086,6 +1097,7 @@ impl Engine {
                 }
             }
         }
+        s.idle_since = Instant::now();
         match self.idle.get_mut(s.route.as_str()) {
             Some(v) => v.push(sid),
             None => {
@@ -1221,6 +1233,24 @@ impl Engine {
         }
     }
 
+    /// close the connections idle for `idle` or longer; `retire` (past --server-lifetime): closed now
+    /// when idle, else when their client lets them go
+    fn expire(&mut self, idle: Option<Duration>, retire: Vec<u32>) {
+        for sid in retire {
+            let Some(s) = self.servers.get_mut(&sid) else { continue };
+            s.retire = true;
+            if s.client.is_none() && !s.resetting {
+                self.close_server(sid, false, SERVER_LIFETIME);
+            }
+        }
+        let Some(limit) = idle else { return };
+        let now = Instant::now();
+        let old: Vec<u32> = self.idle.values().flatten().copied().filter(|sid| self.servers.get(sid).is_some_and(|s| now.duration_since(s.idle_since) >= limit)).collect();
+        for sid in old {
+            self.close_server(sid, false, "idle longer than --server-idle-timeout");
+        }
+    }
+
     fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
         if paused {
@@ -1284,6 +1314,7 @@ impl Engine {
             }
             Command::SetPaused(p) => self.set_paused(p),
             Command::GiveBack { route, node, n } => self.give_back(route, node, n),
+            Command::Expire { idle, retire } => self.expire(idle, retire),
             Command::Snapshot(tx) => {
                 let _ = tx.send(self.snapshot());
             }
@@ -1485,6 +1516,12 @@ impl PoolRelay {
 
     pub fn close_server(&self, id: u32) -> std::io::Result<()> {
         self.send(Command::CloseServer { id })
+    }
+
+    /// close connections idle for `idle_ms` or longer (None: keep them); `retire`: connections past
+    /// their lifetime, closed when idle (now, or once their client lets them go)
+    pub fn expire(&self, idle_ms: Option<u32>, retire: Vec<u32>) -> std::io::Result<()> {
+        self.send(Command::Expire { idle: idle_ms.map(|ms| Duration::from_millis(ms as u64)), retire })
     }
 
     /// JavaScript's pool of (route, node) is full and `n` of its own clients wait (0: none)

@@ -152,6 +152,11 @@ export class NativePool {
     this.loop.giveBack(NativePool.route(user, database), node, n);
   }
 
+  /** close the loop's connections idle for `idleMs` or longer (null: keep them); `retire`: past their lifetime, closed once idle */
+  expire(idleMs: number | null, retire: number[]): void {
+    this.loop.expire(idleMs, retire);
+  }
+
   closeServer(id: number): void {
     this.loop.closeServer(id);
   }

@@ -25,6 +25,10 @@ export interface PoolSettings {
   authType: 'scram-sha-256' | 'md5';
   /** how long a client may wait for a server connection of a full (or paused) pool; 0: no limit (PgBouncer's query_wait_timeout) */
   waitTimeoutMs: number;
+  /** a server connection idle this long is closed; 0: never (PgBouncer's server_idle_timeout) */
+  serverIdleTimeoutMs: number;
+  /** a server connection connected this long is closed once no client uses it; 0: never (PgBouncer's server_lifetime) */
+  serverLifetimeMs: number;
 }
 
 /** what a client that waited --pool-wait-timeout for a server connection is told before it is closed (both pools) */
@@ -53,6 +57,9 @@ export class AcquireError extends Error {
 
 /** the waiter's pool was drained (failover): look for the primary again */
 class Moved extends Error {}
+
+/** how often idle server connections are checked against --server-idle-timeout and --server-lifetime */
+const JANITOR_MS = 1000;
 
 /** the waiter waited --pool-wait-timeout */
 class WaitedTooLong extends Error {}
@@ -203,12 +210,24 @@ export class Pool {
     return idle.length;
   }
 
+  /** idle connections idle for --server-idle-timeout or connected for --server-lifetime: closed */
+  expire(now: number): number {
+    const { serverIdleTimeoutMs: idleMs, serverLifetimeMs: lifeMs } = this.mgr.settings;
+    const old = this.idle.filter((s) => (idleMs > 0 && now - s.lastUsed >= idleMs) || (lifeMs > 0 && now - s.connectedAt >= lifeMs));
+    for (const s of old) {
+      this.idle.splice(this.idle.indexOf(s), 1);
+      s.close();
+    }
+    return old.length;
+  }
+
   /** a client is done with a server: reset (session mode) and back to the pool, or closed */
   put(s: ServerConn, entry: UserEntry, reusable: boolean, reset: boolean): void {
     if (s.native) return;
     s.client = null;
     s.lastUsed = Date.now();
-    if (!reusable || s.state === 'closed' || this.drained) {
+    const lifeMs = this.mgr.settings.serverLifetimeMs;
+    if (!reusable || s.state === 'closed' || this.drained || (lifeMs > 0 && s.lastUsed - s.connectedAt >= lifeMs)) {
       s.close();
       return;
     }
@@ -328,6 +347,8 @@ export class PoolManager {
   private readonly byCancelKey = new Map<string, PoolClient>();
   paused = false;
   private resumeWaiters: Array<() => void> = [];
+  /** closes what --server-idle-timeout and --server-lifetime say is old (every second) */
+  private readonly janitor: NodeJS.Timeout;
   readonly log: Logger;
   readonly cfg: ProxyConfig;
   /** with the native relay: clients on plain TCP of the read-write port are carried by the native loop (either mode) */
@@ -348,6 +369,26 @@ export class PoolManager {
     host.monitor.on('change', () => {
       for (const b of host.monitor.backends) if (b.role === 'down' || b.role === 'fenced') this.drainNode(b.name, `${b.name} is ${b.role}`, true);
     });
+    this.janitor = setInterval(() => this.expireOld(), JANITOR_MS);
+    this.janitor.unref();
+  }
+
+  /** server connections past --server-idle-timeout (idle ones) or --server-lifetime (closed once idle) */
+  private expireOld(): void {
+    const { serverIdleTimeoutMs: idleMs, serverLifetimeMs: lifeMs } = this.settings;
+    if (idleMs === 0 && lifeMs === 0) return;
+    const now = Date.now();
+    let closed = 0;
+    for (const p of this.pools.values()) closed += p.expire(now);
+    if (this.native && this.native.servers.size > 0) {
+      const retire: number[] = [];
+      if (lifeMs > 0) for (const s of this.native.servers.values()) if (!s.retiring && now - s.connectedAt >= lifeMs) {
+        s.retiring = true;
+        retire.push(s.id);
+      }
+      this.native.expire(idleMs > 0 ? idleMs : null, retire);
+    }
+    if (closed > 0) this.log.debug({ closed }, 'closed idle server connections past --server-idle-timeout or --server-lifetime');
   }
 
   /** what the native loop says of the clients and connections it carries (null without it) */
@@ -574,6 +615,7 @@ export class PoolManager {
   }
 
   stop(): void {
+    clearInterval(this.janitor);
     for (const c of [...this.clients]) c.terminate(SQLSTATE.adminShutdown, 'terminating connection because pgha-proxy is shutting down');
     for (const p of this.pools.values()) {
       p.drain();

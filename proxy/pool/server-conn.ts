@@ -39,6 +39,8 @@ export class ServerConn {
   backendKey: { pid: number; key: Buffer } | null = null;
   readonly connectedAt = Date.now();
   lastUsed = Date.now();
+  /** the native loop was told it is past --server-lifetime */
+  retiring = false;
   /** a client is linked to this server (by the pool) */
   client: unknown = null;
   /** the transaction status of the last ReadyForQuery */

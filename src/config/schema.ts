@@ -189,6 +189,8 @@ export const PROXY_SETTINGS = {
   serverResetQuery: anyText().optional(),
   maxPreparedStatements: int(1).optional(),
   poolWaitTimeout: ms(0).optional(),
+  serverIdleTimeout: ms(0).optional(),
+  serverLifetime: ms(0).optional(),
   adminUsers: textOrList().optional(),
 };
 export const proxyFileSchema = section(PROXY_SETTINGS);

@@ -632,6 +632,50 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     }
   }, 60_000);
 
+  it('--server-idle-timeout and --server-lifetime: the server sees old connections go, a busy one after its transaction; clients notice nothing, and a session keeps its own', async () => {
+    const alive = async (pid: number) => (await primary.sql(`SELECT count(*) FROM pg_stat_activity WHERE pid = ${pid}`)) === '1';
+    const pidOf = async (c: pg.Client) => (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+    const txnP = await startProxy([primary.port], [...common, '--pool-mode', 'transaction', '--pool-size', '2', '--server-idle-timeout', '1500', '--server-lifetime', '2500', '--relay', relay]);
+    const sesP = await startProxy([primary.port], [...common, '--pool-mode', 'session', '--pool-size', '2', '--server-idle-timeout', '1000', '--server-lifetime', '0', '--relay', relay]);
+    try {
+      // transaction mode: the connection a transaction used goes once it has been idle 1.5 s
+      const a = client(txnP, 'md5_user');
+      await a.connect();
+      const first = await pidOf(a);
+      expect(await alive(first)).toBe(true);
+      await waitFor(async () => !(await alive(first)), 10_000, 'the idle server connection closed');
+      // a connection in use every 100 ms is never idle 1.5 s: it goes after its lifetime, between two transactions
+      const seen: number[] = [];
+      const started = Date.now();
+      while (new Set(seen).size < 2 && Date.now() - started < 10_000) {
+        seen.push(await pidOf(a));
+        await sleep(100);
+      }
+      const distinct = [...new Set(seen)];
+      expect(distinct.length, `backends used: ${distinct.join(', ')}`).toBeGreaterThanOrEqual(2);
+      expect(distinct).not.toContain(first);
+      expect(await alive(distinct[0])).toBe(false);
+      expect((await txnP.status()).pool?.native).toBe(relay === 'native' ? 1 : null);
+      await a.end();
+      // session mode: a connected session keeps its connection however long it is quiet; the one a
+      // session left goes after 1 s idle
+      const b = client(sesP, 'md5_user');
+      const c = client(sesP, 'md5_user');
+      await b.connect();
+      await c.connect();
+      const bPid = await pidOf(b);
+      const cPid = await pidOf(c);
+      await c.end();
+      await waitFor(async () => !(await alive(cPid)), 10_000, "the connection of the session that left closed");
+      await sleep(1500);
+      expect(await pidOf(b)).toBe(bPid);
+      await b.end();
+    } finally {
+      await txnP.stop();
+      await sesP.stop();
+    }
+  }, 60_000);
+
   it('--auth-query: a user missing from the auth file is looked up on the server (its SCRAM secret) and logs in to the server with the ClientKey of its proof', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-aq-'));
     const file = join(dir, 'userlist.txt');
@@ -679,6 +723,8 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
       [['--pool-mode', 'transaction', '--auth-file', authFile, '--pool-wait-timeout', '-1'], /^pgha-proxy: --pool-wait-timeout must be an integer ≥ 0, got "-1"$/],
       [['--pool-mode', 'transaction', '--auth-file', authFile, '--pool-wait-timeout', '4294967296'], /^pgha-proxy: --pool-wait-timeout must be at most 2147483647 ms, got 4294967296$/],
       [['--pool-wait-timeout', '10'], /^pgha-proxy: --pool-wait-timeout needs --pool-mode session\|transaction$/],
+      [['--server-lifetime', '10'], /^pgha-proxy: --server-lifetime needs --pool-mode session\|transaction$/],
+      [['--pool-mode', 'session', '--auth-file', authFile, '--server-idle-timeout', '1.5'], /^pgha-proxy: --server-idle-timeout must be an integer ≥ 0, got "1.5"$/],
     ];
     for (const [args, re] of cases) {
       let r: { code?: number; stderr?: string };
