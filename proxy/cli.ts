@@ -132,6 +132,8 @@ Examples:
     };
     process.once('SIGINT', () => shutdown('SIGINT'));
     process.once('SIGTERM', () => shutdown('SIGTERM'));
+    // (Node's default for SIGHUP is to exit: a `systemctl reload` must not stop the proxy)
+    process.on('SIGHUP', () => proxy.reload());
   });
 
 await program.parseAsync();

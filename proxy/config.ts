@@ -73,6 +73,8 @@ export interface PoolConfig {
   size: number;
   /** the --auth-file's entries */
   users: Map<string, UserEntry>;
+  /** the --auth-file (read again on RELOAD and SIGHUP) */
+  authFile: string;
   /** PgBouncer's auth_query, run on the primary as authUser */
   authQuery: { sql: string; user: string } | null;
   /** the method for users whose entry is a plain password (MD5 and SCRAM entries use their own) */
@@ -342,6 +344,7 @@ function poolConfig(f: ProxyFlags): PoolConfig | null {
     mode: f.poolMode,
     size: int(f.poolSize, '--pool-size', 1, 20),
     users,
+    authFile: f.authFile,
     authQuery,
     authType,
     resetQuery: f.serverResetQuery ?? 'DISCARD ALL',

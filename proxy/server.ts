@@ -185,7 +185,7 @@ export class ProxyServer implements ProxyContext {
   private makePool(pc: NonNullable<ProxyConfig['pool']>): NonNullable<ProxyServer['pool']> {
     const auth = new Authenticator(pc.users, pc.authQuery ? { ...pc.authQuery, target: () => this.monitor.primary?.address ?? null, ssl: this.cfg.backendTls.mode !== 'disable' && this.cfg.backendTls.mode !== 'prefer', timeoutMs: this.cfg.connectTimeoutMs } : null);
     const host = { cfg: this.cfg, monitor: this.monitor, log: this.log, pickReader: () => this.pickReader(), sendCancel: (t: BackendAddress, pid: number, key: Buffer) => this.cancelForwarder.send(t, pid, key) };
-    const mgr = new PoolManager(host, { mode: pc.mode, size: pc.size, resetQuery: pc.resetQuery, maxPreparedStatements: pc.maxPreparedStatements, adminUsers: pc.adminUsers, authType: pc.authType, waitTimeoutMs: pc.waitTimeoutMs, serverIdleTimeoutMs: pc.serverIdleTimeoutMs, serverLifetimeMs: pc.serverLifetimeMs }, auth);
+    const mgr = new PoolManager(host, { mode: pc.mode, size: pc.size, resetQuery: pc.resetQuery, maxPreparedStatements: pc.maxPreparedStatements, adminUsers: pc.adminUsers, authType: pc.authType, waitTimeoutMs: pc.waitTimeoutMs, serverIdleTimeoutMs: pc.serverIdleTimeoutMs, serverLifetimeMs: pc.serverLifetimeMs, authFile: pc.authFile }, auth);
     return Object.assign(mgr, { adopt: (socket: Socket, params: Record<string, string>, rest: Buffer, kind: PortKind, tls: boolean) => void new PooledClient(mgr, socket, params, rest, kind, tls) });
   }
 
@@ -201,6 +201,19 @@ export class ProxyServer implements ProxyContext {
       { listen: addressText(this.addresses.rw), read: this.addresses.ro && addressText(this.addresses.ro), admin: this.addresses.admin && addressText(this.addresses.admin), backends: this.cfg.backends.map(addressText), autoFailover: this.cfg.autoFailover, tls: Boolean(this.secureContext) },
       'pgha-proxy listening',
     );
+  }
+
+  /** SIGHUP: the pool's auth file read again (the only file the proxy re-reads; other settings need a restart) */
+  reload(): void {
+    if (!this.pool) {
+      this.log.info('SIGHUP: nothing to reload (no --pool-mode; other settings need a restart)');
+      return;
+    }
+    try {
+      this.pool.reloadAuth();
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, 'SIGHUP: the auth file was not reloaded; the entries read before are still in use');
+    }
   }
 
   async stop(): Promise<void> {

@@ -85,10 +85,32 @@ export class Authenticator {
   private readonly fromQuery = new Map<string, { entry: UserEntry | null; at: number }>();
 
   constructor(
-    readonly file: Map<string, UserEntry>,
+    private file: Map<string, UserEntry>,
     private readonly query: AuthQueryOptions | null,
   ) {
     if (query && !file.has(query.user)) throw new AuthFileError(`--auth-user ${query.user} is not in the --auth-file (its password logs the auth query in)`);
+  }
+
+  /**
+   * read the auth file again (console RELOAD, SIGHUP): logins from now on use its entries, logged-in
+   * clients and open server connections are left as they are, and the auth query's answers are
+   * asked again. A file that cannot be read or parsed changes nothing (AuthFileError).
+   */
+  reload(path: string): number {
+    const next = readAuthFile(path);
+    if (this.query) {
+      const au = next.get(this.query.user);
+      if (!au) throw new AuthFileError(`${path}: --auth-user ${this.query.user} is no longer in it (its password logs the auth query in); nothing changed`);
+      if (au.secret.kind !== 'plain') throw new AuthFileError(`${path}: --auth-user ${this.query.user} needs a plain password (a hash cannot log the auth query in); nothing changed`);
+    }
+    // a ClientKey recovered from a client's proof stays with an unchanged SCRAM secret
+    for (const [name, e] of next) {
+      const old = this.file.get(name);
+      if (old?.clientKey && old.secret.kind === 'scram' && e.secret.kind === 'scram' && old.secret.text === e.secret.text) e.clientKey = old.clientKey;
+    }
+    this.file = next;
+    this.fromQuery.clear();
+    return next.size;
   }
 
   /** the entry of a user, or null when none is known (the client then fails as PostgreSQL fails it: 28P01) */

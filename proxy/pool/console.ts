@@ -1,7 +1,8 @@
 /**
  * The pool's admin console: `psql -d pgha` on the listener as one of --admin-users, answering
  * PgBouncer's SHOW POOLS / SHOW CLIENTS / SHOW SERVERS / SHOW HELP, PAUSE (new transactions wait,
- * answered once no server connection is in use) and RESUME, over the simple query protocol.
+ * answered once no server connection is in use), RESUME and RELOAD (the auth file read again), over
+ * the simple query protocol.
  */
 import { errorResponse } from '../protocol/backend-messages.js';
 import { SQLSTATE } from '../protocol/codes.js';
@@ -20,7 +21,16 @@ export async function consoleQuery(mgr: PoolManager, text: string): Promise<Buff
     if (cmd === 'SHOW POOLS') out.push(pools(mgr));
     else if (cmd === 'SHOW CLIENTS') out.push(clients(mgr));
     else if (cmd === 'SHOW SERVERS') out.push(servers(mgr));
-    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [['SHOW POOLS'], ['SHOW CLIENTS'], ['SHOW SERVERS'], ['PAUSE'], ['RESUME']]));
+    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [['SHOW POOLS'], ['SHOW CLIENTS'], ['SHOW SERVERS'], ['PAUSE'], ['RESUME'], ['RELOAD']]));
+    else if (cmd === 'RELOAD') {
+      try {
+        mgr.reloadAuth();
+      } catch (e) {
+        out.push(errorResponse({ severity: 'ERROR', code: SQLSTATE.configFileError, message: `RELOAD: ${(e as Error).message}`, detail: 'The entries read before are still in use.' }));
+        break;
+      }
+      out.push(commandComplete('RELOAD'));
+    }
     else if (cmd === 'PAUSE') {
       mgr.pause();
       if (!(await mgr.whenQuiet(PAUSE_WAIT_MS))) {

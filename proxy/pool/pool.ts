@@ -11,6 +11,7 @@ import type { BackendAddress } from '../backend/connect.js';
 import type { ProxyConfig } from '../config.js';
 import type { BackendState, HealthMonitor, PrimaryChange } from '../health/monitor.js';
 import { SQLSTATE } from '../protocol/codes.js';
+import { looseModeWarning } from '../config.js';
 import { Authenticator, type UserEntry } from './auth.js';
 import { NativePool, type NativeView } from './native-pool.js';
 import { ServerConn, ServerLoginError } from './server-conn.js';
@@ -29,6 +30,8 @@ export interface PoolSettings {
   serverIdleTimeoutMs: number;
   /** a server connection connected this long is closed once no client uses it; 0: never (PgBouncer's server_lifetime) */
   serverLifetimeMs: number;
+  /** the --auth-file, read again by reloadAuth */
+  authFile: string;
 }
 
 /** what a client that waited --pool-wait-timeout for a server connection is told before it is closed (both pools) */
@@ -371,6 +374,15 @@ export class PoolManager {
     });
     this.janitor = setInterval(() => this.expireOld(), JANITOR_MS);
     this.janitor.unref();
+  }
+
+  /** the auth file read again (console RELOAD, SIGHUP): its entries for logins from now on; AuthFileError and nothing changed when it is bad */
+  reloadAuth(): number {
+    const n = this.auth.reload(this.settings.authFile);
+    const loose = looseModeWarning(this.settings.authFile, '--auth-file');
+    if (loose) this.log.warn(loose);
+    this.log.info({ file: this.settings.authFile, users: n }, 'auth file reloaded');
+    return n;
   }
 
   /** server connections past --server-idle-timeout (idle ones) or --server-lifetime (closed once idle) */

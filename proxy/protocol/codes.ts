@@ -30,6 +30,7 @@ export const SQLSTATE = {
   featureNotSupported: '0A000',
   tooManyConnections: '53300',
   invalidAuthorizationSpecification: '28000',
+  configFileError: 'F0000',
 } as const;
 
 /** backend message types the relay looks at */

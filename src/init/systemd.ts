@@ -17,6 +17,8 @@ export interface UnitSpec {
   readWritePaths: string[];
   /** the main process only: what it started (PostgreSQL, through pg_ctl) outlives its restart */
   killMainOnly?: boolean;
+  /** `systemctl reload` sends SIGHUP to the main process */
+  reloadWithHup?: boolean;
   environment?: Record<string, string>;
   timeoutStartSec?: number;
   comment?: string[];
@@ -69,6 +71,7 @@ export function renderUnit(u: UnitSpec): string {
     `Group=${u.group}`,
     ...(u.execStartPre ?? []).map((argv) => `ExecStartPre=-${argv.map(execWord).join(' ')}`),
     `ExecStart=${u.execStart.map(execWord).join(' ')}`,
+    ...(u.reloadWithHup ? ['ExecReload=/bin/kill -HUP $MAINPID'] : []),
     'Restart=on-failure',
     'RestartSec=2s',
     ...(u.timeoutStartSec ? [`TimeoutStartSec=${u.timeoutStartSec}`] : []),
@@ -136,7 +139,7 @@ export interface ProxyUnitInput {
   origin?: string;
 }
 
-/** pgha-proxy writes nothing on disk: ProtectSystem=strict with no writable path at all */
+/** pgha-proxy writes nothing on disk: ProtectSystem=strict with no writable path at all; `systemctl reload` re-reads its auth file (SIGHUP) */
 export function proxyUnit(p: ProxyUnitInput): string {
   return renderUnit({
     comment: [`pgha-proxy ${p.proxy}; ${p.origin ?? 'written by pgha init'}`, 'it writes nothing on disk: the whole file system is read-only for it'],
@@ -144,6 +147,7 @@ export function proxyUnit(p: ProxyUnitInput): string {
     user: p.user,
     group: p.group,
     execStart: [...p.proxyCommand, '--config', p.configFile, '--name', p.proxy],
+    reloadWithHup: true,
     readWritePaths: [],
     environment: { PGHA_LOG_LEVEL: 'info' },
   }).replace(/^ReadWritePaths=\n/m, '');

@@ -72,6 +72,9 @@ describe('packaging/systemd', () => {
     expect(proxy).toMatch(/^User=pgha$/m);
     expect(proxy).not.toMatch(/^ReadWritePaths=/m);
     expect(proxy).toMatch(/^ExecStart=\/usr\/local\/bin\/pgha-proxy --config \/etc\/pgha\/pgha\.yaml --name %i$/m);
+    // systemctl reload: the proxy re-reads its auth file on SIGHUP; the agent has nothing to reload
+    expect(proxy).toMatch(/^ExecReload=\/bin\/kill -HUP \$MAINPID$/m);
+    expect(agent).not.toMatch(/^ExecReload=/m);
   });
 });
 

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanupAll, PgCluster } from '../harness/cluster.js';
+import { cleanupAll, PgCluster, waitFor } from '../harness/cluster.js';
 import { PROXY_CLI, startProxy } from '../support/proxy.js';
 
 const proxyCli = (args: string[]) => {
@@ -75,12 +75,16 @@ describe('pgha-proxy command line', () => {
     }
   });
 
-  it('SIGTERM: open sessions get 57P01 "shutting down", the process exits 0', async () => {
+  it('SIGHUP leaves sessions and the process as they are (Node would exit); SIGTERM: open sessions get 57P01 "shutting down", the process exits 0', async () => {
     const p = await startProxy([primary.port], ['--backend-sslmode', 'disable']);
     const c = new pg.Client({ host: '127.0.0.1', port: p.port, user: 'postgres', database: 'postgres' });
     const ended = new Promise<Error & { code?: string }>((r) => c.on('error', r));
     await c.connect();
     await c.query('SELECT 1');
+    p.proc.kill('SIGHUP');
+    await waitFor(async () => /SIGHUP: nothing to reload/.test(p.log()), 10_000, 'the SIGHUP logged');
+    expect((await c.query('SELECT 2 AS two')).rows[0].two).toBe(2);
+    expect(p.proc.exitCode).toBe(null);
     const exited = new Promise<number | null>((r) => p.proc.once('exit', (code) => r(code)));
     p.proc.kill('SIGTERM');
     const err = await ended;

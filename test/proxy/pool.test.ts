@@ -676,6 +676,49 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     }
   }, 60_000);
 
+  it('RELOAD and SIGHUP read the auth file again: new entries log in, a bad file changes nothing, and the proxy stays up', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-reload-'));
+    const file = join(dir, 'userlist.txt');
+    const write = (text: string) => writeFileSync(file, text, { mode: 0o600 });
+    const base = `"plain_user" "${PASSWORDS.plain_user}"\n"admin" "${PASSWORDS.admin}"\n`;
+    write(base);
+    const p = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--auth-file', file, '--admin-users', 'admin', '--pool-mode', 'transaction', '--relay', relay]);
+    const logsIn = async (user: keyof typeof PASSWORDS) => {
+      const c = client(p, user);
+      try {
+        await c.connect();
+        return (await c.query('SELECT current_user AS u')).rows[0].u as string;
+      } catch (e) {
+        return (e as { code?: string }).code ?? (e as Error).message;
+      } finally {
+        await c.end().catch(() => undefined);
+      }
+    };
+    const con = new pg.Client({ host: '127.0.0.1', port: p.port, user: 'admin', password: PASSWORDS.admin, database: 'pgha' });
+    try {
+      expect(await logsIn('scram_user')).toBe('28P01');
+      write(`${base}"scram_user" "${PASSWORDS.scram_user}"\n`);
+      await con.connect();
+      await con.query('RELOAD');
+      expect(await logsIn('scram_user')).toBe('scram_user');
+      // a file that does not parse: ERROR F0000 naming the line, the entries read before still in use
+      write(`${base}scram_user ${PASSWORDS.scram_user}\n`);
+      const bad = await errorOf(con.query('RELOAD'));
+      expect({ code: bad.code, message: bad.message }).toEqual({ code: 'F0000', message: `RELOAD: ${file}:3: expected "user" "password" (each in double quotes), got "scram_user ${PASSWORDS.scram_user}"` });
+      expect(await logsIn('scram_user')).toBe('scram_user');
+      // SIGHUP does the same: plain_user's entry changed to another password, scram_user's gone
+      write(`"plain_user" "not-the-password"\n"admin" "${PASSWORDS.admin}"\n`);
+      process.kill(p.pid, 'SIGHUP');
+      await waitFor(async () => (await logsIn('scram_user')) === '28P01', 10_000, 'scram_user refused after SIGHUP');
+      expect(await logsIn('plain_user')).toBe('28P01');
+      expect(p.proc.exitCode).toBe(null);
+      expect(p.log()).toMatch(/auth file reloaded/);
+    } finally {
+      await con.end().catch(() => undefined);
+      await p.stop();
+    }
+  });
+
   it('--auth-query: a user missing from the auth file is looked up on the server (its SCRAM secret) and logs in to the server with the ClientKey of its proof', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-aq-'));
     const file = join(dir, 'userlist.txt');
