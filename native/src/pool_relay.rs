@@ -770,6 +770,7 @@ impl Engine {
         self.next_expiry = next;
         let error = error.clone();
         for id in expired {
+            // (these words are how JavaScript tells this end from others: NATIVE_WAIT_TIMEOUT in native-pool.ts)
             self.close_client(id, Some(error.clone()), "waited --pool-wait-timeout for a server connection");
         }
     }

@@ -20,7 +20,7 @@ export interface MetricsSource {
   sessionsOn(name: string): number;
   isDecider(): boolean;
   /** --pool-mode: the pools (null without pooling) */
-  pool: { stats(): PoolStat[] } | null;
+  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }> } | null;
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -127,6 +127,12 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
   scraped('pgha_proxy_pool_maxwait_seconds', 'how long the oldest client waiting for a server connection of the pool has waited', poolLabels, () =>
     (proxy.pool?.stats() ?? []).map((p): Sample => [poolKey(p), p.maxWaitMs / 1000]),
   );
+  scrapedCounter('pgha_proxy_pool_wait_timeouts_total', 'pooled clients closed because no server connection of their pool became free within --pool-wait-timeout (query_wait_timeout), by database and user (0 for every pool there is)', ['database', 'user'], () => {
+    const out = new Map<string, Sample>();
+    for (const p of proxy.pool?.stats() ?? []) out.set(`${p.user}\0${p.database}`, [{ database: p.database, user: p.user }, 0]);
+    for (const [k, t] of proxy.pool?.waitTimeouts ?? []) out.set(k, [{ database: t.database, user: t.user }, t.count]);
+    return [...out.values()];
+  });
   scraped('pgha_proxy_decider', '1 when this proxy decides failovers: the leader on etcd, or the only proxy without etcd', [], () => [[{}, proxy.isDecider() ? 1 : 0]]);
   scrapedCounter('pgha_proxy_failovers_recorded_total', 'failovers and switchovers in this proxy\'s history (GET /status), by kind and result', ['kind', 'result'], () => {
     const count = new Map<string, number>();

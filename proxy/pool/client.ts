@@ -16,7 +16,7 @@ import type { UserEntry } from './auth.js';
 import { consoleQuery } from './console.js';
 import { cstring, Framer, Out } from './framer.js';
 import { AUTH_OK, authMd5, authSasl, authSaslContinue, authSaslFinal, backendKeyData, CLOSE_COMPLETE, parameterStatus, PARSE_COMPLETE, readyForQuery } from './messages.js';
-import type { NativeClient, NativeView } from './native-pool.js';
+import { NATIVE_WAIT_TIMEOUT, type NativeClient, type NativeView } from './native-pool.js';
 import { AcquireError, type PoolClient, type PoolManager } from './pool.js';
 import { bindOf, parseOf, renamedBind, renamedParse, renamedTarget, serverName, targetOf, type ClientStatement } from './prepared.js';
 import { constantTimeEqual, hmac, md5Response, md5Secret, nonce, scramAttributes, scramKeysFromPassword, sha256, xor, type ScramKeys } from './secrets.js';
@@ -409,6 +409,7 @@ export class PooledClient implements PoolClient, NativeClient {
   /** the native loop ended this client */
   nativeClosed(why: string): void {
     if (this.phase === 'closed') return;
+    if (why === NATIVE_WAIT_TIMEOUT) this.mgr.waitedTooLong(this);
     if (why.startsWith('client protocol violation')) this.mgr.log.warn({ client: this.id, err: why }, 'client protocol violation');
     this.phase = 'closed';
     this.mgr.unregister(this);

@@ -22,6 +22,9 @@ import { socketHandle } from '../session/socket-handle.js';
 import { type PoolSettings, waitTimeoutError } from './pool.js';
 import type { ServerConn } from './server-conn.js';
 
+/** why the loop closed a client that waited --pool-wait-timeout (pool_relay.rs expire_waiters) */
+export const NATIVE_WAIT_TIMEOUT = 'waited --pool-wait-timeout for a server connection';
+
 /** a client as the native pool sees it (client.ts implements it) */
 export interface NativeClient {
   readonly id: number;

@@ -350,6 +350,8 @@ export class PoolManager {
   private readonly byCancelKey = new Map<string, PoolClient>();
   paused = false;
   private resumeWaiters: Array<() => void> = [];
+  /** clients closed by --pool-wait-timeout, per (user, database) */
+  readonly waitTimeouts = new Map<string, { user: string; database: string; count: number }>();
   /** closes what --server-idle-timeout and --server-lifetime say is old (every second) */
   private readonly janitor: NodeJS.Timeout;
   readonly log: Logger;
@@ -374,6 +376,16 @@ export class PoolManager {
     });
     this.janitor = setInterval(() => this.expireOld(), JANITOR_MS);
     this.janitor.unref();
+  }
+
+  /** a client waited --pool-wait-timeout (here, or in the native loop): counted, logged; the error it is told */
+  waitedTooLong(c: { id: number; user: string; database: string }): AcquireError {
+    const key = `${c.user}\0${c.database}`;
+    const t = this.waitTimeouts.get(key);
+    if (t) t.count++;
+    else this.waitTimeouts.set(key, { user: c.user, database: c.database, count: 1 });
+    this.log.info({ client: c.id, user: c.user, database: c.database, waitTimeoutMs: this.settings.waitTimeoutMs }, 'client closed: query_wait_timeout (no server connection became free)');
+    return waitTimeoutError(this.settings);
   }
 
   /** the auth file read again (console RELOAD, SIGHUP): its entries for logins from now on; AuthFileError and nothing changed when it is bad */
@@ -514,7 +526,7 @@ export class PoolManager {
     const waitUntil = this.settings.waitTimeoutMs > 0 ? Date.now() + this.settings.waitTimeoutMs : Infinity;
     let lastError = '';
     for (;;) {
-      if (this.paused && !(await this.resumed(waitUntil))) throw waitTimeoutError(this.settings);
+      if (this.paused && !(await this.resumed(waitUntil))) throw this.waitedTooLong(c);
       const target = c.kind === 'rw' ? (monitor.primary ?? (await monitor.waitForPrimary(Math.max(0, deadline - Date.now())))) : this.host.pickReader();
       if (!target) {
         throw new AcquireError(SQLSTATE.cannotConnectNow, `pgha-proxy: ${c.kind === 'rw' ? 'no primary is available' : 'no backend is available'}${lastError ? ` (${lastError})` : ''}`, `waited ${this.cfg.primaryWaitMs} ms; backends: ${monitor.backends.map((b) => `${b.name} ${b.role}`).join(', ')}`);
@@ -527,7 +539,7 @@ export class PoolManager {
         s.client = c;
         return s;
       } catch (e) {
-        if (e instanceof WaitedTooLong) throw waitTimeoutError(this.settings);
+        if (e instanceof WaitedTooLong) throw this.waitedTooLong(c);
         if (e instanceof ServerLoginError) {
           const f = e.fields;
           // a server shutting down or starting refuses logins with 57P0x: wait for it or the next primary

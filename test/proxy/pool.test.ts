@@ -626,6 +626,9 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
         await f.connect();
         expect((await f.query('SELECT 5 AS x')).rows[0].x).toBe(5);
         await f.end();
+        // both counted (the loop's own deadline and the paused pool's), and logged
+        expect(await p.metrics(), mode).toMatch(/^pgha_proxy_pool_wait_timeouts_total\{database="postgres",user="plain_user"\} 2$/m);
+        expect(p.log().match(/query_wait_timeout \(no server connection became free\)/g)?.length, mode).toBe(2);
       } finally {
         await p.stop();
       }
