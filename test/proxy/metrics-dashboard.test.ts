@@ -2,7 +2,8 @@
  * The proxy's throughput counters and the Grafana dashboard against real scrapes.
  *
  * A 2-node cluster (agents, one pgha-proxy with --auto-failover on the native relay, a second one
- * relaying in Node) and a real Prometheus (Debian's) scraping both proxies and both agents:
+ * relaying in Node, a third pooling with --pool-mode transaction) and a real Prometheus (Debian's)
+ * scraping the proxies and both agents:
  * - pgbench runs through each proxy into its own database; the proxy's transactions counter grows by
  *   exactly what PostgreSQL counted for that database (pg_stat_database xact_commit + xact_rollback)
  *   less the one transaction each backend runs at its start, and its queries counter by at least the
@@ -29,6 +30,8 @@ const TX = Number(process.env.PGHA_METRICS_TX ?? 200);
 
 let ha: HaCluster | null = null;
 let nodeRelay: RunningProxy | null = null;
+/** a third proxy with --pool-mode transaction: the pool panels' series come from it */
+let pooled: RunningProxy | null = null;
 let prom: ChildProcess | null = null;
 let promUrl = '';
 
@@ -58,6 +61,13 @@ beforeAll(async () => {
     [...FAST_HEALTH, '--relay', 'node'],
     { env: { PGHA_TOKEN: HA_TOKEN } },
   );
+  const authDir = mkdtempSync(join(tmpdir(), 'pgha-metrics-pool-'));
+  writeFileSync(join(authDir, 'userlist.txt'), '"postgres" "pooled-secret"\n', { mode: 0o600 });
+  pooled = await startProxy(
+    ha.nodes.map((n) => n.address),
+    [...FAST_HEALTH, '--pool-mode', 'transaction', '--pool-size', '2', '--auth-file', join(authDir, 'userlist.txt')],
+    { env: { PGHA_TOKEN: HA_TOKEN } },
+  );
   const p = await ha.primary();
   // nothing but the clients writes into these databases: autovacuum's transactions would count too
   await p.pg.sql('ALTER SYSTEM SET autovacuum = off');
@@ -76,7 +86,7 @@ beforeAll(async () => {
       'global: { scrape_interval: 1s, evaluation_interval: 1s }',
       'scrape_configs:',
       `  - job_name: pgha-proxy`,
-      `    static_configs: [{ targets: [${[ha.proxy.adminPort, nodeRelay.adminPort].map((x) => `"127.0.0.1:${x}"`).join(', ')}] }]`,
+      `    static_configs: [{ targets: [${[ha.proxy.adminPort, nodeRelay.adminPort, pooled.adminPort].map((x) => `"127.0.0.1:${x}"`).join(', ')}] }]`,
       `  - job_name: pgha-agent`,
       `    authorization: { type: Bearer, credentials: "${HA_TOKEN}" }`,
       `    static_configs: [{ targets: [${agentTargets.map((t) => `"${t}"`).join(', ')}] }]`,
@@ -96,6 +106,7 @@ afterAll(async () => {
     if (prom.exitCode === null) prom.kill('SIGKILL');
   }
   await nodeRelay?.stop();
+  await pooled?.stop();
   await ha?.stop();
   await stopAgentProcesses();
   await cleanupAll();
@@ -165,9 +176,13 @@ describe('throughput counters and the Grafana dashboard, against real scrapes', 
     // some load through the proxy so rates have something to show
     const bench = join(p0.pg.clientBinDir, 'pgbench');
     await run(bench, ['-h', '127.0.0.1', '-p', String(ha!.proxy.port), '-U', 'postgres', '-n', '-c', '1', '-T', '3', 'bench_native']);
+    // and through the pooling proxy, more clients than its pool has connections (some wait)
+    await run(bench, ['-h', '127.0.0.1', '-p', String(pooled!.port), '-U', 'postgres', '-n', '-S', '-c', '4', '-j', '2', '-T', '2', 'bench_node'], { env: { ...process.env, PGPASSWORD: 'pooled-secret' } }).catch((e: { stderr?: string; message: string }) => {
+      throw new Error(`pgbench through the pooling proxy: ${e.stderr || e.message}`);
+    });
 
     const exported = new Set<string>();
-    for (const proxy of [ha!.proxy, nodeRelay!]) for (const n of exposedNames(await scrape(`${proxy.admin}/metrics`))) exported.add(n);
+    for (const proxy of [ha!.proxy, nodeRelay!, pooled!]) for (const n of exposedNames(await scrape(`${proxy.admin}/metrics`))) exported.add(n);
     for (const node of ha!.nodes) for (const n of exposedNames(await scrape(`${node.agentUrl}/metrics`, HA_TOKEN))) exported.add(n);
     const queries = dashboardQueries();
     for (const q of queries) for (const name of metricNames(q.expr)) expect(exported.has(name), `${q.where}: ${name} has no sample in any /metrics`).toBe(true);
