@@ -431,7 +431,13 @@ export class HealthMonitor extends EventEmitter {
       this.electRecorded(candidates, current ?? null);
       return;
     }
-    if (current && current.state.role === 'primary') {
+    // a node promoted elsewhere (another proxy's switchover or failover, an operator) answers on a
+    // newer timeline than the current primary's, which has not answered since (its checks failing,
+    // not yet called down): the newer timeline wins — were it fenced as a second primary, it would
+    // stay fenced for good, the old primary coming back as a standby. The old one, answering again
+    // as a primary on its older timeline, is fenced by the rule above.
+    const promoted = current ? candidates.find((n) => n !== current && (n.state.timeline ?? 0) > (current.state.timeline ?? 0)) : undefined;
+    if (current && current.state.role === 'primary' && !promoted) {
       for (const n of candidates) {
         if (n !== current) {
           n.fenced = true;
@@ -442,7 +448,8 @@ export class HealthMonitor extends EventEmitter {
       }
       return;
     }
-    if (current) this.setPrimary(null, `${current.state.name} is ${current.state.role}${current.state.reason ? `: ${current.state.reason}` : ''}`);
+    if (current && promoted) this.setPrimary(null, `${promoted.state.name} answers as a primary on timeline ${promoted.state.timeline}, newer than ${current.state.name}'s ${current.state.timeline}`);
+    else if (current) this.setPrimary(null, `${current.state.name} is ${current.state.role}${current.state.reason ? `: ${current.state.reason}` : ''}`);
     if (this.holdElection || candidates.length === 0) {
       return;
     }
