@@ -8,10 +8,9 @@
 import { serialize } from 'pg-protocol';
 import type { Logger } from 'pino';
 import type { BackendAddress } from '../backend/connect.js';
-import type { ProxyConfig } from '../config.js';
+import { looseModeWarning, type ProxyConfig } from '../config.js';
 import type { BackendState, HealthMonitor, PrimaryChange } from '../health/monitor.js';
 import { SQLSTATE } from '../protocol/codes.js';
-import { looseModeWarning } from '../config.js';
 import { Authenticator, type UserEntry } from './auth.js';
 import { NativePool, type NativeView } from './native-pool.js';
 import { ServerConn, ServerLoginError } from './server-conn.js';
@@ -522,7 +521,7 @@ export class PoolManager {
   async acquire(c: PoolClient, entry: UserEntry, orFull = false): Promise<ServerConn | null> {
     const { monitor } = this.host;
     const deadline = Date.now() + this.cfg.primaryWaitMs;
-    // the wait for a server connection (a full or paused pool), not for a primary (--primary-wait)
+    // --pool-wait-timeout counts from here: a paused pool, a full one (and a failover's wait for a primary between them)
     const waitUntil = this.settings.waitTimeoutMs > 0 ? Date.now() + this.settings.waitTimeoutMs : Infinity;
     let lastError = '';
     for (;;) {
