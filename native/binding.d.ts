@@ -40,6 +40,8 @@ export declare class ProxyPool {
    * loop closes up to `n` of its connections there as they are (or go) idle (0: none wait)
    */
   giveBack(route: string, node: string, n: number): void
+  /** [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle] */
+  counters(): Array<number>
   /**
    * close the connections idle for `idleMs` or longer (null: keep them); `retire`: connections
    * past their lifetime, closed when idle (now, or once their client lets them go)

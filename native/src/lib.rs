@@ -573,6 +573,12 @@ impl ProxyPool {
         self.inner.give_back(route, node, n).map_err(io_err("give back"))
     }
 
+    /// [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle]
+    #[napi]
+    pub fn counters(&self) -> Vec<f64> {
+        self.inner.totals().iter().map(|&v| v as f64).collect()
+    }
+
     /// close the connections idle for `idleMs` or longer (null: keep them); `retire`: connections
     /// past their lifetime, closed when idle (now, or once their client lets them go)
     #[napi]

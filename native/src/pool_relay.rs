@@ -25,6 +25,7 @@ use crate::pool_protocol::*;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -57,6 +58,17 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// why a connection the loop closed to make room in JavaScript's pool (server-closed's detail)
 const GIVEN_BACK: &str = "closed to make room for a client waiting in the TypeScript pool";
 const SERVER_LIFETIME: &str = "connected longer than --server-lifetime";
+
+/// What the loop relayed, for /metrics (read from any thread; written by the loop alone)
+#[derive(Default)]
+pub struct PoolCounters {
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    /// ReadyForQuery messages relayed to clients (the proxy's own requests' not counted)
+    pub ready: AtomicU64,
+    /// of those, the ones saying idle (`I`): transactions, autocommit statements included, ended
+    pub ready_idle: AtomicU64,
+}
 
 /// What the loop tells the JavaScript side.
 #[derive(Debug, Clone)]
@@ -451,7 +463,7 @@ fn flush_fakes(c: &mut Client) {
 }
 
 /// one server message for the linked client (client.ts onServerMessage); Ok(true): the transaction is over
-fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64) -> Result<bool, (String, String)> {
+fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64, counters: &PoolCounters) -> Result<bool, (String, String)> {
     let kind = msg[0];
     let body = &msg[5..];
     let head = c.queue.front().map(|p| (p.t, p.act));
@@ -471,6 +483,10 @@ fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64) -> R
                 }
             }
             c.out.buf.extend_from_slice(msg);
+            counters.ready.fetch_add(1, Ordering::Relaxed);
+            if st == b'I' {
+                counters.ready_idle.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(st == b'I' && c.pending_ready == 0 && !c.partial && c.queue.is_empty());
         }
         b'S' => {
@@ -573,6 +589,7 @@ struct Engine {
     wait_limit: Option<(Duration, Vec<u8>)>,
     /// when the first client waiting here reaches the limit (None: nobody waits, or no limit)
     next_expiry: Option<Instant>,
+    counters: Arc<PoolCounters>,
     /// route and node (`route\0node`) → connections to close rather than keep, so that JavaScript's
     /// pool has room for clients the loop does not carry (TLS) that wait for that full pool
     give_back: HashMap<String, u32>,
@@ -654,6 +671,7 @@ impl Engine {
                 Err(e) => return self.close_client(id, None, &format!("client error: {e}")),
             };
             c.inbuf.extend_from_slice(&self.buf[..n]);
+            self.counters.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
             self.pump_client(id);
             if short_read_drains && n < CHUNK {
                 return;
@@ -947,7 +965,7 @@ impl Engine {
                 };
                 let msg = &inbuf[off..off + n];
                 off += n;
-                match from_server(c, s, msg, &mut self.clock) {
+                match from_server(c, s, msg, &mut self.clock, &self.counters) {
                     Ok(r) => release |= r,
                     Err(f) => {
                         failed = Some(f);
@@ -962,6 +980,7 @@ impl Engine {
             }
             if c.out.buf.len() > before {
                 c.answered = true;
+                self.counters.bytes_to_clients.fetch_add((c.out.buf.len() - before) as u64, Ordering::Relaxed);
             }
             if let Some((code, m)) = failed {
                 let err = error_response("FATAL", if code.is_empty() { "08P01" } else { &code }, &format!("pgha-proxy: a startup setting of this client failed on the server: {m}"), None, None);
@@ -1364,7 +1383,7 @@ impl Engine {
     }
 }
 
-fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: Arc<Mutex<IdMap<u32>>>, mode: PoolMode) {
+fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: Arc<Mutex<IdMap<u32>>>, mode: PoolMode, counters: Arc<PoolCounters>) {
     let mut e = Engine {
         poll,
         sink,
@@ -1380,6 +1399,7 @@ fn run(poll: Poll, rx: mpsc::Receiver<Command>, sink: Arc<dyn PoolSink>, links: 
         reset: mode.reset_query.filter(|q| !q.trim().is_empty()).map(|q| query_message(&q)),
         wait_limit: mode.wait_limit,
         next_expiry: None,
+        counters,
         give_back: HashMap::new(),
         clock: 0,
         drains: HashMap::new(),
@@ -1441,6 +1461,7 @@ pub struct PoolRelay {
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     links: Arc<Mutex<IdMap<u32>>>,
+    counters: Arc<PoolCounters>,
 }
 
 fn dup_stream(fd: i32) -> std::io::Result<TcpStream> {
@@ -1460,17 +1481,25 @@ impl PoolRelay {
         let (tx, rx) = mpsc::channel();
         let links = Arc::new(Mutex::new(IdMap::default()));
         let l = links.clone();
+        let counters = Arc::new(PoolCounters::default());
+        let cs = counters.clone();
         let thread = std::thread::Builder::new()
             .name("pgha-pool".into())
             .spawn(move || {
                 let s = sink.clone();
                 // a bug here must not leave every pooled client hanging on a dead loop: JavaScript hears of it
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(poll, rx, sink, l, mode))) {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(poll, rx, sink, l, mode, cs))) {
                     let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                     s.emit(PoolEvent { kind: "failed", client: 0, server: 0, detail: why, lost: false });
                 }
             })?;
-        Ok(PoolRelay { tx, waker, thread: Some(thread), links })
+        Ok(PoolRelay { tx, waker, thread: Some(thread), links, counters })
+    }
+
+    /// [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle]
+    pub fn totals(&self) -> [u64; 4] {
+        let c = &self.counters;
+        [c.bytes_from_clients.load(Ordering::Relaxed), c.bytes_to_clients.load(Ordering::Relaxed), c.ready.load(Ordering::Relaxed), c.ready_idle.load(Ordering::Relaxed)]
     }
 
     fn send(&self, c: Command) -> std::io::Result<()> {

@@ -20,7 +20,7 @@ export interface MetricsSource {
   sessionsOn(name: string): number;
   isDecider(): boolean;
   /** --pool-mode: the pools (null without pooling) */
-  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }> } | null;
+  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }>; nativeCounters(): number[] } | null;
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -65,9 +65,10 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
   ]);
   scraped('pgha_proxy_bytes', 'bytes relayed since start (a counter), by direction', ['direction'], () => {
     const [fromClients, toClients] = proxy.relay?.counters() ?? [0, 0];
+    const [poolFrom, poolTo] = proxy.pool?.nativeCounters() ?? [0, 0];
     return [
-      [{ direction: 'client_to_server' }, proxy.stats.bytesFromClients + fromClients],
-      [{ direction: 'server_to_client' }, proxy.stats.bytesToClients + toClients],
+      [{ direction: 'client_to_server' }, proxy.stats.bytesFromClients + fromClients + poolFrom],
+      [{ direction: 'server_to_client' }, proxy.stats.bytesToClients + toClients + poolTo],
     ];
   });
   scraped('pgha_proxy_backend_role', '1 for the role each backend has now (primary, standby, down, fenced, unknown)', ['backend', 'role'], () =>
@@ -96,10 +97,10 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
     [{ result: 'unknown_key' }, proxy.stats.cancelsUnknown],
   ]);
   scrapedCounter('pgha_proxy_transactions_total', 'transactions ended through the proxy, autocommit statements included: ReadyForQuery (idle) relayed to clients after their startup (rate() is TPS)', [], () => [
-    [{}, proxy.stats.readyIdle + (proxy.relay?.counters()[4] ?? 0)],
+    [{}, proxy.stats.readyIdle + (proxy.relay?.counters()[4] ?? 0) + (proxy.pool?.nativeCounters()[3] ?? 0)],
   ]);
   scrapedCounter('pgha_proxy_queries_total', 'queries answered through the proxy: ReadyForQuery relayed to clients after their startup, one per simple Query or extended-protocol Sync', [], () => [
-    [{}, proxy.stats.ready + (proxy.relay?.counters()[3] ?? 0)],
+    [{}, proxy.stats.ready + (proxy.relay?.counters()[3] ?? 0) + (proxy.pool?.nativeCounters()[2] ?? 0)],
   ]);
   // the native relay's loops: how sessions are spread and how busy each loop's thread is
   scraped('pgha_proxy_relay_loop_sessions', "sessions each native relay loop carries (a new one goes to the first loop under half a core's CPU)", ['loop'], () =>

@@ -421,6 +421,7 @@ export class PooledClient implements PoolClient, NativeClient {
 
   private fromClient(chunk: Buffer): void {
     if (this.phase === 'closed') return;
+    this.mgr.host.stats.bytesFromClients += chunk.length;
     try {
       this.framer.feed(chunk, this.onClientFrame);
     } catch (e) {
@@ -641,7 +642,10 @@ export class PooledClient implements PoolClient, NativeClient {
       return this.fatal(SQLSTATE.protocolViolation, `pgha-proxy: ${(e as Error).message}`);
     }
     const b = out.take();
-    if (b) this.answered = true;
+    if (b) {
+      this.answered = true;
+      this.mgr.host.stats.bytesToClients += b.length;
+    }
     if (b && !this.socket.write(b) && !s.socket.isPaused()) {
       s.socket.pause();
       this.socket.once('drain', () => s.socket.resume());
@@ -668,6 +672,9 @@ export class PooledClient implements PoolClient, NativeClient {
         }
         this.txStatus = st;
         out.add(msg);
+        const stats = this.mgr.host.stats;
+        stats.ready++;
+        if (st === 'I') stats.readyIdle++;
         return txn && st === 'I' && this.pendingReady === 0 && !this.partial && this.queue.length === 0;
       }
       case 0x53: {

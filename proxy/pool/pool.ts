@@ -303,6 +303,8 @@ export interface PoolHost {
   log: Logger;
   pickReader(): BackendState | null;
   sendCancel(target: BackendAddress, pid: number, key: Buffer): Promise<void>;
+  /** the proxy's throughput counters (/metrics): the TypeScript pool adds what it relays */
+  stats: { bytesFromClients: number; bytesToClients: number; ready: number; readyIdle: number };
 }
 
 /** clients as the pool sees them (the client module implements it) */
@@ -412,6 +414,11 @@ export class PoolManager {
       this.native.expire(idleMs > 0 ? idleMs : null, retire);
     }
     if (closed > 0) this.log.debug({ closed }, 'closed idle server connections past --server-idle-timeout or --server-lifetime');
+  }
+
+  /** what the native loop relayed: [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle] (the TypeScript pool adds to the proxy's own stats) */
+  nativeCounters(): number[] {
+    return this.native?.counters() ?? [0, 0, 0, 0];
   }
 
   /** what the native loop says of the clients and connections it carries (null without it) */

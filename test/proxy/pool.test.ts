@@ -193,6 +193,36 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     await Promise.all(clients.map((c) => c.end()));
   });
 
+  it("/metrics counts what the pool relays: a transaction per ReadyForQuery 'I', a query per ReadyForQuery, bytes both ways", async () => {
+    const read = async () => {
+      const m = await txn.metrics();
+      const one = (re: RegExp) => Number(re.exec(m)?.[1] ?? NaN);
+      return {
+        tx: one(/^pgha_proxy_transactions_total (\d+)$/m),
+        q: one(/^pgha_proxy_queries_total (\d+)$/m),
+        up: one(/^pgha_proxy_bytes\{direction="client_to_server"\} (\d+)$/m),
+        down: one(/^pgha_proxy_bytes\{direction="server_to_client"\} (\d+)$/m),
+      };
+    };
+    const c = client(txn, 'plain_user');
+    await c.connect();
+    await c.query('SELECT 1');
+    expect((await txn.status()).pool?.native).toBe(relay === 'native' ? 1 : null);
+    const before = await read();
+    for (let i = 0; i < 30; i++) await c.query('SELECT $1::int AS i', [i]);
+    for (let i = 0; i < 10; i++) await c.query('SELECT 1');
+    await c.query('BEGIN');
+    await c.query('SELECT 2');
+    await c.query('COMMIT');
+    const after = await read();
+    await c.end();
+    // 40 autocommit statements and one explicit transaction of three
+    expect({ tx: after.tx - before.tx, q: after.q - before.q }).toEqual({ tx: 41, q: 43 });
+    // the 10 simple queries alone are 10 × 14 bytes from the client; every answer has at least a ReadyForQuery (6 bytes)
+    expect(after.up - before.up).toBeGreaterThan(10 * 14 + 30 * 20);
+    expect(after.down - before.down).toBeGreaterThan(43 * 6);
+  });
+
   it('the pool size holds: a third transaction waits for one of 2 server connections (cl_waiting in SHOW POOLS), then runs', async () => {
     const cs = await Promise.all([0, 1, 2].map(async () => {
       const c = client(txn, 'md5_user');

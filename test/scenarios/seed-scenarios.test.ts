@@ -343,7 +343,9 @@ describe.each(VARIANTS)('one pgha-proxy, $label (3 nodes, synchronous replicatio
       killedAt = Date.now();
       await old.pg.kill9({ waitOrphans: false });
       const report = await failoverAfter(before, old);
-      expect(report).toMatchObject({ kind: 'failover', trigger: 'auto', via: 'agent', fenced: 'agent', zeroLoss: true });
+      // (on a mismatch: what the proxy and the old primary's agent said of the fence)
+      const fenceLines = () => [...ha.proxy.log().split('\n').filter((l) => /fence/i.test(l)).slice(-5), ...old.agent.log().split('\n').slice(-20)].join('\n');
+      expect(report, fenceLines()).toMatchObject({ kind: 'failover', trigger: 'auto', via: 'agent', fenced: 'agent', zeroLoss: true });
       const promotedAt = Date.parse(report.promotedAt!);
       const neu = ha.node(report.to!);
       expect(neu).not.toBe(old);

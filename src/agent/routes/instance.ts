@@ -181,7 +181,9 @@ export function registerInstanceRoutes(app: FastifyInstance, ctx: AgentContext):
     const t0 = Date.now();
     const stopped = await pg.stopOrKill(5, 5);
     req.log.warn({ reason, stopped, ms: Date.now() - t0 }, 'node fenced');
-    return { ...(await current()), fenced: true, stopped, reason };
+    // fenced and stopped: what the node looks like now must not turn that into a failure
+    const state = await current().catch((e: Error) => ({ [cfg.name]: `unknown (${e.message})` }));
+    return { ...state, fenced: true, stopped, reason };
   });
 
   app.get('/api/pg/v1/in_recovery', async () => {
