@@ -42,6 +42,8 @@ export declare class ProxyPool {
   giveBack(route: string, node: string, n: number): void
   /** [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle] */
   counters(): Array<number>
+  /** per route (user NUL database): the clients that waited for a server connection and got one, and how long in all */
+  waitTotals(): Array<JsWaitTotal>
   /**
    * close the connections idle for `idleMs` or longer (null: keep them); `retire`: connections
    * past their lifetime, closed when idle (now, or once their client lets them go)
@@ -164,6 +166,13 @@ export interface JsScanResult {
   firstRecordLsn: bigint
   lastRecordLsn: bigint
   lastRecordEndLsn: bigint
+}
+
+/** clients of one route that waited for a server connection of a full pool, and for how long in all */
+export interface JsWaitTotal {
+  route: string
+  seconds: number
+  count: number
 }
 
 /**

@@ -494,6 +494,14 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::from_reason(format!("pool {what}: {e}"))
 }
 
+/// clients of one route that waited for a server connection of a full pool, and for how long in all
+#[napi(object)]
+pub struct JsWaitTotal {
+    pub route: String,
+    pub seconds: f64,
+    pub count: f64,
+}
+
 /// The proxy's transaction pool loop (native/src/pool_relay.rs): clients and server connections
 /// handed over after login; a server connection changes hands at ReadyForQuery `I` in the loop.
 #[napi]
@@ -577,6 +585,12 @@ impl ProxyPool {
     #[napi]
     pub fn counters(&self) -> Vec<f64> {
         self.inner.totals().iter().map(|&v| v as f64).collect()
+    }
+
+    /// per route (user NUL database): the clients that waited for a server connection and got one, and how long in all
+    #[napi]
+    pub fn wait_totals(&self) -> Vec<JsWaitTotal> {
+        self.inner.wait_totals().into_iter().map(|(route, [us, n])| JsWaitTotal { route, seconds: us as f64 / 1e6, count: n as f64 }).collect()
     }
 
     /// close the connections idle for `idleMs` or longer (null: keep them); `retire`: connections

@@ -68,6 +68,8 @@ pub struct PoolCounters {
     pub ready: AtomicU64,
     /// of those, the ones saying idle (`I`): transactions, autocommit statements included, ended
     pub ready_idle: AtomicU64,
+    /// route → [microseconds waited, waits]: clients that waited for a server connection, once they got one
+    pub waits: Mutex<HashMap<String, [u64; 2]>>,
 }
 
 /// What the loop tells the JavaScript side.
@@ -816,7 +818,12 @@ impl Engine {
     fn link(&mut self, id: u32, sid: u32) {
         let (Some(c), Some(s)) = (self.clients.get_mut(&id), self.servers.get_mut(&sid)) else { return };
         c.waiting = false;
-        c.waiting_since = None;
+        if let Some(since) = c.waiting_since.take() {
+            let mut w = self.counters.waits.lock().unwrap();
+            let t = w.entry(c.route.clone()).or_default();
+            t[0] += since.elapsed().as_micros() as u64;
+            t[1] += 1;
+        }
         c.server = Some(sid);
         c.transactions += 1;
         c.replay = Some(Vec::new());
@@ -1494,6 +1501,11 @@ impl PoolRelay {
                 }
             })?;
         Ok(PoolRelay { tx, waker, thread: Some(thread), links, counters })
+    }
+
+    /// route → [microseconds waited, waits] of the clients that waited for a server connection
+    pub fn wait_totals(&self) -> Vec<(String, [u64; 2])> {
+        self.counters.waits.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle]

@@ -20,7 +20,7 @@ export interface MetricsSource {
   sessionsOn(name: string): number;
   isDecider(): boolean;
   /** --pool-mode: the pools (null without pooling) */
-  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }>; nativeCounters(): number[] } | null;
+  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }>; nativeCounters(): number[]; waitTotals(): Array<{ user: string; database: string; seconds: number; count: number }> } | null;
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -134,6 +134,13 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
     for (const [k, t] of proxy.pool?.waitTimeouts ?? []) out.set(k, [{ database: t.database, user: t.user }, t.count]);
     return [...out.values()];
   });
+  // PgBouncer's total_wait_time: rate(seconds) / rate(waits) is the average wait of a client that waited
+  scrapedCounter('pgha_proxy_pool_wait_seconds_total', 'time pooled clients spent waiting for a server connection (a full pool, a new connection being opened), counted when they got one, by database and user', ['database', 'user'], () =>
+    (proxy.pool?.waitTotals() ?? []).map((w): Sample => [{ database: w.database, user: w.user }, w.seconds]),
+  );
+  scrapedCounter('pgha_proxy_pool_waits_total', 'pooled clients (a transaction, or a session) that waited for a server connection and got one, by database and user', ['database', 'user'], () =>
+    (proxy.pool?.waitTotals() ?? []).map((w): Sample => [{ database: w.database, user: w.user }, w.count]),
+  );
   scraped('pgha_proxy_decider', '1 when this proxy decides failovers: the leader on etcd, or the only proxy without etcd', [], () => [[{}, proxy.isDecider() ? 1 : 0]]);
   scrapedCounter('pgha_proxy_failovers_recorded_total', 'failovers and switchovers in this proxy\'s history (GET /status), by kind and result', ['kind', 'result'], () => {
     const count = new Map<string, number>();

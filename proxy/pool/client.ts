@@ -446,6 +446,7 @@ export class PooledClient implements PoolClient, NativeClient {
       this.mgr.acquire(this, this.entry!).then(
         (s) => {
           this.acquiring = false;
+          this.mgr.waited(this, Date.now() - this.waitingSince);
           this.waitingSince = 0;
           if (this.phase === 'closed') return this.mgr.release(s, this.entry!, true, false);
           this.link(s);

@@ -155,6 +155,14 @@ export class NativePool {
     this.loop.giveBack(NativePool.route(user, database), node, n);
   }
 
+  /** per (user, database): the loop's clients that waited for a server connection and got one, and how long in all */
+  waitTotals(): Array<{ user: string; database: string; seconds: number; count: number }> {
+    return this.loop.waitTotals().map((w) => {
+      const [user, database] = w.route.split('\0');
+      return { user, database, seconds: w.seconds, count: w.count };
+    });
+  }
+
   /** [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle] since the start */
   counters(): number[] {
     return this.loop.counters();

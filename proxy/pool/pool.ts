@@ -353,6 +353,8 @@ export class PoolManager {
   private resumeWaiters: Array<() => void> = [];
   /** clients closed by --pool-wait-timeout, per (user, database) */
   readonly waitTimeouts = new Map<string, { user: string; database: string; count: number }>();
+  /** the TypeScript pool's clients that waited for a server connection and got one, per (user, database) */
+  private readonly waits = new Map<string, { user: string; database: string; seconds: number; count: number }>();
   /** closes what --server-idle-timeout and --server-lifetime say is old (every second) */
   private readonly janitor: NodeJS.Timeout;
   readonly log: Logger;
@@ -377,6 +379,30 @@ export class PoolManager {
     });
     this.janitor = setInterval(() => this.expireOld(), JANITOR_MS);
     this.janitor.unref();
+  }
+
+  /** a client of the TypeScript pool got a server connection after `ms` (PgBouncer's wait time) */
+  waited(c: { user: string; database: string }, ms: number): void {
+    const key = `${c.user}\0${c.database}`;
+    const w = this.waits.get(key);
+    if (w) {
+      w.seconds += ms / 1000;
+      w.count++;
+    } else this.waits.set(key, { user: c.user, database: c.database, seconds: ms / 1000, count: 1 });
+  }
+
+  /** per (user, database): clients that waited for a server connection and got one, and how long in all (both pools) */
+  waitTotals(): Array<{ user: string; database: string; seconds: number; count: number }> {
+    const out = new Map<string, { user: string; database: string; seconds: number; count: number }>();
+    for (const w of [...this.waits.values(), ...(this.native?.waitTotals() ?? [])]) {
+      const key = `${w.user}\0${w.database}`;
+      const t = out.get(key);
+      if (t) {
+        t.seconds += w.seconds;
+        t.count += w.count;
+      } else out.set(key, { ...w });
+    }
+    return [...out.values()];
   }
 
   /** a client waited --pool-wait-timeout (here, or in the native loop): counted, logged; the error it is told */

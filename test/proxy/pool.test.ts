@@ -224,6 +224,12 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
   });
 
   it('the pool size holds: a third transaction waits for one of 2 server connections (cl_waiting in SHOW POOLS), then runs', async () => {
+    const waitTotals = async () => {
+      const m = await txn.metrics();
+      const one = (name: string) => Number(new RegExp(`^${name}\\{database="postgres",user="md5_user"\\} ([0-9.e+-]+)$`, 'm').exec(m)?.[1] ?? 0);
+      return { seconds: one('pgha_proxy_pool_wait_seconds_total'), count: one('pgha_proxy_pool_waits_total') };
+    };
+    const w0 = await waitTotals();
     const cs = await Promise.all([0, 1, 2].map(async () => {
       const c = client(txn, 'md5_user');
       await c.connect();
@@ -246,6 +252,10 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     expect([series('pgha_proxy_pool_servers', 'active'), series('pgha_proxy_pool_servers', 'idle'), series('pgha_proxy_pool_clients', 'active')]).toEqual([2, 0, 2]);
     expect((await third).rows[0].x).toBe(42);
     expect(Date.now() - started).toBeGreaterThan(500);
+    // its wait is in the pool's wait counters (PgBouncer's total_wait_time)
+    const w1 = await waitTotals();
+    expect(w1.count - w0.count).toBeGreaterThanOrEqual(1);
+    expect(w1.seconds - w0.seconds).toBeGreaterThan(0.5);
     await Promise.all(busy);
     await Promise.all(cs.map((c) => c.end()));
   });
