@@ -80,13 +80,18 @@ export interface AuthQueryOptions {
 }
 
 const QUERY_TTL_MS = 60_000;
+/** auth query answers kept at most (see Authenticator.remember) */
+export const QUERY_CACHE_MAX = 10_000;
 
 export class Authenticator {
+  /** user → the auth query's answer and when it came (oldest first) */
   private readonly fromQuery = new Map<string, { entry: UserEntry | null; at: number }>();
 
   constructor(
     private file: Map<string, UserEntry>,
     private readonly query: AuthQueryOptions | null,
+    /** auth query answers kept at most */
+    private readonly cacheMax = QUERY_CACHE_MAX,
   ) {
     if (query && !file.has(query.user)) throw new AuthFileError(`--auth-user ${query.user} is not in the --auth-file (its password logs the auth query in)`);
   }
@@ -113,6 +118,11 @@ export class Authenticator {
     return next.size;
   }
 
+  /** auth query answers kept now (at most cacheMax) */
+  get cachedAnswers(): number {
+    return this.fromQuery.size;
+  }
+
   /** the entry of a user, or null when none is known (the client then fails as PostgreSQL fails it: 28P01) */
   async lookup(user: string, database: string): Promise<UserEntry | null> {
     const e = this.file.get(user);
@@ -122,8 +132,25 @@ export class Authenticator {
     const entry = await this.runQuery(user, database);
     // keep a recovered ClientKey across refreshes of the same secret
     if (entry && cached?.entry?.clientKey && cached.entry.secret.kind === 'scram' && entry.secret.kind === 'scram' && cached.entry.secret.text === entry.secret.text) entry.clientKey = cached.entry.clientKey;
-    this.fromQuery.set(user, { entry, at: Date.now() });
+    this.remember(user, entry);
     return entry;
+  }
+
+  /**
+   * keep an auth query's answer for QUERY_TTL_MS. Every name a client tries is asked once and kept
+   * (unknown ones too, so that a flood of them does not become a flood of queries): answers past
+   * their time are dropped, and the oldest beyond cacheMax, so that names made up by clients
+   * cannot grow it without end.
+   */
+  private remember(user: string, entry: UserEntry | null): void {
+    const now = Date.now();
+    this.fromQuery.delete(user);
+    // a Map iterates in insertion order and every answer is inserted anew: oldest first
+    for (const [k, v] of this.fromQuery) {
+      if (now - v.at < QUERY_TTL_MS && this.fromQuery.size < this.cacheMax) break;
+      this.fromQuery.delete(k);
+    }
+    this.fromQuery.set(user, { entry, at: now });
   }
 
   private async runQuery(user: string, database: string): Promise<UserEntry | null> {

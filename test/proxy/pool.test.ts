@@ -17,6 +17,8 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Authenticator } from '../../proxy/pool/auth.js';
+import { parseSecret } from '../../proxy/pool/secrets.js';
 import { cleanupAll, PgCluster, sleep, waitFor } from '../harness/cluster.js';
 import { PROXY_CLI, startProxy, type RunningProxy } from '../support/proxy.js';
 import { makeCerts } from '../support/tls.js';
@@ -102,6 +104,19 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await cleanupAll();
+});
+
+describe('the auth query cache', () => {
+  it('keeps an answer per name a client tries, unknown names too, and never more than its bound: the oldest go first', async () => {
+    const file = new Map([['postgres', { user: 'postgres', secret: parseSecret('unused-with-trust') }]]);
+    const auth = new Authenticator(file, { sql: 'SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND rolcanlogin', user: 'postgres', target: () => ({ host: '127.0.0.1', port: primary.port }), ssl: false, timeoutMs: 5000 }, 3);
+    expect((await auth.lookup('scram_user', 'postgres'))?.secret.kind).toBe('scram');
+    for (const name of ['made-up-1', 'made-up-2', 'made-up-3', 'made-up-4']) expect(await auth.lookup(name, 'postgres')).toBe(null);
+    expect(auth.cachedAnswers).toBe(3);
+    // scram_user's answer was the oldest: asked again, and it is still found
+    expect((await auth.lookup('scram_user', 'postgres'))?.secret.kind).toBe('scram');
+    expect(auth.cachedAnswers).toBe(3);
+  });
 });
 
 // every test through both relays: the native pool loop (native/src/pool_relay.rs, the default) and
