@@ -97,6 +97,33 @@ fn skip_space_and_comments(q: &[u8], mut i: usize) -> usize {
     }
 }
 
+/// a message at least this long is sent on as it arrives once its start is known (see streamable)
+pub const STREAM_ABOVE: usize = 256 * 1024;
+/// how much of such a message's start is read before it is sent on: enough for what is looked at
+pub const STREAM_HEAD: usize = 16 * 1024;
+
+/// The start `head` (type, length and at least part of the body) of a message too long to hold
+/// whole: can it be sent on as it arrives? In session mode every message passes as it came; in
+/// transaction mode a Query that is not LISTEN (its first word seen), a Bind of the unnamed
+/// statement (whose statement name is not rewritten), and COPY data. A Parse (its whole text makes
+/// the server-side name) or a Bind of a named statement is held whole, as before.
+pub fn streamable(head: &[u8], session: bool) -> bool {
+    if session {
+        return true;
+    }
+    match head[0] {
+        t::QUERY => {
+            let q = &head[5..];
+            let first = skip_space_and_comments(q, 0);
+            // the first word must be in sight (a comment longer than the head: held whole)
+            first + 6 < q.len() && !starts_with_listen(q)
+        }
+        t::BIND => cstr_at(head, 5).and_then(|(_, at)| cstr_at(head, at)).is_some_and(|(statement, _)| statement.is_empty()),
+        b'd' => true,
+        _ => false,
+    }
+}
+
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }

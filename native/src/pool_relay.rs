@@ -229,6 +229,8 @@ pub struct Client {
     /// not read while its messages wait for a server connection or the server's socket is full
     read_blocked: bool,
     transactions: u64,
+    /// bytes still to come of a message being sent on as it arrives (too long to hold whole)
+    streaming: usize,
 }
 
 impl Client {
@@ -267,6 +269,8 @@ pub struct Server {
     resetting: bool,
     /// the reset query's error, once one came (its ReadyForQuery may come in a later read)
     reset_failed: Option<String>,
+    /// bytes still to come of a row or COPY data message being sent on to the client as it arrives
+    streaming: usize,
     /// when it was last made idle (meaningful while it is in the idle list)
     idle_since: Instant,
     /// past --server-lifetime: closed instead of made idle
@@ -297,6 +301,25 @@ fn server_token(id: u32) -> Token {
 }
 /// drains live on tokens of their own (the id space above every client and server)
 const DRAIN_BASE: usize = 1 << 40;
+
+/// the bookkeeping of a message sent on as it arrives, unchanged (streamable says which): what
+/// to_server does for that kind of message, without its bytes
+fn stream_start(c: &mut Client, kind: u8, session: bool) {
+    // (a message this long is no BEGIN to send again elsewhere)
+    c.replay = None;
+    match kind {
+        t::QUERY | t::SYNC => {
+            c.pending_ready += 1;
+            c.partial = false;
+        }
+        t::FUNCTION_CALL => c.pending_ready += 1,
+        t::PARSE | t::BIND | t::DESCRIBE | t::EXECUTE | t::CLOSE => c.partial = true,
+        _ => {}
+    }
+    if !session && (kind == t::QUERY || kind == t::BIND) {
+        c.queue.push_back(Pending::new(kind, Act::Fwd));
+    }
+}
 
 /// one client message on its way to the linked server (client.ts toServer)
 fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, clock: &mut u64, session: bool) {
@@ -489,7 +512,7 @@ fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64, coun
             if st == b'I' {
                 counters.ready_idle.fetch_add(1, Ordering::Relaxed);
             }
-            return Ok(st == b'I' && c.pending_ready == 0 && !c.partial && c.queue.is_empty());
+            return Ok(st == b'I' && c.pending_ready == 0 && !c.partial && c.streaming == 0 && c.queue.is_empty());
         }
         b'S' => {
             if swallow_query {
@@ -646,6 +669,7 @@ impl Engine {
             waiting_since: None,
             read_blocked: false,
             transactions: 0,
+            streaming: 0,
         };
         self.clients.insert(id, c);
         self.client_readable(id, false);
@@ -689,10 +713,45 @@ impl Engine {
         let mut terminate = false;
         let mut violation: Option<String> = None;
         let mut need_server = false;
+        let mut lost_mid_message = false;
         loop {
+            // the rest of a message being sent on as it arrives
+            if c.streaming > 0 {
+                let Some(s) = c.server.and_then(|sid| self.servers.get_mut(&sid)) else {
+                    lost_mid_message = true;
+                    break;
+                };
+                let k = c.streaming.min(inbuf.len() - off);
+                s.out.buf.extend_from_slice(&inbuf[off..off + k]);
+                c.streaming -= k;
+                off += k;
+                if c.streaming > 0 {
+                    break;
+                }
+                continue;
+            }
             let n = match whole_message(&inbuf[off..], c.max_frontend, c.offset + off as u64) {
                 Ok(Some(n)) => n,
-                Ok(None) => break,
+                Ok(None) => {
+                    // a long message is not held whole (a client could make the proxy hold 1 GB):
+                    // once its start is here it goes to the server as it comes, as PostgreSQL reads it
+                    let have = inbuf.len() - off;
+                    if have >= 5 {
+                        let len = 1 + u32::from_be_bytes([inbuf[off + 1], inbuf[off + 2], inbuf[off + 3], inbuf[off + 4]]) as usize;
+                        if len >= STREAM_ABOVE && have >= STREAM_HEAD && streamable(&inbuf[off..], self.session) {
+                            let Some(sid) = c.server else {
+                                need_server = true;
+                                break;
+                            };
+                            let Some(s) = self.servers.get_mut(&sid) else { break };
+                            stream_start(c, inbuf[off], self.session);
+                            s.out.buf.extend_from_slice(&inbuf[off..]);
+                            c.streaming = len - have;
+                            off = inbuf.len();
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     violation = Some(e);
                     break;
@@ -723,6 +782,10 @@ impl Engine {
                 }
             }
             self.flush_client(id);
+        }
+        if lost_mid_message {
+            let err = error_response("FATAL", "08006", "pgha-proxy: the server connection went away in the middle of a message of this client", None, None);
+            return self.close_client(id, Some(err), "its server connection went away in the middle of a message");
         }
         if let Some(v) = violation {
             // as the TypeScript pool and the relay: FATAL 08P01 naming the byte, then closed
@@ -896,7 +959,7 @@ impl Engine {
             self.emit("server-closed", 0, id, "could not register the server's socket".into(), false);
             return None;
         }
-        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false, resetting: false, reset_failed: None, idle_since: Instant::now(), retire: false };
+        let mut s = Server { sock, route, node, settings: settings.into_iter().collect(), prepared: HashMap::new(), inbuf: Vec::new(), out: Out::new(), client: None, tx_status: b'I', read_blocked: false, resetting: false, reset_failed: None, streaming: 0, idle_since: Instant::now(), retire: false };
         for p in prepared {
             s.add_prepared(p, &mut self.clock);
         }
@@ -962,9 +1025,32 @@ impl Engine {
             let mut failed: Option<(String, String)> = None;
             let mut violation: Option<String> = None;
             loop {
+                // the rest of a long row or COPY data message, sent on as it arrives
+                if s.streaming > 0 {
+                    let k = s.streaming.min(inbuf.len() - off);
+                    c.out.buf.extend_from_slice(&inbuf[off..off + k]);
+                    s.streaming -= k;
+                    off += k;
+                    if s.streaming > 0 {
+                        break;
+                    }
+                    continue;
+                }
                 let n = match server_message(&inbuf[off..], &s.node) {
                     Ok(Some(n)) => n,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // a long DataRow or CopyData for the client is not held whole either
+                        let have = inbuf.len() - off;
+                        if have >= 5 && (inbuf[off] == b'D' || inbuf[off] == b'd') && c.queue.front().is_none_or(|p| p.act != Act::Swallow) {
+                            let len = 1 + u32::from_be_bytes([inbuf[off + 1], inbuf[off + 2], inbuf[off + 3], inbuf[off + 4]]) as usize;
+                            if len >= STREAM_ABOVE {
+                                c.out.buf.extend_from_slice(&inbuf[off..]);
+                                s.streaming = len - have;
+                                off = inbuf.len();
+                            }
+                        }
+                        break;
+                    }
                     Err(v) => {
                         violation = Some(v);
                         break;
@@ -1021,7 +1107,7 @@ impl Engine {
         self.links.lock().unwrap().remove(&id);
         let Some(s) = self.servers.get_mut(&sid) else { return };
         s.client = None;
-        let clean = reusable && c.pending_ready == 0 && !c.partial && s.tx_status == b'I' && c.queue.is_empty() && s.inbuf.is_empty();
+        let clean = reusable && c.pending_ready == 0 && !c.partial && c.streaming == 0 && s.streaming == 0 && s.tx_status == b'I' && c.queue.is_empty() && s.inbuf.is_empty();
         let retire = s.retire;
         let cancel = !clean && c.pending_ready > 0;
         c.queue.clear();

@@ -10,7 +10,11 @@ import { ProtocolError } from '../protocol/errors.js';
 export type OnMessage = (type: number, msg: Buffer) => void;
 
 export class Framer {
-  private partial: Buffer | null = null;
+  /** the start of a message split across chunks, in the pieces it came in (joined once it is whole) */
+  private partial: Buffer[] = [];
+  private partialBytes = 0;
+  /** bytes of the split message (type byte and length word included), once its length word is here */
+  private partialNeeds = 0;
   /** bytes of the stream framed so far (for error offsets) */
   offset = 0;
 
@@ -21,15 +25,24 @@ export class Framer {
 
   /** true between two messages */
   get atBoundary(): boolean {
-    return this.partial === null;
+    return this.partialBytes === 0;
   }
 
   feed(chunk: Buffer, on: OnMessage): void {
     let buf = chunk;
-    if (this.partial) {
-      buf = Buffer.concat([this.partial, chunk]);
-      this.offset -= this.partial.length;
-      this.partial = null;
+    if (this.partialBytes > 0) {
+      // a long message comes in many chunks: kept as they are until it is whole (joining them at
+      // every chunk would copy it over and over)
+      if (this.partialNeeds > 0 && this.partialBytes + chunk.length < this.partialNeeds) {
+        this.partial.push(Buffer.from(chunk));
+        this.partialBytes += chunk.length;
+        return;
+      }
+      // (offset is where the split message starts: it counts whole messages only)
+      buf = Buffer.concat([...this.partial, chunk]);
+      this.partial = [];
+      this.partialBytes = 0;
+      this.partialNeeds = 0;
     }
     let i = 0;
     const n = buf.length;
@@ -43,7 +56,11 @@ export class Framer {
       i += 1 + len;
     }
     this.offset += i;
-    if (i < n) this.partial = Buffer.from(buf.subarray(i));
+    if (i < n) {
+      this.partial = [Buffer.from(buf.subarray(i))];
+      this.partialBytes = n - i;
+      this.partialNeeds = n - i >= 5 ? 1 + buf.readInt32BE(i + 1) : 0;
+    }
   }
 }
 

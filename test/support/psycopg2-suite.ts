@@ -34,10 +34,11 @@ export interface SuiteRun {
   exitCode: number | null;
 }
 
-/** run the whole suite against host:port as user postgres, database psycopg2_test */
-export function runPsycopg2Suite(host: string, port: number): Promise<SuiteRun> {
+/** run the whole suite against host:port as user postgres, database psycopg2_test (`extraEnv`: PGPASSWORD…) */
+export function runPsycopg2Suite(host: string, port: number, extraEnv: NodeJS.ProcessEnv = {}): Promise<SuiteRun> {
   const env = {
     ...process.env,
+    ...extraEnv,
     PSYCOPG2_TESTDB: 'psycopg2_test',
     PSYCOPG2_TESTDB_HOST: host,
     PSYCOPG2_TESTDB_PORT: String(port),

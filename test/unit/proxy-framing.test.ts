@@ -12,6 +12,7 @@ import { ProtocolError } from '../../proxy/protocol/errors.js';
 import { decodeError, errorResponse, withoutScramPlus } from '../../proxy/protocol/backend-messages.js';
 import { SaslOfferFilter } from '../../proxy/protocol/sasl-offer.js';
 import { parseConninfo, retarget } from '../../proxy/backend/conninfo.js';
+import { Framer } from '../../proxy/pool/framer.js';
 
 /** split `buf` at the given cut points */
 function chunks(buf: Buffer, cuts: number[]): Buffer[] {
@@ -167,6 +168,50 @@ describe('MessageWalker', () => {
     expect(() => w2.feed(Buffer.from([0x51, 0, 0, 0, 3]))).toThrow(/invalid message length 3/);
     const w3 = new MessageWalker({ peer: 'c', maxLength: 1000, wanted: () => false, onMessage: () => undefined });
     expect(() => w3.feed(Buffer.from([0x51, 0, 0, 0x03, 0xe9]))).toThrow(/invalid message length 1001/);
+  });
+});
+
+describe("the pool's Framer", () => {
+  const frame = (type: string, body: Buffer) => {
+    const len = Buffer.alloc(4);
+    len.writeInt32BE(body.length + 4);
+    return Buffer.concat([Buffer.from(type), len, body]);
+  };
+  const messages = [frame('Q', Buffer.from('SELECT 1\0')), frame('S', Buffer.alloc(0)), frame('B', Buffer.alloc(300_000, 7)), frame('d', Buffer.alloc(70_000, 1)), frame('X', Buffer.alloc(0))];
+  const stream = Buffer.concat(messages);
+  /** where each message ends in the stream */
+  const ends = messages.reduce<number[]>((acc, m) => [...acc, (acc.at(-1) ?? 0) + m.length], []);
+
+  it('the same whole messages at every chunking, long ones split across hundreds of chunks; at a boundary only between messages', () => {
+    fc.assert(
+      fc.property(fc.array(fc.nat(stream.length), { maxLength: 40 }), fc.integer({ min: 500, max: 20_000 }), (cuts, step) => {
+        // random cut points, and a fixed step that splits the long messages into many pieces
+        const parts = chunks(stream, [...cuts, ...Array.from({ length: Math.floor(stream.length / step) }, (_, i) => (i + 1) * step)]);
+        const f = new Framer('client', 0x3ffffffe);
+        const got: Buffer[] = [];
+        let fed = 0;
+        for (const p of parts) {
+          f.feed(p, (_t, msg) => got.push(Buffer.from(msg)));
+          fed += p.length;
+          expect(f.atBoundary).toBe(fed === 0 || ends.includes(fed));
+        }
+        expect(got.map((m) => m.length)).toEqual(messages.map((m) => m.length));
+        expect(got.every((m, i) => m.equals(messages[i]))).toBe(true);
+        expect(f.offset).toBe(stream.length);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('a bad length word is refused as soon as it is in, with the byte it is at, even after a long message in pieces', () => {
+    const f = new Framer('client', 1_000_000);
+    const bad = Buffer.from([0x51, 0x7f, 0xff, 0xff, 0xff]);
+    const all = Buffer.concat([messages[2], bad]);
+    const seen: number[] = [];
+    expect(() => {
+      for (let i = 0; i < all.length; i += 1000) f.feed(all.subarray(i, i + 1000), (t) => seen.push(t));
+    }).toThrow(new RegExp(`invalid message length ${0x7fffffff} for message type 0x51 at byte ${messages[2].length} `));
+    expect(seen).toEqual([0x42]);
   });
 });
 
