@@ -436,7 +436,7 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     await ok.end();
   });
 
-  it('a client that vanishes inside a transaction (socket closed, or Terminate, or half a message) leaves no lock and nothing committed behind', async () => {
+  it('a client that vanishes inside a transaction (socket closed, or Terminate, or half a message, short or long) leaves no lock and nothing committed behind', async () => {
     const tag = `vanish-${relay}`;
     const endings: Array<[string, (c: pg.Client) => Promise<void>]> = [
       ['closed', async (c) => void rawStream(c).destroy()],
@@ -444,6 +444,16 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
       ['half a message', async (c) => {
         rawStream(c).write(Buffer.from([0x51, 0, 0, 0, 100, 0x53, 0x45, 0x4c]));
         await sleep(50);
+        rawStream(c).destroy();
+      }],
+      // long enough to be sent on as it arrives: the server connection has part of it
+      ['a third of a 1 MB message', async (c) => {
+        const head = Buffer.alloc(5 + 350_000, 0x20);
+        head[0] = 0x51;
+        head.writeInt32BE((1 << 20) + 4, 1);
+        head.write('SELECT ', 5);
+        rawStream(c).write(head);
+        await sleep(100);
         rawStream(c).destroy();
       }],
     ];
