@@ -4,14 +4,15 @@
  * against PgBouncer in session mode, taking turns (order reversed every other round), on one
  * PostgreSQL 15 (scale 10, fsync off): `pgbench -S -c 16 -j 2` per mode, TPS and CPU per
  * transaction of each proxy process (all its threads), medians over the rounds.
- *   npx tsx bench/relay-loops.ts [seconds per run=15] [rounds=6] [modes=simple,extended,prepared] [fresh]
+ *   npx tsx bench/relay-loops.ts [seconds per run=15] [rounds=6] [modes=simple,extended,prepared] [fresh] [syscalls]
  * Runs are long by default: without pooling every run's 16 clients get 16 new backends through the
  * relay, while PgBouncer's session pool keeps its server connections (and their backends' warm
  * caches and page tables) from one run to the next, which shows in short runs. `fresh` adds
  * PgBouncer with new backends for every run (its server connections terminated before it), to
- * measure that.
+ * measure that. `syscalls` counts, with `perf stat` on each proxy process through each run, its
+ * system calls, epoll_wait and recvfrom+sendto calls and context switches per transaction.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { cleanupAll } from '../test/harness/cluster.js';
 import { startProxy } from '../test/support/proxy.js';
 import { benchCluster, cpuMs, startPgbouncer, stopPgbouncers } from './support/pgbouncer.js';
@@ -19,7 +20,24 @@ import { benchCluster, cpuMs, startPgbouncer, stopPgbouncers } from './support/p
 const secs = Number(process.argv[2] ?? 15);
 const rounds = Number(process.argv[3] ?? 6);
 const modes = (process.argv[4] ?? 'simple,extended,prepared').split(',');
-const fresh = process.argv[5] === 'fresh';
+const flags = process.argv.slice(5);
+const fresh = flags.includes('fresh');
+const syscalls = flags.includes('syscalls');
+const PERF_EVENTS = ['raw_syscalls:sys_enter', 'syscalls:sys_enter_epoll_wait', 'syscalls:sys_enter_recvfrom', 'syscalls:sys_enter_sendto', 'context-switches'];
+
+/** perf stat on a process until stop(): its events' counts */
+function perfStat(pid: number): { stop: () => Promise<Map<string, number>> } {
+  const p = spawn('perf', ['stat', '-x', ',', '-e', PERF_EVENTS.join(','), '-p', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  return {
+    stop: () =>
+      new Promise((resolve) => {
+        p.once('close', () => resolve(new Map(err.trim().split('\n').map((l) => l.split(',')).filter((f) => f.length > 2).map((f) => [f[2], Number(f[0])]))));
+        p.kill('SIGINT');
+      }),
+  };
+}
 const PASSWORD = 'bench-relay-secret';
 
 const median = (xs: number[]) => {
@@ -38,25 +56,34 @@ try {
     { name: 'relay, default loops', port: two.port, pid: two.pid, fresh: false },
     { name: 'relay, 1 loop', port: one.port, pid: one.pid, fresh: false },
   ];
-  const table: string[] = ['| mode | target | median TPS | median CPU µs/tx | runs (kTPS) |', '|---|---|---:|---:|---|'];
+  const table: string[] = syscalls
+    ? ['| mode | target | median TPS | median CPU µs/tx | syscalls/tx | epoll_wait/tx | recvfrom+sendto/tx | context switches/tx | runs (kTPS) |', '|---|---|---:|---:|---:|---:|---:|---:|---|']
+    : ['| mode | target | median TPS | median CPU µs/tx | runs (kTPS) |', '|---|---|---:|---:|---|'];
   for (const mode of modes) {
-    const got = new Map<string, Array<{ tps: number; cpu: number }>>();
+    const got = new Map<string, Array<{ tps: number; cpu: number; perf: number[] }>>();
     for (let r = 0; r < rounds; r++) {
       for (const t of r % 2 ? [...targets].reverse() : targets) {
         // PgBouncer's idle server connections ended: its next run logs in new backends, as the relay's runs do
         if (t.fresh) c.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()");
         const cpu0 = cpuMs(t.pid);
+        const perf = syscalls ? perfStat(t.pid) : null;
+        // (perf attaches before the first transaction)
+        if (perf) await new Promise((r) => setTimeout(r, 300));
         const out = spawnSync(bench, ['-h', '127.0.0.1', '-p', String(t.port), '-U', 'postgres', '-S', '-M', mode, '-c', '16', '-j', '2', '-T', String(secs), '-n', 'postgres'], { encoding: 'utf8', env: { ...process.env, PGPASSWORD: PASSWORD } }).stdout;
         const txs = Number(/actually processed: (\d+)/.exec(out)?.[1] ?? 0);
         const tps = Number(/tps = ([\d.]+)/.exec(out)?.[1] ?? NaN);
         const cpu = txs > 0 ? ((cpuMs(t.pid) - cpu0) * 1000) / txs : NaN;
-        console.error(`${mode.padEnd(9)} ${t.name.padEnd(22)} ${tps.toFixed(0)} tps, ${cpu.toFixed(1)} CPU µs/tx`);
-        got.set(t.name, [...(got.get(t.name) ?? []), { tps, cpu }]);
+        const counts = perf ? await perf.stop() : new Map<string, number>();
+        const per = (e: string) => (counts.get(e) ?? NaN) / txs;
+        const perfPerTx = [per(PERF_EVENTS[0]), per(PERF_EVENTS[1]), per(PERF_EVENTS[2]) + per(PERF_EVENTS[3]), per(PERF_EVENTS[4])];
+        console.error(`${mode.padEnd(9)} ${t.name.padEnd(22)} ${tps.toFixed(0)} tps, ${cpu.toFixed(1)} CPU µs/tx${perf ? `, per tx: ${perfPerTx.map((x) => x.toFixed(2)).join(' / ')}` : ''}`);
+        got.set(t.name, [...(got.get(t.name) ?? []), { tps, cpu, perf: perfPerTx }]);
       }
     }
     for (const t of targets) {
       const runs = got.get(t.name)!;
-      table.push(`| ${mode} | ${t.name} | ${median(runs.map((x) => x.tps)).toFixed(0)} | ${median(runs.map((x) => x.cpu)).toFixed(1)} | ${runs.map((x) => (x.tps / 1000).toFixed(1)).join(', ')} |`);
+      const perfCols = syscalls ? [0, 1, 2, 3].map((i) => ` ${median(runs.map((x) => x.perf[i])).toFixed(2)} |`).join('') : '';
+      table.push(`| ${mode} | ${t.name} | ${median(runs.map((x) => x.tps)).toFixed(0)} | ${median(runs.map((x) => x.cpu)).toFixed(1)} |${perfCols} ${runs.map((x) => (x.tps / 1000).toFixed(1)).join(', ')} |`);
     }
   }
   console.log(`${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores; pgbench -S -c 16 -j 2, ${secs} s per run, ${rounds} rounds\n`);

@@ -702,7 +702,8 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
             counters.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
         } else {
             let mut ready: Option<u8> = None;
-            let mut fatal: Option<(String, String)> = None;
+            // every FATAL of this read, in order (one read may hold several messages)
+            let mut fatal: Vec<(String, String)> = Vec::new();
             let (mut readies, mut idles) = (0u64, 0u64);
             let mut copy_in: Option<bool> = None;
             let r = s.backend_walker.feed(data, &mut |t, body| {
@@ -718,7 +719,7 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
                 } else if t == ERROR_RESPONSE {
                     let (sev, code) = error_fields(body);
                     if is_fatal(&sev) {
-                        fatal = Some((sev, code));
+                        fatal.push((sev, code));
                     }
                 }
             });
@@ -733,7 +734,7 @@ fn pump(poll: &mut Poll, id: u32, s: &mut Session, from_client: bool, buf: &mut 
             if let Some(c) = copy_in {
                 s.copy_in = c;
             }
-            if let Some((sev, code)) = fatal {
+            for (sev, code) in fatal {
                 s.backend_fatal = Some(code.clone());
                 sink.emit(RelayEvent { id, kind: "backend-fatal", detail: sev, sqlstate: Some(code), client_terminated: s.client_terminated, busy: false });
             }

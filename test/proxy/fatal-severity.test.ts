@@ -93,20 +93,22 @@ describe('FATAL from the server: the same decision in the Node relay and the nat
     for (let cut = 1; cut < stream.length; cut += 7) expect(tsDecisions([cut]), `cut at ${cut}`).toEqual(expected);
   });
 
-  it('the native relay over real sockets, the stream in pieces', async () => {
+  // in odd pieces, so that messages are split between reads; and in one write, so that one read
+  // holds several FATALs (each is one decision: the relay once kept only a read's last)
+  it.each([['in pieces', 37, 424242], ['in one write', 0, 424243]] as const)('the native relay over real sockets, the stream %s', async (_how, piece, id) => {
     expect(relay, 'the native addon is built').not.toBeNull();
     const [client, clientNear] = await pair();
     const [backend, backendNear] = await pair();
     for (const s of [clientNear, backendNear]) fdOf(s).readStop();
-    const id = 424242;
     relay!.add(id, fdOf(clientNear).fd, fdOf(backendNear).fd, 0x3fffffff - 1);
     let received = 0;
     client.on('data', (b: Buffer) => (received += b.length));
-    // in odd pieces, so that messages are split between reads
-    for (let at = 0; at < stream.length; at += 37) {
-      backend.write(stream.subarray(at, Math.min(stream.length, at + 37)));
-      await new Promise((r) => setTimeout(r, 2));
-    }
+    if (piece === 0) backend.write(stream);
+    else
+      for (let at = 0; at < stream.length; at += piece) {
+        backend.write(stream.subarray(at, Math.min(stream.length, at + piece)));
+        await new Promise((r) => setTimeout(r, 2));
+      }
     await waitFor(async () => received === stream.length, 5000, 'the stream relayed to the client');
     // events come through a thread-safe function, after the bytes: give them a moment
     const fatalEvents = () => events.filter((e) => e.id === id && e.kind === 'backend-fatal');
