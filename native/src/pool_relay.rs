@@ -307,6 +307,15 @@ const DRAIN_BASE: usize = 1 << 40;
 fn stream_start(c: &mut Client, kind: u8, session: bool) {
     // (a message this long is no BEGIN to send again elsewhere)
     c.replay = None;
+    count_request(c, kind);
+    if !session && (kind == t::QUERY || kind == t::BIND) {
+        c.queue.push_back(Pending::new(kind, Act::Fwd));
+    }
+}
+
+/// what a message passed on as it came leaves the server owing: a ReadyForQuery (Query, Sync,
+/// FunctionCall), or extended-protocol state until the next Sync
+fn count_request(c: &mut Client, kind: u8) {
     match kind {
         t::QUERY | t::SYNC => {
             c.pending_ready += 1;
@@ -315,9 +324,6 @@ fn stream_start(c: &mut Client, kind: u8, session: bool) {
         t::FUNCTION_CALL => c.pending_ready += 1,
         t::PARSE | t::BIND | t::DESCRIBE | t::EXECUTE | t::CLOSE => c.partial = true,
         _ => {}
-    }
-    if !session && (kind == t::QUERY || kind == t::BIND) {
-        c.queue.push_back(Pending::new(kind, Act::Fwd));
     }
 }
 
@@ -334,15 +340,7 @@ fn to_server(c: &mut Client, s: &mut Server, msg: &[u8], max_prepared: usize, cl
     if session {
         // the connection is the client's for its whole session: everything goes as it came, only
         // counted (what is pending when the client leaves decides whether the connection is reused)
-        match kind {
-            t::QUERY | t::SYNC => {
-                c.pending_ready += 1;
-                c.partial = false;
-            }
-            t::FUNCTION_CALL => c.pending_ready += 1,
-            t::PARSE | t::BIND | t::DESCRIBE | t::EXECUTE | t::CLOSE => c.partial = true,
-            _ => {}
-        }
+        count_request(c, kind);
         return s.out.buf.extend_from_slice(msg);
     }
     match kind {
