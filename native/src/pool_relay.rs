@@ -313,6 +313,16 @@ fn stream_start(c: &mut Client, kind: u8, session: bool) {
     }
 }
 
+/// the next bytes of a message sent on as it arrives (`rest` of it still to come), from `buf` at
+/// `off` to `to`; true once it has all gone
+fn pass_on(rest: &mut usize, buf: &[u8], off: &mut usize, to: &mut Vec<u8>) -> bool {
+    let k = (*rest).min(buf.len() - *off);
+    to.extend_from_slice(&buf[*off..*off + k]);
+    *rest -= k;
+    *off += k;
+    *rest == 0
+}
+
 /// what a message passed on as it came leaves the server owing: a ReadyForQuery (Query, Sync,
 /// FunctionCall), or extended-protocol state until the next Sync
 fn count_request(c: &mut Client, kind: u8) {
@@ -719,11 +729,7 @@ impl Engine {
                     lost_mid_message = true;
                     break;
                 };
-                let k = c.streaming.min(inbuf.len() - off);
-                s.out.buf.extend_from_slice(&inbuf[off..off + k]);
-                c.streaming -= k;
-                off += k;
-                if c.streaming > 0 {
+                if !pass_on(&mut c.streaming, &inbuf, &mut off, &mut s.out.buf) {
                     break;
                 }
                 continue;
@@ -1025,11 +1031,7 @@ impl Engine {
             loop {
                 // the rest of a long row or COPY data message, sent on as it arrives
                 if s.streaming > 0 {
-                    let k = s.streaming.min(inbuf.len() - off);
-                    c.out.buf.extend_from_slice(&inbuf[off..off + k]);
-                    s.streaming -= k;
-                    off += k;
-                    if s.streaming > 0 {
+                    if !pass_on(&mut s.streaming, &inbuf, &mut off, &mut c.out.buf) {
                         break;
                     }
                     continue;
