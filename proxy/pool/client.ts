@@ -107,6 +107,8 @@ export class PooledClient implements PoolClient, NativeClient {
     // answers the proxy gives itself come when every answer before them has
     while (this.queue.length > 0 && this.queue[0].act === 'fake') out.add(this.queue.shift()!.reply!);
   };
+  /** long messages from the linked server, as they arrive */
+  private readonly serverStream = { start: (type: number, head: Buffer) => this.streamToClient(type, head), part: (b: Buffer) => this.clientWrite(b) };
   private readonly onClientFrame = (type: number, msg: Buffer) => {
     if (this.phase === 'auth') {
       if (!this.authStep) throw new Error(`message type ${String.fromCharCode(type)} before authentication was asked for`);
@@ -152,6 +154,7 @@ export class PooledClient implements PoolClient, NativeClient {
     this.console = this.database === 'pgha';
     for (const [k, v] of Object.entries(params)) if (!NOT_SETTINGS.has(k)) this.settings.set(k.toLowerCase(), { name: k, value: v });
     mgr.register(this);
+    this.framer.streamTo = { start: (type, head) => this.streamToServer(type, head), part: (b) => this.streamPart(b) };
     socket.setNoDelay?.(true);
     socket.on('data', (c: Buffer) => this.fromClient(c));
     socket.on('error', () => this.close('client error'));
@@ -431,6 +434,99 @@ export class PooledClient implements PoolClient, NativeClient {
     this.pump();
   }
 
+  /** no server connection is idle: wait for one (the client is not read meanwhile), then go on */
+  private acquireThenPump(): void {
+    if (this.acquiring) return;
+    this.acquiring = true;
+    this.waitingSince = Date.now();
+    this.socket.pause();
+    this.mgr.acquire(this, this.entry!).then(
+      (s) => {
+        this.acquiring = false;
+        this.mgr.waited(this, Date.now() - this.waitingSince);
+        this.waitingSince = 0;
+        if (this.phase === 'closed') return this.mgr.release(s, this.entry!, true, false);
+        this.link(s);
+        this.socket.resume();
+        this.pump();
+      },
+      (e: Error) => {
+        this.acquiring = false;
+        this.waitingSince = 0;
+        const ae = e instanceof AcquireError ? e : null;
+        this.fatal(ae?.code ?? SQLSTATE.connectionFailure, e.message, ae?.detail, ae?.hint);
+      },
+    );
+  }
+
+  /**
+   * The start of a long client message (Framer.streamTo): sent on to the server as it arrives when
+   * it passes unchanged — in session mode any message, in transaction mode a Query that is not
+   * LISTEN (its first word in sight), a Bind of the unnamed statement, COPY data (the native
+   * loop's rule, pool_protocol.rs streamable) — and nothing before it waits. Without a server
+   * connection one is taken if idle, else waited for (the message is then held until it comes).
+   */
+  private streamToServer(type: number, head: Buffer): boolean {
+    if (this.phase !== 'ready' || this.console || this.inbox.length > 0) return false;
+    const txn = this.mgr.settings.mode === 'transaction';
+    if (txn) {
+      if (type === T.query) {
+        // the first word in sight (no leading comment), and not LISTEN
+        const start = head.toString('latin1', 5, Math.min(head.length, 5 + 256));
+        if (!/^\s*[A-Za-z(]/.test(start) || LISTEN_RE.test(start)) return false;
+      } else if (type === T.bind) {
+        const [, at] = cstring(head, 5);
+        if (cstring(head, at)[0] !== '') return false;
+      } else if (type !== 0x64) return false;
+    }
+    if (!this.server && !this.acquiring) {
+      const now = this.mgr.acquireNow(this);
+      if (now) this.link(now);
+      else this.acquireThenPump();
+    }
+    const s = this.server;
+    if (!s) return false;
+    this.replay = null;
+    if (type === T.query || type === T.sync) {
+      this.pendingReady++;
+      this.partial = false;
+    } else if (type === T.functionCall) this.pendingReady++;
+    else if (type === T.parse || type === T.bind || type === T.describe || type === T.execute || type === T.close) this.partial = true;
+    if (txn && (type === T.query || type === T.bind)) this.queue.push({ t: type, act: 'fwd' });
+    this.streamPart(head);
+    return true;
+  }
+
+  /** more of a long client message on its way to the server */
+  private streamPart(bytes: Buffer): void {
+    const s = this.server;
+    if (!s) return this.fatal(SQLSTATE.connectionFailure, 'pgha-proxy: the server connection went away in the middle of a message of this client');
+    if (!s.socket.write(bytes) && !this.socket.isPaused()) {
+      this.socket.pause();
+      s.socket.once('drain', () => this.phase !== 'closed' && this.socket.resume());
+    }
+  }
+
+  /** the start of a long DataRow or COPY data from the server: sent on to the client as it arrives (what came before it first) */
+  private streamToClient(type: number, head: Buffer): boolean {
+    if ((type !== 0x44 && type !== 0x64) || this.queue[0]?.act === 'swallow') return false;
+    const before = this.serverOut.take();
+    if (before) this.clientWrite(before);
+    this.answered = true;
+    this.clientWrite(head);
+    return true;
+  }
+
+  /** bytes for the client from the linked server: the server is not read while the client does not keep up */
+  private clientWrite(b: Buffer): void {
+    this.mgr.host.stats.bytesToClients += b.length;
+    const s = this.server;
+    if (!this.socket.write(b) && s && !s.socket.isPaused()) {
+      s.socket.pause();
+      this.socket.once('drain', () => s.socket.resume());
+    }
+  }
+
   private pump(): void {
     if (this.phase !== 'ready' || this.inbox.length === 0) return;
     if (this.console) return void this.consolePump();
@@ -438,30 +534,7 @@ export class PooledClient implements PoolClient, NativeClient {
       const now = this.mgr.acquireNow(this);
       if (now) this.link(now);
     }
-    if (!this.server) {
-      if (this.acquiring) return;
-      this.acquiring = true;
-      this.waitingSince = Date.now();
-      this.socket.pause();
-      this.mgr.acquire(this, this.entry!).then(
-        (s) => {
-          this.acquiring = false;
-          this.mgr.waited(this, Date.now() - this.waitingSince);
-          this.waitingSince = 0;
-          if (this.phase === 'closed') return this.mgr.release(s, this.entry!, true, false);
-          this.link(s);
-          this.socket.resume();
-          this.pump();
-        },
-        (e: Error) => {
-          this.acquiring = false;
-          this.waitingSince = 0;
-          const ae = e instanceof AcquireError ? e : null;
-          this.fatal(ae?.code ?? SQLSTATE.connectionFailure, e.message, ae?.detail, ae?.hint);
-        },
-      );
-      return;
-    }
+    if (!this.server) return this.acquireThenPump();
     const s = this.server;
     const out = new Out();
     const n = this.inbox.length;
@@ -480,6 +553,7 @@ export class PooledClient implements PoolClient, NativeClient {
     this.transactions++;
     s.onData = this.onServerData;
     s.onGone = this.onServerGone;
+    s.framer.streamTo = this.serverStream;
     this.replay = [];
     this.answered = false;
     // settings the client asked for that the server connection does not have
@@ -645,11 +719,7 @@ export class PooledClient implements PoolClient, NativeClient {
     const b = out.take();
     if (b) {
       this.answered = true;
-      this.mgr.host.stats.bytesToClients += b.length;
-    }
-    if (b && !this.socket.write(b) && !s.socket.isPaused()) {
-      s.socket.pause();
-      this.socket.once('drain', () => s.socket.resume());
+      this.clientWrite(b);
     }
     if (this.serverRelease && this.server === s) this.unlink(true);
   }
@@ -735,8 +805,9 @@ export class PooledClient implements PoolClient, NativeClient {
     this.server = null;
     s.onData = NOOP;
     s.onGone = NOOP;
+    s.framer.streamTo = null;
     if (s.socket.isPaused()) s.socket.resume();
-    const clean = reusable && this.pendingReady === 0 && !this.partial && s.txStatus === 'I' && this.queue.length === 0 && s.framer.atBoundary;
+    const clean = reusable && this.pendingReady === 0 && !this.partial && s.txStatus === 'I' && this.queue.length === 0 && s.framer.atBoundary && this.framer.atBoundary;
     if (!clean && s.state !== 'closed' && this.pendingReady > 0) void this.mgr.sendCancelTo(s);
     this.queue.length = 0;
     this.pendingReady = 0;

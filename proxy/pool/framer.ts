@@ -9,6 +9,18 @@ import { ProtocolError } from '../protocol/errors.js';
 
 export type OnMessage = (type: number, msg: Buffer) => void;
 
+/** a message at least this long may be sent on as it arrives once its start is here (native/src/pool_protocol.rs STREAM_ABOVE) */
+export const STREAM_ABOVE = 256 * 1024;
+/** how much of such a message's start is gathered first (STREAM_HEAD there) */
+export const STREAM_HEAD = 16 * 1024;
+
+/** where a long message goes as it arrives, when the owner of the Framer says it may (start) */
+export interface StreamHooks {
+  /** the start of a message of `length` bytes (head: type, length word, part of the body): true to take the rest through part() */
+  start(type: number, head: Buffer, length: number): boolean;
+  part(bytes: Buffer): void;
+}
+
 export class Framer {
   /** the start of a message split across chunks, in the pieces it came in (joined once it is whole) */
   private partial: Buffer[] = [];
@@ -17,6 +29,11 @@ export class Framer {
   private partialNeeds = 0;
   /** bytes of the stream framed so far (for error offsets) */
   offset = 0;
+  /** long messages sent on as they arrive (null: every message is delivered whole) */
+  streamTo: StreamHooks | null = null;
+  /** bytes still to come of a message being sent on as it arrives, and its whole length */
+  private streamRest = 0;
+  private streamLength = 0;
 
   constructor(
     private readonly peer: string,
@@ -25,21 +42,42 @@ export class Framer {
 
   /** true between two messages */
   get atBoundary(): boolean {
-    return this.partialBytes === 0;
+    return this.partialBytes === 0 && this.streamRest === 0;
   }
 
   feed(chunk: Buffer, on: OnMessage): void {
     let buf = chunk;
+    if (this.streamRest > 0) {
+      const k = Math.min(this.streamRest, buf.length);
+      this.streamRest -= k;
+      this.streamTo!.part(buf.subarray(0, k));
+      if (this.streamRest > 0) return;
+      this.offset += this.streamLength;
+      buf = buf.subarray(k);
+      if (buf.length === 0) return;
+    }
     if (this.partialBytes > 0) {
       // a long message comes in many chunks: kept as they are until it is whole (joining them at
-      // every chunk would copy it over and over)
-      if (this.partialNeeds > 0 && this.partialBytes + chunk.length < this.partialNeeds) {
-        this.partial.push(Buffer.from(chunk));
-        this.partialBytes += chunk.length;
+      // every chunk would copy it over and over), or sent on once its start is here
+      if (this.partialNeeds > 0 && this.partialBytes + buf.length < this.partialNeeds) {
+        this.partial.push(Buffer.from(buf));
+        this.partialBytes += buf.length;
+        if (this.partialNeeds >= STREAM_ABOVE && this.partialBytes >= STREAM_HEAD && this.streamTo) {
+          const head = Buffer.concat(this.partial);
+          if (this.streamTo.start(head[0], head, this.partialNeeds)) {
+            this.streamRest = this.partialNeeds - head.length;
+            this.streamLength = this.partialNeeds;
+            this.partial = [];
+            this.partialBytes = 0;
+            this.partialNeeds = 0;
+            return;
+          }
+          this.partial = [head];
+        }
         return;
       }
       // (offset is where the split message starts: it counts whole messages only)
-      buf = Buffer.concat([...this.partial, chunk]);
+      buf = Buffer.concat([...this.partial, buf]);
       this.partial = [];
       this.partialBytes = 0;
       this.partialNeeds = 0;
@@ -57,9 +95,15 @@ export class Framer {
     }
     this.offset += i;
     if (i < n) {
+      const needs = n - i >= 5 ? 1 + buf.readInt32BE(i + 1) : 0;
+      if (needs >= STREAM_ABOVE && n - i >= STREAM_HEAD && this.streamTo?.start(buf[i], buf.subarray(i), needs)) {
+        this.streamRest = needs - (n - i);
+        this.streamLength = needs;
+        return;
+      }
       this.partial = [Buffer.from(buf.subarray(i))];
       this.partialBytes = n - i;
-      this.partialNeeds = n - i >= 5 ? 1 + buf.readInt32BE(i + 1) : 0;
+      this.partialNeeds = needs;
     }
   }
 }

@@ -389,7 +389,7 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     expect(readFileSync(out, 'utf8').split('\n').length - 1).toBe(100_000);
   });
 
-  it('a 64 MB query, a 64 MB parameter and a 64 MB row go through whole; the native loop sends them on as they arrive (its peak memory grows by far less than one)', async () => {
+  it('a 64 MB query, a 64 MB parameter and a 64 MB row go through whole, sent on as they arrive (the proxy\'s peak memory grows by far less than one)', async () => {
     const p = await startProxy([primary.port], [...common, '--pool-mode', 'transaction', '--pool-size', '2', '--relay', relay]);
     // peak resident memory (VmHWM): what the proxy held at its fullest
     const peakKiB = () => Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))?.[1] ?? NaN);
@@ -411,8 +411,10 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
       expect((await c.query('SELECT 2 AS two')).rows[0].two).toBe(2);
       const grewMiB = (peakKiB() - before) / 1024;
       console.log(`${relay}: the proxy's peak memory grew by ${grewMiB.toFixed(1)} MiB for 64 MiB messages`);
-      // held whole, one message would be 64 MiB in the loop's buffers (twice: read, then queued to send)
-      if (relay === 'native') expect(grewMiB).toBeLessThan(24);
+      // held whole, one message would be 64 MiB in the proxy's buffers (twice: read, then queued to
+      // send; 206 MiB in all before the TypeScript pool streamed too). The TypeScript pool's ~37 MiB
+      // are the chunks already relayed, freed at V8's next collection, not one message.
+      expect(grewMiB).toBeLessThan(relay === 'native' ? 24 : 56);
       await c.end();
     } finally {
       await p.stop();
