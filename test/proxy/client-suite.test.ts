@@ -16,7 +16,8 @@ import { preparePsycopg2Suite, PSYCOPG2_VERSION, runPsycopg2Suite, type SuiteRun
 
 let primary: PgCluster;
 let proxy: RunningProxy;
-let pooled: RunningProxy;
+/** --pool-mode session, in the native loop and in the TypeScript pool (--relay node: where TLS clients go) */
+const pooled: Record<'native' | 'node', RunningProxy | null> = { native: null, node: null };
 let directRun: Promise<SuiteRun> | null = null;
 /** the suite run directly against PostgreSQL, once for both comparisons */
 const direct = () => (directRun ??= runPsycopg2Suite('127.0.0.1', primary.port));
@@ -36,12 +37,13 @@ beforeAll(async () => {
   // the pool authenticates clients itself: the suite's user with a password (the server trusts it)
   const dir = mkdtempSync(join(tmpdir(), 'pgha-psycopg2-pool-'));
   writeFileSync(join(dir, 'userlist.txt'), '"postgres" "psycopg2-suite"\n', { mode: 0o600 });
-  pooled = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--log-level', 'warn', '--pool-mode', 'session', '--pool-size', '20', '--auth-file', join(dir, 'userlist.txt')]);
+  for (const relay of ['native', 'node'] as const) pooled[relay] = await startProxy([primary.port], ['--backend-sslmode', 'disable', '--log-level', 'warn', '--pool-mode', 'session', '--pool-size', '20', '--auth-file', join(dir, 'userlist.txt'), '--relay', relay]);
 }, 600_000);
 
 afterAll(async () => {
   await proxy?.stop();
-  await pooled?.stop();
+  await pooled.native?.stop();
+  await pooled.node?.stop();
   await cleanupAll();
 });
 
@@ -58,11 +60,12 @@ describe(`psycopg2 ${PSYCOPG2_VERSION}'s own test suite`, () => {
     expect((await proxy.status()).clients.accepted.rw).toBeGreaterThan(100);
   });
 
-  it('through --pool-mode session: the same result for every test but those that need what no pooler gives', async () => {
+  it.each([['native'], ['node']] as const)('through --pool-mode session (%s relay): the same result for every test but those that need what no pooler gives', async (relay) => {
     const d = await direct();
-    const before = (await pooled.status()).clients.accepted.rw;
-    const viaPool = await runPsycopg2Suite('127.0.0.1', pooled.port, { PGPASSWORD: 'psycopg2-suite' });
-    console.log(`psycopg2 suite through pgha-proxy --pool-mode session: ${summary(viaPool)} ${JSON.stringify(notOk(viaPool))}`);
+    const p = pooled[relay]!;
+    const before = (await p.status()).clients.accepted.rw;
+    const viaPool = await runPsycopg2Suite('127.0.0.1', p.port, { PGPASSWORD: 'psycopg2-suite' });
+    console.log(`psycopg2 suite through pgha-proxy --pool-mode session --relay ${relay}: ${summary(viaPool)} ${JSON.stringify(notOk(viaPool))}`);
     // A client's BackendKeyData is the pool's own key (a cancel goes to whichever server connection
     // it is on, as with PgBouncer): its backend_pid is not the server's pid, which pg_backend_pid()
     // and a NotificationResponse carry. Replication connections are not pooled: those tests are skipped.
@@ -77,6 +80,8 @@ describe(`psycopg2 ${PSYCOPG2_VERSION}'s own test suite`, () => {
     // what a pooler cannot give did differ (else this list is stale), and each as a failed assertion on a pid
     expect(differing.filter((x) => expected.has(x.split(':')[0])).sort()).toEqual([...expected].map((t) => `${t}: direct ok, proxy FAIL`).sort());
     expect(replication.length).toBeGreaterThan(5);
-    expect((await pooled.status()).clients.accepted.rw - before).toBeGreaterThan(100);
+    expect((await p.status()).clients.accepted.rw - before).toBeGreaterThan(100);
+    // carried by the pool asked for
+    expect((await p.status()).relay).toBe(relay);
   });
 });
