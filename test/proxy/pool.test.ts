@@ -477,6 +477,22 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     await waitFor(async () => Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'plain_user' AND state LIKE 'idle in transaction%'")) === 0, 10_000, 'no server session left in a transaction');
   });
 
+  it("a client idle in a transaction past the server's idle_in_transaction_session_timeout hears the server's FATAL 25P03; its connection is replaced, the pool goes on", async () => {
+    const c = client(txn, 'plain_user');
+    // the server says it when the time is up, to a client that asked nothing (as it does directly)
+    const told = new Promise<{ code?: string }>((r) => c.on('error', (err) => r(err as { code?: string })));
+    await c.connect();
+    await c.query('BEGIN');
+    await c.query("SET LOCAL idle_in_transaction_session_timeout = '300ms'");
+    const e = await Promise.race([told, sleep(10_000).then(() => ({ code: 'nothing within 10 s' }))]);
+    expect(e.code).toBe('25P03');
+    // the pool's other connection, and new ones, serve the next clients
+    const next = client(txn, 'plain_user');
+    await next.connect();
+    for (let i = 0; i < 3; i++) expect((await next.query('SELECT $1::int AS i', [i])).rows[0].i).toBe(i);
+    await next.end();
+  });
+
   it('session mode: the next client on the same server connection finds it reset (settings, prepared statements, temporary tables)', async () => {
     const a = client(session, 'plain_user');
     await a.connect();
