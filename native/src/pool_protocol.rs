@@ -240,6 +240,11 @@ pub fn query_text(msg: &[u8]) -> &[u8] {
     &msg[5.min(msg.len())..end]
 }
 
+/// the whole length (type byte included) a message's header declares; `buf` holds at least the 5 header bytes
+pub fn declared_length(buf: &[u8]) -> usize {
+    1 + u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize
+}
+
 /// the length of the first whole message in `buf`, Ok(None) when it is not all there yet
 pub fn whole_message(buf: &[u8], max: u32, offset_base: u64) -> Result<Option<usize>, String> {
     if buf.len() < 5 {

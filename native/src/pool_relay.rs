@@ -741,7 +741,7 @@ impl Engine {
                     // once its start is here it goes to the server as it comes, as PostgreSQL reads it
                     let have = inbuf.len() - off;
                     if have >= 5 {
-                        let len = 1 + u32::from_be_bytes([inbuf[off + 1], inbuf[off + 2], inbuf[off + 3], inbuf[off + 4]]) as usize;
+                        let len = declared_length(&inbuf[off..]);
                         if len >= STREAM_ABOVE && have >= STREAM_HEAD && streamable(&inbuf[off..], self.session) {
                             let Some(sid) = c.server else {
                                 need_server = true;
@@ -1042,7 +1042,7 @@ impl Engine {
                         // a long DataRow or CopyData for the client is not held whole either
                         let have = inbuf.len() - off;
                         if have >= 5 && (inbuf[off] == b'D' || inbuf[off] == b'd') && c.queue.front().is_none_or(|p| p.act != Act::Swallow) {
-                            let len = 1 + u32::from_be_bytes([inbuf[off + 1], inbuf[off + 2], inbuf[off + 3], inbuf[off + 4]]) as usize;
+                            let len = declared_length(&inbuf[off..]);
                             if len >= STREAM_ABOVE {
                                 c.out.buf.extend_from_slice(&inbuf[off..]);
                                 s.streaming = len - have;
