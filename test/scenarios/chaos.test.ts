@@ -8,13 +8,19 @@
  * old primary rejoined by its own agent, nothing acknowledged by the old primary after the promotion.
  * At the end every acknowledged transaction is on every node and the counter equals the rows.
  *
+ * Beside it a second pgha-proxy that only follows (no --auto-failover, no etcd: what an operator
+ * runs as a second entry point), with 2 writers of its own: after every cycle it routes to the new
+ * primary, and nothing it acknowledged came from the old primary after the promotion (it follows the
+ * newer timeline and never routes to a resumed or healed old primary).
+ *
  * Cycle counts: PGHA_CHAOS_KILL (default 20), PGHA_CHAOS_STOP (3), PGHA_CHAOS_CUT (3).
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { cleanupAll, sleep, waitFor } from '../harness/cluster.js';
 import { destroyAllNetHosts } from '../harness/netns.js';
 import { stopAgentProcesses } from '../support/agents.js';
-import { HaCluster, type HaNode } from '../support/ha-cluster.js';
+import { FAST_HEALTH, HaCluster, type HaNode } from '../support/ha-cluster.js';
+import { startProxy, type RunningProxy } from '../support/proxy.js';
 import { WriteLoad } from '../support/write-load.js';
 
 const KILL = Number(process.env.PGHA_CHAOS_KILL ?? 20);
@@ -40,11 +46,15 @@ interface CycleResult {
   failoverMs: number;
   backToFullMs: number;
   fenced: string;
+  /** the same through the following proxy's writers */
+  followerUnavailableMs: number | null;
 }
 
 let ha: HaCluster | null = null;
+let follower: RunningProxy | null = null;
 
 afterAll(async () => {
+  await follower?.stop();
   await ha?.stop();
   await stopAgentProcesses();
   await cleanupAll();
@@ -93,10 +103,16 @@ describe('chaos loop: repeated failover and automatic rejoin under synchronous r
   it(`${KILL} kill -9, ${STOP} SIGSTOP and ${CUT} network-cut cycles: one primary, three nodes streaming after each, nothing acknowledged lost`, async () => {
     ha = await HaCluster.start({ name: 'chaos', nodes: 3, sync: true, netns: true });
     await ha.waitHealthy(60_000, 'initial cluster');
+    const first = (await ha.status()).primary;
+    follower = await startProxy(ha.nodes.map((n) => n.address), FAST_HEALTH);
+    await waitFor(async () => (await follower!.status()).primary === first, 15_000, 'the following proxy routing to the first primary');
     const load = new WriteLoad(ha.proxy.port, { workers: 4, txPerSecond: 120, counter: true });
+    const followerLoad = new WriteLoad(follower.port, { workers: 2, txPerSecond: 40, counter: true, firstWorker: 4 });
     load.start();
+    followerLoad.start();
     const results: CycleResult[] = [];
     let report: Awaited<ReturnType<WriteLoad['stop']>>;
+    let followerReport: Awaited<ReturnType<WriteLoad['stop']>>;
     try {
       await sleep(1500);
       const faults = schedule();
@@ -130,6 +146,14 @@ describe('chaos loop: repeated failover and automatic rejoin under synchronous r
         const promotedAt = Date.parse(report.promotedAt!);
         const late = load.acks.filter((a) => a.port === old.pg.port && a.at > promotedAt);
         expect(late, `cycle ${i + 1}: commits acknowledged by the fenced old primary after the promotion`).toEqual([]);
+        // the following proxy: on the new primary too, and it never had the old one acknowledge after the promotion
+        await waitFor(async () => (await follower!.status()).primary === s.primary, 30_000, `cycle ${i + 1} (${fault}): the following proxy routing to ${s.primary}`).catch(async (e: Error) => {
+          throw new Error(`${e.message}: it sees ${JSON.stringify((await follower!.status()).backends.map((b) => [b.name, b.role, b.timeline, b.fenced, b.reason]))}`);
+        });
+        const followerLate = followerLoad.acks.filter((a) => a.port === old.pg.port && a.at > promotedAt);
+        expect(followerLate, `cycle ${i + 1}: commits the old primary acknowledged through the following proxy after the promotion`).toEqual([]);
+        await waitFor(async () => followerLoad.acks.some((a) => a.at > t0 && a.port === ha!.node(s.primary!).pg.port), 30_000, `cycle ${i + 1}: a commit through the following proxy on the new primary`);
+        const followerAck = followerLoad.acks.find((a) => a.at > t0 && a.port !== old.pg.port);
         // unavailable until the new primary acknowledges (a commit the old one finished as it died is not service)
         const firstAck = load.acks.find((a) => a.at > t0 && a.port !== old.pg.port);
         results.push({
@@ -141,19 +165,22 @@ describe('chaos loop: repeated failover and automatic rejoin under synchronous r
           failoverMs: report.ms,
           backToFullMs: Date.now() - t0,
           fenced: report.fenced,
+          followerUnavailableMs: followerAck ? followerAck.at - t0 : null,
         });
-        console.log(`cycle ${i + 1} ${fault}: ${old.name} -> ${ha.node(s.primary!).name}, writes unavailable ${results[i].unavailableMs} ms, failover ${report.ms} ms, old primary fenced ${report.fenced}, back to 3 streaming after ${results[i].backToFullMs} ms`);
+        console.log(`cycle ${i + 1} ${fault}: ${old.name} -> ${ha.node(s.primary!).name}, writes unavailable ${results[i].unavailableMs} ms (following proxy ${results[i].followerUnavailableMs} ms), failover ${report.ms} ms, old primary fenced ${report.fenced}, back to 3 streaming after ${results[i].backToFullMs} ms`);
         await sleep(700);
       }
     } finally {
       report = await load.stop();
+      followerReport = await followerLoad.stop();
     }
-    const v = await ha.verifyEverywhere(load);
+    const v = await ha.verifyEverywhere(load, followerLoad);
     for (const fault of ['kill -9', 'SIGSTOP', 'network cut'] as Fault[]) {
       const xs = results.filter((r) => r.fault === fault && r.unavailableMs !== null).map((r) => r.unavailableMs!);
-      if (xs.length) console.log(`${fault}: ${xs.length} cycles, write-unavailability median ${median(xs)} ms, max ${Math.max(...xs)} ms; back to full redundancy median ${median(results.filter((r) => r.fault === fault).map((r) => r.backToFullMs))} ms`);
+      const ys = results.filter((r) => r.fault === fault && r.followerUnavailableMs !== null).map((r) => r.followerUnavailableMs!);
+      if (xs.length) console.log(`${fault}: ${xs.length} cycles, write-unavailability median ${median(xs)} ms, max ${Math.max(...xs)} ms (through the following proxy: median ${median(ys)} ms, max ${Math.max(...ys)} ms); back to full redundancy median ${median(results.filter((r) => r.fault === fault).map((r) => r.backToFullMs))} ms`);
     }
-    console.log(`chaos: ${report.commits} acknowledged commits, ${report.errors} client errors ${JSON.stringify(report.errorKinds)}; per node ${JSON.stringify(v.perNode)}`);
+    console.log(`chaos: ${report.commits} acknowledged commits, ${report.errors} client errors ${JSON.stringify(report.errorKinds)}; through the following proxy ${followerReport.commits} and ${followerReport.errors} ${JSON.stringify(followerReport.errorKinds)}; per node ${JSON.stringify(v.perNode)}`);
     expect(results).toHaveLength(KILL + STOP + CUT);
     expect(v.ackedRows).toBeGreaterThan(100 * results.length);
     for (const x of v.perNode) {
@@ -161,6 +188,6 @@ describe('chaos loop: repeated failover and automatic rejoin under synchronous r
       expect(x.counter, `${x.node}: counter = rows`).toBe(x.rows);
       expect(x.rows).toBeGreaterThanOrEqual(v.ackedRows);
     }
-    expect(results.every((r) => r.unavailableMs !== null)).toBe(true);
+    expect(results.every((r) => r.unavailableMs !== null && r.followerUnavailableMs !== null)).toBe(true);
   }, 3_600_000);
 });

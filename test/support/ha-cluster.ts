@@ -200,8 +200,8 @@ export class HaCluster {
     return streaming === this.nodes.length - 1 ? '' : `${streaming} standbys streaming in the primary's pg_stat_replication`;
   }
 
-  /** every acknowledged write of `load` on every node, and the counter equal to the rows */
-  async verifyEverywhere(load: WriteLoad): Promise<{ ackedRows: number; perNode: Array<{ node: string; lost: number; rows: number; counter: number }> }> {
+  /** every acknowledged write of `loads` on every node, and the counter equal to the rows (ackedRows, lost: summed over the loads) */
+  async verifyEverywhere(...loads: WriteLoad[]): Promise<{ ackedRows: number; perNode: Array<{ node: string; lost: number; rows: number; counter: number }> }> {
     const s = await this.status();
     const p = this.node(s.primary!);
     const target = await p.pg.sql('SELECT pg_current_wal_lsn()');
@@ -209,10 +209,11 @@ export class HaCluster {
     let acked = 0;
     for (const n of this.nodes) {
       if (n !== p) await waitFor(async () => (await n.pg.sql(`SELECT pg_last_wal_replay_lsn() >= '${target}'::pg_lsn`)) === 'true', 60_000, `${n.name} replay to ${target}`);
-      const v = await load.verify(n.pg);
-      acked = v.ackedRows;
+      const vs = await Promise.all(loads.map((l) => l.verify(n.pg)));
+      acked = vs.reduce((a, v) => a + v.ackedRows, 0);
+      const lost = vs.reduce((a, v) => a + v.lost, 0);
       const [r] = await n.pg.rows<{ rows: string; counter: string }>('SELECT (SELECT count(*) FROM ledger)::text AS rows, (SELECT n FROM counter WHERE id = 1)::text AS counter');
-      perNode.push({ node: n.name, lost: v.lost, rows: Number(r.rows), counter: Number(r.counter) });
+      perNode.push({ node: n.name, lost, rows: Number(r.rows), counter: Number(r.counter) });
     }
     return { ackedRows: acked, perNode };
   }
