@@ -42,8 +42,11 @@ export declare class ProxyPool {
   giveBack(route: string, node: string, n: number): void
   /** [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle] */
   counters(): Array<number>
-  /** per route (user NUL database): the clients that waited for a server connection and got one, and how long in all */
-  waitTotals(): Array<JsWaitTotal>
+  /**
+   * per route (user NUL database): what its clients did (transactions, queries, bytes, time in
+   * transactions and queries, waits for a server connection)
+   */
+  routeStats(): Array<JsRouteStats>
   /**
    * close the connections idle for `idleMs` or longer (null: keep them); `retire`: connections
    * past their lifetime, closed when idle (now, or once their client lets them go)
@@ -145,6 +148,22 @@ export interface JsRelayEvent {
   busy: boolean
 }
 
+/** what the clients of one route (user NUL database) did in the loop: PgBouncer's SHOW STATS totals */
+export interface JsRouteStats {
+  route: string
+  /** ReadyForQuery `I` relayed (transactions, autocommit statements included) */
+  xacts: number
+  /** ReadyForQuery relayed */
+  queries: number
+  bytesFromClients: number
+  bytesToClients: number
+  xactUs: number
+  queryUs: number
+  /** waits for a server connection of a full pool, and microseconds waited in all */
+  waitUs: number
+  waits: number
+}
+
 export interface JsScanOptions {
   bufLsn: bigint
   carry?: JsCarry
@@ -166,13 +185,6 @@ export interface JsScanResult {
   firstRecordLsn: bigint
   lastRecordLsn: bigint
   lastRecordEndLsn: bigint
-}
-
-/** clients of one route that waited for a server connection of a full pool, and for how long in all */
-export interface JsWaitTotal {
-  route: string
-  seconds: number
-  count: number
 }
 
 /**

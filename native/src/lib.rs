@@ -494,12 +494,21 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::from_reason(format!("pool {what}: {e}"))
 }
 
-/// clients of one route that waited for a server connection of a full pool, and for how long in all
+/// what the clients of one route (user NUL database) did in the loop: PgBouncer's SHOW STATS totals
 #[napi(object)]
-pub struct JsWaitTotal {
+pub struct JsRouteStats {
     pub route: String,
-    pub seconds: f64,
-    pub count: f64,
+    /// ReadyForQuery `I` relayed (transactions, autocommit statements included)
+    pub xacts: f64,
+    /// ReadyForQuery relayed
+    pub queries: f64,
+    pub bytes_from_clients: f64,
+    pub bytes_to_clients: f64,
+    pub xact_us: f64,
+    pub query_us: f64,
+    /// waits for a server connection of a full pool, and microseconds waited in all
+    pub wait_us: f64,
+    pub waits: f64,
 }
 
 /// The proxy's transaction pool loop (native/src/pool_relay.rs): clients and server connections
@@ -587,10 +596,18 @@ impl ProxyPool {
         self.inner.totals().iter().map(|&v| v as f64).collect()
     }
 
-    /// per route (user NUL database): the clients that waited for a server connection and got one, and how long in all
+    /// per route (user NUL database): what its clients did (transactions, queries, bytes, time in
+    /// transactions and queries, waits for a server connection)
     #[napi]
-    pub fn wait_totals(&self) -> Vec<JsWaitTotal> {
-        self.inner.wait_totals().into_iter().map(|(route, [us, n])| JsWaitTotal { route, seconds: us as f64 / 1e6, count: n as f64 }).collect()
+    pub fn route_stats(&self) -> Vec<JsRouteStats> {
+        self.inner
+            .route_stats()
+            .into_iter()
+            .map(|(route, v)| {
+                let [xacts, queries, bytes_from_clients, bytes_to_clients, xact_us, query_us, wait_us, waits] = v.map(|x| x as f64);
+                JsRouteStats { route, xacts, queries, bytes_from_clients, bytes_to_clients, xact_us, query_us, wait_us, waits }
+            })
+            .collect()
     }
 
     /// close the connections idle for `idleMs` or longer (null: keep them); `retire`: connections

@@ -68,8 +68,41 @@ pub struct PoolCounters {
     pub ready: AtomicU64,
     /// of those, the ones saying idle (`I`): transactions, autocommit statements included, ended
     pub ready_idle: AtomicU64,
-    /// route → [microseconds waited, waits]: clients that waited for a server connection, once they got one
-    pub waits: Mutex<HashMap<String, [u64; 2]>>,
+    /// route → what its clients did (PgBouncer's SHOW STATS, per user and database)
+    pub routes: Mutex<HashMap<String, Arc<RouteStats>>>,
+}
+
+impl PoolCounters {
+    /// the counters of one route, made on first use (taken once per client, not per transaction)
+    fn route(&self, route: &str) -> Arc<RouteStats> {
+        self.routes.lock().unwrap().entry(route.to_string()).or_default().clone()
+    }
+}
+
+/// What the clients of one route (user and database) did: PgBouncer's SHOW STATS totals. Written
+/// by the loop alone, on the client's own `Arc` (no lookup on the per-transaction path).
+#[derive(Default)]
+pub struct RouteStats {
+    /// ReadyForQuery `I` relayed: transactions, autocommit statements included
+    pub xacts: AtomicU64,
+    /// ReadyForQuery relayed: one per simple Query or Sync answered
+    pub queries: AtomicU64,
+    pub bytes_from_clients: AtomicU64,
+    pub bytes_to_clients: AtomicU64,
+    /// microseconds from a transaction's first message sent to the server to its ReadyForQuery `I`
+    /// (idle in transaction included)
+    pub xact_us: AtomicU64,
+    /// microseconds from a request sent to the server to the ReadyForQuery that answers all sent
+    pub query_us: AtomicU64,
+    /// microseconds clients waited for a server connection of a full pool, and how many waits
+    pub wait_us: AtomicU64,
+    pub waits: AtomicU64,
+}
+
+impl RouteStats {
+    pub fn snapshot(&self) -> [u64; 8] {
+        [&self.xacts, &self.queries, &self.bytes_from_clients, &self.bytes_to_clients, &self.xact_us, &self.query_us, &self.wait_us, &self.waits].map(|a| a.load(Ordering::Relaxed))
+    }
 }
 
 /// What the loop tells the JavaScript side.
@@ -231,6 +264,10 @@ pub struct Client {
     transactions: u64,
     /// bytes still to come of a message being sent on as it arrives (too long to hold whole)
     streaming: usize,
+    stats: Arc<RouteStats>,
+    /// when the transaction and the request now running were first sent to the server
+    xact_start: Option<Instant>,
+    query_start: Option<Instant>,
 }
 
 impl Client {
@@ -517,8 +554,22 @@ fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64, coun
             }
             c.out.buf.extend_from_slice(msg);
             counters.ready.fetch_add(1, Ordering::Relaxed);
-            if st == b'I' {
+            c.stats.queries.fetch_add(1, Ordering::Relaxed);
+            let idle = st == b'I';
+            if idle {
                 counters.ready_idle.fetch_add(1, Ordering::Relaxed);
+                c.stats.xacts.fetch_add(1, Ordering::Relaxed);
+            }
+            if c.pending_ready == 0 {
+                let now = Instant::now();
+                if let Some(t) = c.query_start.take() {
+                    c.stats.query_us.fetch_add(now.duration_since(t).as_micros() as u64, Ordering::Relaxed);
+                }
+                if idle {
+                    if let Some(t) = c.xact_start.take() {
+                        c.stats.xact_us.fetch_add(now.duration_since(t).as_micros() as u64, Ordering::Relaxed);
+                    }
+                }
             }
             return Ok(st == b'I' && c.pending_ready == 0 && !c.partial && c.streaming == 0 && c.queue.is_empty());
         }
@@ -651,6 +702,7 @@ impl Engine {
     // ------------------------------------------------------------ clients
 
     fn add_client(&mut self, id: u32, mut sock: TcpStream, route: String, settings: Vec<(String, String)>, max_frontend: u32, offset: u64) {
+        let stats = self.counters.route(&route);
         if self.poll.registry().register(&mut sock, client_token(id), Interest::READABLE).is_err() {
             self.emit("client-closed", id, 0, "could not register the client's socket".into(), false);
             return;
@@ -678,6 +730,9 @@ impl Engine {
             read_blocked: false,
             transactions: 0,
             streaming: 0,
+            stats,
+            xact_start: None,
+            query_start: None,
         };
         self.clients.insert(id, c);
         self.client_readable(id, false);
@@ -706,6 +761,7 @@ impl Engine {
             };
             c.inbuf.extend_from_slice(&self.buf[..n]);
             self.counters.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
+            c.stats.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
             self.pump_client(id);
             if short_read_drains && n < CHUNK {
                 return;
@@ -777,6 +833,12 @@ impl Engine {
         if off > 0 {
             c.inbuf.drain(..off);
             c.offset += off as u64;
+            // something went to the server: a request (and perhaps a transaction) runs from now
+            if c.server.is_some() && c.query_start.is_none() {
+                let now = Instant::now();
+                c.query_start = Some(now);
+                c.xact_start.get_or_insert(now);
+            }
         }
         if let Some(sid) = c.server {
             flush_fakes(c);
@@ -886,10 +948,8 @@ impl Engine {
         let (Some(c), Some(s)) = (self.clients.get_mut(&id), self.servers.get_mut(&sid)) else { return };
         c.waiting = false;
         if let Some(since) = c.waiting_since.take() {
-            let mut w = self.counters.waits.lock().unwrap();
-            let t = w.entry(c.route.clone()).or_default();
-            t[0] += since.elapsed().as_micros() as u64;
-            t[1] += 1;
+            c.stats.wait_us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+            c.stats.waits.fetch_add(1, Ordering::Relaxed);
         }
         c.server = Some(sid);
         c.transactions += 1;
@@ -1073,7 +1133,9 @@ impl Engine {
             }
             if c.out.buf.len() > before {
                 c.answered = true;
-                self.counters.bytes_to_clients.fetch_add((c.out.buf.len() - before) as u64, Ordering::Relaxed);
+                let n = (c.out.buf.len() - before) as u64;
+                self.counters.bytes_to_clients.fetch_add(n, Ordering::Relaxed);
+                c.stats.bytes_to_clients.fetch_add(n, Ordering::Relaxed);
             }
             if let Some((code, m)) = failed {
                 let err = error_response("FATAL", if code.is_empty() { "08P01" } else { &code }, &format!("pgha-proxy: a startup setting of this client failed on the server: {m}"), None, None);
@@ -1589,9 +1651,10 @@ impl PoolRelay {
         Ok(PoolRelay { tx, waker, thread: Some(thread), links, counters })
     }
 
-    /// route → [microseconds waited, waits] of the clients that waited for a server connection
-    pub fn wait_totals(&self) -> Vec<(String, [u64; 2])> {
-        self.counters.waits.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    /// route → its clients' totals: [transactions, queries, bytes from clients, bytes to clients,
+    /// µs in transactions, µs in queries, µs waited for a server connection, waits]
+    pub fn route_stats(&self) -> Vec<(String, [u64; 8])> {
+        self.counters.routes.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.snapshot())).collect()
     }
 
     /// [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle]

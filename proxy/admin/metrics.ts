@@ -7,6 +7,7 @@ import type { FailoverReport } from '../failover/failover.js';
 import type { BackendState } from '../health/monitor.js';
 import type { ProxyStats } from '../session/context.js';
 import type { PoolStat } from '../pool/pool.js';
+import type { RouteTotals } from '../pool/stats.js';
 
 /** What the metrics read from the proxy at scrape time (the proxy server implements it). */
 export interface MetricsSource {
@@ -20,7 +21,7 @@ export interface MetricsSource {
   sessionsOn(name: string): number;
   isDecider(): boolean;
   /** --pool-mode: the pools (null without pooling) */
-  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }>; nativeCounters(): number[]; waitTotals(): Array<{ user: string; database: string; seconds: number; count: number }> } | null;
+  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }>; nativeCounters(): number[]; routeTotals(): RouteTotals[] } | null;
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -134,13 +135,18 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
     for (const [k, t] of proxy.pool?.waitTimeouts ?? []) out.set(k, [{ database: t.database, user: t.user }, t.count]);
     return [...out.values()];
   });
-  // PgBouncer's total_wait_time: rate(seconds) / rate(waits) is the average wait of a client that waited
-  scrapedCounter('pgha_proxy_pool_wait_seconds_total', 'time pooled clients spent waiting for a server connection (a full pool, a new connection being opened), counted when they got one, by database and user', ['database', 'user'], () =>
-    (proxy.pool?.waitTotals() ?? []).map((w): Sample => [{ database: w.database, user: w.user }, w.seconds]),
-  );
-  scrapedCounter('pgha_proxy_pool_waits_total', 'pooled clients (a transaction, or a session) that waited for a server connection and got one, by database and user', ['database', 'user'], () =>
-    (proxy.pool?.waitTotals() ?? []).map((w): Sample => [{ database: w.database, user: w.user }, w.count]),
-  );
+  // PgBouncer's SHOW STATS totals by database and user (rate() of the seconds over rate() of the
+  // count is the average: of a wait, a transaction, a query)
+  const routeCounter = (name: string, help: string, value: (t: RouteTotals) => number) =>
+    scrapedCounter(name, help, ['database', 'user'], () => (proxy.pool?.routeTotals() ?? []).map((t): Sample => [{ database: t.database, user: t.user }, value(t)]));
+  routeCounter('pgha_proxy_pool_wait_seconds_total', 'time pooled clients spent waiting for a server connection (a full pool, a new connection being opened), counted when they got one, by database and user', (t) => t.waitUs / 1e6);
+  routeCounter('pgha_proxy_pool_waits_total', 'pooled clients (a transaction, or a session) that waited for a server connection and got one, by database and user', (t) => t.waits);
+  routeCounter('pgha_proxy_pool_transactions_total', "pooled transactions, autocommit statements included (ReadyForQuery 'I' relayed), by database and user", (t) => t.xacts);
+  routeCounter('pgha_proxy_pool_queries_total', 'pooled queries (ReadyForQuery relayed: one per simple Query or Sync), by database and user', (t) => t.queries);
+  routeCounter('pgha_proxy_pool_transaction_seconds_total', "time pooled transactions took, from their first message sent to the server to ReadyForQuery 'I' (idle in transaction included), by database and user", (t) => t.xactUs / 1e6);
+  routeCounter('pgha_proxy_pool_query_seconds_total', 'time pooled queries took, from a request sent to the server to the ReadyForQuery answering it, by database and user', (t) => t.queryUs / 1e6);
+  routeCounter('pgha_proxy_pool_received_bytes_total', 'bytes pooled clients sent (after their login), by database and user', (t) => t.bytesFromClients);
+  routeCounter('pgha_proxy_pool_sent_bytes_total', 'bytes sent to pooled clients (after their login), by database and user', (t) => t.bytesToClients);
   scraped('pgha_proxy_decider', '1 when this proxy decides failovers: the leader on etcd, or the only proxy without etcd', [], () => [[{}, proxy.isDecider() ? 1 : 0]]);
   scrapedCounter('pgha_proxy_failovers_recorded_total', 'failovers and switchovers in this proxy\'s history (GET /status), by kind and result', ['kind', 'result'], () => {
     const count = new Map<string, number>();

@@ -21,6 +21,7 @@ import { AcquireError, type PoolClient, type PoolManager } from './pool.js';
 import { bindOf, parseOf, renamedBind, renamedParse, renamedTarget, serverName, targetOf, type ClientStatement } from './prepared.js';
 import { constantTimeEqual, hmac, md5Response, md5Secret, nonce, scramAttributes, scramKeysFromPassword, sha256, xor, type ScramKeys } from './secrets.js';
 import type { ServerConn } from './server-conn.js';
+import { RequestClock, type RouteCounters } from './stats.js';
 
 const SCRAM_ITERATIONS = 4096;
 /** per user: a salt and the keys derived from a plain password (derived once, as a server stores them once) */
@@ -140,6 +141,9 @@ export class PooledClient implements PoolClient, NativeClient {
   transactions = 0;
   /** carried by the native pool loop since its login */
   private native = false;
+  /** its (user, database)'s counters in the TypeScript pool, once logged in (not on the console) */
+  private counts: RouteCounters | null = null;
+  private readonly clock = new RequestClock();
 
   constructor(
     private readonly mgr: PoolManager,
@@ -355,6 +359,7 @@ export class PooledClient implements PoolClient, NativeClient {
     const out: Buffer[] = [];
     for (const [k, v] of params) out.push(parameterStatus(k, this.settings.get(k.toLowerCase())?.value ?? v));
     out.push(backendKeyData(this.cancelKey.pid, this.cancelKey.key), readyForQuery('I'));
+    this.counts = this.mgr.countersFor(this.user, this.database);
     this.phase = 'ready';
     this.socket.write(Buffer.concat(out));
     if (!this.canGoNative()) return this.pump();
@@ -425,6 +430,7 @@ export class PooledClient implements PoolClient, NativeClient {
   private fromClient(chunk: Buffer): void {
     if (this.phase === 'closed') return;
     this.mgr.host.stats.bytesFromClients += chunk.length;
+    if (this.counts) this.counts.bytesFromClients += chunk.length;
     try {
       this.framer.feed(chunk, this.onClientFrame);
     } catch (e) {
@@ -443,7 +449,10 @@ export class PooledClient implements PoolClient, NativeClient {
     this.mgr.acquire(this, this.entry!).then(
       (s) => {
         this.acquiring = false;
-        this.mgr.waited(this, Date.now() - this.waitingSince);
+        if (this.counts) {
+          this.counts.waitUs += (Date.now() - this.waitingSince) * 1000;
+          this.counts.waits++;
+        }
         this.waitingSince = 0;
         if (this.phase === 'closed') return this.mgr.release(s, this.entry!, true, false);
         this.link(s);
@@ -493,6 +502,7 @@ export class PooledClient implements PoolClient, NativeClient {
     } else if (type === T.functionCall) this.pendingReady++;
     else if (type === T.parse || type === T.bind || type === T.describe || type === T.execute || type === T.close) this.partial = true;
     if (txn && (type === T.query || type === T.bind)) this.queue.push({ t: type, act: 'fwd' });
+    this.clock.sent();
     this.streamPart(head);
     return true;
   }
@@ -520,6 +530,7 @@ export class PooledClient implements PoolClient, NativeClient {
   /** bytes for the client from the linked server: the server is not read while the client does not keep up */
   private clientWrite(b: Buffer): void {
     this.mgr.host.stats.bytesToClients += b.length;
+    if (this.counts) this.counts.bytesToClients += b.length;
     const s = this.server;
     if (!this.socket.write(b) && s && !s.socket.isPaused()) {
       s.socket.pause();
@@ -540,6 +551,7 @@ export class PooledClient implements PoolClient, NativeClient {
     const n = this.inbox.length;
     for (let i = 0; i < n; i++) this.toServer(this.inbox[i], out);
     this.inbox.length = 0;
+    this.clock.sent();
     const b = out.take();
     if (b && !s.socket.write(b) && !this.socket.isPaused()) {
       this.socket.pause();
@@ -746,6 +758,7 @@ export class PooledClient implements PoolClient, NativeClient {
         const stats = this.mgr.host.stats;
         stats.ready++;
         if (st === 'I') stats.readyIdle++;
+        if (this.counts) this.clock.ready(this.counts, st === 'I', this.pendingReady === 0);
         return txn && st === 'I' && this.pendingReady === 0 && !this.partial && this.queue.length === 0;
       }
       case 0x53: {

@@ -1,6 +1,7 @@
 /**
  * The pool's admin console: `psql -d pgha` on the listener as one of --admin-users, answering
- * PgBouncer's SHOW POOLS / SHOW CLIENTS / SHOW SERVERS / SHOW HELP, PAUSE (new transactions wait,
+ * PgBouncer's SHOW POOLS / SHOW CLIENTS / SHOW SERVERS / SHOW STATS (and STATS_TOTALS,
+ * STATS_AVERAGES) / SHOW HELP, PAUSE (new transactions wait,
  * answered once no server connection is in use), RESUME and RELOAD (the auth file read again), over
  * the simple query protocol.
  */
@@ -8,6 +9,7 @@ import { errorResponse } from '../protocol/backend-messages.js';
 import { SQLSTATE } from '../protocol/codes.js';
 import { commandComplete, emptyQuery, readyForQuery, resultSet } from './messages.js';
 import type { PoolManager } from './pool.js';
+import { byDatabase } from './stats.js';
 
 const PAUSE_WAIT_MS = 60_000;
 
@@ -21,7 +23,8 @@ export async function consoleQuery(mgr: PoolManager, text: string): Promise<Buff
     if (cmd === 'SHOW POOLS') out.push(pools(mgr));
     else if (cmd === 'SHOW CLIENTS') out.push(clients(mgr));
     else if (cmd === 'SHOW SERVERS') out.push(servers(mgr));
-    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [['SHOW POOLS'], ['SHOW CLIENTS'], ['SHOW SERVERS'], ['PAUSE'], ['RESUME'], ['RELOAD']]));
+    else if (cmd === 'SHOW STATS' || cmd === 'SHOW STATS_TOTALS' || cmd === 'SHOW STATS_AVERAGES') out.push(stats(mgr, cmd));
+    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [['SHOW POOLS'], ['SHOW CLIENTS'], ['SHOW SERVERS'], ['SHOW STATS'], ['SHOW STATS_TOTALS'], ['SHOW STATS_AVERAGES'], ['PAUSE'], ['RESUME'], ['RELOAD']]));
     else if (cmd === 'RELOAD') {
       try {
         mgr.reloadAuth();
@@ -79,4 +82,24 @@ function servers(mgr: PoolManager): Buffer {
     }
   }
   return resultSet(['user', 'database', 'state', 'node', 'remote_pid', 'connect_time', 'request_time', 'client', 'prepared_statements', 'id'], rows);
+}
+
+/**
+ * PgBouncer's SHOW STATS, per database (its users summed): totals since the start, and averages
+ * over the last whole stats period (60 s; 0 until one has passed) — per second for counts and
+ * bytes, per transaction / query / wait for times, in microseconds.
+ */
+function stats(mgr: PoolManager, cmd: string): Buffer {
+  const totals = ['total_xact_count', 'total_query_count', 'total_received', 'total_sent', 'total_xact_time', 'total_query_time', 'total_wait_time'];
+  const averages = ['avg_xact_count', 'avg_query_count', 'avg_recv', 'avg_sent', 'avg_xact_time', 'avg_query_time', 'avg_wait_time'];
+  const columns = ['database', ...(cmd === 'SHOW STATS_AVERAGES' ? [] : totals), ...(cmd === 'SHOW STATS_TOTALS' ? [] : averages)];
+  const rows = [...byDatabase(mgr.routeTotals())].sort(([a], [b]) => a.localeCompare(b)).map(([database, t]) => {
+    const a = mgr.periods.average(database);
+    return [
+      database,
+      ...(cmd === 'SHOW STATS_AVERAGES' ? [] : [t.xacts, t.queries, t.bytesFromClients, t.bytesToClients, t.xactUs, t.queryUs, t.waitUs]),
+      ...(cmd === 'SHOW STATS_TOTALS' ? [] : [a.xactsPerSecond, a.queriesPerSecond, a.receivedPerSecond, a.sentPerSecond, a.xactUs, a.queryUs, a.waitUs]),
+    ];
+  });
+  return resultSet(columns, rows);
 }

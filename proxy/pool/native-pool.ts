@@ -21,6 +21,7 @@ import { PQ_LARGE_MESSAGE_LIMIT } from '../protocol/codes.js';
 import { socketHandle } from '../session/socket-handle.js';
 import { type PoolSettings, waitTimeoutError } from './pool.js';
 import type { ServerConn } from './server-conn.js';
+import type { RouteTotals } from './stats.js';
 
 /** why the loop closed a client that waited --pool-wait-timeout (pool_relay.rs expire_waiters) */
 export const NATIVE_WAIT_TIMEOUT = 'waited --pool-wait-timeout for a server connection';
@@ -155,11 +156,11 @@ export class NativePool {
     this.loop.giveBack(NativePool.route(user, database), node, n);
   }
 
-  /** per (user, database): the loop's clients that waited for a server connection and got one, and how long in all */
-  waitTotals(): Array<{ user: string; database: string; seconds: number; count: number }> {
-    return this.loop.waitTotals().map((w) => {
-      const [user, database] = w.route.split('\0');
-      return { user, database, seconds: w.seconds, count: w.count };
+  /** per (user, database): what the loop's clients did (transactions, queries, bytes, time, waits) */
+  routeTotals(): RouteTotals[] {
+    return this.loop.routeStats().map(({ route, ...c }) => {
+      const [user, database] = route.split('\0');
+      return { user, database, ...c };
     });
   }
 

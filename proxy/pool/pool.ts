@@ -14,6 +14,7 @@ import { SQLSTATE } from '../protocol/codes.js';
 import { Authenticator, type UserEntry } from './auth.js';
 import { NativePool, type NativeView } from './native-pool.js';
 import { ServerConn, ServerLoginError } from './server-conn.js';
+import { addCounts, type Counts, RouteCounters, type RouteTotals, StatsPeriods, zeroCounts } from './stats.js';
 
 export interface PoolSettings {
   mode: 'session' | 'transaction';
@@ -353,8 +354,10 @@ export class PoolManager {
   private resumeWaiters: Array<() => void> = [];
   /** clients closed by --pool-wait-timeout, per (user, database) */
   readonly waitTimeouts = new Map<string, { user: string; database: string; count: number }>();
-  /** the TypeScript pool's clients that waited for a server connection and got one, per (user, database) */
-  private readonly waits = new Map<string, { user: string; database: string; seconds: number; count: number }>();
+  /** what the TypeScript pool's clients did, per (user, database) (the native loop keeps its own) */
+  private readonly routeCounters = new Map<string, { user: string; database: string; c: RouteCounters }>();
+  /** SHOW STATS' averages over the last stats period */
+  readonly periods = new StatsPeriods();
   /** closes what --server-idle-timeout and --server-lifetime say is old (every second) */
   private readonly janitor: NodeJS.Timeout;
   readonly log: Logger;
@@ -377,31 +380,32 @@ export class PoolManager {
     host.monitor.on('change', () => {
       for (const b of host.monitor.backends) if (b.role === 'down' || b.role === 'fenced') this.drainNode(b.name, `${b.name} is ${b.role}`, true);
     });
-    this.janitor = setInterval(() => this.expireOld(), JANITOR_MS);
+    this.janitor = setInterval(() => {
+      this.expireOld();
+      this.periods.tick(Date.now(), () => this.routeTotals());
+    }, JANITOR_MS);
     this.janitor.unref();
   }
 
-  /** a client of the TypeScript pool got a server connection after `ms` (PgBouncer's wait time) */
-  waited(c: { user: string; database: string }, ms: number): void {
-    const key = `${c.user}\0${c.database}`;
-    const w = this.waits.get(key);
-    if (w) {
-      w.seconds += ms / 1000;
-      w.count++;
-    } else this.waits.set(key, { user: c.user, database: c.database, seconds: ms / 1000, count: 1 });
+  /** the TypeScript pool's counters of (user, database), taken once per client */
+  countersFor(user: string, database: string): RouteCounters {
+    const key = `${user}\0${database}`;
+    let r = this.routeCounters.get(key);
+    if (!r) this.routeCounters.set(key, (r = { user, database, c: new RouteCounters() }));
+    return r.c;
   }
 
-  /** per (user, database): clients that waited for a server connection and got one, and how long in all (both pools) */
-  waitTotals(): Array<{ user: string; database: string; seconds: number; count: number }> {
-    const out = new Map<string, { user: string; database: string; seconds: number; count: number }>();
-    for (const w of [...this.waits.values(), ...(this.native?.waitTotals() ?? [])]) {
-      const key = `${w.user}\0${w.database}`;
+  /** per (user, database): what its clients did in both pools since the start (SHOW STATS, /metrics) */
+  routeTotals(): RouteTotals[] {
+    const out = new Map<string, RouteTotals>();
+    const add = (user: string, database: string, c: Counts) => {
+      const key = `${user}\0${database}`;
       const t = out.get(key);
-      if (t) {
-        t.seconds += w.seconds;
-        t.count += w.count;
-      } else out.set(key, { ...w });
-    }
+      if (t) addCounts(t, c);
+      else out.set(key, { user, database, ...zeroCounts(), ...c });
+    };
+    for (const r of this.routeCounters.values()) add(r.user, r.database, r.c);
+    for (const r of this.native?.routeTotals() ?? []) add(r.user, r.database, r);
     return [...out.values()];
   }
 

@@ -207,34 +207,63 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     await Promise.all(clients.map((c) => c.end()));
   });
 
-  it("/metrics counts what the pool relays: a transaction per ReadyForQuery 'I', a query per ReadyForQuery, bytes both ways", async () => {
-    const read = async () => {
-      const m = await txn.metrics();
-      const one = (re: RegExp) => Number(re.exec(m)?.[1] ?? NaN);
-      return {
-        tx: one(/^pgha_proxy_transactions_total (\d+)$/m),
-        q: one(/^pgha_proxy_queries_total (\d+)$/m),
-        up: one(/^pgha_proxy_bytes\{direction="client_to_server"\} (\d+)$/m),
-        down: one(/^pgha_proxy_bytes\{direction="server_to_client"\} (\d+)$/m),
+  it("/metrics and SHOW STATS count what the pool relays: a transaction per ReadyForQuery 'I', a query per ReadyForQuery, bytes both ways, time in transactions and in queries (both modes)", async () => {
+    for (const p of [txn, session]) {
+      const read = async () => {
+        const m = await p.metrics();
+        const one = (re: RegExp) => Number(re.exec(m)?.[1] ?? NaN);
+        const route = (name: string) => one(new RegExp(`^${name}\\{database="postgres",user="plain_user"\\} ([0-9.e+-]+)$`, 'm'));
+        const st = await psql(p.port, 'admin', PASSWORDS.admin, 'SHOW STATS', 'pgha');
+        expect(st.stderr).toBe('');
+        const row = st.stdout.split('\n').find((l) => l.startsWith('postgres|'))?.split('|').map(Number) ?? [];
+        return {
+          tx: one(/^pgha_proxy_transactions_total (\d+)$/m),
+          q: one(/^pgha_proxy_queries_total (\d+)$/m),
+          up: one(/^pgha_proxy_bytes\{direction="client_to_server"\} (\d+)$/m),
+          down: one(/^pgha_proxy_bytes\{direction="server_to_client"\} (\d+)$/m),
+          routeTx: route('pgha_proxy_pool_transactions_total'),
+          routeUp: route('pgha_proxy_pool_received_bytes_total'),
+          routeXactSeconds: route('pgha_proxy_pool_transaction_seconds_total'),
+          // SHOW STATS: database, total_xact_count, total_query_count, total_received, total_sent, total_xact_time, total_query_time, total_wait_time, avg_…
+          stats: { xacts: row[1], queries: row[2], received: row[3], sent: row[4], xactUs: row[5], queryUs: row[6] },
+        };
       };
-    };
-    const c = client(txn, 'plain_user');
-    await c.connect();
-    await c.query('SELECT 1');
-    expect((await txn.status()).pool?.native).toBe(relay === 'native' ? 1 : null);
-    const before = await read();
-    for (let i = 0; i < 30; i++) await c.query('SELECT $1::int AS i', [i]);
-    for (let i = 0; i < 10; i++) await c.query('SELECT 1');
-    await c.query('BEGIN');
-    await c.query('SELECT 2');
-    await c.query('COMMIT');
-    const after = await read();
-    await c.end();
-    // 40 autocommit statements and one explicit transaction of three
-    expect({ tx: after.tx - before.tx, q: after.q - before.q }).toEqual({ tx: 41, q: 43 });
-    // the 10 simple queries alone are 10 × 14 bytes from the client; every answer has at least a ReadyForQuery (6 bytes)
-    expect(after.up - before.up).toBeGreaterThan(10 * 14 + 30 * 20);
-    expect(after.down - before.down).toBeGreaterThan(43 * 6);
+      const c = client(p, 'plain_user');
+      await c.connect();
+      await c.query('SELECT 1');
+      expect((await p.status()).pool?.native).toBe(relay === 'native' ? 1 : null);
+      // what the client itself wrote and read (its socket's counts): the oracle for the bytes
+      const sock = (c as unknown as { connection: { stream: import('node:net').Socket } }).connection.stream;
+      const before = await read();
+      const [w0, r0] = [sock.bytesWritten, sock.bytesRead];
+      const t0 = performance.now();
+      for (let i = 0; i < 30; i++) await c.query('SELECT $1::int AS i', [i]);
+      for (let i = 0; i < 10; i++) await c.query('SELECT 1');
+      await c.query('BEGIN');
+      await c.query('SELECT pg_sleep(0.2)');
+      await sleep(300); // idle in transaction: in the transaction's time, not in any query's
+      await c.query('COMMIT');
+      const wallUs = (performance.now() - t0) * 1000;
+      const [written, readBytes] = [sock.bytesWritten - w0, sock.bytesRead - r0];
+      const after = await read();
+      await c.end();
+      const d = (f: (x: typeof before) => number) => f(after) - f(before);
+      // 40 autocommit statements and one explicit transaction of three
+      expect({ tx: d((x) => x.tx), q: d((x) => x.q) }, p === txn ? 'transaction mode' : 'session mode').toEqual({ tx: 41, q: 43 });
+      expect({ xacts: d((x) => x.stats.xacts), queries: d((x) => x.stats.queries), routeTx: d((x) => x.routeTx) }).toEqual({ xacts: 41, queries: 43, routeTx: 41 });
+      // the 10 simple queries alone are 10 × 14 bytes from the client; every answer has at least a ReadyForQuery (6 bytes)
+      expect(d((x) => x.up)).toBeGreaterThan(10 * 14 + 30 * 20);
+      expect(d((x) => x.down)).toBeGreaterThan(43 * 6);
+      // the database's totals: exactly the bytes the client wrote and read (nobody else used it meanwhile)
+      expect({ received: d((x) => x.stats.received), sent: d((x) => x.stats.sent), routeUp: d((x) => x.routeUp) }).toEqual({ received: written, sent: readBytes, routeUp: written });
+      // times: the transaction's 0.2 s query and 0.3 s idle in it are in its time; only the query in query time; none counted twice
+      const xactUs = d((x) => x.stats.xactUs);
+      const queryUs = d((x) => x.stats.queryUs);
+      expect(queryUs).toBeGreaterThanOrEqual(200_000);
+      expect(xactUs - queryUs).toBeGreaterThanOrEqual(250_000);
+      expect(xactUs).toBeLessThanOrEqual(wallUs);
+      expect(Math.abs(d((x) => x.routeXactSeconds) * 1e6 - xactUs)).toBeLessThan(2);
+    }
   });
 
   it('the pool size holds: a third transaction waits for one of 2 server connections (cl_waiting in SHOW POOLS), then runs', async () => {
