@@ -89,6 +89,9 @@ export interface PoolConfig {
   serverIdleTimeoutMs: number;
   /** a server connection connected this long is closed once no client uses it (0: never) */
   serverLifetimeMs: number;
+  /** server connections to one node per database (all users), per user (all databases); 0: no limit */
+  maxDbConnections: number;
+  maxUserConnections: number;
   /** who may use the console database pgha */
   adminUsers: string[];
 }
@@ -155,6 +158,8 @@ export interface ProxyFlags {
   etcdTtl?: string | number;
   poolMode?: string;
   poolSize?: string | number;
+  maxDbConnections?: string | number;
+  maxUserConnections?: string | number;
   authFile?: string;
   authQuery?: string;
   authUser?: string;
@@ -316,7 +321,7 @@ export function loadProxyConfig(flags: ProxyFlags, env: NodeJS.ProcessEnv = proc
 export const DEFAULT_AUTH_QUERY = 'SELECT usename, passwd FROM pg_shadow WHERE usename = $1';
 
 function poolConfig(f: ProxyFlags): PoolConfig | null {
-  const poolOnly = (['poolSize', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers', 'maxPreparedStatements', 'poolWaitTimeout', 'serverIdleTimeout', 'serverLifetime'] as const).filter((k) => f[k] !== undefined);
+  const poolOnly = (['poolSize', 'maxDbConnections', 'maxUserConnections', 'authFile', 'authQuery', 'authUser', 'authType', 'serverResetQuery', 'adminUsers', 'maxPreparedStatements', 'poolWaitTimeout', 'serverIdleTimeout', 'serverLifetime'] as const).filter((k) => f[k] !== undefined);
   if (f.poolMode === undefined) {
     if (poolOnly.length > 0) throw new ProxyConfigError(`--${poolOnly[0].replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} needs --pool-mode session|transaction`);
     return null;
@@ -343,6 +348,8 @@ function poolConfig(f: ProxyFlags): PoolConfig | null {
   return {
     mode: f.poolMode,
     size: int(f.poolSize, '--pool-size', 1, 20),
+    maxDbConnections: int(f.maxDbConnections, '--max-db-connections', 0, 0),
+    maxUserConnections: int(f.maxUserConnections, '--max-user-connections', 0, 0),
     users,
     authFile: f.authFile,
     authQuery,

@@ -30,6 +30,9 @@ export interface PoolSettings {
   serverIdleTimeoutMs: number;
   /** a server connection connected this long is closed once no client uses it; 0: never (PgBouncer's server_lifetime) */
   serverLifetimeMs: number;
+  /** server connections to one node per database (all users) and per user (all databases); 0: no limit (PgBouncer's max_db_connections, max_user_connections) */
+  maxDbConnections: number;
+  maxUserConnections: number;
   /** the --auth-file, read again by reloadAuth */
   authFile: string;
 }
@@ -83,6 +86,12 @@ export class Pool {
   drained = false;
   /** connections the native loop was asked to close for this pool's waiters (see wantRoom) */
   private askedOfNative = 0;
+  /** connections of this pool to close for other pools' waiters held back by --max-db-connections / --max-user-connections */
+  lend = 0;
+  /** of this pool's waiters, how many had a connection of another pool asked to close for them */
+  borrowed = 0;
+  /** an entry of this pool's user: logs in connections opened when another pool made room */
+  private lastEntry: UserEntry | null = null;
 
   constructor(
     private readonly mgr: PoolManager,
@@ -149,17 +158,44 @@ export class Pool {
   private wantRoom(waiting: number): void {
     const native = this.mgr.native;
     if (!native) return;
+    const want = waiting + this.lend;
     let carried = 0;
-    if (waiting > 0) for (const s of this.all) if (s.state === 'native') carried++;
-    const n = Math.min(waiting, carried);
+    if (want > 0) for (const s of this.all) if (s.state === 'native') carried++;
+    const n = Math.min(want, carried);
     if (n === this.askedOfNative) return;
     this.askedOfNative = n;
     native.giveBack(this.user, this.database, this.node, n);
   }
 
   private pump(entry: UserEntry): void {
+    this.lastEntry = entry;
     this.pumpWaiters(entry);
     this.wantRoom(this.waiters.length);
+  }
+
+  /** another pool on the node closed or put away a connection: this one's waiters may have room now */
+  pumpFromNeighbour(): void {
+    if (this.waiters.length > 0 && this.lastEntry && !this.drained) this.pump(this.lastEntry);
+  }
+
+  /** carried by the native loop now (connections it gives back close once idle) */
+  nativeCarried(): number {
+    let n = 0;
+    for (const s of this.all) if (s.state === 'native') n++;
+    return n;
+  }
+
+  /** close one connection for another pool's waiter: an idle one now, else one the native loop carries once it is idle; false: none to give */
+  giveUpOne(): boolean {
+    const s = this.idle.shift();
+    if (s) {
+      s.close();
+      return true;
+    }
+    if (this.lend + this.waiters.length >= this.nativeCarried()) return false;
+    this.lend++;
+    this.wantRoom(this.waiters.length);
+    return true;
   }
 
   private pumpWaiters(entry: UserEntry): void {
@@ -171,6 +207,14 @@ export class Pool {
         continue;
       }
       if (this.all.size + this.opening >= this.mgr.settings.size) return;
+      // --max-db-connections / --max-user-connections: another pool's connection is closed to make room
+      const full = this.mgr.sharedLimitReached(this);
+      if (full) {
+        this.borrowed = Math.min(this.borrowed, this.waiters.length);
+        if (this.borrowed < this.waiters.length && this.mgr.makeRoom(this, full)) this.borrowed++;
+        return;
+      }
+      if (this.borrowed > 0) this.borrowed--;
       const w = this.waiters.shift()!;
       this.opening++;
       ServerConn.open({ node: this.node, address: this.address, tls: this.mgr.cfg.backendTls, timeoutMs: this.mgr.cfg.connectTimeoutMs, entry, database: this.database }).then(
@@ -201,9 +245,11 @@ export class Pool {
     this.all.delete(s);
     const i = this.idle.indexOf(s);
     if (i >= 0) this.idle.splice(i, 1);
+    if (this.lend > 0) this.lend--;
     // one connection lost by the server's side: its idle neighbours on that node are suspect too
     if (s.lost) this.mgr.nodeTrouble(s.node, 'a pooled server connection was lost');
     this.pump(entry);
+    this.mgr.connectionFreed(this);
   }
 
   /** close the idle connections (the node may be going away; new ones are opened as needed) */
@@ -247,6 +293,7 @@ export class Pool {
     s.state = 'idle';
     this.idle.push(s);
     this.pump(entry);
+    if (this.idle.includes(s)) this.mgr.connectionFreed(this);
   }
 
   private resetThenIdle(s: ServerConn, entry: UserEntry): void {
@@ -526,6 +573,56 @@ export class PoolManager {
       this.pools.set(key, p);
     }
     return p;
+  }
+
+  /**
+   * --max-db-connections / --max-user-connections: which limit keeps `pool` from opening one more
+   * connection on its node (null: neither) — its database's or its user's connections there, all pools
+   */
+  sharedLimitReached(pool: Pool): 'database' | 'user' | null {
+    const { maxDbConnections: maxDb, maxUserConnections: maxUser } = this.settings;
+    if (maxDb === 0 && maxUser === 0) return null;
+    let db = 0;
+    let user = 0;
+    for (const p of this.pools.values()) {
+      if (p.node !== pool.node) continue;
+      const n = p.all.size + p.opening;
+      if (p.database === pool.database) db += n;
+      if (p.user === pool.user) user += n;
+    }
+    if (maxDb > 0 && db >= maxDb) return 'database';
+    if (maxUser > 0 && user >= maxUser) return 'user';
+    return null;
+  }
+
+  /** the pools on `pool`'s node that share the limit reached, waiters first served in map order */
+  private neighbours(pool: Pool, limit: 'database' | 'user'): Pool[] {
+    return [...this.pools.values()].filter((p) => p !== pool && p.node === pool.node && (limit === 'database' ? p.database === pool.database : p.user === pool.user));
+  }
+
+  /** a waiter of `pool` is held back by a shared limit: one connection of a neighbour that nobody waits for is closed (PgBouncer evicts an idle one); false: none to close now */
+  makeRoom(pool: Pool, limit: 'database' | 'user'): boolean {
+    const others = this.neighbours(pool, limit).filter((p) => p.waiters.length === 0);
+    // an idle connection first, then one the native loop carries (closed once idle)
+    for (const p of others) if (p.idle.length > 0 && p.giveUpOne()) return this.logRoom(pool, p, limit);
+    for (const p of others) if (p.giveUpOne()) return this.logRoom(pool, p, limit);
+    return false;
+  }
+
+  private logRoom(pool: Pool, from: Pool, limit: 'database' | 'user'): true {
+    this.log.debug({ for: `${pool.user}@${pool.database}`, from: `${from.user}@${from.database}`, node: pool.node, limit }, `--max-${limit === 'database' ? 'db' : 'user'}-connections reached: a connection of another pool closed to make room`);
+    return true;
+  }
+
+  /** a connection of `pool` closed or went idle: waiters of the pools sharing a limit with it may go on */
+  connectionFreed(pool: Pool): void {
+    const { maxDbConnections: maxDb, maxUserConnections: maxUser } = this.settings;
+    if (maxDb === 0 && maxUser === 0) return;
+    for (const p of this.pools.values()) {
+      if (p === pool || p.node !== pool.node || p.waiters.length === 0) continue;
+      // after what runs now (a pool making room closes a connection from inside its own pump)
+      if ((maxDb > 0 && p.database === pool.database) || (maxUser > 0 && p.user === pool.user)) queueMicrotask(() => p.pumpFromNeighbour());
+    }
   }
 
   /** the parameters a login of this user reports on the node a transaction would use now, if known */

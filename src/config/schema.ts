@@ -182,6 +182,8 @@ export const PROXY_SETTINGS = {
   agentCa: path().optional(),
   poolMode: oneOf('session', 'transaction').optional(),
   poolSize: int(1).optional(),
+  maxDbConnections: int(0).optional(),
+  maxUserConnections: int(0).optional(),
   authFile: path().optional(),
   authQuery: text().optional(),
   authUser: text().optional(),

@@ -820,6 +820,74 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     }
   }, 60_000);
 
+  it('--max-db-connections and --max-user-connections: the server never sees more connections of the database (all users) or of the user (all databases); a client held back waits, and a connection of another pool nobody waits for is closed to make room', async () => {
+    for (const db of ['limit_db1', 'limit_db2']) {
+      if ((await primary.sql(`SELECT count(*) FROM pg_database WHERE datname = '${db}'`)) === '0') primary.psql(`CREATE DATABASE ${db}`);
+    }
+    const on = (user: keyof typeof PASSWORDS, database: string, p: RunningProxy) => client(p, user, { database });
+    /** the server's own count, sampled every 20 ms until stop(): the most it saw */
+    const watch = (where: string) => {
+      let max = 0;
+      let stop = false;
+      const done = (async () => {
+        while (!stop) {
+          max = Math.max(max, Number(await primary.sql(`SELECT count(*) FROM pg_stat_activity WHERE ${where}`)));
+          await sleep(20);
+        }
+      })();
+      return async () => {
+        stop = true;
+        await done;
+        return max;
+      };
+    };
+    // per database: 2 connections for plain_user's and md5_user's clients together
+    const byDb = await startProxy([primary.port], ['--pool-mode', 'transaction', '--pool-size', '5', '--max-db-connections', '2', '--pool-wait-timeout', '15000', '--relay', relay, ...common]);
+    try {
+      const stopWatch = watch("datname = 'limit_db1'");
+      const [a1, a2, b] = [on('plain_user', 'limit_db1', byDb), on('plain_user', 'limit_db1', byDb), on('md5_user', 'limit_db1', byDb)];
+      await Promise.all([a1.connect(), a2.connect(), b.connect()]);
+      const busy = [a1, a2].map((c) => c.query('SELECT pg_sleep(1)'));
+      await waitFor(async () => (await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'limit_db1' AND wait_event = 'PgSleep'")) === '2', 5000, "plain_user's two sleeps running");
+      const started = Date.now();
+      const third = b.query('SELECT 42 AS x');
+      await waitFor(async () => (await psql(byDb.port, 'admin', PASSWORDS.admin, 'SHOW POOLS', 'pgha')).stdout.split('\n').some((l) => l.startsWith('limit_db1|md5_user|') && l.split('|')[4] === '1'), 5000, "md5_user's client waiting (cl_waiting 1)");
+      expect((await third).rows[0].x).toBe(42);
+      expect(Date.now() - started).toBeGreaterThan(300);
+      await Promise.all(busy);
+      // both users go on within the limit
+      for (let i = 0; i < 5; i++) await Promise.all([a1, a2, b].map((c) => c.query('SELECT 1')));
+      expect(await stopWatch()).toBe(2);
+      expect(Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'limit_db1' AND usename = 'md5_user'"))).toBeGreaterThanOrEqual(1);
+      await Promise.all([a1, a2, b].map((c) => c.end()));
+    } finally {
+      await byDb.stop();
+    }
+    // per user: 1 connection for plain_user's clients of two databases
+    const byUser = await startProxy([primary.port], ['--pool-mode', 'transaction', '--pool-size', '5', '--max-user-connections', '1', '--pool-wait-timeout', '15000', '--relay', relay, ...common]);
+    try {
+      const stopWatch = watch("usename = 'plain_user' AND datname IN ('limit_db1', 'limit_db2')");
+      const [x, y] = [on('plain_user', 'limit_db1', byUser), on('plain_user', 'limit_db2', byUser)];
+      await Promise.all([x.connect(), y.connect()]);
+      await x.query('BEGIN');
+      await x.query('SELECT 1');
+      let done = false;
+      const other = y.query('SELECT current_database() AS d').then((r) => {
+        done = true;
+        return r;
+      });
+      await sleep(500);
+      expect(done).toBe(false);
+      await x.query('COMMIT');
+      expect((await other).rows[0].d).toBe('limit_db2');
+      for (let i = 0; i < 5; i++) await Promise.all([x, y].map((c) => c.query('SELECT 1')));
+      expect(await stopWatch()).toBe(1);
+      await Promise.all([x, y].map((c) => c.end()));
+    } finally {
+      await byUser.stop();
+    }
+  });
+
   it('RELOAD and SIGHUP read the auth file again: new entries log in, a bad file changes nothing, and the proxy stays up', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgha-pool-reload-'));
     const file = join(dir, 'userlist.txt');
