@@ -963,6 +963,8 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     const base = ['--listen', '127.0.0.1:0', '--backend', `127.0.0.1:${primary.port}`];
     const cases: Array<[string[], RegExp]> = [
       [['--pool-size', '5'], /^pgha-proxy: --pool-size needs --pool-mode session\|transaction$/],
+      [['--max-db-connections', '5'], /^pgha-proxy: --max-db-connections needs --pool-mode session\|transaction$/],
+      [['--pool-mode', 'transaction', '--auth-file', authFile, '--max-user-connections', '-1'], /^pgha-proxy: --max-user-connections must be an integer ≥ 0, got "-1"$/],
       [['--pool-mode', 'transaction'], /^pgha-proxy: --pool-mode needs --auth-file FILE/],
       [['--pool-mode', 'statement', '--auth-file', authFile], /^pgha-proxy: --pool-mode must be session or transaction, got "statement"$/],
       [['--pool-mode', 'session', '--auth-file', authFile, '--auth-type', 'plain'], /^pgha-proxy: --auth-type must be scram-sha-256 or md5, got "plain"$/],
