@@ -70,7 +70,7 @@ try {
     : ['| mode | target | median TPS | median CPU µs/tx | runs (kTPS) |', '|---|---|---:|---:|---|'];
   if (segments) {
     table[0] = table[0].replace('| runs (kTPS) |', '| TCP segments/tx | pure ACKs/tx | runs (kTPS) |');
-    table[1] = table[1].replace(/\|---\|$/, '---:|---:|---|');
+    table[1] = table[1].replace(/\|---\|$/, '|---:|---:|---|');
   }
   for (const mode of modes) {
     const got = new Map<string, Array<{ tps: number; cpu: number; perf: number[]; tcp: number[] }>>();

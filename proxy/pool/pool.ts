@@ -159,9 +159,7 @@ export class Pool {
     const native = this.mgr.native;
     if (!native) return;
     const want = waiting + this.lend;
-    let carried = 0;
-    if (want > 0) for (const s of this.all) if (s.state === 'native') carried++;
-    const n = Math.min(want, carried);
+    const n = want > 0 ? Math.min(want, this.nativeCarried()) : 0;
     if (n === this.askedOfNative) return;
     this.askedOfNative = n;
     native.giveBack(this.user, this.database, this.node, n);
@@ -595,7 +593,7 @@ export class PoolManager {
     return null;
   }
 
-  /** the pools on `pool`'s node that share the limit reached, waiters first served in map order */
+  /** the other pools on `pool`'s node under the same limit (its database's, or its user's) */
   private neighbours(pool: Pool, limit: 'database' | 'user'): Pool[] {
     return [...this.pools.values()].filter((p) => p !== pool && p.node === pool.node && (limit === 'database' ? p.database === pool.database : p.user === pool.user));
   }
