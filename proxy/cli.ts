@@ -3,23 +3,14 @@
  * pgha-proxy: a PostgreSQL protocol-aware listener that follows the primary through failover.
  * Exit codes: 0 stopped by a signal, 2 bad configuration, 1 could not start (e.g. port in use).
  */
-import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { loadProxyConfig, ProxyConfigError, type ProxyFlags } from './config.js';
 import { ProxyServer } from './server.js';
 import { setAgentCa } from '../src/ship/client.js';
 import { createLogger, logFormat, LogFormatError, type LogFormat } from '../src/log/log.js';
+import { packageVersion } from '../src/config/version.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
-
-/** the version in package.json (dist/proxy/cli.js → ../../package.json) */
-function packageVersion(): string {
-  try {
-    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-  } catch {
-    return 'unknown';
-  }
-}
 
 const program = new Command('pgha-proxy')
   .version(packageVersion())

@@ -397,10 +397,12 @@ export class PooledClient implements PoolClient, NativeClient {
         if (s === null) return native.wait(this.id);
         s.client = null;
         if (this.phase === 'closed') {
-          if (!native.addIdle(s)) this.mgr.release(s, this.entry!, true, false);
+          if (native.addIdle(s)) this.mgr.handedToNative(s);
+          else this.mgr.release(s, this.entry!, true, false);
           return;
         }
-        if (!native.giveServer(this.id, s)) {
+        if (native.giveServer(this.id, s)) this.mgr.handedToNative(s);
+        else {
           this.mgr.release(s, this.entry!, true, false);
           native.fail(this.id, SQLSTATE.connectionFailure, `pgha-proxy: the server connection to ${s.node} uses TLS, which the native pool does not carry: run pgha-proxy with --relay node or --backend-sslmode disable`);
         }

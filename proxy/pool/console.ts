@@ -1,15 +1,16 @@
 /**
  * The pool's admin console: `psql -d pgha` on the listener as one of --admin-users, answering
  * PgBouncer's SHOW POOLS / SHOW CLIENTS / SHOW SERVERS / SHOW STATS (and STATS_TOTALS,
- * STATS_AVERAGES) / SHOW HELP, PAUSE (new transactions wait,
+ * STATS_AVERAGES) / SHOW DATABASES / SHOW CONFIG / SHOW VERSION / SHOW HELP, PAUSE (new transactions wait,
  * answered once no server connection is in use), RESUME and RELOAD (the auth file read again), over
  * the simple query protocol.
  */
+import { packageVersion } from '../../src/config/version.js';
 import { errorResponse } from '../protocol/backend-messages.js';
 import { SQLSTATE } from '../protocol/codes.js';
 import { commandComplete, emptyQuery, readyForQuery, resultSet } from './messages.js';
 import type { PoolManager } from './pool.js';
-import { byDatabase } from './stats.js';
+import { byDatabase, STATS_PERIOD_MS } from './stats.js';
 
 const PAUSE_WAIT_MS = 60_000;
 
@@ -24,7 +25,10 @@ export async function consoleQuery(mgr: PoolManager, text: string): Promise<Buff
     else if (cmd === 'SHOW CLIENTS') out.push(clients(mgr));
     else if (cmd === 'SHOW SERVERS') out.push(servers(mgr));
     else if (cmd === 'SHOW STATS' || cmd === 'SHOW STATS_TOTALS' || cmd === 'SHOW STATS_AVERAGES') out.push(stats(mgr, cmd));
-    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [['SHOW POOLS'], ['SHOW CLIENTS'], ['SHOW SERVERS'], ['SHOW STATS'], ['SHOW STATS_TOTALS'], ['SHOW STATS_AVERAGES'], ['PAUSE'], ['RESUME'], ['RELOAD']]));
+    else if (cmd === 'SHOW DATABASES') out.push(databases(mgr));
+    else if (cmd === 'SHOW CONFIG') out.push(config(mgr));
+    else if (cmd === 'SHOW VERSION') out.push(resultSet(['version'], [[`pgha-proxy ${packageVersion()}`]]));
+    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [['SHOW POOLS'], ['SHOW CLIENTS'], ['SHOW SERVERS'], ['SHOW STATS'], ['SHOW STATS_TOTALS'], ['SHOW STATS_AVERAGES'], ['SHOW DATABASES'], ['SHOW CONFIG'], ['SHOW VERSION'], ['PAUSE'], ['RESUME'], ['RELOAD']]));
     else if (cmd === 'RELOAD') {
       try {
         mgr.reloadAuth();
@@ -102,4 +106,43 @@ function stats(mgr: PoolManager, cmd: string): Buffer {
     ];
   });
   return resultSet(columns, rows);
+}
+
+/**
+ * PgBouncer's SHOW DATABASES for the databases clients use (pgha-proxy has no list of its own: a
+ * pool is made for whatever database a client names), one row per node that has a pool of it:
+ * where it is, the limits, and its server connections there now (all users).
+ */
+function databases(mgr: PoolManager): Buffer {
+  const rows = new Map<string, Array<string | number | null>>();
+  for (const p of mgr.pools.values()) {
+    if (p.drained) continue;
+    const key = `${p.database}\0${p.node}`;
+    const r = rows.get(key) ?? [p.database, p.address.host, p.address.port, p.database, p.node, mgr.settings.size, mgr.settings.mode, mgr.settings.maxDbConnections, 0, mgr.paused ? 1 : 0];
+    (r[8] as number) += p.all.size;
+    rows.set(key, r);
+  }
+  return resultSet(['name', 'host', 'port', 'database', 'node', 'pool_size', 'pool_mode', 'max_connections', 'current_connections', 'paused'], [...rows.values()]);
+}
+
+/** the pool's settings as SHOW CONFIG shows PgBouncer's: key, value, changeable (only the auth file is, by RELOAD) */
+function config(mgr: PoolManager): Buffer {
+  const st = mgr.settings;
+  const rows: Array<[string, string | number, string]> = [
+    ['pool_mode', st.mode, 'no'],
+    ['default_pool_size', st.size, 'no'],
+    ['max_db_connections', st.maxDbConnections, 'no'],
+    ['max_user_connections', st.maxUserConnections, 'no'],
+    ['max_client_conn', mgr.cfg.maxClients, 'no'],
+    ['query_wait_timeout', st.waitTimeoutMs / 1000, 'no'],
+    ['server_idle_timeout', st.serverIdleTimeoutMs / 1000, 'no'],
+    ['server_lifetime', st.serverLifetimeMs / 1000, 'no'],
+    ['server_reset_query', st.resetQuery, 'no'],
+    ['max_prepared_statements', st.maxPreparedStatements, 'no'],
+    ['auth_type', st.authType, 'no'],
+    ['auth_file', st.authFile, 'yes'],
+    ['admin_users', st.adminUsers.join(','), 'no'],
+    ['stats_period', STATS_PERIOD_MS / 1000, 'no'],
+  ];
+  return resultSet(['key', 'value', 'changeable'], rows.map(([k, v, c]) => [k, String(v), c]));
 }

@@ -427,6 +427,7 @@ export class PoolManager {
     });
     this.janitor = setInterval(() => {
       this.expireOld();
+      this.retryHeldBack();
       this.periods.tick(Date.now(), () => this.routeTotals());
     }, JANITOR_MS);
     this.janitor.unref();
@@ -610,6 +611,26 @@ export class PoolManager {
   private logRoom(pool: Pool, from: Pool, limit: 'database' | 'user'): true {
     this.log.debug({ for: `${pool.user}@${pool.database}`, from: `${from.user}@${from.database}`, node: pool.node, limit }, `--max-${limit === 'database' ? 'db' : 'user'}-connections reached: a connection of another pool closed to make room`);
     return true;
+  }
+
+  /** a connection the TypeScript pool opened or kept is carried by the native loop from now on: a neighbour's waiter may ask for it back */
+  handedToNative(s: ServerConn): void {
+    const pool = this.pools.get(`${s.user}\0${s.database}\0${s.node}`);
+    if (pool) this.connectionFreed(pool);
+  }
+
+  /**
+   * waiters held back by a shared limit for a janitor's round: asked for room again (what was
+   * asked of a neighbour may have been spent elsewhere, or the neighbour had nothing to give then,
+   * its connection still opening)
+   */
+  private retryHeldBack(): void {
+    if (this.settings.maxDbConnections === 0 && this.settings.maxUserConnections === 0) return;
+    for (const p of this.pools.values()) {
+      if (p.maxWaitMs() < JANITOR_MS) continue;
+      p.borrowed = 0;
+      p.pumpFromNeighbour();
+    }
   }
 
   /** a connection of `pool` closed or went idle: waiters of the pools sharing a limit with it may go on */

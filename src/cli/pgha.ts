@@ -6,7 +6,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { describeError, EXIT_ERROR } from './output.js';
-import { packageVersion } from './version.js';
+import { packageVersion } from '../config/version.js';
 import { registerAgentCommand } from './commands/agent.js';
 import { registerRejoinCommand } from './commands/rejoin.js';
 import { registerClusterCommands } from './commands/cluster.js';

@@ -6,7 +6,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { describeError, EXIT_ERROR } from './output.js';
-import { packageVersion } from './version.js';
+import { packageVersion } from '../config/version.js';
 
 // each command's module is loaded only when it runs: start-up time matters to scripts
 const commands = {

@@ -233,7 +233,7 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
       await c.query('SELECT 1');
       expect((await p.status()).pool?.native).toBe(relay === 'native' ? 1 : null);
       // what the client itself wrote and read (its socket's counts): the oracle for the bytes
-      const sock = (c as unknown as { connection: { stream: import('node:net').Socket } }).connection.stream;
+      const sock = (c as unknown as { connection: { stream: Socket } }).connection.stream;
       const before = await read();
       const [w0, r0] = [sock.bytesWritten, sock.bytesRead];
       const t0 = performance.now();
@@ -858,7 +858,15 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
       // both users go on within the limit
       for (let i = 0; i < 5; i++) await Promise.all([a1, a2, b].map((c) => c.query('SELECT 1')));
       expect(await stopWatch()).toBe(2);
-      expect(Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'limit_db1' AND usename = 'md5_user'"))).toBeGreaterThanOrEqual(1);
+      // the console: SHOW DATABASES counts what the server has of the database, SHOW CONFIG the limit, SHOW VERSION the package's
+      const dbRow = (await psql(byDb.port, 'admin', PASSWORDS.admin, 'SHOW DATABASES', 'pgha')).stdout.split('\n').find((l) => l.startsWith('limit_db1|'))?.split('|') ?? [];
+      // name, host, port, database, node, pool_size, pool_mode, max_connections, current_connections, paused
+      expect([dbRow[2], dbRow[5], dbRow[6], dbRow[7], dbRow[9]]).toEqual([String(primary.port), '5', 'transaction', '2', '0']);
+      expect(Number(dbRow[8])).toBe(Number(await primary.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'limit_db1'")));
+      const conf = (await psql(byDb.port, 'admin', PASSWORDS.admin, 'SHOW CONFIG', 'pgha')).stdout.split('\n');
+      expect(conf).toEqual(expect.arrayContaining(['pool_mode|transaction|no', 'max_db_connections|2|no', 'max_user_connections|0|no', 'query_wait_timeout|15|no']));
+      const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+      expect((await psql(byDb.port, 'admin', PASSWORDS.admin, 'SHOW VERSION', 'pgha')).stdout).toBe(`pgha-proxy ${version}`);
       await Promise.all([a1, a2, b].map((c) => c.end()));
     } finally {
       await byDb.stop();

@@ -1,4 +1,4 @@
-/** the version in the package's package.json (dist/src/cli → ../../../package.json): what --version prints */
+/** the version in the package's package.json (dist/src/config → ../../../package.json): what --version and the proxy console's SHOW VERSION print */
 import { readFileSync } from 'node:fs';
 
 export function packageVersion(): string {
