@@ -6,6 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { randomInt } from 'node:crypto';
 import { createServer } from 'node:net';
 import { childPids, processAlive, processIds } from '../pg/instance.js';
 
@@ -48,24 +49,63 @@ export function asServerUser(cmd: string, args: string[], user: string | null): 
   return user ? ['runuser', ['-u', user, '--', cmd, ...args]] : [cmd, args];
 }
 
-/** a free TCP port on 127.0.0.1, never one handed out before by this process */
+/**
+ * A free TCP port on 127.0.0.1, never one handed out before by this process. Taken below the
+ * kernel's ephemeral range (ip_local_port_range), where the source ports of outgoing connections
+ * come from: a port the kernel hands to listen(0) can be taken by any process's next connect()
+ * before the server meant for it binds it. Each vitest worker (VITEST_POOL_ID) draws from its own
+ * slice, so that two workers never pick the same port between checking and binding it. Where the
+ * ephemeral range leaves too little room below it, the kernel's choice.
+ */
 const handedOut = new Set<number>();
 export async function freePort(): Promise<number> {
+  const slice = portSlice();
+  if (slice) {
+    for (let i = 0; i < 100; i++) {
+      const port = slice.from + randomInt(slice.size);
+      if (handedOut.has(port)) continue;
+      if (await listensOn(port)) {
+        handedOut.add(port);
+        return port;
+      }
+    }
+  }
   for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const srv = createServer();
-      srv.unref();
-      srv.on('error', reject);
-      srv.listen(0, '127.0.0.1', () => {
-        const addr = srv.address();
-        srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
-      });
-    });
-    if (!handedOut.has(port)) {
+    const port = await listensOn(0);
+    if (port && !handedOut.has(port)) {
       handedOut.add(port);
       return port;
     }
   }
+}
+
+/** binds 127.0.0.1:port (0: any) and lets it go: the port bound, or 0 when it is taken */
+function listensOn(port: number): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', () => resolve(0));
+    srv.listen(port, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
+    });
+  });
+}
+
+/** this process's slice of the ports between 10000 and the ephemeral range (null: no room there) */
+function portSlice(): { from: number; size: number } | null {
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch {
+    // not Linux: the usual default
+  }
+  const room = low - 10000;
+  if (room < 4000) return null;
+  const slices = 8;
+  const size = Math.floor(room / slices);
+  const worker = Number(process.env.VITEST_POOL_ID ?? 0) % slices;
+  return { from: 10000 + worker * size, size };
 }
 
 /** every descendant of `pid` (children first found, then theirs), from /proc */
