@@ -91,7 +91,9 @@ export class Coordinator extends EventEmitter {
     super();
     this.id = o.id ?? processId();
     this.store = new ClusterStore({ endpoints: o.endpoints, cluster: o.cluster, callTimeoutMs: Math.min(2000, o.ttlSeconds * 400) });
-    this.lease = new LeaseKeeper(this.store, { ttlSeconds: o.ttlSeconds, log: o.log });
+    // the leader steps down a quarter of the TTL (at most 1 s) before its lease could expire on
+    // etcd: the watchdog's 50 ms and a busy event loop must not let it decide past that point
+    this.lease = new LeaseKeeper(this.store, { ttlSeconds: o.ttlSeconds, log: o.log, safetyMs: Math.min(1000, (o.ttlSeconds * 1000) / 4) });
     this.election = new LeaderElection(this.store, this.lease, { id: this.id, admin: o.admin, log: o.log });
     this.election.on('leader', (on: boolean) => this.emit('leader', on));
   }

@@ -6,8 +6,10 @@
  * (the send time of the last answered grant or keep-alive, plus the TTL etcd granted): while
  * Date.now() < validUntil the keys bound to the lease surely still exist, and once it has passed
  * the lease may be gone and another process may hold what it held. The keeper renews every TTL/4;
- * when validUntil passes without an answer, or etcd says the lease is gone, it emits 'lost' and
- * grants a new lease as soon as etcd answers again ('granted').
+ * when validUntil (less `safetyMs`) passes without an answer, or etcd says the lease is gone, it
+ * emits 'lost' and grants a new lease as soon as etcd answers again ('granted'). `safetyMs` gives
+ * up the lease that much before it can expire on etcd: room for a late timer or a busy event loop
+ * between the check and what the holder stops doing.
  */
 import { EventEmitter } from 'node:events';
 import type { ClusterStore } from './store.js';
@@ -16,6 +18,8 @@ export interface LeaseKeeperOptions {
   ttlSeconds: number;
   /** how often to renew (default TTL/4, at least 200 ms) */
   renewEveryMs?: number;
+  /** the lease counts as lost this long before validUntil (default 0) */
+  safetyMs?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: object) => void;
 }
 
@@ -44,9 +48,9 @@ export class LeaseKeeper extends EventEmitter {
     this.renewEveryMs = o.renewEveryMs ?? Math.max(200, Math.floor((o.ttlSeconds * 1000) / 4));
   }
 
-  /** the lease exists now for sure */
+  /** the lease exists now for sure, and will for `safetyMs` more */
   get valid(): boolean {
-    return this.id !== null && Date.now() < this.validUntil;
+    return this.id !== null && Date.now() < this.validUntil - (this.o.safetyMs ?? 0);
   }
 
   /** ms the lease is still surely valid (0 when not) */
@@ -59,7 +63,7 @@ export class LeaseKeeper extends EventEmitter {
     this.running = true;
     this.loop = this.run();
     this.watchdog = setInterval(() => {
-      if (this.id !== null && Date.now() >= this.validUntil) this.lose(`no keep-alive answered for ${Date.now() - (this.validUntil - this.grantedTtl * 1000)} ms (TTL ${this.grantedTtl} s)`);
+      if (this.id !== null && Date.now() >= this.validUntil - (this.o.safetyMs ?? 0)) this.lose(`no keep-alive answered for ${Date.now() - (this.validUntil - this.grantedTtl * 1000)} ms (TTL ${this.grantedTtl} s)`);
     }, 50);
     this.watchdog.unref?.();
   }
