@@ -841,7 +841,14 @@ impl Engine {
             }
         }
         if let Some(sid) = c.server {
+            // the proxy's own answers (a Parse the server connection already has) count as sent to the client
+            let before = c.out.buf.len();
             flush_fakes(c);
+            let faked = (c.out.buf.len() - before) as u64;
+            if faked > 0 {
+                self.counters.bytes_to_clients.fetch_add(faked, Ordering::Relaxed);
+                c.stats.bytes_to_clients.fetch_add(faked, Ordering::Relaxed);
+            }
             if let Some(s) = self.servers.get_mut(&sid) {
                 if s.out.pending() {
                     self.flush_server(sid);

@@ -711,7 +711,7 @@ export class PooledClient implements PoolClient, NativeClient {
   private flushFakes(): void {
     let out: Buffer[] | null = null;
     while (this.queue.length > 0 && this.queue[0].act === 'fake') (out ??= []).push(this.queue.shift()!.reply!);
-    if (out) this.socket.write(out.length === 1 ? out[0] : Buffer.concat(out));
+    if (out) this.clientWrite(out.length === 1 ? out[0] : Buffer.concat(out));
   }
 
   // ---------------------------------------------------------------- server → client

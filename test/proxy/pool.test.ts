@@ -266,6 +266,29 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     }
   });
 
+  it("SHOW STATS counts the proxy's own answers too: a statement the server connection already has is answered ParseComplete by the proxy, and those bytes are in total_sent", async () => {
+    const one = await startProxy([primary.port], ['--pool-mode', 'transaction', '--pool-size', '1', '--relay', relay, ...common]);
+    try {
+      const sent = async () => Number((await psql(one.port, 'admin', PASSWORDS.admin, 'SHOW STATS', 'pgha')).stdout.split('\n').find((l) => l.startsWith('postgres|'))?.split('|')[4] ?? NaN);
+      const first = client(one, 'plain_user');
+      await first.connect();
+      await first.query({ name: 'stats_fake', text: 'SELECT 7 AS n' });
+      await first.end();
+      // the same statement from another client on the pool's one server connection: its Parse is answered by the proxy
+      const c = client(one, 'plain_user');
+      await c.connect();
+      const sock = (c as unknown as { connection: { stream: Socket } }).connection.stream;
+      const before = await sent();
+      const r0 = sock.bytesRead;
+      expect((await c.query({ name: 'stats_fake', text: 'SELECT 7 AS n' })).rows[0].n).toBe(7);
+      const readBytes = sock.bytesRead - r0;
+      expect((await sent()) - before).toBe(readBytes);
+      await c.end();
+    } finally {
+      await one.stop();
+    }
+  });
+
   it('the pool size holds: a third transaction waits for one of 2 server connections (cl_waiting in SHOW POOLS), then runs', async () => {
     const waitTotals = async () => {
       const m = await txn.metrics();
