@@ -40,8 +40,6 @@ export declare class ProxyPool {
    * loop closes up to `n` of its connections there as they are (or go) idle (0: none wait)
    */
   giveBack(route: string, node: string, n: number): void
-  /** [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle] */
-  counters(): Array<number>
   /**
    * per route (user NUL database): what its clients did (transactions, queries, bytes, time in
    * transactions and queries, waits for a server connection)

@@ -184,7 +184,7 @@ export class ProxyServer implements ProxyContext {
 
   private makePool(pc: NonNullable<ProxyConfig['pool']>): NonNullable<ProxyServer['pool']> {
     const auth = new Authenticator(pc.users, pc.authQuery ? { ...pc.authQuery, target: () => this.monitor.primary?.address ?? null, ssl: this.cfg.backendTls.mode !== 'disable' && this.cfg.backendTls.mode !== 'prefer', timeoutMs: this.cfg.connectTimeoutMs } : null);
-    const host = { cfg: this.cfg, monitor: this.monitor, log: this.log, pickReader: () => this.pickReader(), sendCancel: (t: BackendAddress, pid: number, key: Buffer) => this.cancelForwarder.send(t, pid, key), stats: this.stats };
+    const host = { cfg: this.cfg, monitor: this.monitor, log: this.log, pickReader: () => this.pickReader(), sendCancel: (t: BackendAddress, pid: number, key: Buffer) => this.cancelForwarder.send(t, pid, key) };
     const mgr = new PoolManager(host, { mode: pc.mode, size: pc.size, resetQuery: pc.resetQuery, maxPreparedStatements: pc.maxPreparedStatements, adminUsers: pc.adminUsers, authType: pc.authType, waitTimeoutMs: pc.waitTimeoutMs, serverIdleTimeoutMs: pc.serverIdleTimeoutMs, serverLifetimeMs: pc.serverLifetimeMs, maxDbConnections: pc.maxDbConnections, maxUserConnections: pc.maxUserConnections, authFile: pc.authFile }, auth);
     return Object.assign(mgr, { adopt: (socket: Socket, params: Record<string, string>, rest: Buffer, kind: PortKind, tls: boolean) => void new PooledClient(mgr, socket, params, rest, kind, tls) });
   }

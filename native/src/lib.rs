@@ -590,12 +590,6 @@ impl ProxyPool {
         self.inner.give_back(route, node, n).map_err(io_err("give back"))
     }
 
-    /// [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle]
-    #[napi]
-    pub fn counters(&self) -> Vec<f64> {
-        self.inner.totals().iter().map(|&v| v as f64).collect()
-    }
-
     /// per route (user NUL database): what its clients did (transactions, queries, bytes, time in
     /// transactions and queries, waits for a server connection)
     #[napi]

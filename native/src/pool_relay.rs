@@ -59,15 +59,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 const GIVEN_BACK: &str = "closed to make room for a client waiting in the TypeScript pool";
 const SERVER_LIFETIME: &str = "connected longer than --server-lifetime";
 
-/// What the loop relayed, for /metrics (read from any thread; written by the loop alone)
+/// What the loop relayed, per route, for SHOW STATS and /metrics (read from any thread; written
+/// by the loop alone)
 #[derive(Default)]
 pub struct PoolCounters {
-    pub bytes_from_clients: AtomicU64,
-    pub bytes_to_clients: AtomicU64,
-    /// ReadyForQuery messages relayed to clients (the proxy's own requests' not counted)
-    pub ready: AtomicU64,
-    /// of those, the ones saying idle (`I`): transactions, autocommit statements included, ended
-    pub ready_idle: AtomicU64,
     /// route → what its clients did (PgBouncer's SHOW STATS, per user and database)
     pub routes: Mutex<HashMap<String, Arc<RouteStats>>>,
 }
@@ -85,7 +80,7 @@ impl PoolCounters {
 pub struct RouteStats {
     /// ReadyForQuery `I` relayed: transactions, autocommit statements included
     pub xacts: AtomicU64,
-    /// ReadyForQuery relayed: one per simple Query or Sync answered
+    /// ReadyForQuery relayed (the proxy's own requests' not counted): one per simple Query or Sync answered
     pub queries: AtomicU64,
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
@@ -533,7 +528,7 @@ fn flush_fakes(c: &mut Client) {
 }
 
 /// one server message for the linked client (client.ts onServerMessage); Ok(true): the transaction is over
-fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64, counters: &PoolCounters) -> Result<bool, (String, String)> {
+fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64) -> Result<bool, (String, String)> {
     let kind = msg[0];
     let body = &msg[5..];
     let head = c.queue.front().map(|p| (p.t, p.act));
@@ -553,11 +548,9 @@ fn from_server(c: &mut Client, s: &mut Server, msg: &[u8], clock: &mut u64, coun
                 }
             }
             c.out.buf.extend_from_slice(msg);
-            counters.ready.fetch_add(1, Ordering::Relaxed);
             c.stats.queries.fetch_add(1, Ordering::Relaxed);
             let idle = st == b'I';
             if idle {
-                counters.ready_idle.fetch_add(1, Ordering::Relaxed);
                 c.stats.xacts.fetch_add(1, Ordering::Relaxed);
             }
             if c.pending_ready == 0 {
@@ -760,7 +753,6 @@ impl Engine {
                 Err(e) => return self.close_client(id, None, &format!("client error: {e}")),
             };
             c.inbuf.extend_from_slice(&self.buf[..n]);
-            self.counters.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
             c.stats.bytes_from_clients.fetch_add(n as u64, Ordering::Relaxed);
             self.pump_client(id);
             if short_read_drains && n < CHUNK {
@@ -846,7 +838,6 @@ impl Engine {
             flush_fakes(c);
             let faked = (c.out.buf.len() - before) as u64;
             if faked > 0 {
-                self.counters.bytes_to_clients.fetch_add(faked, Ordering::Relaxed);
                 c.stats.bytes_to_clients.fetch_add(faked, Ordering::Relaxed);
             }
             if let Some(s) = self.servers.get_mut(&sid) {
@@ -1125,7 +1116,7 @@ impl Engine {
                 };
                 let msg = &inbuf[off..off + n];
                 off += n;
-                match from_server(c, s, msg, &mut self.clock, &self.counters) {
+                match from_server(c, s, msg, &mut self.clock) {
                     Ok(r) => release |= r,
                     Err(f) => {
                         failed = Some(f);
@@ -1140,9 +1131,7 @@ impl Engine {
             }
             if c.out.buf.len() > before {
                 c.answered = true;
-                let n = (c.out.buf.len() - before) as u64;
-                self.counters.bytes_to_clients.fetch_add(n, Ordering::Relaxed);
-                c.stats.bytes_to_clients.fetch_add(n, Ordering::Relaxed);
+                c.stats.bytes_to_clients.fetch_add((c.out.buf.len() - before) as u64, Ordering::Relaxed);
             }
             if let Some((code, m)) = failed {
                 let err = error_response("FATAL", if code.is_empty() { "08P01" } else { &code }, &format!("pgha-proxy: a startup setting of this client failed on the server: {m}"), None, None);
@@ -1662,12 +1651,6 @@ impl PoolRelay {
     /// µs in transactions, µs in queries, µs waited for a server connection, waits]
     pub fn route_stats(&self) -> Vec<(String, [u64; 8])> {
         self.counters.routes.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.snapshot())).collect()
-    }
-
-    /// [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle]
-    pub fn totals(&self) -> [u64; 4] {
-        let c = &self.counters;
-        [c.bytes_from_clients.load(Ordering::Relaxed), c.bytes_to_clients.load(Ordering::Relaxed), c.ready.load(Ordering::Relaxed), c.ready_idle.load(Ordering::Relaxed)]
     }
 
     fn send(&self, c: Command) -> std::io::Result<()> {

@@ -7,7 +7,7 @@ import type { FailoverReport } from '../failover/failover.js';
 import type { BackendState } from '../health/monitor.js';
 import type { ProxyStats } from '../session/context.js';
 import type { PoolStat } from '../pool/pool.js';
-import type { RouteTotals } from '../pool/stats.js';
+import type { Counts, RouteTotals } from '../pool/stats.js';
 
 /** What the metrics read from the proxy at scrape time (the proxy server implements it). */
 export interface MetricsSource {
@@ -21,7 +21,7 @@ export interface MetricsSource {
   sessionsOn(name: string): number;
   isDecider(): boolean;
   /** --pool-mode: the pools (null without pooling) */
-  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }>; nativeCounters(): number[]; routeTotals(): RouteTotals[] } | null;
+  pool: { stats(): PoolStat[]; waitTimeouts: ReadonlyMap<string, { user: string; database: string; count: number }>; trafficTotals(): Counts; routeTotals(): RouteTotals[] } | null;
 }
 
 type Sample = [labels: Record<string, string>, value: number];
@@ -66,10 +66,10 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
   ]);
   scraped('pgha_proxy_bytes', 'bytes relayed since start (a counter), by direction', ['direction'], () => {
     const [fromClients, toClients] = proxy.relay?.counters() ?? [0, 0];
-    const [poolFrom, poolTo] = proxy.pool?.nativeCounters() ?? [0, 0];
+    const pool = proxy.pool?.trafficTotals();
     return [
-      [{ direction: 'client_to_server' }, proxy.stats.bytesFromClients + fromClients + poolFrom],
-      [{ direction: 'server_to_client' }, proxy.stats.bytesToClients + toClients + poolTo],
+      [{ direction: 'client_to_server' }, proxy.stats.bytesFromClients + fromClients + (pool?.bytesFromClients ?? 0)],
+      [{ direction: 'server_to_client' }, proxy.stats.bytesToClients + toClients + (pool?.bytesToClients ?? 0)],
     ];
   });
   scraped('pgha_proxy_backend_role', '1 for the role each backend has now (primary, standby, down, fenced, unknown)', ['backend', 'role'], () =>
@@ -98,10 +98,10 @@ export function proxyMetrics(proxy: MetricsSource): { registry: Registry; health
     [{ result: 'unknown_key' }, proxy.stats.cancelsUnknown],
   ]);
   scrapedCounter('pgha_proxy_transactions_total', 'transactions ended through the proxy, autocommit statements included: ReadyForQuery (idle) relayed to clients after their startup (rate() is TPS)', [], () => [
-    [{}, proxy.stats.readyIdle + (proxy.relay?.counters()[4] ?? 0) + (proxy.pool?.nativeCounters()[3] ?? 0)],
+    [{}, proxy.stats.readyIdle + (proxy.relay?.counters()[4] ?? 0) + (proxy.pool?.trafficTotals().xacts ?? 0)],
   ]);
   scrapedCounter('pgha_proxy_queries_total', 'queries answered through the proxy: ReadyForQuery relayed to clients after their startup, one per simple Query or extended-protocol Sync', [], () => [
-    [{}, proxy.stats.ready + (proxy.relay?.counters()[3] ?? 0) + (proxy.pool?.nativeCounters()[2] ?? 0)],
+    [{}, proxy.stats.ready + (proxy.relay?.counters()[3] ?? 0) + (proxy.pool?.trafficTotals().queries ?? 0)],
   ]);
   // the native relay's loops: how sessions are spread and how busy each loop's thread is
   scraped('pgha_proxy_relay_loop_sessions', "sessions each native relay loop carries (a new one goes to the first loop under half a core's CPU)", ['loop'], () =>

@@ -431,7 +431,6 @@ export class PooledClient implements PoolClient, NativeClient {
 
   private fromClient(chunk: Buffer): void {
     if (this.phase === 'closed') return;
-    this.mgr.host.stats.bytesFromClients += chunk.length;
     if (this.counts) this.counts.bytesFromClients += chunk.length;
     try {
       this.framer.feed(chunk, this.onClientFrame);
@@ -531,7 +530,6 @@ export class PooledClient implements PoolClient, NativeClient {
 
   /** bytes for the client from the linked server: the server is not read while the client does not keep up */
   private clientWrite(b: Buffer): void {
-    this.mgr.host.stats.bytesToClients += b.length;
     if (this.counts) this.counts.bytesToClients += b.length;
     const s = this.server;
     if (!this.socket.write(b) && s && !s.socket.isPaused()) {
@@ -757,9 +755,6 @@ export class PooledClient implements PoolClient, NativeClient {
         }
         this.txStatus = st;
         out.add(msg);
-        const stats = this.mgr.host.stats;
-        stats.ready++;
-        if (st === 'I') stats.readyIdle++;
         if (this.counts) this.clock.ready(this.counts, st === 'I', this.pendingReady === 0);
         return txn && st === 'I' && this.pendingReady === 0 && !this.partial && this.queue.length === 0;
       }

@@ -164,11 +164,6 @@ export class NativePool {
     });
   }
 
-  /** [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle] since the start */
-  counters(): number[] {
-    return this.loop.counters();
-  }
-
   /** close the loop's connections idle for `idleMs` or longer (null: keep them); `retire`: past their lifetime, closed once idle */
   expire(idleMs: number | null, retire: number[]): void {
     this.loop.expire(idleMs, retire);

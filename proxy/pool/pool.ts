@@ -349,8 +349,6 @@ export interface PoolHost {
   log: Logger;
   pickReader(): BackendState | null;
   sendCancel(target: BackendAddress, pid: number, key: Buffer): Promise<void>;
-  /** the proxy's throughput counters (/metrics): the TypeScript pool adds what it relays */
-  stats: { bytesFromClients: number; bytesToClients: number; ready: number; readyIdle: number };
 }
 
 /** clients as the pool sees them (the client module implements it) */
@@ -492,9 +490,11 @@ export class PoolManager {
     if (closed > 0) this.log.debug({ closed }, 'closed idle server connections past --server-idle-timeout or --server-lifetime');
   }
 
-  /** what the native loop relayed: [bytes from clients, bytes to clients, ReadyForQuery relayed, of those idle] (the TypeScript pool adds to the proxy's own stats) */
-  nativeCounters(): number[] {
-    return this.native?.counters() ?? [0, 0, 0, 0];
+  /** what both pools relayed since the start, all routes together (the proxy's throughput in /metrics) */
+  trafficTotals(): Counts {
+    const all = zeroCounts();
+    for (const t of this.routeTotals()) addCounts(all, t);
+    return all;
   }
 
   /** what the native loop says of the clients and connections it carries (null without it) */
