@@ -21,7 +21,7 @@ import { AcquireError, type PoolClient, type PoolManager } from './pool.js';
 import { bindOf, parseOf, renamedBind, renamedParse, renamedTarget, serverName, targetOf, type ClientStatement } from './prepared.js';
 import { constantTimeEqual, hmac, md5Response, md5Secret, nonce, scramAttributes, scramKeysFromPassword, sha256, xor, type ScramKeys } from './secrets.js';
 import type { ServerConn } from './server-conn.js';
-import { RequestClock, type RouteCounters } from './stats.js';
+import { type Counts, RequestClock } from './stats.js';
 
 const SCRAM_ITERATIONS = 4096;
 /** per user: a salt and the keys derived from a plain password (derived once, as a server stores them once) */
@@ -142,7 +142,7 @@ export class PooledClient implements PoolClient, NativeClient {
   /** carried by the native pool loop since its login */
   private native = false;
   /** its (user, database)'s counters in the TypeScript pool, once logged in (not on the console) */
-  private counts: RouteCounters | null = null;
+  private counts: Counts | null = null;
   private readonly clock = new RequestClock();
 
   constructor(

@@ -14,7 +14,7 @@ import { SQLSTATE } from '../protocol/codes.js';
 import { Authenticator, type UserEntry } from './auth.js';
 import { NativePool, type NativeView } from './native-pool.js';
 import { ServerConn, ServerLoginError } from './server-conn.js';
-import { addCounts, type Counts, RouteCounters, type RouteTotals, StatsPeriods, zeroCounts } from './stats.js';
+import { addCounts, type Counts, type RouteTotals, StatsPeriods, zeroCounts } from './stats.js';
 
 export interface PoolSettings {
   mode: 'session' | 'transaction';
@@ -398,7 +398,7 @@ export class PoolManager {
   /** clients closed by --pool-wait-timeout, per (user, database) */
   readonly waitTimeouts = new Map<string, { user: string; database: string; count: number }>();
   /** what the TypeScript pool's clients did, per (user, database) (the native loop keeps its own) */
-  private readonly routeCounters = new Map<string, { user: string; database: string; c: RouteCounters }>();
+  private readonly routeCounters = new Map<string, RouteTotals>();
   /** SHOW STATS' averages over the last stats period */
   readonly periods = new StatsPeriods();
   /** closes what --server-idle-timeout and --server-lifetime say is old (every second) */
@@ -432,24 +432,22 @@ export class PoolManager {
   }
 
   /** the TypeScript pool's counters of (user, database), taken once per client */
-  countersFor(user: string, database: string): RouteCounters {
+  countersFor(user: string, database: string): Counts {
     const key = `${user}\0${database}`;
     let r = this.routeCounters.get(key);
-    if (!r) this.routeCounters.set(key, (r = { user, database, c: new RouteCounters() }));
-    return r.c;
+    if (!r) this.routeCounters.set(key, (r = { user, database, ...zeroCounts() }));
+    return r;
   }
 
   /** per (user, database): what its clients did in both pools since the start (SHOW STATS, /metrics) */
   routeTotals(): RouteTotals[] {
     const out = new Map<string, RouteTotals>();
-    const add = (user: string, database: string, c: Counts) => {
-      const key = `${user}\0${database}`;
+    for (const r of [...this.routeCounters.values(), ...(this.native?.routeTotals() ?? [])]) {
+      const key = `${r.user}\0${r.database}`;
       const t = out.get(key);
-      if (t) addCounts(t, c);
-      else out.set(key, { user, database, ...zeroCounts(), ...c });
-    };
-    for (const r of this.routeCounters.values()) add(r.user, r.database, r.c);
-    for (const r of this.native?.routeTotals() ?? []) add(r.user, r.database, r);
+      if (t) addCounts(t, r);
+      else out.set(key, { ...r });
+    }
     return [...out.values()];
   }
 

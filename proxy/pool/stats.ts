@@ -1,6 +1,6 @@
 /**
  * What the pooled clients of each (user, database) did: PgBouncer's SHOW STATS. Both pools count
- * the same things at the same points — the TypeScript pool in a `RouteCounters` per route, the
+ * the same things at the same points — the TypeScript pool in a `RouteTotals` per route, the
  * native loop in its `RouteStats` (pool_relay.rs) — and `StatsPeriods` turns the totals into
  * PgBouncer's averages over its stats period.
  */
@@ -35,18 +35,6 @@ export function addCounts(into: Counts, x: Counts): Counts {
   return into;
 }
 
-/** the TypeScript pool's counters of one route, and its clients' request and transaction clocks */
-export class RouteCounters implements Counts {
-  xacts = 0;
-  queries = 0;
-  bytesFromClients = 0;
-  bytesToClients = 0;
-  xactUs = 0;
-  queryUs = 0;
-  waitUs = 0;
-  waits = 0;
-}
-
 /** one client's clocks: started when something goes to the server, stopped at the ReadyForQuery answering it all */
 export class RequestClock {
   private xactStart = 0;
@@ -60,7 +48,7 @@ export class RequestClock {
   }
 
   /** a ReadyForQuery was relayed: `allAnswered` nothing sent is still unanswered */
-  ready(into: RouteCounters, idle: boolean, allAnswered: boolean): void {
+  ready(into: Counts, idle: boolean, allAnswered: boolean): void {
     into.queries++;
     if (idle) into.xacts++;
     if (!allAnswered) return;

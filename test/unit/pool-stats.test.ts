@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { byDatabase, RequestClock, RouteCounters, type RouteTotals, StatsPeriods, zeroCounts } from '../../proxy/pool/stats.js';
+import { byDatabase, RequestClock, type RouteTotals, StatsPeriods, zeroCounts } from '../../proxy/pool/stats.js';
 
 const route = (user: string, database: string, c: Partial<RouteTotals>): RouteTotals => ({ user, database, ...zeroCounts(), ...c });
 
@@ -27,7 +27,7 @@ describe('SHOW STATS arithmetic (proxy/pool/stats.ts)', () => {
   });
 
   it("a client's clocks: a query runs until everything sent is answered; a transaction until ReadyForQuery 'I'", async () => {
-    const c = new RouteCounters();
+    const c = zeroCounts();
     const clock = new RequestClock();
     clock.sent();
     await new Promise((r) => setTimeout(r, 30));
