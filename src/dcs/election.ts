@@ -2,8 +2,9 @@
  * Leader election on etcd: the `leader` key, created in a transaction only if it does not exist,
  * bound to the candidate's lease (lease.ts). The holder is leader while its lease is surely valid;
  * when its keep-alives go unanswered it steps down at `validUntil` less the lease's safety margin
- * — before etcd can let the key expire — and every other candidate, watching the key, campaigns as soon as it is deleted. A dead
- * leader's key goes when its lease expires: takeover within the TTL.
+ * — before etcd can let the key expire — and every other candidate, watching the key, campaigns
+ * as soon as it is deleted. A dead leader's key goes when its lease expires: takeover within the
+ * TTL.
  */
 import { EventEmitter } from 'node:events';
 import type { LeaderRecord } from './keys.js';
