@@ -63,16 +63,19 @@ export class Framer {
         this.partial.push(Buffer.from(buf));
         this.partialBytes += buf.length;
         if (this.partialNeeds >= STREAM_ABOVE && this.partialBytes >= STREAM_HEAD && this.streamTo) {
-          const head = Buffer.concat(this.partial);
+          // asked with the first piece, joined once to at least STREAM_HEAD bytes (a start declined
+          // now may be taken at a later chunk: nothing is joined again for that); the pieces after
+          // it follow through part()
+          if (this.partial[0].length < STREAM_HEAD) this.partial = [Buffer.concat(this.partial)];
+          const head = this.partial[0];
           if (this.streamTo.start(head[0], head, this.partialNeeds)) {
-            this.streamRest = this.partialNeeds - head.length;
+            for (let k = 1; k < this.partial.length; k++) this.streamTo.part(this.partial[k]);
+            this.streamRest = this.partialNeeds - this.partialBytes;
             this.streamLength = this.partialNeeds;
             this.partial = [];
             this.partialBytes = 0;
             this.partialNeeds = 0;
-            return;
           }
-          this.partial = [head];
         }
         return;
       }

@@ -238,6 +238,25 @@ describe("the pool's Framer", () => {
     );
   });
 
+  it('a long message whose start is declined at every chunk is asked about with its first 16 KiB or so, not with all of it again (no copy of the message per chunk)', () => {
+    const f = new Framer('client', 0x3ffffffe);
+    const heads: number[] = [];
+    f.streamTo = {
+      start: (_t, head) => {
+        heads.push(head.length);
+        return false;
+      },
+      part: () => undefined,
+    };
+    const got: Buffer[] = [];
+    const long = messages[2];
+    for (let i = 0; i < long.length; i += 1000) f.feed(long.subarray(i, i + 1000), (_t, m) => got.push(Buffer.from(m)));
+    expect(got).toHaveLength(1);
+    expect(got[0].equals(long)).toBe(true);
+    expect(heads.length).toBeGreaterThan(250);
+    expect(Math.max(...heads)).toBeLessThan(STREAM_HEAD + 1000);
+  });
+
   it('a bad length word is refused as soon as it is in, with the byte it is at, even after a long message in pieces', () => {
     const f = new Framer('client', 1_000_000);
     const bad = Buffer.from([0x51, 0x7f, 0xff, 0xff, 0xff]);
