@@ -497,15 +497,23 @@ export class PooledClient implements PoolClient, NativeClient {
     const s = this.server;
     if (!s) return false;
     this.replay = null;
+    this.countRequest(type);
+    if (txn && (type === T.query || type === T.bind)) this.queue.push({ t: type, act: 'fwd' });
+    this.clock.sent();
+    this.streamPart(head);
+    return true;
+  }
+
+  /**
+   * what a message sent on unchanged leaves the server owing: a ReadyForQuery (Query, Sync,
+   * FunctionCall), or extended-protocol state until the next Sync (pool_relay.rs count_request)
+   */
+  private countRequest(type: number): void {
     if (type === T.query || type === T.sync) {
       this.pendingReady++;
       this.partial = false;
     } else if (type === T.functionCall) this.pendingReady++;
     else if (type === T.parse || type === T.bind || type === T.describe || type === T.execute || type === T.close) this.partial = true;
-    if (txn && (type === T.query || type === T.bind)) this.queue.push({ t: type, act: 'fwd' });
-    this.clock.sent();
-    this.streamPart(head);
-    return true;
   }
 
   /** more of a long client message on its way to the server */
@@ -591,8 +599,7 @@ export class PooledClient implements PoolClient, NativeClient {
     const txn = this.mgr.settings.mode === 'transaction';
     switch (type) {
       case T.query: {
-        this.pendingReady++;
-        this.partial = false;
+        this.countRequest(type);
         if (txn) {
           this.queue.push({ t: type, act: 'fwd' });
           if (mayStartWith(msg, 0x4c, 0x4c) && LISTEN_RE.test(msg.toString('utf8', 5, msg.length - 1))) return out.add(queryMessage(notSupported('LISTEN')));
@@ -600,19 +607,15 @@ export class PooledClient implements PoolClient, NativeClient {
         return out.add(msg);
       }
       case T.sync:
-        this.pendingReady++;
-        this.partial = false;
-        if (txn) this.queue.push({ t: type, act: 'fwd' });
-        return out.add(msg);
       case T.functionCall:
-        this.pendingReady++;
+        this.countRequest(type);
         if (txn) this.queue.push({ t: type, act: 'fwd' });
         return out.add(msg);
       case T.flush:
         return out.add(msg);
     }
     if (!txn) {
-      if (type === T.parse || type === T.bind || type === T.describe || type === T.execute || type === T.close) this.partial = true;
+      this.countRequest(type);
       return out.add(msg);
     }
     const s = this.server!;
