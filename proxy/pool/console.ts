@@ -14,6 +14,20 @@ import { byDatabase, STATS_PERIOD_MS } from './stats.js';
 
 const PAUSE_WAIT_MS = 60_000;
 
+/** the SHOW commands: what each answers (SHOW HELP lists these and the actions) */
+const SHOW: Record<string, (mgr: PoolManager) => Buffer> = {
+  'SHOW POOLS': pools,
+  'SHOW CLIENTS': clients,
+  'SHOW SERVERS': servers,
+  'SHOW STATS': (mgr) => stats(mgr, true, true),
+  'SHOW STATS_TOTALS': (mgr) => stats(mgr, true, false),
+  'SHOW STATS_AVERAGES': (mgr) => stats(mgr, false, true),
+  'SHOW DATABASES': databases,
+  'SHOW CONFIG': config,
+  'SHOW VERSION': () => resultSet(['version'], [[`pgha-proxy ${packageVersion()}`]]),
+};
+const ACTIONS = ['PAUSE', 'RESUME', 'RELOAD'];
+
 export async function consoleQuery(mgr: PoolManager, text: string): Promise<Buffer> {
   const out: Buffer[] = [];
   const statements = text.split(';').map((x) => x.trim()).filter(Boolean);
@@ -21,14 +35,9 @@ export async function consoleQuery(mgr: PoolManager, text: string): Promise<Buff
   for (const st of statements) {
     const words = st.toUpperCase().split(/\s+/);
     const cmd = words.join(' ');
-    if (cmd === 'SHOW POOLS') out.push(pools(mgr));
-    else if (cmd === 'SHOW CLIENTS') out.push(clients(mgr));
-    else if (cmd === 'SHOW SERVERS') out.push(servers(mgr));
-    else if (cmd === 'SHOW STATS' || cmd === 'SHOW STATS_TOTALS' || cmd === 'SHOW STATS_AVERAGES') out.push(stats(mgr, cmd));
-    else if (cmd === 'SHOW DATABASES') out.push(databases(mgr));
-    else if (cmd === 'SHOW CONFIG') out.push(config(mgr));
-    else if (cmd === 'SHOW VERSION') out.push(resultSet(['version'], [[`pgha-proxy ${packageVersion()}`]]));
-    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [['SHOW POOLS'], ['SHOW CLIENTS'], ['SHOW SERVERS'], ['SHOW STATS'], ['SHOW STATS_TOTALS'], ['SHOW STATS_AVERAGES'], ['SHOW DATABASES'], ['SHOW CONFIG'], ['SHOW VERSION'], ['PAUSE'], ['RESUME'], ['RELOAD']]));
+    const show = Object.hasOwn(SHOW, cmd) ? SHOW[cmd] : null;
+    if (show) out.push(show(mgr));
+    else if (cmd === 'SHOW HELP') out.push(resultSet(['command'], [...Object.keys(SHOW), ...ACTIONS].map((c) => [c])));
     else if (cmd === 'RELOAD') {
       try {
         mgr.reloadAuth();
@@ -93,16 +102,16 @@ function servers(mgr: PoolManager): Buffer {
  * over the last whole stats period (60 s; 0 until one has passed) — per second for counts and
  * bytes, per transaction / query / wait for times, in microseconds.
  */
-function stats(mgr: PoolManager, cmd: string): Buffer {
+function stats(mgr: PoolManager, withTotals: boolean, withAverages: boolean): Buffer {
   const totals = ['total_xact_count', 'total_query_count', 'total_received', 'total_sent', 'total_xact_time', 'total_query_time', 'total_wait_time'];
   const averages = ['avg_xact_count', 'avg_query_count', 'avg_recv', 'avg_sent', 'avg_xact_time', 'avg_query_time', 'avg_wait_time'];
-  const columns = ['database', ...(cmd === 'SHOW STATS_AVERAGES' ? [] : totals), ...(cmd === 'SHOW STATS_TOTALS' ? [] : averages)];
+  const columns = ['database', ...(withTotals ? totals : []), ...(withAverages ? averages : [])];
   const rows = [...byDatabase(mgr.routeTotals())].sort(([a], [b]) => a.localeCompare(b)).map(([database, t]) => {
     const a = mgr.periods.average(database);
     return [
       database,
-      ...(cmd === 'SHOW STATS_AVERAGES' ? [] : [t.xacts, t.queries, t.bytesFromClients, t.bytesToClients, t.xactUs, t.queryUs, t.waitUs]),
-      ...(cmd === 'SHOW STATS_TOTALS' ? [] : [a.xactsPerSecond, a.queriesPerSecond, a.receivedPerSecond, a.sentPerSecond, a.xactUs, a.queryUs, a.waitUs]),
+      ...(withTotals ? [t.xacts, t.queries, t.bytesFromClients, t.bytesToClients, t.xactUs, t.queryUs, t.waitUs] : []),
+      ...(withAverages ? [a.xactsPerSecond, a.queriesPerSecond, a.receivedPerSecond, a.sentPerSecond, a.xactUs, a.queryUs, a.waitUs] : []),
     ];
   });
   return resultSet(columns, rows);

@@ -1048,6 +1048,8 @@ describe.each([['native'], ['node']] as const)('pgha-proxy --pool-mode (%s relay
     expect(refused.stderr).toContain('not allowed to connect to the console database');
     const bad = await psql(txn.port, 'admin', PASSWORDS.admin, 'SHOW NOTHING', 'pgha');
     expect(bad.stderr).toContain('unknown pgha console command');
+    const help = await psql(txn.port, 'admin', PASSWORDS.admin, 'SHOW HELP', 'pgha');
+    expect(help.stdout.split('\n')).toEqual(expect.arrayContaining(['SHOW POOLS', 'SHOW STATS', 'SHOW STATS_AVERAGES', 'SHOW DATABASES', 'SHOW VERSION', 'PAUSE', 'RESUME', 'RELOAD']));
 
     // PAUSE and RESUME through one console session
     const con = new pg.Client({ host: '127.0.0.1', port: txn.port, user: 'admin', password: PASSWORDS.admin, database: 'pgha' });
