@@ -291,7 +291,7 @@ export class Pool {
     s.state = 'idle';
     this.idle.push(s);
     this.pump(entry);
-    if (this.idle.includes(s)) this.mgr.connectionFreed(this);
+    if (this.mgr.sharedLimits && this.idle.includes(s)) this.mgr.connectionFreed(this);
   }
 
   private resetThenIdle(s: ServerConn, entry: UserEntry): void {
@@ -572,13 +572,18 @@ export class PoolManager {
     return p;
   }
 
+  /** --max-db-connections or --max-user-connections is set */
+  get sharedLimits(): boolean {
+    return this.settings.maxDbConnections > 0 || this.settings.maxUserConnections > 0;
+  }
+
   /**
    * --max-db-connections / --max-user-connections: which limit keeps `pool` from opening one more
    * connection on its node (null: neither) — its database's or its user's connections there, all pools
    */
   sharedLimitReached(pool: Pool): 'database' | 'user' | null {
+    if (!this.sharedLimits) return null;
     const { maxDbConnections: maxDb, maxUserConnections: maxUser } = this.settings;
-    if (maxDb === 0 && maxUser === 0) return null;
     let db = 0;
     let user = 0;
     for (const p of this.pools.values()) {
@@ -623,7 +628,7 @@ export class PoolManager {
    * its connection still opening)
    */
   private retryHeldBack(): void {
-    if (this.settings.maxDbConnections === 0 && this.settings.maxUserConnections === 0) return;
+    if (!this.sharedLimits) return;
     for (const p of this.pools.values()) {
       if (p.maxWaitMs() < JANITOR_MS) continue;
       p.borrowed = 0;
@@ -633,8 +638,8 @@ export class PoolManager {
 
   /** a connection of `pool` closed or went idle: waiters of the pools sharing a limit with it may go on */
   connectionFreed(pool: Pool): void {
+    if (!this.sharedLimits) return;
     const { maxDbConnections: maxDb, maxUserConnections: maxUser } = this.settings;
-    if (maxDb === 0 && maxUser === 0) return;
     for (const p of this.pools.values()) {
       if (p === pool || p.node !== pool.node || p.waiters.length === 0) continue;
       // after what runs now (a pool making room closes a connection from inside its own pump)
