@@ -7,8 +7,12 @@
  * Rules: rejoin when (a) the node is fenced and a primary other than this node is found; (b) the node
  * runs as a primary while another node is primary on a newer timeline (an old primary restarted by
  * hand); (c) the node is stopped, not fenced, not stopped on request, and a primary other than this
- * node is found on a timeline at least its own. Never start a node as a primary; with no primary
- * found do nothing.
+ * node is found on a timeline at least its own; (d) the node runs as a standby on an older timeline
+ * than the primary's and has WAL past the point where the primary's history left that timeline (it
+ * received or replayed WAL the promoted node never had — an asynchronous standby ahead of the
+ * synchronous one that was promoted): PostgreSQL can never follow from there, so it is stopped and
+ * rejoined (pg_rewind) — once two checks in a row, one interval apart, say so. Never start a node as
+ * a primary; with no primary found do nothing.
  */
 import type { FastifyBaseLogger } from 'fastify';
 import { isFenced } from '../datadir/fence.js';
@@ -41,7 +45,21 @@ export interface AutoRejoinInputs {
   primaryIsSelf: boolean;
   /** stopped through the agent (DELETE instance/current): left alone until started again */
   stoppedOnRequest?: boolean;
+  /** a running standby on an older timeline than the primary found: where its WAL ends, and whether that point is on the primary's history */
+  standbyWal?: StandbyWalCheck | null;
 }
+
+export interface StandbyWalCheck {
+  /** greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) on this node's timeline */
+  endLsn: string;
+  /** the primary's validLsn answer for (this node's timeline, endLsn) */
+  onPrimaryHistory: boolean;
+  /** checks in a row, this one included, that found the WAL off the primary's history */
+  offHistoryChecks: number;
+}
+
+/** a running standby is rejoined after this many checks in a row found its WAL off the primary's history */
+export const OFF_HISTORY_CHECKS = 2;
 
 export interface AutoRejoinDecision {
   action: 'none' | 'rejoin';
@@ -63,6 +81,12 @@ export function decideAutoRejoin(i: AutoRejoinInputs): AutoRejoinDecision {
     }
     if (other) return { action: 'none', reason: `running as a primary; ${other.name} is also a primary, on timeline ${other.timeline} (not newer than ${i.timeline}): not acting` };
     return { action: 'none', reason: 'running as a primary' };
+  }
+  const w = i.standbyWal;
+  if (i.running && i.inRecovery && other && w && !w.onPrimaryHistory) {
+    const why = `running as a standby on timeline ${i.timeline} with WAL up to ${w.endLsn}, past the point where ${other.name}'s history (timeline ${other.timeline}) left timeline ${i.timeline}: it cannot follow`;
+    if (w.offHistoryChecks >= OFF_HISTORY_CHECKS) return { action: 'rejoin', reason: `${why}; stop and rejoin it` };
+    return { action: 'none', reason: `${why}; check ${w.offHistoryChecks} of ${OFF_HISTORY_CHECKS} before acting` };
   }
   if (i.running) return { action: 'none', reason: i.inRecovery ? 'running in recovery' : 'running, state not known' };
   if (i.stoppedOnRequest) return { action: 'none', reason: 'stopped on request (DELETE instance/current): left stopped' };
@@ -172,6 +196,8 @@ export class AutoRejoinLoop {
   private lastDecision = '';
   private failures = 0;
   private notBefore = 0;
+  /** consecutive checks that found this running standby's WAL off the primary's history */
+  private offHistoryChecks = 0;
   readonly intervalMs: number;
   private readonly maxBackoffMs: number;
 
@@ -232,15 +258,47 @@ export class AutoRejoinLoop {
       // no readable pg_control/history: 0 (any primary is newer)
     }
     const primary = await findPrimaryForRejoin(this.ctx);
+    const primaryIsSelf = primary !== null && primary.name === cfg.name;
+    let standbyWal: StandbyWalCheck | null = null;
+    if (running && inRecovery === true && primary && !primaryIsSelf && primary.timeline > timeline) {
+      standbyWal = await this.standbyWalCheck(primary, timeline);
+    }
+    this.offHistoryChecks = standbyWal ? standbyWal.offHistoryChecks : 0;
     return {
       running,
       inRecovery,
       fenced: isFenced(cfg.pgdata),
       timeline,
       primary,
-      primaryIsSelf: primary !== null && primary.name === cfg.name,
+      primaryIsSelf,
       stoppedOnRequest: this.ctx.lifecycle.stoppedOnRequest,
+      standbyWal,
     };
+  }
+
+  /**
+   * Is this running standby's WAL (received or replayed, on its timeline) on the primary's history?
+   * The primary's agent answers (validLsn); null when either side cannot tell right now.
+   */
+  private async standbyWalCheck(primary: FoundPrimary, timeline: number): Promise<StandbyWalCheck | null> {
+    let endLsn: string | null;
+    try {
+      // a WAL receiver that flushed WAL of a newer timeline is past the switch: nothing to check
+      const [r] = await this.ctx.pg.query<{ end: string | null; tli: number | null }>(
+        'SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text AS end, (SELECT max(received_tli) FROM pg_stat_wal_receiver) AS tli WHERE pg_is_in_recovery()',
+      );
+      endLsn = r && (r.tli === null || r.tli <= timeline) ? r.end : null;
+    } catch {
+      return null;
+    }
+    if (!endLsn) return null;
+    try {
+      const v = await new AgentClient(primary.url, this.ctx.cfg.token, 3000).get<{ code: number }>(`validLsn/${timeline}/${endLsn}`);
+      const onPrimaryHistory = v.code === 0;
+      return { endLsn, onPrimaryHistory, offHistoryChecks: onPrimaryHistory ? 0 : this.offHistoryChecks + 1 };
+    } catch {
+      return null;
+    }
   }
 
   async tick(): Promise<void> {

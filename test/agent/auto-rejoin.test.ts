@@ -201,6 +201,57 @@ describe('automatic rejoin', () => {
     expect(await p.sql("SELECT count(*) FROM t WHERE src = 'new'")).toBe('100');
   });
 
+  it('rewinds a running standby that received WAL the promoted node never had, and leaves one that can follow alone', async () => {
+    // the primary, an asynchronous standby ahead (b) and two behind (a, promoted later; c, which can follow)
+    const p = await PgCluster.init({ name: 'ar-sb-p', walSegSizeMB: 1 });
+    await p.start();
+    await p.sql('CREATE TABLE t(id int primary key, src text)');
+    await p.sql("INSERT INTO t SELECT i, 'common' FROM generate_series(1, 1000) i");
+    const a = await p.createStandby({ name: 'ar-sb-a' });
+    const b = await p.createStandby({ name: 'ar-sb-b' });
+    const c = await p.createStandby({ name: 'ar-sb-c' });
+    for (const s of [a, b, c]) await p.waitForReplay(s);
+    for (const s of [a, c]) {
+      await s.sql("ALTER SYSTEM SET primary_conninfo = ''");
+      await s.sql('SELECT pg_reload_conf()');
+      await waitFor(async () => (await s.sql('SELECT count(*) FROM pg_stat_wal_receiver')) === '0', 30_000, `${s.name} walreceiver gone`);
+    }
+    // rows only b receives, then the primary is gone and a (behind b) is promoted
+    await p.sql("INSERT INTO t SELECT i, 'ahead' FROM generate_series(1001, 1300) i");
+    await p.waitForReplay(b);
+    await p.kill9();
+    const ports = { a: await freePort(), b: await freePort(), c: await freePort() };
+    const url = (n: keyof typeof ports) => `http://127.0.0.1:${ports[n]}`;
+    await startAgent('node-a', a, TOKEN, { 'node-b': url('b'), 'node-c': url('c') }, { port: ports.a });
+    const aEnd = await a.sql('SELECT pg_last_wal_replay_lsn()'); // where timeline 2 will begin
+    const promoted = await post(url('a'), 'node/promote');
+    expect(promoted.status, JSON.stringify(promoted.body)).toBe(200);
+    await a.sql("INSERT INTO t SELECT i, 'new' FROM generate_series(5001, 5100) i");
+    // b and c pointed at the new primary, as a failover does; b's WAL on timeline 1 ends past a's switch
+    for (const s of [b, c]) {
+      await s.sql(`ALTER SYSTEM SET primary_conninfo = '${a.conninfo} application_name=${s.name}'`);
+      await s.sql('SELECT pg_reload_conf()');
+    }
+    expect(await b.sql(`SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) > '${aEnd}'::pg_lsn`), 'b is past the switch point').toBe('true');
+    await startAgent('node-b', b, TOKEN, { 'node-a': url('a'), 'node-c': url('c') }, { port: ports.b, autoRejoin: true, autoRejoinIntervalMs: 1000 });
+    await startAgent('node-c', c, TOKEN, { 'node-a': url('a'), 'node-b': url('b') }, { port: ports.c, autoRejoin: true, autoRejoinIntervalMs: 1000 });
+
+    // c follows timeline 2 by itself; b cannot, and its agent rewinds it
+    await waitFor(async () => (await api<{ jobs: JobView[] }>(url('b'), 'jobs')).body.jobs.some((j) => j.state !== 'running'), 90_000, 'b rejoined by its agent');
+    const [job] = (await api<{ jobs: JobView[] }>(url('b'), 'jobs')).body.jobs;
+    expect(job, JSON.stringify(job)).toMatchObject({ kind: 'auto-rejoin', state: 'succeeded' });
+    expect(job.result?.rejoin).toMatchObject({ path: 'rewind', streaming: true });
+    expect(job.log.join('\n')).toMatch(/running as a standby on timeline 1 with WAL up to .* past the point where node-a's history \(timeline 2\) left timeline 1: it cannot follow/);
+    for (const s of [b, c]) {
+      await waitFor(async () => (await s.sql('SELECT status FROM pg_stat_wal_receiver')) === 'streaming', 30_000, `${s.name} streaming from a`);
+      await a.waitForReplay(s);
+      expect(await s.sql("SELECT count(*) FROM t WHERE src = 'ahead'")).toBe('0');
+      expect(await s.sql("SELECT count(*) FROM t WHERE src = 'new'")).toBe('100');
+    }
+    // c could follow: its agent never acted
+    expect((await api<{ jobs: JobView[] }>(url('c'), 'jobs')).body.jobs).toEqual([]);
+  });
+
   it('fences a primary paused by SIGSTOP in bounded time: fast, immediate, then SIGKILL', async () => {
     const p = await PgCluster.init({ name: 'ar-stop', walSegSizeMB: 1 });
     await p.start();
@@ -262,9 +313,21 @@ describe('automatic rejoin decision (pure)', () => {
     expect(d({ running: true, inRecovery: false, primary, primaryIsSelf: true }).action).toBe('none');
   });
 
-  it('leaves a running standby alone', () => {
+  it('leaves a running standby alone unless its WAL is off the primary\'s history, twice in a row', () => {
     expect(d({ running: true, inRecovery: true, primary }).action).toBe('none');
     expect(d({ running: true, inRecovery: null, primary }).action).toBe('none');
+    const off = (offHistoryChecks: number, onPrimaryHistory = false) => ({ endLsn: '0/5000000', onPrimaryHistory, offHistoryChecks });
+    expect(d({ running: true, inRecovery: true, primary, standbyWal: off(0, true) }).action).toBe('none');
+    const first = d({ running: true, inRecovery: true, primary, standbyWal: off(1) });
+    expect(first.action).toBe('none');
+    expect(first.reason).toMatch(/check 1 of 2/);
+    const second = d({ running: true, inRecovery: true, primary, standbyWal: off(2) });
+    expect(second.action).toBe('rejoin');
+    expect(second.reason).toMatch(/timeline 2 with WAL up to 0\/5000000, past the point where b's history \(timeline 3\) left timeline 2: it cannot follow; stop and rejoin it/);
+    // never without another primary, never for a node that is not a standby
+    expect(d({ running: true, inRecovery: true, standbyWal: off(5) }).action).toBe('none');
+    expect(d({ running: true, inRecovery: true, primary, primaryIsSelf: true, standbyWal: off(5) }).action).toBe('none');
+    expect(d({ running: true, inRecovery: null, primary, standbyWal: off(5) }).action).toBe('none');
   });
 
   it('rejoins a stopped node that is not fenced when a primary is found on a timeline at least its own', () => {
