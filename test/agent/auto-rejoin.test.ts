@@ -3,8 +3,9 @@
  * diverged (it wrote after replication was cut), fenced after its standby was promoted, is rewound
  * and made to stream through its slot by its own agent — while /health keeps answering; with the
  * automatic rejoin off nothing happens and `pgha rejoin` does it (the single-user crash recovery of
- * a fenced node); a fence of a primary paused by SIGSTOP ends in bounded time. And the decision
- * itself, as a pure function.
+ * a fenced node); a running standby that received WAL the promoted node never had is rewound (one
+ * that can follow is left alone); a fence of a primary paused by SIGSTOP ends in bounded time. And
+ * the decision itself, as a pure function.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -61,6 +62,13 @@ afterAll(async () => {
   await cleanupAll();
 });
 
+/** cut a standby's replication: its WAL receiver stops (primary_conninfo emptied) */
+async function cutReplication(s: PgCluster): Promise<void> {
+  await s.sql("ALTER SYSTEM SET primary_conninfo = ''");
+  await s.sql('SELECT pg_reload_conf()');
+  await waitFor(async () => (await s.sql('SELECT count(*) FROM pg_stat_wal_receiver')) === '0', 30_000, `${s.name} walreceiver gone`);
+}
+
 /**
  * A primary and an asynchronous standby with some rows; replication cut at the standby (its
  * walreceiver stopped), then rows only the primary has (so a rejoin needs pg_rewind), then kill -9
@@ -73,10 +81,7 @@ async function divergedPair(tag: string, oldAgent: { autoRejoin: boolean }) {
   await p.sql("INSERT INTO t SELECT i, 'common' FROM generate_series(1, 1000) i");
   const s = await p.createStandby({ name: `${tag}-s` });
   await p.waitForReplay(s);
-  // cut replication: the standby's walreceiver stops
-  await s.sql("ALTER SYSTEM SET primary_conninfo = ''");
-  await s.sql('SELECT pg_reload_conf()');
-  await waitFor(async () => (await s.sql('SELECT count(*) FROM pg_stat_wal_receiver')) === '0', 30_000, 'standby walreceiver gone');
+  await cutReplication(s);
   // no checkpoint after this: the diverged WAL must stay in the old primary's pg_wal for pg_rewind
   await p.sql("INSERT INTO t SELECT i, 'lost' FROM generate_series(1001, 1200) i");
   await p.sql("UPDATE t SET src = 'common, changed' WHERE id <= 50");
@@ -211,11 +216,7 @@ describe('automatic rejoin', () => {
     const b = await p.createStandby({ name: 'ar-sb-b' });
     const c = await p.createStandby({ name: 'ar-sb-c' });
     for (const s of [a, b, c]) await p.waitForReplay(s);
-    for (const s of [a, c]) {
-      await s.sql("ALTER SYSTEM SET primary_conninfo = ''");
-      await s.sql('SELECT pg_reload_conf()');
-      await waitFor(async () => (await s.sql('SELECT count(*) FROM pg_stat_wal_receiver')) === '0', 30_000, `${s.name} walreceiver gone`);
-    }
+    for (const s of [a, c]) await cutReplication(s);
     // rows only b receives, then the primary is gone and a (behind b) is promoted
     await p.sql("INSERT INTO t SELECT i, 'ahead' FROM generate_series(1001, 1300) i");
     await p.waitForReplay(b);
