@@ -21,7 +21,7 @@ import { rejoin, RejoinRefused } from '../rejoin/execute.js';
 import { AgentClient } from '../ship/client.js';
 import { createPhysicalSlot, memberSlotName } from '../slots/member-slot.js';
 import { withNodeSql } from '../pg/node-sql.js';
-import { nodeState } from './node-status.js';
+import { liveLsn, nodeState } from './node-status.js';
 import type { AgentContext } from './server.js';
 
 export interface FoundPrimary {
@@ -283,11 +283,10 @@ export class AutoRejoinLoop {
   private async standbyWalCheck(primary: FoundPrimary, timeline: number): Promise<StandbyWalCheck | null> {
     let endLsn: string | null;
     try {
-      // a WAL receiver that flushed WAL of a newer timeline is past the switch: nothing to check
-      const [r] = await this.ctx.pg.query<{ end: string | null; tli: number | null }>(
-        'SELECT greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::text AS end, (SELECT max(received_tli) FROM pg_stat_wal_receiver) AS tli WHERE pg_is_in_recovery()',
-      );
-      endLsn = r && (r.tli === null || r.tli <= timeline) ? r.end : null;
+      // the greatest of received and replayed; a WAL receiver that flushed WAL of a newer timeline
+      // is past the switch: nothing to check
+      const live = await liveLsn(this.ctx.pg);
+      endLsn = Number(live.timeLineID) <= timeline ? live.lastLsn : null;
     } catch {
       return null;
     }
